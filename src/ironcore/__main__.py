@@ -1,0 +1,3 @@
+from ironcore.cli.main import app
+
+app()

@@ -1,0 +1,155 @@
+"""The admin REST API: Cloud IoT Core v1's device manager surface over FastAPI.
+
+Routes are thin adapters over `DeviceManager`; this module wires them up with the pieces every
+request shares: bearer-token authentication, snake_case query parameters, the error envelope and
+metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic.alias_generators import to_camel
+from starlette.exceptions import HTTPException
+
+from ironcore import __version__
+from ironcore.api import devices, ops, registries, tokens
+from ironcore.api.auth import TokenAuthenticator
+from ironcore.api.envelope import error_response
+from ironcore.api.ops import ASGIApp, MetricsMiddleware, Scope
+from ironcore.errors import Code, FieldViolation, IronCoreError
+from ironcore.registry.service import DeviceManager
+
+log = logging.getLogger(__name__)
+_HTTP_CODES = {
+    400: Code.INVALID_ARGUMENT,
+    401: Code.UNAUTHENTICATED,
+    403: Code.PERMISSION_DENIED,
+    404: Code.NOT_FOUND,
+    405: Code.UNIMPLEMENTED,
+    409: Code.ALREADY_EXISTS,
+    413: Code.INVALID_ARGUMENT,
+    415: Code.INVALID_ARGUMENT,
+    429: Code.RESOURCE_EXHAUSTED,
+}
+_PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
+
+
+def create_app(manager: DeviceManager) -> FastAPI:
+    app = FastAPI(
+        title="ironcore",
+        version=__version__,
+        description="Cloud IoT Core v1 compatible device manager",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.manager = manager
+    app.state.auth = TokenAuthenticator(manager)
+    app.state.draining = False
+    for module in (registries, devices, tokens, ops):
+        app.include_router(module.router)
+    app.add_exception_handler(IronCoreError, _ironcore_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(AuthMiddleware)
+    app.add_middleware(NormalizeRequestMiddleware)
+    app.add_middleware(MetricsMiddleware)
+    return app
+
+
+class AuthMiddleware:
+    """Authenticates every API request before routing, so a caller without a valid token gets
+    401 whatever else is wrong with the request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(
+        self,
+        scope: Scope,
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(_PUBLIC_PATHS):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        try:
+            caller = await request.app.state.auth.caller(request)
+        except IronCoreError as error:
+            await error_response(error.code, error.message)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["caller"] = caller
+        await self.app(scope, receive, send)
+
+
+class NormalizeRequestMiddleware:
+    """Accept what real clients send: `field_mask`, `page_size`,
+    `gateway_list_options.associations_gateway_id`, … (query names are rewritten to the camelCase
+    the routes declare), and JSON bodies whatever their Content-Type says (curl sends form
+    encoding by default; the API only ever speaks JSON)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(
+        self,
+        scope: Scope,
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        if scope["type"] == "http" and b"_" in scope.get("query_string", b""):
+            pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+            renamed = [(".".join(to_camel(p) for p in k.split(".")), v) for k, v in pairs]
+            scope = dict(scope, query_string=urlencode(renamed).encode("latin-1"))
+        if scope["type"] == "http" and scope["method"] in ("POST", "PATCH", "PUT"):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = dict(scope, headers=[*headers, (b"content-type", b"application/json")])
+        await self.app(scope, receive, send)
+
+
+async def _ironcore_error(_request: Request, exc: Exception) -> Any:
+    assert isinstance(exc, IronCoreError)
+    return error_response(exc.code, exc.message, exc.violations)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> Any:
+    assert isinstance(exc, RequestValidationError)
+    violations = []
+    for error in exc.errors():
+        loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")]
+        field = ".".join(loc) or "body"
+        message = str(error.get("msg", "invalid value"))
+        if error.get("type") == "json_invalid":
+            field = "body"
+            message = (
+                f"Invalid JSON payload received ({message} at character {loc[-1] if loc else 0})"
+            )
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        violations.append(FieldViolation(field, message))
+    first = violations[0] if violations else FieldViolation("body", "invalid request")
+    message = f"Invalid value at '{first.field}': {first.description}"
+    if len(violations) > 1:
+        message += f" (and {len(violations) - 1} more)"
+    return error_response(Code.INVALID_ARGUMENT, message, violations)
+
+
+async def _http_error(_request: Request, exc: Exception) -> Any:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, Code.UNKNOWN)
+    response = error_response(code, str(exc.detail))
+    if exc.status_code == 405:
+        response.status_code = 405
+    return response
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Any:
+    log.exception("unexpected error in %s %s", request.method, request.url.path)
+    return error_response(Code.INTERNAL, "Internal error; see the server log")

@@ -1,0 +1,54 @@
+"""What every route needs: the device manager, the caller, and resource names from the path."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
+
+from ironcore.api.auth import Caller, require
+from ironcore.registry.names import DeviceRef, LocationName, RegistryName
+from ironcore.registry.service import DeviceManager
+
+REGISTRIES = "/v1/projects/{project}/locations/{location}/registries"
+REGISTRY = REGISTRIES + "/{registry}"
+DEVICES = REGISTRY + "/devices"
+GROUP_DEVICES = REGISTRY + "/groups/{group}/devices"
+DEVICE = DEVICES + "/{device}"
+GROUP_DEVICE = GROUP_DEVICES + "/{device}"
+
+
+def _manager(request: Request) -> DeviceManager:
+    manager: DeviceManager = request.app.state.manager
+    return manager
+
+
+def _caller(request: Request) -> Caller:
+    # The authentication middleware has run before routing; see ironcore.api.app.
+    caller: Caller = request.scope["state"]["caller"]
+    return caller
+
+
+Manager = Annotated[DeviceManager, Depends(_manager)]
+CallerDep = Annotated[Caller, Depends(_caller)]
+
+
+def allowed(caller: Caller, permission: str) -> None:
+    require(caller, permission)
+
+
+def location_name(project: str, location: str) -> LocationName:
+    return LocationName.parse(project, location)
+
+
+def registry_name(project: str, location: str, registry: str) -> RegistryName:
+    return RegistryName.parse(project, location, registry)
+
+
+def device_ref(project: str, location: str, registry: str, device: str) -> DeviceRef:
+    return DeviceRef.parse(RegistryName.parse(project, location, registry), device)
+
+
+def ok(body: Any = None) -> JSONResponse:
+    return JSONResponse({} if body is None else body)

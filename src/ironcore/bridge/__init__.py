@@ -1,0 +1,1 @@
+"""The device-facing bridges: how devices reach ironcore over the network."""

@@ -1,0 +1,113 @@
+"""The CLI's connection to a running ironcore: the REST API, a bearer token, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ironcore.settings import default_data_dir
+
+err = Console(stderr=True)
+out = Console()
+
+
+@dataclass
+class Context:
+    server: str
+    token: str | None
+    project: str
+    location: str
+    as_json: bool
+
+    @property
+    def location_path(self) -> str:
+        return f"/v1/projects/{self.project}/locations/{self.location}"
+
+    def registry_path(self, registry: str) -> str:
+        return f"{self.location_path}/registries/{registry}"
+
+    def device_path(self, registry: str, device: str) -> str:
+        return f"{self.registry_path(registry)}/devices/{device}"
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        if not self.token:
+            fail(
+                "no admin token: set IRONCORE_TOKEN, pass --token, or run on the server's machine "
+                f"(it reads {default_data_dir() / 'admin-token'})"
+            )
+        try:
+            response = httpx.request(
+                method,
+                self.server.rstrip("/") + path,
+                json=body,
+                params=params,
+                headers={"Authorization": f"Bearer {self.token}"},
+                timeout=30,
+            )
+        except httpx.HTTPError as exc:
+            fail(f"cannot reach ironcore at {self.server}: {exc}")
+        try:
+            data: dict[str, Any] = response.json()
+        except ValueError:
+            fail(f"{response.status_code} from {self.server}: not JSON: {response.text[:200]}")
+        if response.status_code >= 400:
+            error = data.get("error", {})
+            fail(
+                f"{error.get('status', response.status_code)}: "
+                f"{error.get('message', response.text)}"
+            )
+        return data
+
+    def show(
+        self, data: Any, columns: list[str] | None = None, rows: list[dict[str, Any]] | None = None
+    ) -> None:
+        """JSON for scripts with --json; otherwise a table of `rows` or the JSON pretty-printed."""
+        if self.as_json:
+            print(json.dumps(data, indent=2))
+            return
+        if columns is None or rows is None:
+            out.print_json(json.dumps(data))
+            return
+        table = Table(*columns)
+        for row in rows:
+            table.add_row(*(_cell(row.get(c)) for c in columns))
+        out.print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(value)
+
+
+def fail(message: str) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def token_from(token: str | None, data_dir: Path | None) -> str | None:
+    if token:
+        return token
+    if os.environ.get("IRONCORE_TOKEN"):
+        return os.environ["IRONCORE_TOKEN"]
+    path = (data_dir or default_data_dir()) / "admin-token"
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None

@@ -1,0 +1,80 @@
+"""The `ironcore` command: `serve` runs a server; every other noun talks to one over REST."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ironcore.cli import devices, gateways, registries, tokens
+from ironcore.cli.client import Context, token_from
+from ironcore.settings import Settings, default_data_dir
+
+app = typer.Typer(
+    name="ironcore",
+    help="Self-hosted device identity and connectivity, compatible with Cloud IoT Core.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(registries.app, name="registries")
+app.add_typer(devices.app, name="devices")
+app.add_typer(gateways.app, name="gateways")
+app.add_typer(tokens.app, name="tokens")
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    server: Annotated[
+        str, typer.Option(envvar="IRONCORE_SERVER", help="URL of the ironcore admin API")
+    ] = "http://127.0.0.1:8080",
+    token: Annotated[
+        str | None,
+        typer.Option(help="Admin token (default: $IRONCORE_TOKEN, else <data-dir>/admin-token)"),
+    ] = None,
+    project: Annotated[str, typer.Option(envvar="IRONCORE_PROJECT")] = "my-project",
+    location: Annotated[str, typer.Option(envvar="IRONCORE_LOCATION")] = "us-central1",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
+) -> None:
+    ctx.obj = Context(server, token_from(token, None), project, location, as_json)
+
+
+@app.command()
+def serve(
+    data_dir: Annotated[
+        Path | None, typer.Option(envvar="IRONCORE_DATA_DIR", help="Default: ~/.ironcore")
+    ] = None,
+    api_host: Annotated[str, typer.Option(envvar="IRONCORE_API_HOST")] = "0.0.0.0",
+    api_port: Annotated[int, typer.Option(envvar="IRONCORE_API_PORT")] = 8080,
+    database_url: Annotated[
+        str,
+        typer.Option(
+            envvar="IRONCORE_DATABASE_URL",
+            help="postgresql://… (default: SQLite in the data directory)",
+        ),
+    ] = "",
+    database_schema: Annotated[
+        str, typer.Option(envvar="IRONCORE_DATABASE_SCHEMA", help="PostgreSQL schema to use")
+    ] = "",
+    log_format: Annotated[
+        str, typer.Option(envvar="IRONCORE_LOG_FORMAT", help="text or json")
+    ] = "text",
+    log_level: Annotated[str, typer.Option(envvar="IRONCORE_LOG_LEVEL")] = "info",
+) -> None:
+    """Run ironcore: the admin API (and, as they land, the device bridges)."""
+    from ironcore import server
+
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter("must be text or json", param_hint="--log-format")
+    server.run(
+        Settings(
+            data_dir=data_dir or default_data_dir(),
+            api_host=api_host,
+            api_port=api_port,
+            database_url=database_url,
+            database_schema=database_schema,
+            log_format=log_format,
+            log_level=log_level,
+        )
+    )

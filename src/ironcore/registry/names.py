@@ -1,0 +1,83 @@
+"""Resource names of the device manager and the ids inside them.
+
+A device segment may be the string id or the numeric id; names ironcore returns always end in
+the numeric id, as Cloud IoT Core's did.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ironcore import limits
+from ironcore.errors import InvalidArgument
+
+# Project and location ids are the caller's to choose; these keep them usable in a path.
+_PROJECT = re.compile(r"[a-zA-Z0-9][-a-zA-Z0-9_.:~]{0,99}")
+_LOCATION = re.compile(r"[a-z][-a-z0-9]{0,62}")
+
+
+def check_id(value: str, field: str) -> str:
+    if not limits.is_valid_id(value):
+        raise InvalidArgument.field(
+            field,
+            f"{value[:60]!r} is not a valid id: 3 to 255 characters from [a-zA-Z0-9-._+~%], "
+            "starting with a letter, and not starting with 'goog'",
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class LocationName:
+    project: str
+    location: str
+
+    @classmethod
+    def parse(cls, project: str, location: str) -> LocationName:
+        if not _PROJECT.fullmatch(project):
+            raise InvalidArgument.field("parent", f"invalid project id {project[:60]!r}")
+        if not _LOCATION.fullmatch(location):
+            raise InvalidArgument.field("parent", f"invalid location {location[:60]!r}")
+        return cls(project, location)
+
+    def __str__(self) -> str:
+        return f"projects/{self.project}/locations/{self.location}"
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryName:
+    location: LocationName
+    registry: str
+
+    @classmethod
+    def parse(cls, project: str, location: str, registry: str) -> RegistryName:
+        return cls(LocationName.parse(project, location), check_id(registry, "name"))
+
+    @property
+    def project(self) -> str:
+        return self.location.project
+
+    def __str__(self) -> str:
+        return f"{self.location}/registries/{self.registry}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRef:
+    """A device as a request names it: by string id or by numeric id."""
+
+    registry: RegistryName
+    device_id: str | None
+    num_id: int | None
+
+    @classmethod
+    def parse(cls, registry: RegistryName, segment: str, field: str = "name") -> DeviceRef:
+        if segment.isdigit():
+            return cls(registry, None, int(segment))
+        return cls(registry, check_id(segment, field), None)
+
+    def __str__(self) -> str:
+        return f"{self.registry}/devices/{self.device_id or self.num_id}"
+
+
+def device_name(registry: RegistryName, num_id: int) -> str:
+    return f"{registry}/devices/{num_id}"

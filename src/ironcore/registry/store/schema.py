@@ -1,0 +1,130 @@
+"""The tables of the store, one schema for SQLite and PostgreSQL.
+
+Times are integer microseconds since the epoch (0 = unset), the same on both databases.
+Fields that are read and written as a whole (credentials, metadata, a registry's configs) are
+JSON; fields the bridges update alone (the `last*` times) have columns of their own.
+"""
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+registries = Table(
+    "registries",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("project", String(100), nullable=False),
+    Column("location", String(63), nullable=False),
+    Column("registry_id", String(255), nullable=False),
+    Column("body", Json, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    UniqueConstraint("project", "location", "registry_id", name="uq_registries_name"),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("num_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("registry_pk", Integer, ForeignKey("registries.pk"), nullable=False),
+    Column("device_id", String(255), nullable=False),
+    Column("blocked", Boolean, nullable=False),
+    Column("gateway_type", SmallInteger, nullable=False),
+    Column("body", Json, nullable=False),
+    Column("config_version", BigInteger, nullable=False),
+    Column("config_data", LargeBinary, nullable=False),
+    Column("config_update_time", BigInteger, nullable=False),
+    Column("config_ack_time", BigInteger, nullable=False),
+    Column("state_data", LargeBinary, nullable=True),
+    Column("state_time", BigInteger, nullable=False),
+    Column("last_heartbeat_time", BigInteger, nullable=False),
+    Column("last_event_time", BigInteger, nullable=False),
+    Column("last_state_time", BigInteger, nullable=False),
+    Column("last_config_ack_time", BigInteger, nullable=False),
+    Column("last_config_send_time", BigInteger, nullable=False),
+    Column("last_error_time", BigInteger, nullable=False),
+    Column("last_error_code", Integer, nullable=False),
+    Column("last_error_message", Text, nullable=False),
+    Column("last_gateway_id", String(255), nullable=False),
+    Column("last_gateway_time", BigInteger, nullable=False),
+    UniqueConstraint("registry_pk", "device_id", name="uq_devices_id"),
+)
+
+device_configs = Table(
+    "device_configs",
+    metadata,
+    Column(
+        "num_id", BigInteger, ForeignKey("devices.num_id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("version", BigInteger, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+    Column("cloud_update_time", BigInteger, nullable=False),
+    Column("device_ack_time", BigInteger, nullable=False),
+)
+
+device_states = Table(
+    "device_states",
+    metadata,
+    Column(
+        "pk", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("num_id", BigInteger, ForeignKey("devices.num_id", ondelete="CASCADE"), nullable=False),
+    Column("update_time", BigInteger, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Index("ix_device_states_device", "num_id", "update_time"),
+)
+
+gateway_bindings = Table(
+    "gateway_bindings",
+    metadata,
+    Column(
+        "gateway_num_id",
+        BigInteger,
+        ForeignKey("devices.num_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column(
+        "device_num_id",
+        BigInteger,
+        ForeignKey("devices.num_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Index("ix_gateway_bindings_device", "device_num_id"),
+)
+
+iam_policies = Table(
+    "iam_policies",
+    metadata,
+    Column(
+        "registry_pk", Integer, ForeignKey("registries.pk", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("policy", Json, nullable=False),
+    Column("etag", String(64), nullable=False),
+)
+
+admin_tokens = Table(
+    "admin_tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("revoked_at", BigInteger, nullable=False),
+)

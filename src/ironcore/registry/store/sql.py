@@ -1,0 +1,671 @@
+"""The store: every SQL statement of ironcore, on SQLite (embedded) or PostgreSQL.
+
+SQLAlchemy Core, async. Each method is one transaction, so a request that fails changes
+nothing. SQLite allows one writer at a time; writes are serialized by a lock in the process
+instead of retrying on "database is locked".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Row, delete, event, func, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ironcore.errors import AlreadyExists, FailedPrecondition, ResourceExhausted
+from ironcore.registry.names import LocationName, RegistryName, device_name
+from ironcore.registry.resources import (
+    Device,
+    DeviceConfig,
+    DeviceRegistry,
+    DeviceState,
+    GatewayType,
+    Status,
+)
+from ironcore.registry.store.schema import (
+    admin_tokens,
+    device_configs,
+    device_states,
+    devices,
+    gateway_bindings,
+    iam_policies,
+    registries,
+)
+
+log = logging.getLogger(__name__)
+_MIGRATIONS = Path(__file__).parent / "migrations"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Any constant works; it only has to be the same in every ironcore process sharing a database.
+_MIGRATION_LOCK_ID = 0x1C0E
+
+
+def to_us(value: datetime) -> int:
+    return int((value - _EPOCH).total_seconds() * 1_000_000) if value > _EPOCH else 0
+
+
+def from_us(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1_000_000, UTC) if value else _EPOCH
+
+
+@dataclass(frozen=True)
+class RegistryRecord:
+    pk: int
+    registry: DeviceRegistry
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    registry_pk: int
+    device: Device
+    config_update_time: datetime
+
+
+@dataclass(frozen=True)
+class DeviceFilter:
+    device_ids: Sequence[str] = ()
+    num_ids: Sequence[int] = ()
+    gateway_type: GatewayType | None = None
+    bound_to_gateway: int | None = None
+    gateways_of_device: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    id: str
+    name: str
+    role: str
+    created_at: datetime
+    revoked: bool
+
+
+def database_url(url: str) -> str:
+    """Turn a user's database URL into the async driver's."""
+    for plain, driver in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    return url
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, url: str, schema: str | None = None) -> Store:
+        """Connect, bring the schema up to date, and return the store.
+
+        `schema` (PostgreSQL only) puts every table in that schema, which is created if it
+        does not exist; tests use it to keep runs apart.
+        """
+        url = database_url(url)
+        connect_args: dict[str, Any] = {}
+        if schema and url.startswith("postgresql"):
+            connect_args["server_settings"] = {"search_path": schema}
+        engine = create_async_engine(url, connect_args=connect_args, pool_pre_ping=True)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        elif schema:
+            async with engine.begin() as conn:
+                await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        store = cls(engine)
+        async with engine.begin() as conn:
+            await conn.run_sync(_migrate)
+        return store
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        if self.is_sqlite:
+            async with self._write_lock, self.engine.begin() as conn:
+                yield conn
+        else:
+            async with self.engine.begin() as conn:
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            yield conn
+
+    # Registries
+
+    async def create_registry(
+        self, name: RegistryName, registry: DeviceRegistry, now: datetime, max_per_location: int
+    ) -> RegistryRecord:
+        async with self._write() as conn:
+            count = await conn.scalar(
+                select(func.count()).where(
+                    registries.c.project == name.project,
+                    registries.c.location == name.location.location,
+                )
+            )
+            if (count or 0) >= max_per_location:
+                raise ResourceExhausted(
+                    f"{name.location} already has {max_per_location} registries, the limit"
+                )
+            try:
+                pk = await conn.scalar(
+                    insert(registries)
+                    .values(
+                        project=name.project,
+                        location=name.location.location,
+                        registry_id=name.registry,
+                        body=_registry_body(registry),
+                        created_at=to_us(now),
+                    )
+                    .returning(registries.c.pk)
+                )
+            except IntegrityError:
+                raise AlreadyExists(f"Registry {name} already exists") from None
+        assert pk is not None
+        return RegistryRecord(pk, _registry(name, _registry_body(registry)))
+
+    async def get_registry(self, name: RegistryName) -> RegistryRecord | None:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    select(registries.c.pk, registries.c.body).where(*_registry_where(name))
+                )
+            ).first()
+        return RegistryRecord(row.pk, _registry(name, row.body)) if row else None
+
+    async def update_registry(self, pk: int, name: RegistryName, registry: DeviceRegistry) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                update(registries)
+                .where(registries.c.pk == pk)
+                .values(body=_registry_body(registry))
+            )
+
+    async def delete_registry(self, name: RegistryName) -> bool:
+        """Delete an empty registry; False if there is no such registry."""
+        async with self._write() as conn:
+            pk = await conn.scalar(select(registries.c.pk).where(*_registry_where(name)))
+            if pk is None:
+                return False
+            if await conn.scalar(
+                select(devices.c.num_id).where(devices.c.registry_pk == pk).limit(1)
+            ):
+                raise FailedPrecondition(f"Registry {name} is not empty; delete its devices first")
+            await conn.execute(delete(iam_policies).where(iam_policies.c.registry_pk == pk))
+            await conn.execute(delete(registries).where(registries.c.pk == pk))
+        return True
+
+    async def list_registries(
+        self, location: LocationName, after: int, limit: int
+    ) -> list[RegistryRecord]:
+        async with self._read() as conn:
+            rows = await conn.execute(
+                select(registries.c.pk, registries.c.registry_id, registries.c.body)
+                .where(
+                    registries.c.project == location.project,
+                    registries.c.location == location.location,
+                    registries.c.pk > after,
+                )
+                .order_by(registries.c.pk)
+                .limit(limit)
+            )
+            return [
+                RegistryRecord(row.pk, _registry(RegistryName(location, row.registry_id), row.body))
+                for row in rows
+            ]
+
+    # Devices
+
+    async def create_device(
+        self, registry_pk: int, registry: RegistryName, device: Device, now: datetime
+    ) -> Device:
+        """Insert a device with its first config version (1)."""
+        config = device.config or DeviceConfig()
+        now_us = to_us(now)
+        async with self._write() as conn:
+            try:
+                await conn.execute(
+                    insert(devices).values(
+                        num_id=device.num_id,
+                        registry_pk=registry_pk,
+                        device_id=device.id,
+                        blocked=device.blocked,
+                        gateway_type=int(device.gateway_config.gateway_type),
+                        body=_device_body(device),
+                        config_version=1,
+                        config_data=config.binary_data,
+                        config_update_time=now_us,
+                        config_ack_time=0,
+                        state_data=None,
+                        state_time=0,
+                        last_heartbeat_time=0,
+                        last_event_time=0,
+                        last_state_time=0,
+                        last_config_ack_time=0,
+                        last_config_send_time=0,
+                        last_error_time=0,
+                        last_error_code=0,
+                        last_error_message="",
+                        last_gateway_id="",
+                        last_gateway_time=0,
+                    )
+                )
+            except IntegrityError as exc:
+                if "num_id" in str(exc.orig) and "device_id" not in str(exc.orig):
+                    raise NumIdTaken() from None
+                raise AlreadyExists(
+                    f"Device {registry}/devices/{device.id} already exists"
+                ) from None
+            await conn.execute(
+                insert(device_configs).values(
+                    num_id=device.num_id,
+                    version=1,
+                    data=config.binary_data,
+                    cloud_update_time=now_us,
+                    device_ack_time=0,
+                )
+            )
+            row = (
+                await conn.execute(select(devices).where(devices.c.num_id == device.num_id))
+            ).one()
+        return _device(registry, row)
+
+    async def get_device(
+        self, registry: RegistryName, device_id: str | None, num_id: int | None
+    ) -> DeviceRecord | None:
+        query = (
+            select(devices, registries.c.pk)
+            .join(registries, registries.c.pk == devices.c.registry_pk)
+            .where(*_registry_where(registry))
+        )
+        if num_id is not None:
+            query = query.where(devices.c.num_id == num_id)
+        else:
+            query = query.where(devices.c.device_id == device_id)
+        async with self._read() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        return DeviceRecord(row.pk, _device(registry, row), from_us(row.config_update_time))
+
+    async def update_device(self, device: Device) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                update(devices)
+                .where(devices.c.num_id == device.num_id)
+                .values(
+                    blocked=device.blocked,
+                    gateway_type=int(device.gateway_config.gateway_type),
+                    body=_device_body(device),
+                )
+            )
+
+    async def delete_device(self, registry: RegistryName, num_id: int) -> None:
+        async with self._write() as conn:
+            bound = await conn.scalar(
+                select(func.count()).where(
+                    (gateway_bindings.c.device_num_id == num_id)
+                    | (gateway_bindings.c.gateway_num_id == num_id)
+                )
+            )
+            if bound:
+                raise FailedPrecondition(
+                    f"Device {registry}/devices/{num_id} has {bound} gateway binding(s); "
+                    "unbind them before deleting it"
+                )
+            await conn.execute(delete(device_configs).where(device_configs.c.num_id == num_id))
+            await conn.execute(delete(device_states).where(device_states.c.num_id == num_id))
+            await conn.execute(delete(devices).where(devices.c.num_id == num_id))
+
+    async def list_devices(
+        self,
+        registry_pk: int,
+        registry: RegistryName,
+        where: DeviceFilter,
+        after: int,
+        limit: int,
+    ) -> list[Device]:
+        query = select(devices).where(
+            devices.c.registry_pk == registry_pk, devices.c.num_id > after
+        )
+        if where.device_ids or where.num_ids:
+            query = query.where(
+                devices.c.device_id.in_(where.device_ids) | devices.c.num_id.in_(where.num_ids)
+            )
+        if where.gateway_type is GatewayType.GATEWAY:
+            query = query.where(devices.c.gateway_type == int(GatewayType.GATEWAY))
+        elif where.gateway_type is GatewayType.NON_GATEWAY:
+            query = query.where(devices.c.gateway_type != int(GatewayType.GATEWAY))
+        if where.bound_to_gateway is not None:
+            query = query.where(
+                devices.c.num_id.in_(
+                    select(gateway_bindings.c.device_num_id).where(
+                        gateway_bindings.c.gateway_num_id == where.bound_to_gateway
+                    )
+                )
+            )
+        if where.gateways_of_device is not None:
+            query = query.where(
+                devices.c.num_id.in_(
+                    select(gateway_bindings.c.gateway_num_id).where(
+                        gateway_bindings.c.device_num_id == where.gateways_of_device
+                    )
+                )
+            )
+        async with self._read() as conn:
+            rows = await conn.execute(query.order_by(devices.c.num_id).limit(limit))
+            return [_device(registry, row) for row in rows]
+
+    # Configs and states
+
+    async def modify_config(
+        self, num_id: int, expected_version: int, data: bytes, now: datetime, keep: int
+    ) -> DeviceConfig | None:
+        """Write config version `expected_version + 1`; None if the current one has moved on."""
+        version = expected_version + 1
+        now_us = to_us(now)
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(devices)
+                .where(devices.c.num_id == num_id, devices.c.config_version == expected_version)
+                .values(
+                    config_version=version,
+                    config_data=data,
+                    config_update_time=now_us,
+                    config_ack_time=0,
+                )
+            )
+            if result.rowcount != 1:
+                return None
+            await conn.execute(
+                insert(device_configs).values(
+                    num_id=num_id,
+                    version=version,
+                    data=data,
+                    cloud_update_time=now_us,
+                    device_ack_time=0,
+                )
+            )
+            await conn.execute(
+                delete(device_configs).where(
+                    device_configs.c.num_id == num_id, device_configs.c.version <= version - keep
+                )
+            )
+        return DeviceConfig(version=version, cloud_update_time=now, binary_data=data)
+
+    async def list_configs(self, num_id: int, limit: int) -> list[DeviceConfig]:
+        async with self._read() as conn:
+            rows = await conn.execute(
+                select(device_configs)
+                .where(device_configs.c.num_id == num_id)
+                .order_by(device_configs.c.version.desc())
+                .limit(limit)
+            )
+            return [
+                DeviceConfig(
+                    version=row.version,
+                    cloud_update_time=from_us(row.cloud_update_time),
+                    device_ack_time=from_us(row.device_ack_time) if row.device_ack_time else None,
+                    binary_data=row.data,
+                )
+                for row in rows
+            ]
+
+    async def add_state(self, num_id: int, data: bytes, now: datetime, keep: int) -> None:
+        now_us = to_us(now)
+        async with self._write() as conn:
+            await conn.execute(
+                insert(device_states).values(num_id=num_id, update_time=now_us, data=data)
+            )
+            await conn.execute(
+                update(devices)
+                .where(devices.c.num_id == num_id)
+                .values(state_data=data, state_time=now_us, last_state_time=now_us)
+            )
+            stale = (
+                select(device_states.c.pk)
+                .where(device_states.c.num_id == num_id)
+                .order_by(device_states.c.update_time.desc(), device_states.c.pk.desc())
+                .offset(keep)
+            )
+            await conn.execute(delete(device_states).where(device_states.c.pk.in_(stale)))
+
+    async def list_states(self, num_id: int, limit: int) -> list[DeviceState]:
+        async with self._read() as conn:
+            rows = await conn.execute(
+                select(device_states.c.update_time, device_states.c.data)
+                .where(device_states.c.num_id == num_id)
+                .order_by(device_states.c.update_time.desc(), device_states.c.pk.desc())
+                .limit(limit)
+            )
+            return [
+                DeviceState(update_time=from_us(row.update_time), binary_data=row.data)
+                for row in rows
+            ]
+
+    # Gateway bindings
+
+    async def bind(self, gateway: int, device: int, max_devices: int, max_gateways: int) -> None:
+        """Bind; binding twice is not an error (Cloud IoT Core answered {} again)."""
+        async with self._write() as conn:
+            if await conn.scalar(
+                select(func.count()).where(
+                    gateway_bindings.c.gateway_num_id == gateway,
+                    gateway_bindings.c.device_num_id == device,
+                )
+            ):
+                return
+            bound = await conn.scalar(
+                select(func.count()).where(gateway_bindings.c.gateway_num_id == gateway)
+            )
+            if (bound or 0) >= max_devices:
+                raise FailedPrecondition(f"The gateway already has {max_devices} bound devices")
+            gateways = await conn.scalar(
+                select(func.count()).where(gateway_bindings.c.device_num_id == device)
+            )
+            if (gateways or 0) >= max_gateways:
+                raise FailedPrecondition(f"The device is already bound to {max_gateways} gateways")
+            await conn.execute(
+                insert(gateway_bindings).values(gateway_num_id=gateway, device_num_id=device)
+            )
+
+    async def unbind(self, gateway: int, device: int) -> bool:
+        async with self._write() as conn:
+            result = await conn.execute(
+                delete(gateway_bindings).where(
+                    gateway_bindings.c.gateway_num_id == gateway,
+                    gateway_bindings.c.device_num_id == device,
+                )
+            )
+            return bool(result.rowcount)
+
+    # IAM policies
+
+    async def get_policy(self, registry_pk: int) -> tuple[dict[str, Any], str] | None:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    select(iam_policies.c.policy, iam_policies.c.etag).where(
+                        iam_policies.c.registry_pk == registry_pk
+                    )
+                )
+            ).first()
+        return (dict(row.policy), row.etag) if row else None
+
+    async def set_policy(
+        self, registry_pk: int, policy: dict[str, Any], etag: str, expected_etag: str | None
+    ) -> bool:
+        """Store a policy; with `expected_etag`, only if the stored one still has it."""
+        async with self._write() as conn:
+            current = await conn.scalar(
+                select(iam_policies.c.etag).where(iam_policies.c.registry_pk == registry_pk)
+            )
+            if expected_etag is not None and expected_etag != (current or ""):
+                return False
+            if current is None:
+                await conn.execute(
+                    insert(iam_policies).values(registry_pk=registry_pk, policy=policy, etag=etag)
+                )
+            else:
+                await conn.execute(
+                    update(iam_policies)
+                    .where(iam_policies.c.registry_pk == registry_pk)
+                    .values(policy=policy, etag=etag)
+                )
+        return True
+
+    # Admin tokens
+
+    async def add_token(
+        self, token_id: str, name: str, role: str, token_hash: str, now: datetime
+    ) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                insert(admin_tokens).values(
+                    id=token_id,
+                    name=name,
+                    role=role,
+                    token_hash=token_hash,
+                    created_at=to_us(now),
+                    revoked_at=0,
+                )
+            )
+
+    async def token_role(self, token_hash: str) -> str | None:
+        async with self._read() as conn:
+            return await conn.scalar(
+                select(admin_tokens.c.role).where(
+                    admin_tokens.c.token_hash == token_hash, admin_tokens.c.revoked_at == 0
+                )
+            )
+
+    async def list_tokens(self) -> list[TokenRecord]:
+        async with self._read() as conn:
+            rows = await conn.execute(select(admin_tokens).order_by(admin_tokens.c.created_at))
+            return [
+                TokenRecord(
+                    row.id, row.name, row.role, from_us(row.created_at), bool(row.revoked_at)
+                )
+                for row in rows
+            ]
+
+    async def revoke_token(self, token_id: str, now: datetime) -> bool:
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(admin_tokens)
+                .where(admin_tokens.c.id == token_id, admin_tokens.c.revoked_at == 0)
+                .values(revoked_at=to_us(now))
+            )
+            return bool(result.rowcount)
+
+    async def count_tokens(self) -> int:
+        async with self._read() as conn:
+            return int(await conn.scalar(select(func.count()).select_from(admin_tokens)) or 0)
+
+
+class NumIdTaken(Exception):
+    """The randomly drawn numeric id is in use; the caller draws another."""
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets readers run beside the one writer; FULL makes every commit survive power loss,
+    # because an acknowledged write must be durable.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def _migrate(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def _registry_where(name: RegistryName) -> list[Any]:
+    return [
+        registries.c.project == name.project,
+        registries.c.location == name.location.location,
+        registries.c.registry_id == name.registry,
+    ]
+
+
+def _registry_body(registry: DeviceRegistry) -> dict[str, Any]:
+    body = registry.to_wire()
+    body.pop("id", None)
+    body.pop("name", None)
+    return body
+
+
+def _registry(name: RegistryName, body: dict[str, Any] | str) -> DeviceRegistry:
+    data = json.loads(body) if isinstance(body, str) else dict(body)
+    return DeviceRegistry.model_validate({**data, "id": name.registry, "name": str(name)})
+
+
+def _device_body(device: Device) -> dict[str, Any]:
+    return {
+        "credentials": [credential.to_wire() for credential in device.credentials],
+        "metadata": device.metadata,
+        "logLevel": int(device.log_level),
+        "gatewayAuthMethod": int(device.gateway_config.gateway_auth_method),
+    }
+
+
+def _device(registry: RegistryName, row: Row[Any]) -> Device:
+    body = json.loads(row.body) if isinstance(row.body, str) else row.body
+    device = Device.model_validate(
+        {
+            "id": row.device_id,
+            "name": device_name(registry, row.num_id),
+            "numId": row.num_id,
+            "credentials": body["credentials"],
+            "metadata": body["metadata"],
+            "logLevel": body["logLevel"],
+            "blocked": row.blocked,
+            "gatewayConfig": {
+                "gatewayType": row.gateway_type,
+                "gatewayAuthMethod": body["gatewayAuthMethod"],
+                "lastAccessedGatewayId": row.last_gateway_id,
+                "lastAccessedGatewayTime": from_us(row.last_gateway_time)
+                if row.last_gateway_time
+                else None,
+            },
+        }
+    )
+    device.config = DeviceConfig(
+        version=row.config_version,
+        cloud_update_time=from_us(row.config_update_time),
+        device_ack_time=from_us(row.config_ack_time) if row.config_ack_time else None,
+        binary_data=row.config_data,
+    )
+    if row.state_time:
+        device.state = DeviceState(update_time=from_us(row.state_time), binary_data=row.state_data)
+    device.last_heartbeat_time = from_us(row.last_heartbeat_time)
+    device.last_event_time = from_us(row.last_event_time)
+    device.last_state_time = from_us(row.last_state_time)
+    device.last_config_ack_time = from_us(row.last_config_ack_time)
+    device.last_config_send_time = from_us(row.last_config_send_time)
+    device.last_error_time = from_us(row.last_error_time)
+    if row.last_error_code or row.last_error_message:
+        device.last_error_status = Status(code=row.last_error_code, message=row.last_error_message)
+    return device

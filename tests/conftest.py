@@ -1,0 +1,211 @@
+"""Shared fixtures: a store on each database, a device manager, the API in process and as a
+real server process.
+
+PostgreSQL tests use the server at IRONCORE_TEST_DATABASE_URL (default 127.0.0.1:5432, database
+`test`), each test in a schema of its own. When the server is down they skip on a laptop and
+fail when IRONCORE_REQUIRE_SERVICES=1 (as CI sets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ironcore.api.app import create_app
+from ironcore.registry.service import DeviceManager
+from ironcore.registry.store import Store
+
+PG_URL = os.environ.get("IRONCORE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REQUIRE_SERVICES = os.environ.get("IRONCORE_REQUIRE_SERVICES") == "1"
+
+
+def service_up(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def need_service(name: str, host: str, port: int) -> None:
+    if service_up(host, port):
+        return
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{name} is not reachable at {host}:{port} and IRONCORE_REQUIRE_SERVICES=1")
+    pytest.skip(f"{name} is not reachable at {host}:{port}")
+
+
+def pg_host_port() -> tuple[str, int]:
+    rest = PG_URL.split("@", 1)[-1].split("/", 1)[0]
+    host, _, port = rest.partition(":")
+    return host or "127.0.0.1", int(port or 5432)
+
+
+@dataclass
+class Database:
+    url: str
+    schema: str | None
+
+    @property
+    def kind(self) -> str:
+        return "sqlite" if self.url.startswith("sqlite") else "postgresql"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    if request.param == "sqlite":
+        yield Database(f"sqlite:///{tmp_path / 'ironcore.db'}", None)
+        return
+    need_service("PostgreSQL", *pg_host_port())
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield Database(PG_URL, schema)
+    drop_schema(schema)
+
+
+def drop_schema(schema: str) -> None:
+    async def drop() -> None:
+        from sqlalchemy import text
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        from ironcore.registry.store.sql import database_url
+
+        engine = create_async_engine(database_url(PG_URL))
+        async with engine.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        await engine.dispose()
+
+    asyncio.run(drop())
+
+
+class Clock:
+    """A clock tests move by hand."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def store(database: Database) -> AsyncIterator[Store]:
+    store = await Store.open(database.url, database.schema)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def manager(store: Store, clock: Clock) -> DeviceManager:
+    return DeviceManager(store, clock=clock)
+
+
+@dataclass
+class Api:
+    client: httpx.AsyncClient
+    token: str
+    manager: DeviceManager
+
+    async def as_role(self, role: str) -> httpx.AsyncClient:
+        token = await self.manager.create_token(role, f"test {role}")
+        return httpx.AsyncClient(
+            transport=self.client._transport,
+            base_url="http://ironcore",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+
+
+@pytest.fixture
+async def api(manager: DeviceManager) -> AsyncIterator[Api]:
+    """The API in process (ASGI), with an owner token."""
+    token = await manager.create_token("owner", "test owner")
+    transport = httpx.ASGITransport(app=create_app(manager))
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url="http://ironcore",
+        headers={"Authorization": f"Bearer {token}"},
+    ) as client:
+        yield Api(client, token, manager)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    port: int
+    token: str
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+def start_server(
+    data_dir: Path, database: Database | None = None, extra: list[str] | None = None
+) -> Server:
+    """Run `ironcore serve` as a real process and wait until it is ready."""
+    port = free_port()
+    log = data_dir.parent / f"{data_dir.name}-server.log"
+    args = [sys.executable, "-m", "ironcore", "serve", "--data-dir", str(data_dir)]
+    args += ["--api-host", "127.0.0.1", "--api-port", str(port), *(extra or [])]
+    if database and database.kind == "postgresql":
+        args += ["--database-url", database.url, "--database-schema", database.schema or ""]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IRONCORE_")}
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"ironcore serve exited: {log.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    else:
+        process.kill()
+        raise RuntimeError(f"ironcore serve did not become ready: {log.read_text()}")
+    token = (data_dir / "admin-token").read_text().strip()
+    return Server(url, port, token, data_dir, process, log)
+
+
+def stop_server(server: Server) -> int:
+    server.process.terminate()
+    try:
+        return server.process.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        return -9
+
+
+@pytest.fixture
+def server(tmp_path: Path, database: Database) -> Iterator[Server]:
+    """A real `ironcore serve` process on the parametrized database."""
+    running = start_server(tmp_path / "data", database)
+    yield running
+    stop_server(running)

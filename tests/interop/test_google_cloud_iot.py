@@ -1,0 +1,399 @@
+"""The official `google-cloud-iot==2.9.2` client (REST transport) against a real ironcore
+process, on SQLite and PostgreSQL: every method of the v1 device manager, and the exceptions
+client code relies on."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import time
+from collections.abc import Iterator
+
+import pytest
+from google.api_core import exceptions
+from google.cloud import iot_v1
+from google.oauth2.credentials import Credentials
+from google.protobuf import field_mask_pb2
+
+from tests.conftest import Server
+from tests.keys import es256_key, public_pem, rsa_key, self_signed_pem
+
+PROJECT, LOCATION = "interop-project", "us-central1"
+PARENT = f"projects/{PROJECT}/locations/{LOCATION}"
+
+# Over REST, google-api-core picks the exception class from the HTTP status alone: 409 is
+# Conflict (not its subclass AlreadyExists), 400 is BadRequest, 429 TooManyRequests, 401
+# Unauthorized. The google.rpc status the server sent is in the envelope; these map each
+# expected status to the class the REST transport raises and check both.
+REST_CLASS = {
+    "ALREADY_EXISTS": exceptions.Conflict,
+    "ABORTED": exceptions.Conflict,
+    "FAILED_PRECONDITION": exceptions.BadRequest,
+    "INVALID_ARGUMENT": exceptions.BadRequest,
+    "RESOURCE_EXHAUSTED": exceptions.TooManyRequests,
+    "NOT_FOUND": exceptions.NotFound,
+    "UNAUTHENTICATED": exceptions.Unauthorized,
+}
+
+
+@contextlib.contextmanager
+def raises_status(status: str) -> Iterator[None]:
+    with pytest.raises(REST_CLASS[status]) as caught:
+        yield
+    assert caught.value.response.json()["error"]["status"] == status
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[iot_v1.DeviceManagerClient]:
+    yield iot_v1.DeviceManagerClient(
+        credentials=Credentials(token=server.token),
+        transport="rest",
+        client_options={"api_endpoint": server.url},
+    )
+
+
+def registry_with_topic(client: iot_v1.DeviceManagerClient, registry_id: str) -> str:
+    registry = client.create_device_registry(
+        parent=PARENT,
+        device_registry={
+            "id": registry_id,
+            "event_notification_configs": [{"pubsub_topic_name": f"projects/{PROJECT}/topics/t"}],
+            "state_notification_config": {"pubsub_topic_name": f"projects/{PROJECT}/topics/s"},
+            "mqtt_config": {"mqtt_enabled_state": iot_v1.MqttState.MQTT_ENABLED},
+            "http_config": {"http_enabled_state": iot_v1.HttpState.HTTP_DISABLED},
+        },
+    )
+    return registry.name
+
+
+def test_registry_lifecycle(client: iot_v1.DeviceManagerClient) -> None:
+    name = registry_with_topic(client, "reg-life")
+    assert name == f"{PARENT}/registries/reg-life"
+    got = client.get_device_registry(name=name)
+    assert got.id == "reg-life"
+    assert got.event_notification_configs[0].pubsub_topic_name == f"projects/{PROJECT}/topics/t"
+    assert got.mqtt_config.mqtt_enabled_state == iot_v1.MqttState.MQTT_ENABLED
+    assert got.http_config.http_enabled_state == iot_v1.HttpState.HTTP_DISABLED
+
+    with raises_status("ALREADY_EXISTS"):
+        registry_with_topic(client, "reg-life")
+
+    updated = client.update_device_registry(
+        device_registry={"name": name, "mqtt_config": {"mqtt_enabled_state": 2}},
+        update_mask=field_mask_pb2.FieldMask(paths=["mqtt_config"]),
+    )
+    assert updated.mqtt_config.mqtt_enabled_state == iot_v1.MqttState.MQTT_DISABLED
+    assert updated.http_config.http_enabled_state == iot_v1.HttpState.HTTP_DISABLED
+
+    ids = [r.id for r in client.list_device_registries(parent=PARENT)]
+    assert "reg-life" in ids
+
+    client.delete_device_registry(name=name)
+    with raises_status("NOT_FOUND"):
+        client.get_device_registry(name=name)
+    with raises_status("NOT_FOUND"):
+        client.delete_device_registry(name=name)
+
+
+def test_registry_pagination(client: iot_v1.DeviceManagerClient) -> None:
+    for i in range(5):
+        registry_with_topic(client, f"page-{i}")
+    pager = client.list_device_registries(request={"parent": PARENT, "page_size": 2})
+    ids = [r.id for r in pager]
+    assert ids == [f"page-{i}" for i in range(5)]
+
+
+def test_device_lifecycle(client: iot_v1.DeviceManagerClient) -> None:
+    registry = registry_with_topic(client, "reg-dev")
+    es_key, rsa_priv = es256_key(), rsa_key()
+    device = client.create_device(
+        parent=registry,
+        device={
+            "id": "dev1",
+            "credentials": [
+                {
+                    "public_key": {
+                        "format": iot_v1.PublicKeyFormat.ES256_PEM,
+                        "key": public_pem(es_key),
+                    }
+                },
+                {
+                    "public_key": {
+                        "format": iot_v1.PublicKeyFormat.RSA_X509_PEM,
+                        "key": self_signed_pem(rsa_priv),
+                    }
+                },
+            ],
+            "metadata": {"k": "v"},
+            "gateway_config": {"gateway_type": iot_v1.GatewayType.NON_GATEWAY},
+        },
+    )
+    assert device.num_id > 10**15
+    assert device.name == f"{registry}/devices/{device.num_id}"
+    assert device.config.version == 1
+    assert len(device.credentials) == 2
+    assert device.metadata["k"] == "v"
+
+    with raises_status("ALREADY_EXISTS"):
+        client.create_device(parent=registry, device={"id": "dev1"})
+
+    by_id = client.get_device(name=f"{registry}/devices/dev1")
+    by_num = client.get_device(name=f"{registry}/devices/{device.num_id}")
+    assert by_id.num_id == by_num.num_id == device.num_id
+    assert by_id.credentials[0].public_key.format == iot_v1.PublicKeyFormat.ES256_PEM
+
+    masked = client.get_device(
+        request={
+            "name": f"{registry}/devices/dev1",
+            "field_mask": field_mask_pb2.FieldMask(paths=["id", "num_id", "gateway_config"]),
+        }
+    )
+    assert masked.id == "dev1" and masked.num_id == device.num_id
+    assert masked.gateway_config.gateway_type == iot_v1.GatewayType.NON_GATEWAY
+    assert len(masked.credentials) == 0 and not masked.metadata
+
+    patched = client.update_device(
+        device={"name": f"{registry}/devices/dev1", "blocked": True, "metadata": {"x": "y"}},
+        update_mask=field_mask_pb2.FieldMask(paths=["blocked", "metadata"]),
+    )
+    assert patched.blocked and dict(patched.metadata) == {"x": "y"}
+    assert len(patched.credentials) == 2
+
+    cleared = client.update_device(
+        device={"name": f"{registry}/devices/dev1"},
+        update_mask=field_mask_pb2.FieldMask(paths=["credentials"]),
+    )
+    assert len(cleared.credentials) == 0
+
+    client.delete_device(name=f"{registry}/devices/dev1")
+    with raises_status("NOT_FOUND"):
+        client.get_device(name=f"{registry}/devices/dev1")
+
+
+def test_list_devices_masks_and_filters(client: iot_v1.DeviceManagerClient) -> None:
+    registry = registry_with_topic(client, "reg-list")
+    for i in range(7):
+        client.create_device(parent=registry, device={"id": f"dev-{i}"})
+    client.create_device(
+        parent=registry,
+        device={
+            "id": "gw-1",
+            "gateway_config": {
+                "gateway_type": iot_v1.GatewayType.GATEWAY,
+                "gateway_auth_method": iot_v1.GatewayAuthMethod.ASSOCIATION_ONLY,
+            },
+        },
+    )
+
+    plain = list(client.list_devices(parent=registry))
+    assert len(plain) == 8
+    # Without a field mask the real service returned only id and numId.
+    assert all(d.id and d.num_id and not d.name for d in plain)
+
+    paged = list(client.list_devices(request={"parent": registry, "page_size": 3}))
+    assert sorted(d.id for d in paged) == sorted(d.id for d in plain)
+
+    masked = list(
+        client.list_devices(
+            request={
+                "parent": registry,
+                "field_mask": field_mask_pb2.FieldMask(paths=["config", "gateway_config"]),
+                "device_ids": ["dev-1", "gw-1"],
+            }
+        )
+    )
+    assert sorted(d.id for d in masked) == ["dev-1", "gw-1"]
+    gw = next(d for d in masked if d.id == "gw-1")
+    assert gw.gateway_config.gateway_type == iot_v1.GatewayType.GATEWAY
+    assert all(d.config.version == 1 for d in masked)
+
+    gateways = list(
+        client.list_devices(
+            request={"parent": registry, "gateway_list_options": {"gateway_type": 1}}
+        )
+    )
+    assert [d.id for d in gateways] == ["gw-1"]
+
+    client.bind_device_to_gateway(parent=registry, gateway_id="gw-1", device_id="dev-2")
+    client.bind_device_to_gateway(parent=registry, gateway_id="gw-1", device_id="dev-3")
+    bound = list(
+        client.list_devices(
+            request={
+                "parent": registry,
+                "gateway_list_options": {"associations_gateway_id": "gw-1"},
+            }
+        )
+    )
+    assert sorted(d.id for d in bound) == ["dev-2", "dev-3"]
+    of_device = list(
+        client.list_devices(
+            request={
+                "parent": registry,
+                "gateway_list_options": {"associations_device_id": "dev-2"},
+            }
+        )
+    )
+    assert [d.id for d in of_device] == ["gw-1"]
+
+    with raises_status("FAILED_PRECONDITION"):
+        client.delete_device(name=f"{registry}/devices/dev-2")
+    client.unbind_device_from_gateway(parent=registry, gateway_id="gw-1", device_id="dev-2")
+    client.unbind_device_from_gateway(parent=registry, gateway_id="gw-1", device_id="dev-3")
+    with raises_status("NOT_FOUND"):
+        client.unbind_device_from_gateway(parent=registry, gateway_id="gw-1", device_id="dev-3")
+    client.delete_device(name=f"{registry}/devices/dev-2")
+
+    with raises_status("FAILED_PRECONDITION"):
+        client.delete_device_registry(name=registry)
+
+
+def test_configs_states_and_commands(client: iot_v1.DeviceManagerClient) -> None:
+    registry = registry_with_topic(client, "reg-cfg")
+    name = f"{registry}/devices/cfg"
+    client.create_device(parent=registry, device={"id": "cfg"})
+
+    config = client.modify_cloud_to_device_config(name=name, binary_data=b"test\xff")
+    assert config.version == 2 and config.binary_data == b"test\xff"
+
+    # A second update within a second is refused with RESOURCE_EXHAUSTED; the client retries
+    # that on its own, so call with no retry to see the error.
+    with raises_status("RESOURCE_EXHAUSTED"):
+        client.modify_cloud_to_device_config(name=name, binary_data=b"again", retry=None)
+    time.sleep(1.1)
+    with raises_status("FAILED_PRECONDITION"):
+        client.modify_cloud_to_device_config(
+            request={"name": name, "binary_data": b"stale", "version_to_update": 1}, retry=None
+        )
+    config = client.modify_cloud_to_device_config(
+        request={"name": name, "binary_data": b"v3", "version_to_update": 2}
+    )
+    assert config.version == 3
+
+    versions = client.list_device_config_versions(name=name)
+    assert [c.version for c in versions.device_configs] == [3, 2, 1]
+    assert versions.device_configs[0].binary_data == b"v3"
+    assert (
+        len(
+            client.list_device_config_versions(
+                request={"name": name, "num_versions": 1}
+            ).device_configs
+        )
+        == 1
+    )
+
+    states = client.list_device_states(name=name)
+    assert list(states.device_states) == []
+
+    # No device is connected: the command cannot be delivered.
+    with raises_status("FAILED_PRECONDITION"):
+        client.send_command_to_device(name=name, binary_data=b"cmd", subfolder="a/b", retry=None)
+    with raises_status("NOT_FOUND"):
+        client.send_command_to_device(name=f"{registry}/devices/nope", binary_data=b"x", retry=None)
+
+
+def test_iam_policies(client: iot_v1.DeviceManagerClient) -> None:
+    from google.iam.v1 import iam_policy_pb2, policy_pb2
+
+    registry = registry_with_topic(client, "reg-iam")
+    empty = client.get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(resource=registry))
+    assert empty.etag and not empty.bindings
+
+    policy = policy_pb2.Policy(
+        bindings=[policy_pb2.Binding(role="roles/viewer", members=["group:ops@example.com"])]
+    )
+    stored = client.set_iam_policy(
+        request=iam_policy_pb2.SetIamPolicyRequest(resource=registry, policy=policy)
+    )
+    assert stored.etag and stored.etag != empty.etag
+    read = client.get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(resource=registry))
+    assert read.etag == stored.etag
+    assert list(read.bindings[0].members) == ["group:ops@example.com"]
+
+    stale = policy_pb2.Policy(
+        etag=empty.etag, bindings=[policy_pb2.Binding(role="roles/owner", members=["user:x"])]
+    )
+    with raises_status("ABORTED"):
+        client.set_iam_policy(
+            request=iam_policy_pb2.SetIamPolicyRequest(resource=registry, policy=stale)
+        )
+
+    granted = client.test_iam_permissions(
+        request=iam_policy_pb2.TestIamPermissionsRequest(
+            resource=registry,
+            permissions=["cloudiot.devices.sendCommand", "cloudiot.registries.get", "made.up"],
+        )
+    )
+    assert sorted(granted.permissions) == [
+        "cloudiot.devices.sendCommand",
+        "cloudiot.registries.get",
+    ]
+    missing = client.test_iam_permissions(
+        request=iam_policy_pb2.TestIamPermissionsRequest(
+            resource=f"{PARENT}/registries/none", permissions=["cloudiot.registries.get"]
+        )
+    )
+    assert list(missing.permissions) == []
+
+
+class StaticToken(Credentials):  # type: ignore[misc]
+    """A token that never refreshes: on a 401 google-auth asks for a refresh, then gives up."""
+
+    def refresh(self, request: object) -> None:
+        pass
+
+
+def test_bad_token_is_unauthenticated(server: Server) -> None:
+    client = iot_v1.DeviceManagerClient(
+        credentials=StaticToken(token="ic_bad_token"),
+        transport="rest",
+        client_options={"api_endpoint": server.url},
+    )
+    with raises_status("UNAUTHENTICATED"):
+        client.get_device_registry(name=f"{PARENT}/registries/x")
+
+
+def test_raw_http_snake_case_and_url_safe(server: Server) -> None:
+    """What device-side and script code sent with plain HTTP: snake_case, URL-safe base64."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {server.token}"}
+    base = f"{server.url}/v1/{PARENT}/registries"
+    r = httpx.post(
+        base,
+        json={
+            "id": "raw",
+            "event_notification_configs": [{"pubsub_topic_name": "projects/p/topics/t"}],
+        },
+        headers=headers,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["eventNotificationConfigs"][0]["pubsubTopicName"] == "projects/p/topics/t"
+    r = httpx.post(
+        f"{base}/raw/devices",
+        json={"id": "dev", "gateway_config": {"gateway_type": "GATEWAY"}},
+        headers=headers,
+    )
+    assert r.status_code == 200, r.text
+    payload = b"\xfb\xff\xfe config"
+    r = httpx.post(
+        f"{base}/raw/devices/dev:modifyCloudToDeviceConfig",
+        json={
+            "binary_data": base64.urlsafe_b64encode(payload).decode().rstrip("="),
+            "version_to_update": "1",
+        },
+        headers=headers,
+    )
+    assert r.status_code == 200, r.text
+    assert base64.b64decode(r.json()["binaryData"]) == payload
+    assert r.json()["version"] == "2"
+    r = httpx.get(
+        f"{base}/raw/devices",
+        params={
+            "field_mask": "gateway_config",
+            "gateway_list_options.gateway_type": "GATEWAY",
+            "$alt": "json;enum-encoding=int",
+        },
+        headers=headers,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["devices"][0]["gatewayConfig"]["gatewayType"] == "GATEWAY"
