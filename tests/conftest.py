@@ -161,16 +161,23 @@ class Server:
     data_dir: Path
     process: subprocess.Popen[bytes]
     log: Path
+    mqtt_port: int
+
+    @property
+    def ca_file(self) -> Path:
+        """What devices trust: the local CA ironcore generated for its bridges."""
+        return self.data_dir / "tls" / "ca.crt"
 
 
 def start_server(
     data_dir: Path, database: Database | None = None, extra: list[str] | None = None
 ) -> Server:
     """Run `ironcore serve` as a real process and wait until it is ready."""
-    port = free_port()
+    port, mqtt_port = free_port(), free_port()
     log = data_dir.parent / f"{data_dir.name}-server.log"
     args = [sys.executable, "-m", "ironcore", "serve", "--data-dir", str(data_dir)]
-    args += ["--api-host", "127.0.0.1", "--api-port", str(port), *(extra or [])]
+    args += ["--api-host", "127.0.0.1", "--api-port", str(port)]
+    args += ["--mqtt-host", "127.0.0.1", "--mqtt-port", str(mqtt_port), *(extra or [])]
     if database and database.kind == "postgresql":
         args += ["--database-url", database.url, "--database-schema", database.schema or ""]
     env = {k: v for k, v in os.environ.items() if not k.startswith("IRONCORE_")}
@@ -191,7 +198,7 @@ def start_server(
         process.kill()
         raise RuntimeError(f"ironcore serve did not become ready: {log.read_text()}")
     token = (data_dir / "admin-token").read_text().strip()
-    return Server(url, port, token, data_dir, process, log)
+    return Server(url, port, token, data_dir, process, log, mqtt_port)
 
 
 def stop_server(server: Server) -> int:

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ironcore.bridge.tls import local_certificates
+
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("IRONCORE_DATA_DIR") or Path.home() / ".ironcore")
@@ -26,6 +28,27 @@ class Settings:
     database_schema: str = ""
     log_format: str = "text"
     log_level: str = "info"
+    mqtt_host: str = "0.0.0.0"
+    mqtt_port: int = 8883
+    # A second TLS port for the bridge (Cloud IoT Core also served 443); 0 = none.
+    mqtt_second_port: int = 0
+    # A plaintext MQTT port, only for local testing; 0 = none.
+    insecure_mqtt_port: int = 0
+    # Names devices reach the bridge by, added to the generated server certificate.
+    mqtt_hostnames: tuple[str, ...] = ()
+    # The operator's own bridge certificate (chain) and key; empty = generate a local CA.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"
+
+    def bridge_tls_files(self) -> tuple[Path, Path]:
+        """The bridge's certificate chain and key: the operator's, or generated ones."""
+        if self.tls_cert and self.tls_key:
+            return self.tls_cert, self.tls_key
+        return local_certificates(self.tls_dir, self.mqtt_hostnames)
 
     @property
     def effective_database_url(self) -> str:

@@ -144,10 +144,9 @@ async def _validation_error(_request: Request, exc: Exception) -> Any:
 async def _http_error(_request: Request, exc: Exception) -> Any:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, Code.UNKNOWN)
-    response = error_response(code, str(exc.detail))
-    if exc.status_code == 405:
-        response.status_code = 405
-    return response
+    # 405 has no google.rpc code of its own; the envelope's code still equals the HTTP status.
+    status = 405 if exc.status_code == 405 else None
+    return error_response(code, str(exc.detail), http_status=status)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Any:

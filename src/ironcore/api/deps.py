@@ -19,12 +19,16 @@ DEVICE = DEVICES + "/{device}"
 GROUP_DEVICE = GROUP_DEVICES + "/{device}"
 
 
-def _manager(request: Request) -> DeviceManager:
+# Both dependencies are `async def` although they never await: FastAPI runs a plain `def`
+# dependency in its thread pool, which cost two thread hand-offs per request.
+
+
+async def _manager(request: Request) -> DeviceManager:
     manager: DeviceManager = request.app.state.manager
     return manager
 
 
-def _caller(request: Request) -> Caller:
+async def _caller(request: Request) -> Caller:
     # The authentication middleware has run before routing; see ironcore.api.app.
     caller: Caller = request.scope["state"]["caller"]
     return caller

@@ -23,6 +23,7 @@ from ironcore.api.deps import (
     registry_name,
 )
 from ironcore.errors import InvalidArgument
+from ironcore.registry.names import parse_num_id
 from ironcore.registry.resources import Device, GatewayType
 from ironcore.registry.wire import Bytes, Int64, Message
 
@@ -205,6 +206,4 @@ def _gateway_type(value: str) -> GatewayType:
 
 
 def _num_id(value: str) -> int:
-    if not value.isdigit() or len(value) > 20:
-        raise InvalidArgument.field("device_num_ids", f"{value[:40]!r} is not a numeric device id")
-    return int(value)
+    return parse_num_id(value, "device_num_ids")

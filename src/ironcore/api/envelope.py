@@ -14,8 +14,13 @@ from ironcore.errors import Code, FieldViolation
 
 
 def error_response(
-    code: Code, message: str, violations: list[FieldViolation] | None = None
+    code: Code,
+    message: str,
+    violations: list[FieldViolation] | None = None,
+    http_status: int | None = None,
 ) -> JSONResponse:
+    """The envelope for `code`; `http_status` overrides the code's usual HTTP status (405)."""
+    status = http_status or code.http_status
     details: list[dict[str, Any]] = []
     if violations:
         details.append(
@@ -28,10 +33,10 @@ def error_response(
         )
     body = {
         "error": {
-            "code": code.http_status,
+            "code": status,
             "message": message,
             "status": code.name,
             "details": details,
         }
     }
-    return JSONResponse(body, status_code=code.http_status)
+    return JSONResponse(body, status_code=status)

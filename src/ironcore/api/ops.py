@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from sqlalchemy import text
+from starlette.routing import Match
 
 router = APIRouter()
 
@@ -56,10 +57,36 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            route = scope.get("route")
-            method = getattr(route, "name", None) or "unmatched"
+            method = _method_name(scope)
             REQUESTS.labels(method, str(status)).inc()
             LATENCY.labels(method).observe(time.perf_counter() - start)
+
+
+def _method_name(scope: Scope) -> str:
+    """The name of the route that served the request, or "unmatched".
+
+    The router records its choice in the scope it is given; a middleware that rewrites the request
+    (ironcore.api.app.NormalizeRequestMiddleware, for every POST and PATCH) hands on a copy, as
+    ASGI asks, so the choice is not always visible here; and a request refused before routing (no
+    token) has none. Then match the app's routes again: ironcore includes its routers without a
+    prefix, so each route matches the request path as it is.
+    """
+    route = scope.get("route")
+    if route is None or getattr(route, "name", None) is None:
+        route = _find_route(getattr(scope.get("app"), "routes", ()), scope)
+    return getattr(route, "name", None) or "unmatched"
+
+
+def _find_route(routes: Any, scope: Scope) -> Any:
+    for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI's include_router()
+        if included is not None:
+            found = _find_route(included.routes, scope)
+            if found is not None:
+                return found
+        elif route.matches(scope)[0] is Match.FULL:
+            return route
+    return None
 
 
 @router.get("/healthz", include_in_schema=False)

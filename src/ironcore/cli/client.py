@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -11,12 +12,15 @@ from typing import Any, NoReturn
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ironcore.settings import default_data_dir
 
 err = Console(stderr=True)
-out = Console()
+# Piped into a file or another program, tables keep their natural width: ids and names are
+# never cut short with an ellipsis to fit 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 10_000)
 
 
 @dataclass
@@ -58,6 +62,8 @@ class Context:
                 headers={"Authorization": f"Bearer {self.token}"},
                 timeout=30,
             )
+        except httpx.InvalidURL as exc:
+            fail(f"--server {self.server!r} is not a valid URL: {exc}")
         except httpx.HTTPError as exc:
             fail(f"cannot reach ironcore at {self.server}: {exc}")
         try:
@@ -97,8 +103,19 @@ def _cell(value: Any) -> str:
 
 
 def fail(message: str) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    # The message is text, not Rich markup: server messages quote things like `[a-zA-Z0-9]`.
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
+
+
+def read_text(path: Path) -> str:
+    """A PEM file's text, or a one-line error naming the file."""
+    try:
+        return path.read_text()
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror or exc}")
+    except UnicodeDecodeError:
+        fail(f"cannot read {path}: not a text (PEM) file")
 
 
 def token_from(token: str | None, data_dir: Path | None) -> str | None:
@@ -109,5 +126,5 @@ def token_from(token: str | None, data_dir: Path | None) -> str | None:
     path = (data_dir or default_data_dir()) / "admin-token"
     try:
         return path.read_text().strip() or None
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return None

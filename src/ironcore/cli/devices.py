@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ironcore.cli.client import Context, fail
+from ironcore.cli.client import Context, fail, read_text
 
 app = typer.Typer(help="Devices, their configs and states.", no_args_is_help=True)
 config_app = typer.Typer(help="Device configuration (cloud to device).", no_args_is_help=True)
@@ -39,11 +39,7 @@ def _row(device: dict[str, Any]) -> dict[str, Any]:
 def _credentials(key_file: list[Path], key_format: str) -> list[dict[str, Any]]:
     out = []
     for path in key_file:
-        try:
-            key = path.read_text()
-        except OSError as exc:
-            fail(f"cannot read {path}: {exc.strerror}")
-        out.append({"publicKey": {"format": key_format, "key": key}})
+        out.append({"publicKey": {"format": key_format, "key": read_text(path)}})
     return out
 
 
@@ -245,7 +241,7 @@ def _read_bytes(path: Path | None) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        fail(f"cannot read {path}: {exc.strerror}")
+        fail(f"cannot read {path}: {exc.strerror or exc}")
 
 
 def _text(b64: str) -> str:

@@ -61,12 +61,47 @@ def serve(
         str, typer.Option(envvar="IRONCORE_LOG_FORMAT", help="text or json")
     ] = "text",
     log_level: Annotated[str, typer.Option(envvar="IRONCORE_LOG_LEVEL")] = "info",
+    mqtt_host: Annotated[str, typer.Option(envvar="IRONCORE_MQTT_HOST")] = "0.0.0.0",
+    mqtt_port: Annotated[
+        int, typer.Option(envvar="IRONCORE_MQTT_PORT", help="MQTT over TLS; 0 turns it off")
+    ] = 8883,
+    mqtt_second_port: Annotated[
+        int,
+        typer.Option(envvar="IRONCORE_MQTT_SECOND_PORT", help="Another TLS port, e.g. 443"),
+    ] = 0,
+    insecure_mqtt_port: Annotated[
+        int,
+        typer.Option(
+            envvar="IRONCORE_INSECURE_MQTT_PORT",
+            help="Plaintext MQTT for local testing only (JWTs travel in clear)",
+        ),
+    ] = 0,
+    mqtt_hostname: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Name devices use to reach the bridge (repeatable); goes in the "
+            "generated server certificate"
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(envvar="IRONCORE_TLS_CERT", help="Your own bridge certificate chain (PEM)"),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(envvar="IRONCORE_TLS_KEY", help="Its private key (PEM)")
+    ] = None,
 ) -> None:
-    """Run ironcore: the admin API (and, as they land, the device bridges)."""
+    """Run ironcore: the admin API and the MQTT bridge."""
+    if (tls_cert is None) != (tls_key is None):
+        raise typer.BadParameter("give both --tls-cert and --tls-key, or neither")
     from ironcore import server
 
     if log_format not in ("text", "json"):
         raise typer.BadParameter("must be text or json", param_hint="--log-format")
+    if log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+        raise typer.BadParameter(
+            "must be debug, info, warning, error or critical", param_hint="--log-level"
+        )
     server.run(
         Settings(
             data_dir=data_dir or default_data_dir(),
@@ -76,5 +111,12 @@ def serve(
             database_schema=database_schema,
             log_format=log_format,
             log_level=log_level,
+            mqtt_host=mqtt_host,
+            mqtt_port=mqtt_port,
+            mqtt_second_port=mqtt_second_port,
+            insecure_mqtt_port=insecure_mqtt_port,
+            mqtt_hostnames=tuple(mqtt_hostname or ()),
+            tls_cert=tls_cert,
+            tls_key=tls_key,
         )
     )

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ironcore.cli.client import Context, fail
+from ironcore.cli.client import Context, fail, read_text
 
 app = typer.Typer(help="Device registries.", no_args_is_help=True)
 COLUMNS = ["id", "mqtt", "http", "eventTopics", "stateTopic", "caCertificates"]
@@ -53,18 +53,16 @@ def _body(
         mask.append("httpConfig")
     if ca_cert is not None:
         body["credentials"] = [
-            {"publicKeyCertificate": {"format": "X509_CERTIFICATE_PEM", "certificate": _read(p)}}
+            {
+                "publicKeyCertificate": {
+                    "format": "X509_CERTIFICATE_PEM",
+                    "certificate": read_text(p),
+                }
+            }
             for p in ca_cert
         ]
         mask.append("credentials")
     return body, mask
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError as exc:
-        fail(f"cannot read {path}: {exc.strerror}")
 
 
 def _row(registry: dict[str, Any]) -> dict[str, Any]:

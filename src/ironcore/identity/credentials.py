@@ -14,9 +14,10 @@ from datetime import UTC, datetime
 from enum import Enum
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from ironcore import limits
 from ironcore.errors import InvalidArgument
@@ -77,7 +78,7 @@ def parse_device_key(key_format: str, pem: str, field: str) -> ParsedKey:
     certificate = None
     if is_x509:
         certificate = load_certificate(pem, key_field)
-        public_key = certificate.public_key()
+        public_key = _certificate_key(certificate, key_field)
     else:
         public_key = _load_public_key(pem, key_field)
     if algorithm is Algorithm.RS256:
@@ -119,11 +120,22 @@ def _load_public_key(pem: str, field: str) -> PublicKey:
         )
     try:
         key = serialization.load_pem_public_key(pem.encode())
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise InvalidArgument.field(field, f"malformed PEM public key: {exc}") from None
     if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
         raise InvalidArgument.field(field, f"unsupported key type {_kind(key)}")
     return key
+
+
+def _certificate_key(cert: x509.Certificate, field: str) -> CertificatePublicKeyTypes:
+    """The certificate's public key; a key `cryptography` cannot load (an unknown curve, say)
+    is the caller's mistake, not the server's."""
+    try:
+        return cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise InvalidArgument.field(
+            field, f"unsupported public key in certificate: {exc}"
+        ) from None
 
 
 def _kind(key: object) -> str:
@@ -149,7 +161,7 @@ class CertificateDetails:
 def parse_ca_certificate(pem: str, field: str) -> tuple[x509.Certificate, CertificateDetails]:
     """Parse a registry CA certificate and describe it; refuses what cannot sign certificates."""
     cert = load_certificate(pem, field)
-    key = cert.public_key()
+    key = _certificate_key(cert, field)
     if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
         raise InvalidArgument.field(field, f"CA certificate has an unsupported key: {_kind(key)}")
     oid = cert.signature_algorithm_oid
@@ -174,7 +186,7 @@ def check_signed_by_any(
             continue
         try:
             certificate.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, InvalidSignature):
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
             continue
         if not ca.not_valid_before_utc <= now <= ca.not_valid_after_utc:
             raise InvalidArgument.field(

@@ -7,7 +7,7 @@ Both are accepted; paths are kept in snake_case.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, get_origin
 
 from pydantic import BaseModel
 from pydantic.alias_generators import to_camel
@@ -50,6 +50,9 @@ def _exists(model: type[BaseModel], parts: list[str]) -> bool:
         return False
     if len(parts) == 1:
         return True
+    if get_origin(info.annotation) in (list, dict):
+        # A FieldMask path may end at a repeated or map field but not go through one.
+        return False
     return any(_exists(candidate, parts[1:]) for candidate in _model_args(info.annotation))
 
 

@@ -15,6 +15,8 @@ from ironcore.errors import InvalidArgument
 # Project and location ids are the caller's to choose; these keep them usable in a path.
 _PROJECT = re.compile(r"[a-zA-Z0-9][-a-zA-Z0-9_.:~]{0,99}")
 _LOCATION = re.compile(r"[a-z][-a-z0-9]{0,62}")
+# Numeric ids are stored as signed 64-bit integers; a larger number names no device.
+NUM_ID_LIMIT = 2**63 - 1
 
 
 def check_id(value: str, field: str) -> str:
@@ -25,6 +27,13 @@ def check_id(value: str, field: str) -> str:
             "starting with a letter, and not starting with 'goog'",
         )
     return value
+
+
+def parse_num_id(value: str, field: str) -> int:
+    """A numeric device id given as decimal text; it has to fit the database's int64."""
+    if not (value.isascii() and value.isdigit()) or int(value) > NUM_ID_LIMIT:
+        raise InvalidArgument.field(field, f"{value[:40]!r} is not a numeric device id")
+    return int(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +80,8 @@ class DeviceRef:
 
     @classmethod
     def parse(cls, registry: RegistryName, segment: str, field: str = "name") -> DeviceRef:
-        if segment.isdigit():
-            return cls(registry, None, int(segment))
+        if segment.isascii() and segment.isdigit():
+            return cls(registry, None, parse_num_id(segment, field))
         return cls(registry, check_id(segment, field), None)
 
     def __str__(self) -> str:

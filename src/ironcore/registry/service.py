@@ -29,7 +29,13 @@ from ironcore.errors import (
 )
 from ironcore.identity import credentials as creds
 from ironcore.registry.masks import parse_mask, select_fields
-from ironcore.registry.names import DeviceRef, LocationName, RegistryName, check_id
+from ironcore.registry.names import (
+    NUM_ID_LIMIT,
+    DeviceRef,
+    LocationName,
+    RegistryName,
+    check_id,
+)
 from ironcore.registry.resources import (
     Device,
     DeviceConfig,
@@ -72,11 +78,18 @@ ROLES = ("viewer", "editor", "owner")
 TOKEN_PREFIX = "ic_"
 
 
-class CommandDelivery(Protocol):
-    """Whoever can reach connected devices (the bridges' hub)."""
+class DeviceLinks(Protocol):
+    """Whoever reaches connected devices (the bridges' hub): it delivers commands and configs
+    and disconnects devices that a change no longer allows."""
 
     async def send_command(self, device: Device, data: bytes, subfolder: str) -> bool:
         """Deliver a command; False when the device is not connected and subscribed."""
+
+    async def config_changed(self, num_id: int, config: DeviceConfig) -> None: ...
+
+    async def device_changed(self, num_id: int) -> None: ...
+
+    async def registry_changed(self, name: RegistryName) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -90,11 +103,11 @@ class DeviceManager:
         self,
         store: Store,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        commands: CommandDelivery | None = None,
+        links: DeviceLinks | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
-        self.commands = commands
+        self.links = links
 
     # Registries
 
@@ -128,6 +141,8 @@ class DeviceManager:
             setattr(updated, top, getattr(patch, top))
         self._check_registry(updated)
         await self.store.update_registry(record.pk, name, updated)
+        if self.links is not None:
+            await self.links.registry_changed(name)
         return (await self._registry(name)).registry
 
     async def delete_registry(self, name: RegistryName) -> None:
@@ -276,11 +291,15 @@ class DeviceManager:
         ]
         self._check_device(registry, updated, previous)
         await self.store.update_device(updated)
+        if self.links is not None:
+            await self.links.device_changed(updated.num_id)
         return (await self.device_record(ref)).device
 
     async def delete_device(self, ref: DeviceRef) -> None:
         device = (await self.device_record(ref)).device
         await self.store.delete_device(ref.registry, device.num_id)
+        if self.links is not None:
+            await self.links.device_changed(device.num_id)
 
     async def list_devices(
         self,
@@ -419,6 +438,8 @@ class DeviceManager:
         )
         if config is None:
             raise Aborted("The config changed while this update was applied; try again")
+        if self.links is not None:
+            await self.links.config_changed(record.device.num_id, config)
         return config
 
     async def list_config_versions(self, ref: DeviceRef, num_versions: int) -> list[DeviceConfig]:
@@ -447,7 +468,7 @@ class DeviceManager:
                 "subfolder", f"at most {limits.SUBFOLDER_MAX_BYTES} bytes, without '+', '#' or NUL"
             )
         device = (await self.device_record(ref)).device
-        if self.commands is None or not await self.commands.send_command(device, data, subfolder):
+        if self.links is None or not await self.links.send_command(device, data, subfolder):
             raise FailedPrecondition(
                 f"Device {ref} is not connected, "
                 f"or not subscribed to /devices/{device.id}/commands/#"
@@ -552,7 +573,7 @@ def _decode_token(token: str) -> int:
     try:
         text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         prefix, after = text.split(":")
-        if prefix == "v1" and after.isdigit():
+        if prefix == "v1" and after.isascii() and after.isdigit() and int(after) <= NUM_ID_LIMIT:
             return int(after)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass

@@ -76,12 +76,16 @@ def parse_timestamp(value: object) -> datetime:
         raise ValueError(f"expected an RFC 3339 timestamp, got {value!r:.40}") from None
     if parsed.tzinfo is None:
         raise ValueError("timestamp needs a time zone ('Z' or an offset)")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"timestamp out of range: {value!r:.40}") from None
 
 
 def format_timestamp(value: datetime) -> str:
     value = value.astimezone(UTC)
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    # Not strftime("%Y"): it does not pad years before 1000 to four digits.
+    text = f"{value.year:04d}-{value:%m-%dT%H:%M:%S}"
     if value.microsecond:
         text += f".{value.microsecond:06d}".rstrip("0")
     return text + "Z"

@@ -128,3 +128,17 @@ admin_tokens = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("revoked_at", BigInteger, nullable=False),
 )
+
+# Telemetry and state notifications, appended in order; routing reads them per topic.
+events = Table(
+    "events",
+    metadata,
+    Column(
+        "pk", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("topic", String(300), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("attributes", Json, nullable=False),
+    Column("publish_time", BigInteger, nullable=False),
+    Index("ix_events_topic", "topic", "pk"),
+)

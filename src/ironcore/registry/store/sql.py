@@ -19,7 +19,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Row, delete, event, func, insert, select, text, update
+from sqlalchemy import Connection, Row, bindparam, delete, event, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -38,6 +38,7 @@ from ironcore.registry.store.schema import (
     device_configs,
     device_states,
     devices,
+    events,
     gateway_bindings,
     iam_policies,
     registries,
@@ -118,7 +119,7 @@ class Store:
         connect_args: dict[str, Any] = {}
         if schema and url.startswith("postgresql"):
             connect_args["server_settings"] = {"search_path": schema}
-        engine = create_async_engine(url, connect_args=connect_args, pool_pre_ping=True)
+        engine = create_async_engine(url, connect_args=connect_args, **_pool_options(url))
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         elif schema:
@@ -577,9 +578,91 @@ class Store:
         async with self._read() as conn:
             return int(await conn.scalar(select(func.count()).select_from(admin_tokens)) or 0)
 
+    # What the bridges write
+
+    async def append_events(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Append events (topic, data, attributes, publish_time) in one transaction."""
+        async with self._write() as conn:
+            await conn.execute(insert(events), list(rows))
+
+    async def update_device_times(self, updates: dict[int, dict[str, int | str]]) -> None:
+        """Write batched bookkeeping (`last*` times in microseconds) for many devices."""
+        by_fields: dict[tuple[str, ...], list[dict[str, int | str]]] = {}
+        for num_id, fields in updates.items():
+            by_fields.setdefault(tuple(sorted(fields)), []).append({"_num_id": num_id, **fields})
+        async with self._write() as conn:
+            for names, rows in by_fields.items():
+                statement = (
+                    update(devices)
+                    .where(devices.c.num_id == bindparam("_num_id"))
+                    .values({name: bindparam(name) for name in names})
+                )
+                await conn.execute(statement, rows)
+
+    async def set_last_error(self, num_id: int, code: int, message: str, now: datetime) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                update(devices)
+                .where(devices.c.num_id == num_id)
+                .values(
+                    last_error_code=code,
+                    last_error_message=message[:1000],
+                    last_error_time=to_us(now),
+                )
+            )
+
+    async def ack_config(self, num_id: int, version: int, now: datetime) -> None:
+        now_us = to_us(now)
+        async with self._write() as conn:
+            await conn.execute(
+                update(device_configs)
+                .where(device_configs.c.num_id == num_id, device_configs.c.version == version)
+                .values(device_ack_time=now_us)
+            )
+            await conn.execute(
+                update(devices)
+                .where(devices.c.num_id == num_id, devices.c.config_version == version)
+                .values(config_ack_time=now_us)
+            )
+            await conn.execute(
+                update(devices)
+                .where(devices.c.num_id == num_id)
+                .values(last_config_ack_time=now_us)
+            )
+
+    async def is_bound(self, gateway: int, device: int) -> bool:
+        async with self._read() as conn:
+            found = await conn.scalar(
+                select(gateway_bindings.c.device_num_id).where(
+                    gateway_bindings.c.gateway_num_id == gateway,
+                    gateway_bindings.c.device_num_id == device,
+                )
+            )
+        return found is not None
+
 
 class NumIdTaken(Exception):
     """The randomly drawn numeric id is in use; the caller draws another."""
+
+
+# SQLite connections in the pool. Each aiosqlite connection is a thread; more of them only add
+# GIL contention, since the one writer is serialized anyway and reads take microseconds.
+_SQLITE_POOL_SIZE = 4
+
+
+def _pool_options(url: str) -> dict[str, Any]:
+    """Pool settings per database.
+
+    PostgreSQL: ping a connection before handing it out, so a restarted database costs one
+    failed ping instead of a failed request. SQLite (a file database): a fixed pool without
+    pre-ping or overflow. A file connection cannot go stale, and overflow connections were
+    opened and closed again under load (a new thread, PRAGMAs and schema read each time).
+    """
+    if not url.startswith("sqlite"):
+        return {"pool_pre_ping": True}
+    if ":memory:" in url or "mode=memory" in url:
+        return {}  # SQLAlchemy picks a static pool: one shared in-memory database
+    return {"pool_size": _SQLITE_POOL_SIZE, "max_overflow": 0}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

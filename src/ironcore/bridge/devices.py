@@ -1,0 +1,172 @@
+"""Device authentication for the bridges: who is this device, and may it connect now?
+
+Both bridges (MQTT and HTTP) come here with a registry, a device id and a JWT. The rules are
+one set: the registry exists and has the bridge enabled, the device exists and is not blocked,
+and the JWT verifies against one of its credentials that has not expired. Parsed keys are
+cached, keyed by the credential's text, so the hot path does no PEM parsing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from ironcore.errors import Code, InvalidArgument, NotFound
+from ironcore.identity import credentials as creds
+from ironcore.identity.jwt import Claims, InvalidToken, verify_device_jwt
+from ironcore.registry.names import DeviceRef, RegistryName
+from ironcore.registry.resources import Device, DeviceCredential, DeviceRegistry
+from ironcore.registry.store import Store
+from ironcore.registry.wire import EPOCH
+
+log = logging.getLogger(__name__)
+_CLIENT_ID = re.compile(
+    r"projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
+    r"/registries/(?P<registry>[^/]+)/devices/(?P<device>[^/]+)"
+)
+# Parsed keys kept; a fleet's devices have up to 3 each, and a miss only costs a PEM parse.
+_KEY_CACHE_SIZE = 100_000
+
+
+class DeviceRefused(Exception):
+    """The device may not connect; `reason` is a short metric label, `message` says why.
+
+    `num_id` is set when the device exists, so the reason can go to its lastErrorStatus.
+    """
+
+    def __init__(self, reason: str, message: str, num_id: int | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.num_id = num_id
+
+
+@dataclass(frozen=True)
+class DeviceContext:
+    """A device as a bridge sees it: its registry and its current resource."""
+
+    name: RegistryName
+    registry: DeviceRegistry
+    device: Device
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    context: DeviceContext
+    claims: Claims
+    # The credential the JWT verified against; revoking or expiring it ends the connection.
+    key_fingerprint: str
+    # When the connection must end: the JWT's exp plus skew, or the credential's expiry.
+    deadline: float
+
+
+def parse_client_id(client_id: str) -> DeviceRef:
+    match = _CLIENT_ID.fullmatch(client_id)
+    if match is None:
+        raise DeviceRefused(
+            "client_id",
+            "the client id is not projects/{p}/locations/{l}/registries/{r}/devices/{d}",
+        )
+    try:
+        name = RegistryName.parse(match["project"], match["location"], match["registry"])
+        return DeviceRef.parse(name, match["device"])
+    except InvalidArgument as error:
+        raise DeviceRefused("client_id", f"invalid client id: {error.message}") from None
+
+
+class DeviceAuthenticator:
+    def __init__(self, store: Store, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+        self.store = store
+        self.clock = clock
+        self._keys: OrderedDict[tuple[str, str], creds.ParsedKey] = OrderedDict()
+
+    async def load(self, ref: DeviceRef) -> DeviceContext:
+        """The device and its registry; NotFound if either is gone."""
+        registry = await self.store.get_registry(ref.registry)
+        if registry is None:
+            raise NotFound(f"Registry {ref.registry} not found")
+        record = await self.store.get_device(ref.registry, ref.device_id, ref.num_id)
+        if record is None:
+            raise NotFound(f"Device {ref} not found")
+        return DeviceContext(ref.registry, registry.registry, record.device)
+
+    async def authenticate(self, ref: DeviceRef, token: bytes | str, bridge: str) -> Authenticated:
+        """Check everything a connection needs; raise DeviceRefused saying what failed."""
+        try:
+            context = await self.load(ref)
+        except NotFound as error:
+            raise DeviceRefused("unknown_device", error.message) from None
+        device = context.device
+        if bridge == "mqtt" and not context.registry.mqtt_enabled:
+            raise DeviceRefused("mqtt_disabled", "MQTT is disabled on the registry", device.num_id)
+        if bridge == "http" and not context.registry.http_enabled:
+            raise DeviceRefused("http_disabled", "HTTP is disabled on the registry", device.num_id)
+        if device.blocked:
+            raise DeviceRefused("blocked", "the device is blocked", device.num_id)
+        now = self.clock()
+        live = [c for c in device.credentials if c.public_key and _unexpired(c, now)]
+        if not live:
+            raise DeviceRefused("no_key", "the device has no unexpired credentials", device.num_id)
+        first: InvalidToken | None = None
+        for credential in live:
+            key = self.parsed_key(credential)
+            try:
+                claims = verify_device_jwt(token, [key], ref.registry.project, now.timestamp())
+            except InvalidToken as error:
+                # Only a key mismatch moves on to the next key; any other reason is final.
+                if error.reason not in ("signature", "no_key"):
+                    raise DeviceRefused(
+                        error.reason, f"invalid JWT: {error.message}", device.num_id
+                    ) from None
+                first = first or error
+                continue
+            deadline = claims.deadline
+            if credential.expiration_time > EPOCH:
+                deadline = min(deadline, credential.expiration_time.timestamp())
+            return Authenticated(context, claims, key.fingerprint, deadline)
+        assert first is not None
+        raise DeviceRefused(first.reason, f"invalid JWT: {first.message}", device.num_id)
+
+    def parsed_key(self, credential: DeviceCredential) -> creds.ParsedKey:
+        assert credential.public_key is not None
+        cache_key = (
+            credential.public_key.format.name,
+            hashlib.sha256(credential.public_key.key.encode()).hexdigest(),
+        )
+        key = self._keys.get(cache_key)
+        if key is None:
+            key = creds.parse_device_key(cache_key[0], credential.public_key.key, "credential")
+            self._keys[cache_key] = key
+            if len(self._keys) > _KEY_CACHE_SIZE:
+                self._keys.popitem(last=False)
+        return key
+
+    def still_valid(self, context: DeviceContext, fingerprint: str, bridge: str) -> str | None:
+        """Why a connected device must now be disconnected, or None if it may stay."""
+        if bridge == "mqtt" and not context.registry.mqtt_enabled:
+            return "MQTT was disabled on the registry"
+        if context.device.blocked:
+            return "the device was blocked"
+        now = self.clock()
+        for credential in context.device.credentials:
+            if credential.public_key and self.parsed_key(credential).fingerprint == fingerprint:
+                if _unexpired(credential, now):
+                    return None
+                return "the credential the device connected with expired"
+        return "the credential the device connected with was removed"
+
+    async def record_error(self, num_id: int, code: Code, message: str) -> None:
+        """Write a device's lastErrorStatus; failures here are logged, never raised."""
+        try:
+            await self.store.set_last_error(num_id, int(code), message, self.clock())
+        except Exception as error:  # bookkeeping must not break a connection's teardown
+            log.warning("could not record the last error of device %s: %s", num_id, error)
+
+
+def _unexpired(credential: DeviceCredential, now: datetime) -> bool:
+    return credential.expiration_time <= EPOCH or credential.expiration_time > now

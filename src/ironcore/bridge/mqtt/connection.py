@@ -1,0 +1,452 @@
+"""One MQTT connection: the asyncio adapter around a sans-IO `Session`.
+
+Bytes from the transport go into the session; a pump task takes the session's events in order
+and does what they need (authenticate, append, store, look up configs), then writes what the
+session queued. QoS 1 messages are acknowledged in the order they arrived, each only once what
+it carries is durable; while acknowledgements are outstanding the session holds further
+packets and the transport stops reading (back-pressure instead of loss).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import cast
+
+from ironcore.bridge import metrics
+from ironcore.bridge.bookkeeping import Bookkeeper
+from ironcore.bridge.devices import (
+    DeviceAuthenticator,
+    DeviceContext,
+    DeviceRefused,
+    parse_client_id,
+)
+from ironcore.bridge.hub import Hub
+from ironcore.bridge.mqtt import session as s
+from ironcore.errors import Code, IronCoreError, NotFound
+from ironcore.registry.names import DeviceRef, RegistryName
+from ironcore.registry.resources import DeviceConfig, GatewayAuthMethod
+from ironcore.registry.store.sql import to_us
+from ironcore.routing.router import Router
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """What every connection shares."""
+
+    authenticator: DeviceAuthenticator
+    router: Router
+    bookkeeper: Bookkeeper
+    hub: Hub
+    limits: s.SessionLimits = field(default_factory=s.SessionLimits)
+    connections: set[MqttConnection] = field(default_factory=set)
+
+
+class MqttConnection(asyncio.Protocol):
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.session = s.Session(now=time.time(), limits=services.limits)
+        self.registry_name = RegistryName.parse("unset", "unset", "unset")
+        self.transport: asyncio.Transport | None = None
+        self._wakeup = asyncio.Event()
+        self._contexts: dict[str, DeviceContext] = {}
+        self._fingerprint = ""
+        self._acks: deque[tuple[int, float, Awaitable[object]]] = deque()
+        self._acker: asyncio.Task[None] | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._reading = True
+        self._last_state: dict[str, float] = {}
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.services.connections.add(self)
+        metrics.CONNECTIONS.inc()
+        self._pump = asyncio.create_task(self._run())
+
+    def data_received(self, data: bytes) -> None:
+        self.session.receive_data(data, time.time())
+        self._wakeup.set()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.close(
+            "mqtt: The connection broke or was closed by the client.",
+            Code.FAILED_PRECONDITION,
+            "lost",
+        )
+        self._wakeup.set()
+
+    @property
+    def finished(self) -> asyncio.Task[None] | None:
+        """The task that ends when the connection is closed and cleaned up."""
+        return self._pump
+
+    # What the hub and the server call
+
+    def tick(self, now: float) -> None:
+        self.session.check_timers(now)
+        self._wakeup.set()
+
+    def deliver_config(self, num_id: int, config: DeviceConfig) -> None:
+        device_id = self._device_id(num_id)
+        if device_id and self.session.publish_config(
+            device_id, config.version, config.binary_data, time.time()
+        ):
+            metrics.MESSAGES_OUT.labels("config").inc()
+            self.services.bookkeeper.touch(num_id, "last_config_send_time", to_us(_now()))
+            self._flush()
+
+    def deliver_command(self, num_id: int, subfolder: str, data: bytes) -> bool:
+        device_id = self._device_id(num_id)
+        if not device_id or not self.session.publish_command(device_id, subfolder, data):
+            return False
+        metrics.MESSAGES_OUT.labels("command").inc()
+        self._flush()
+        return True
+
+    async def revalidate(self, num_id: int | None) -> None:
+        for device_id, context in list(self._contexts.items()):
+            if num_id is not None and context.device.num_id != num_id:
+                continue
+            ref = DeviceRef(context.name, None, context.device.num_id)
+            try:
+                fresh = await self.services.authenticator.load(ref)
+            except NotFound:
+                self._drop(device_id, "the device was deleted")
+                continue
+            self._contexts[device_id] = fresh
+            if device_id == self.session.device_id:
+                why = self.services.authenticator.still_valid(fresh, self._fingerprint, "mqtt")
+            else:
+                why = "the device was blocked" if fresh.device.blocked else None
+            if why is not None:
+                self._drop(device_id, why)
+
+    def kick(self, num_id: int, reason: str) -> None:
+        device_id = self._device_id(num_id)
+        if device_id == self.session.device_id:
+            self.session.close(f"mqtt: {reason}", Code.FAILED_PRECONDITION, "takeover")
+            self._wakeup.set()
+        elif device_id:
+            self._detach(device_id)
+
+    def _drop(self, device_id: str, why: str) -> None:
+        if device_id == self.session.device_id:
+            self.session.close(f"mqtt: SERVER: {why}", Code.PERMISSION_DENIED, "revoked")
+            self._wakeup.set()
+        else:
+            self.session.gateway_error(
+                "GATEWAY_DETACHMENT_DEVICE_ERROR", f"Device detached: {why}.", device_id
+            )
+            self._detach(device_id)
+            self._flush()
+
+    def _device_id(self, num_id: int) -> str | None:
+        for device_id, context in self._contexts.items():
+            if context.device.num_id == num_id:
+                return device_id
+        return None
+
+    # The pump
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                now = time.time()
+                event = self.session.next_event(now)
+                if event is None:
+                    self._flush()
+                    self._flow_control(now)
+                    await self._wakeup.wait()
+                    self._wakeup.clear()
+                    continue
+                if isinstance(event, s.Closed):
+                    await self._closed(event)
+                    return
+                await self._handle(event, now)
+        except Exception:
+            log.exception("MQTT connection for %r failed", self.session.device_id)
+            await self._closed(s.Closed("mqtt: internal error", Code.INTERNAL, "internal"))
+
+    def _flow_control(self, now: float) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        wants = self.session.wants_data(now)
+        if wants and not self._reading:
+            self.transport.resume_reading()
+        elif not wants and self._reading:
+            self.transport.pause_reading()
+            if self.session.resume_at > now:
+                asyncio.get_running_loop().call_later(
+                    self.session.resume_at - now, self._wakeup.set
+                )
+        self._reading = wants
+
+    def _flush(self) -> None:
+        data = self.session.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def _handle(self, event: s.Event, now: float) -> None:
+        match event:
+            case s.ConnectRequested():
+                await self._connect(event)
+            case s.EventPublished():
+                metrics.MESSAGES_IN.labels("event").inc()
+                context = self._contexts[event.device_id]
+                self._touch(context, "last_event_time")
+                task = asyncio.ensure_future(
+                    self.services.router.publish_event(
+                        context.name,
+                        context.registry,
+                        context.device,
+                        event.subfolder,
+                        event.payload,
+                    )
+                )
+                self._acknowledge(event.packet_id, now, task)
+            case s.StatePublished():
+                metrics.MESSAGES_IN.labels("state").inc()
+                await self._state(event, now)
+            case s.AttachRequested():
+                metrics.MESSAGES_IN.labels("attach").inc()
+                await self._attach(event)
+                self._acknowledge(event.packet_id, now, None)
+            case s.DetachRequested():
+                metrics.MESSAGES_IN.labels("detach").inc()
+                self._detach(event.device_id)
+                self._acknowledge(event.packet_id, now, None)
+            case s.ConfigSubscribed():
+                await self._send_current_config(event.device_id)
+            case s.ConfigAcked():
+                metrics.CONFIG_ACKS.inc()
+                acked = self._contexts.get(event.device_id)
+                if acked is not None:
+                    await self.services.authenticator.store.ack_config(
+                        acked.device.num_id, event.version, _now()
+                    )
+            case s.Heartbeat():
+                self._touch(self._contexts[self.session.device_id], "last_heartbeat_time")
+
+    async def _connect(self, event: s.ConnectRequested) -> None:
+        try:
+            ref = parse_client_id(event.client_id)
+            auth = await self.services.authenticator.authenticate(
+                ref, event.password or b"", "mqtt"
+            )
+        except DeviceRefused as refused:
+            metrics.CONNECTS.labels("refused").inc()
+            metrics.AUTH_FAILURES.labels("mqtt", refused.reason).inc()
+            log.info("MQTT connect refused for %r: %s", event.client_id[:200], refused.message)
+            if refused.num_id is not None:
+                await self.services.authenticator.record_error(
+                    refused.num_id, Code.UNAUTHENTICATED, f"mqtt: {refused.message}"
+                )
+            self.session.refuse(f"mqtt: {refused.message}", refused.reason)
+            return
+        context = auth.context
+        device = context.device
+        self.registry_name = context.name
+        self._contexts[device.id] = context
+        self._fingerprint = auth.key_fingerprint
+        self.session.accept(device.id, device.gateway_config.is_gateway, auth.deadline)
+        self.services.hub.register(device.num_id, self)
+        metrics.CONNECTS.labels("accepted").inc()
+        metrics.CONNECTED.inc()
+        log.debug("MQTT device %s connected", event.client_id)
+
+    async def _state(self, event: s.StatePublished, now: float) -> None:
+        context = self._contexts[event.device_id]
+        # One state update per second per device: wait rather than drop (back-pressure).
+        wait = self._last_state.get(event.device_id, 0.0) + 1.0 - now
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self._last_state[event.device_id] = time.time()
+        self._touch(context, None)
+        task = asyncio.ensure_future(self._store_state(context, event.payload))
+        self._acknowledge(event.packet_id, now, task)
+
+    async def _store_state(self, context: DeviceContext, payload: bytes) -> None:
+        store = self.services.authenticator.store
+        await store.add_state(context.device.num_id, payload, _now(), keep=10)
+        await self.services.router.notify_state(
+            context.name, context.registry, context.device, payload
+        )
+
+    async def _attach(self, event: s.AttachRequested) -> None:
+        gateway = self._contexts[self.session.device_id]
+        try:
+            context = await self._check_attach(gateway, event)
+        except DeviceRefused as refused:
+            metrics.AUTH_FAILURES.labels("gateway", refused.reason).inc()
+            self.session.gateway_error("GATEWAY_ATTACHMENT_ERROR", refused.message, event.device_id)
+            return
+        self._contexts[event.device_id] = context
+        self.session.attach(event.device_id)
+        self.services.hub.register(context.device.num_id, self)
+        self._touch(context, None)
+        metrics.CONNECTED.inc()
+
+    async def _check_attach(
+        self, gateway: DeviceContext, event: s.AttachRequested
+    ) -> DeviceContext:
+        """Apply the gateway's `gatewayAuthMethod`; DeviceRefused says which rule failed."""
+        method = gateway.device.gateway_config.gateway_auth_method
+        if method == GatewayAuthMethod.GATEWAY_AUTH_METHOD_UNSPECIFIED:
+            raise DeviceRefused(
+                "gateway_auth", "the gateway has no gatewayAuthMethod; no device may attach"
+            )
+        token = _attach_token(event.payload)
+        ref = DeviceRef.parse(gateway.name, event.device_id) if _is_id(event.device_id) else None
+        if ref is None:
+            raise DeviceRefused("unknown_device", f"invalid device id {event.device_id[:100]!r}")
+        if method in (
+            GatewayAuthMethod.DEVICE_AUTH_TOKEN_ONLY,
+            GatewayAuthMethod.ASSOCIATION_AND_DEVICE_AUTH_TOKEN,
+        ):
+            if not token:
+                raise DeviceRefused("no_token", "the gateway's auth method needs the device's JWT")
+            context = (await self.services.authenticator.authenticate(ref, token, "mqtt")).context
+        else:
+            try:
+                context = await self.services.authenticator.load(ref)
+            except NotFound as error:
+                raise DeviceRefused("unknown_device", error.message) from None
+            if context.device.blocked:
+                raise DeviceRefused("blocked", "the device is blocked")
+        if context.device.gateway_config.is_gateway:
+            raise DeviceRefused("gateway", "a gateway cannot be attached to another gateway")
+        if method in (
+            GatewayAuthMethod.ASSOCIATION_ONLY,
+            GatewayAuthMethod.ASSOCIATION_AND_DEVICE_AUTH_TOKEN,
+        ):
+            store = self.services.authenticator.store
+            if not await store.is_bound(gateway.device.num_id, context.device.num_id):
+                raise DeviceRefused(
+                    "not_bound", f"device {event.device_id} is not bound to the gateway"
+                )
+        return context
+
+    def _detach(self, device_id: str) -> None:
+        context = self._contexts.pop(device_id, None)
+        self.session.detach(device_id)
+        if context is not None:
+            self.services.hub.unregister(context.device.num_id, self)
+            metrics.CONNECTED.dec()
+
+    async def _send_current_config(self, device_id: str) -> None:
+        context = self._contexts.get(device_id)
+        if context is None:
+            return
+        ref = DeviceRef(context.name, None, context.device.num_id)
+        record = await self.services.authenticator.store.get_device(ref.registry, None, ref.num_id)
+        if record is None or record.device.config is None:
+            return
+        config = record.device.config
+        if self.session.publish_config(device_id, config.version, config.binary_data, time.time()):
+            metrics.MESSAGES_OUT.labels("config").inc()
+            self.services.bookkeeper.touch(
+                context.device.num_id, "last_config_send_time", to_us(_now())
+            )
+
+    def _touch(self, context: DeviceContext, field: str | None) -> None:
+        now_us = to_us(_now())
+        num_id = context.device.num_id
+        if field is not None:
+            self.services.bookkeeper.touch(num_id, field, now_us)
+        if context.device.id != self.session.device_id:
+            gateway = self.session.device_id
+            self.services.bookkeeper.touch(num_id, "last_gateway_time", now_us)
+            self.services.bookkeeper.touch(num_id, "last_gateway_id", gateway)
+
+    # Ordered acknowledgements
+
+    def _acknowledge(
+        self, packet_id: int | None, received: float, work: Awaitable[object] | None
+    ) -> None:
+        if packet_id is None:
+            if work is not None:
+                self._acks.append((0, received, work))
+        else:
+            self._acks.append((packet_id, received, work or _done()))
+        if self._acks and (self._acker is None or self._acker.done()):
+            self._acker = asyncio.create_task(self._ack_in_order())
+
+    async def _ack_in_order(self) -> None:
+        while self._acks:
+            packet_id, received, work = self._acks[0]
+            try:
+                await work
+            except IronCoreError as error:
+                self._acks.clear()
+                self.session.close(f"mqtt: {error.message}", error.code, "rejected")
+                self._wakeup.set()
+                return
+            self._acks.popleft()
+            if packet_id:
+                self.session.ack(packet_id)
+                metrics.PUBACK_LATENCY.observe(time.time() - received)
+                self._flush()
+                self._wakeup.set()
+
+    async def _closed(self, event: s.Closed) -> None:
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+        if self._acker is not None:
+            self._acker.cancel()
+        for device_id in list(self._contexts):
+            if device_id != self.session.device_id:
+                self._detach(device_id)
+        primary = self._contexts.pop(self.session.device_id, None)
+        self.services.connections.discard(self)
+        metrics.CONNECTIONS.dec()
+        metrics.DISCONNECTS.labels(event.metric).inc()
+        if primary is None:
+            return
+        metrics.CONNECTED.dec()
+        self.services.hub.unregister(primary.device.num_id, self)
+        if event.code != Code.OK:
+            await self.services.authenticator.record_error(
+                primary.device.num_id, event.code, event.reason
+            )
+        log.debug("MQTT device %s disconnected: %s", primary.device.id, event.reason)
+
+
+def _attach_token(payload: bytes) -> str:
+    """The device JWT of an attach message: empty payload, `{"authorization": ""}` or a token."""
+    if not payload.strip():
+        return ""
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return ""
+    token = body.get("authorization", "") if isinstance(body, dict) else ""
+    return token if isinstance(token, str) else ""
+
+
+def _is_id(device_id: str) -> bool:
+    from ironcore import limits
+
+    return limits.is_valid_id(device_id) or device_id.isdigit()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _done() -> None:
+    return None

@@ -1,0 +1,105 @@
+"""The MQTT bridge's listeners: TLS (and, only when asked, plaintext) sockets feeding
+`MqttConnection`s, a once-a-second timer sweep, TLS reload and a clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ironcore.bridge.mqtt.connection import MqttConnection, Services
+from ironcore.errors import Code
+
+log = logging.getLogger(__name__)
+# How long devices get to receive their goodbye and pending acknowledgements on shutdown.
+SHUTDOWN_SECONDS = 5.0
+# Thousands of devices reconnect at once after an outage; a deep accept queue absorbs it.
+BACKLOG = 4096
+
+
+@dataclass(frozen=True)
+class Listener:
+    host: str
+    port: int
+    tls: bool
+
+
+class MqttBridge:
+    def __init__(
+        self,
+        services: Services,
+        listeners: list[Listener],
+        tls_context: ssl.SSLContext | None,
+    ) -> None:
+        self.services = services
+        self.listeners = listeners
+        self.tls_context = tls_context
+        self._servers: list[asyncio.Server] = []
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for listener in self.listeners:
+            if listener.tls and self.tls_context is None:
+                raise ValueError("a TLS listener needs a TLS context")
+            server = await loop.create_server(
+                lambda: MqttConnection(self.services),
+                listener.host,
+                listener.port,
+                ssl=self.tls_context if listener.tls else None,
+                backlog=BACKLOG,
+                reuse_address=True,
+            )
+            for sock in server.sockets:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._servers.append(server)
+            if listener.tls:
+                log.info("MQTT bridge listening on %s:%d (TLS)", listener.host, listener.port)
+            else:
+                log.warning(
+                    "MQTT bridge listening on %s:%d WITHOUT TLS: device JWTs cross the network in "
+                    "clear text; use this only for local testing",
+                    listener.host,
+                    listener.port,
+                )
+        self._ticker = asyncio.create_task(self._tick())
+
+    @property
+    def ports(self) -> list[int]:
+        return [sock.getsockname()[1] for server in self._servers for sock in server.sockets]
+
+    def reload_tls(self, cert_path: Path, key_path: Path) -> None:
+        """New handshakes use the new certificate; connections already open keep theirs."""
+        if self.tls_context is not None:
+            self.tls_context.load_cert_chain(cert_path, key_path)
+            log.info("reloaded the MQTT bridge TLS certificate from %s", cert_path)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.time()
+            for connection in list(self.services.connections):
+                connection.tick(now)
+
+    async def stop(self) -> None:
+        """Stop accepting, say goodbye to every device, and let pending work finish."""
+        for server in self._servers:
+            server.close()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        connections = list(self.services.connections)
+        for connection in connections:
+            connection.session.close(
+                "mqtt: SERVER: The server is shutting down.", Code.UNAVAILABLE, "shutdown"
+            )
+            connection.tick(time.time())
+        pumps = [c.finished for c in connections if c.finished is not None]
+        if pumps:
+            await asyncio.wait(pumps, timeout=SHUTDOWN_SECONDS)
+        for server in self._servers:
+            await server.wait_closed()
+        await self.services.bookkeeper.close()

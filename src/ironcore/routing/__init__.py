@@ -1,0 +1,1 @@
+"""Event and state routing: where telemetry goes once a bridge has accepted it."""

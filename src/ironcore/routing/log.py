@@ -1,0 +1,75 @@
+"""The embedded event log: a durable append with group commit.
+
+Every append waits until its row is committed, but appends that arrive while a commit is in
+flight share the next one, so durability costs one transaction per batch rather than one fsync
+per event. This is what lets the bridge PUBACK only after an event is durable without capping
+the fleet at the disk's fsync rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from ironcore.errors import Unavailable
+from ironcore.registry.store import Store
+from ironcore.registry.store.sql import to_us
+
+log = logging.getLogger(__name__)
+# Rows in one transaction at most; a larger backlog is committed in several.
+MAX_BATCH = 2000
+
+
+class EventLog:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def append(self, topic: str, data: bytes, attributes: dict[str, str]) -> None:
+        """Return once the event is committed; raise Unavailable if it could not be."""
+        if self._closed:
+            raise Unavailable("the event log is shutting down")
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="event-log")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        row = {
+            "topic": topic,
+            "data": data,
+            "attributes": attributes,
+            "publish_time": to_us(datetime.now(UTC)),
+        }
+        self._pending.append((row, future))
+        self._wakeup.set()
+        await future
+
+    async def _run(self) -> None:
+        while not self._closed or self._pending:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                try:
+                    await self.store.append_events([row for row, _ in batch])
+                except Exception as error:  # the database failed: every waiter hears of it
+                    log.error("event log commit of %d events failed: %s", len(batch), error)
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(
+                                Unavailable(f"the event log is unavailable: {error}")
+                            )
+                    continue
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+
+    async def close(self) -> None:
+        """Commit what is pending, then stop."""
+        self._closed = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task

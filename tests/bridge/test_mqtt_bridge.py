@@ -1,0 +1,221 @@
+"""The MQTT bridge end to end: a real `ironcore serve`, real TLS, real paho-mqtt clients."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import queue
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.bridge.devices import (
+    PROJECT,
+    admin,
+    connect,
+    create_device,
+    create_registry,
+    make_jwt,
+    new_key,
+)
+from tests.conftest import Database, Server, start_server, stop_server
+from tests.keys import rsa_key
+
+
+@pytest.fixture
+def bridge(tmp_path, database: Database) -> Iterator[Server]:
+    server = start_server(tmp_path / "data", database)
+    yield server
+    stop_server(server)
+
+
+def events_in_log(server: Server, database: Database) -> list[tuple[str, bytes, dict[str, str]]]:
+    from sqlalchemy import select
+
+    from ironcore.registry.store import Store
+    from ironcore.registry.store.schema import events
+
+    async def read() -> list[tuple[str, bytes, dict[str, str]]]:
+        url = (
+            database.url
+            if database.kind == "postgresql"
+            else f"sqlite:///{server.data_dir / 'ironcore.db'}"
+        )
+        store = await Store.open(url, database.schema)
+        async with store.engine.connect() as conn:
+            rows = (await conn.execute(select(events).order_by(events.c.pk))).all()
+        await store.close()
+        return [(r.topic, bytes(r.data), dict(r.attributes)) for r in rows]
+
+    return asyncio.run(read())
+
+
+def wait_for(predicate, timeout: float = 5.0, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_device_round_trip(bridge: Server, database: Database) -> None:
+    create_registry(bridge, "reg-e2e")
+    key = new_key()
+    created = create_device(bridge, "reg-e2e", "dev-e2e", key)
+    device = connect(bridge, "reg-e2e", "dev-e2e", make_jwt(key))
+    try:
+        first = device.next_message()
+        assert first.topic == "/devices/dev-e2e/config"
+        assert first.payload == b""
+
+        device.publish("/devices/dev-e2e/events", b"temp=21")
+        device.publish("/devices/dev-e2e/events/alerts", b"fire")
+        device.publish("/devices/dev-e2e/events/other/deep", b"x")
+        device.publish("/devices/dev-e2e/state", b"state-1")
+
+        with admin(bridge) as api:
+            r = api.post(
+                "/registries/reg-e2e/devices/dev-e2e:modifyCloudToDeviceConfig",
+                json={"binaryData": base64.b64encode(b"cfg-2").decode()},
+            )
+            assert r.status_code == 200, r.text
+            pushed = device.next_message()
+            assert (pushed.topic, pushed.payload) == ("/devices/dev-e2e/config", b"cfg-2")
+
+            r = api.post(
+                "/registries/reg-e2e/devices/dev-e2e:sendCommandToDevice",
+                json={"binaryData": base64.b64encode(b"reboot").decode(), "subfolder": "sys"},
+            )
+            assert r.status_code == 200, r.text
+            command = device.next_message()
+            assert (command.topic, command.payload) == ("/devices/dev-e2e/commands/sys", b"reboot")
+
+            def acked() -> dict | None:
+                versions = api.get("/registries/reg-e2e/devices/dev-e2e/configVersions").json()
+                newest = versions["deviceConfigs"][0]
+                return newest if "deviceAckTime" in newest else None
+
+            assert wait_for(acked, what="config ack")["version"] == "2"
+            states = api.get("/registries/reg-e2e/devices/dev-e2e/states").json()["deviceStates"]
+            assert base64.b64decode(states[0]["binaryData"]) == b"state-1"
+
+            def bookkept() -> dict | None:
+                got = api.get("/registries/reg-e2e/devices/dev-e2e").json()
+                return got if got["lastEventTime"] != "1970-01-01T00:00:00Z" else None
+
+            got = wait_for(bookkept, what="lastEventTime")
+            assert got["lastConfigAckTime"] != "1970-01-01T00:00:00Z"
+            assert got["lastConfigSendTime"] != "1970-01-01T00:00:00Z"
+            assert got["lastStateTime"] != "1970-01-01T00:00:00Z"
+    finally:
+        device.close()
+
+    logged = events_in_log(bridge, database)
+    by_payload = {data: (topic, attrs) for topic, data, attrs in logged}
+    topic, attrs = by_payload[b"temp=21"]
+    assert topic == f"projects/{PROJECT}/topics/events"
+    assert attrs == {
+        "deviceId": "dev-e2e",
+        "deviceNumId": created["numId"],
+        "deviceRegistryId": "reg-e2e",
+        "deviceRegistryLocation": "us-central1",
+        "projectId": PROJECT,
+    }
+    assert by_payload[b"fire"][0] == f"projects/{PROJECT}/topics/alerts"
+    assert by_payload[b"fire"][1]["subFolder"] == "alerts"
+    assert by_payload[b"x"][0] == f"projects/{PROJECT}/topics/events"
+    assert by_payload[b"x"][1]["subFolder"] == "other/deep"
+    assert by_payload[b"state-1"][0] == f"projects/{PROJECT}/topics/state"
+
+
+def test_rs256_device(bridge: Server) -> None:
+    create_registry(bridge, "reg-rsa")
+    key = rsa_key()
+    create_device(bridge, "reg-rsa", "dev-rsa", key, key_format="RSA_PEM")
+    device = connect(bridge, "reg-rsa", "dev-rsa", make_jwt(key, alg="RS256"))
+    try:
+        device.publish("/devices/dev-rsa/events", b"hello")
+    finally:
+        device.close()
+
+
+def test_unknown_device_and_bad_token_get_connack_5(bridge: Server) -> None:
+    create_registry(bridge, "reg-bad")
+    key = new_key()
+    create_device(bridge, "reg-bad", "dev-bad", key)
+    other = new_key()
+    for device_id, token in [
+        ("nobody-here", make_jwt(key)),
+        ("dev-bad", make_jwt(other)),
+        ("dev-bad", make_jwt(key, audience="another-project")),
+        ("dev-bad", "not.a.jwt"),
+    ]:
+        device = connect(bridge, "reg-bad", device_id, token, wait=False)
+        try:
+            assert device.wait_connack() == 5
+        finally:
+            device.client.loop_stop()
+    with admin(bridge) as api:
+        got = api.get("/registries/reg-bad/devices/dev-bad").json()
+        assert got["lastErrorStatus"]["code"] == 16
+        assert "JWT" in got["lastErrorStatus"]["message"]
+
+
+def test_live_enforcement_block_disconnects_within_a_second(bridge: Server) -> None:
+    create_registry(bridge, "reg-live")
+    key = new_key()
+    create_device(bridge, "reg-live", "dev-live", key)
+    device = connect(bridge, "reg-live", "dev-live", make_jwt(key))
+    device.client.reconnect_delay_set(60, 120)
+    try:
+        with admin(bridge) as api:
+            started = time.monotonic()
+            r = api.patch(
+                "/registries/reg-live/devices/dev-live",
+                params={"updateMask": "blocked"},
+                json={"blocked": True},
+            )
+            assert r.status_code == 200
+            device.wait_disconnect(timeout=2)
+            assert time.monotonic() - started < 1.0
+            again = connect(bridge, "reg-live", "dev-live", make_jwt(key), wait=False)
+            assert again.wait_connack() == 5
+            again.client.loop_stop()
+    finally:
+        device.client.loop_stop()
+
+
+def test_second_connection_takes_over(bridge: Server) -> None:
+    create_registry(bridge, "reg-dup")
+    key = new_key()
+    create_device(bridge, "reg-dup", "dev-dup", key)
+    first = connect(bridge, "reg-dup", "dev-dup", make_jwt(key))
+    first.client.reconnect_delay_set(60, 120)
+    second = connect(bridge, "reg-dup", "dev-dup", make_jwt(key))
+    try:
+        first.wait_disconnect(timeout=5)
+        second.publish("/devices/dev-dup/events", b"still here")
+        with admin(bridge) as api:
+            got = api.get("/registries/reg-dup/devices/dev-dup").json()
+            assert "another active connection" in got["lastErrorStatus"]["message"]
+    finally:
+        first.client.loop_stop()
+        second.close()
+
+
+def test_publish_to_foreign_topic_disconnects(bridge: Server) -> None:
+    create_registry(bridge, "reg-topic")
+    key = new_key()
+    create_device(bridge, "reg-topic", "dev-topic", key)
+    device = connect(bridge, "reg-topic", "dev-topic", make_jwt(key))
+    device.client.reconnect_delay_set(60, 120)
+    try:
+        device.client.publish("/devices/someone-else/events", b"x", qos=1)
+        device.wait_disconnect(timeout=5)
+        with pytest.raises(queue.Empty):
+            device.connack.get(timeout=0.3)
+    finally:
+        device.client.loop_stop()
