@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from contextlib import suppress
 
 import uvicorn
+from fastapi import FastAPI
 
 from ironcore import logs
 from ironcore.api.app import create_app
 from ironcore.bridge import tls
 from ironcore.bridge.bookkeeping import Bookkeeper
 from ironcore.bridge.devices import DeviceAuthenticator
+from ironcore.bridge.http import DeviceBridge
 from ironcore.bridge.hub import Hub
 from ironcore.bridge.mqtt.connection import Services
 from ironcore.bridge.mqtt.server import Listener, MqttBridge
@@ -42,7 +45,16 @@ async def ensure_admin_token(manager: DeviceManager, settings: Settings) -> None
     log.warning("created the first owner admin token in %s (mode 0600)", path)
 
 
-def mqtt_bridge(settings: Settings, store: Store, hub: Hub, events: EventLog) -> MqttBridge:
+def bridge_services(store: Store, hub: Hub, events: EventLog) -> Services:
+    return Services(
+        authenticator=DeviceAuthenticator(store),
+        router=Router(events),
+        bookkeeper=Bookkeeper(store),
+        hub=hub,
+    )
+
+
+def mqtt_bridge(settings: Settings, services: Services) -> MqttBridge:
     listeners = [
         Listener(settings.mqtt_host, port, tls=True)
         for port in (settings.mqtt_port, settings.mqtt_second_port)
@@ -52,15 +64,30 @@ def mqtt_bridge(settings: Settings, store: Store, hub: Hub, events: EventLog) ->
         listeners.append(Listener(settings.mqtt_host, settings.insecure_mqtt_port, tls=False))
     context = None
     if any(listener.tls for listener in listeners):
-        cert, key = settings.bridge_tls_files()
-        context = tls.server_context(cert, key)
-    services = Services(
-        authenticator=DeviceAuthenticator(store),
-        router=Router(events),
-        bookkeeper=Bookkeeper(store),
-        hub=hub,
-    )
+        context = tls.server_context(*settings.bridge_tls_files())
     return MqttBridge(services, listeners, context)
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signals to `serve`, which stops every listener at once."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _http_server(app: FastAPI, host: str, port: int) -> _Server:
+    return _Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=DRAIN_SECONDS,
+            server_header=False,
+        )
+    )
 
 
 async def serve(settings: Settings) -> None:
@@ -72,50 +99,47 @@ async def serve(settings: Settings) -> None:
         hub = Hub()
         manager = DeviceManager(store, links=hub)
         await ensure_admin_token(manager, settings)
-        bridge = mqtt_bridge(settings, store, hub, events)
+        services = bridge_services(store, hub, events)
+        bridge = mqtt_bridge(settings, services)
         await bridge.start()
+        device_bridge = DeviceBridge(services.authenticator, services.router, services.bookkeeper)
+        servers = []
+        if settings.device_http_port:
+            servers.append(
+                _http_server(
+                    create_app(manager, device_bridge, admin=False),
+                    settings.api_host,
+                    settings.device_http_port,
+                )
+            )
+            log.info("HTTP device bridge on port %d", settings.device_http_port)
+            servers.append(_http_server(create_app(manager), settings.api_host, settings.api_port))
+        else:
+            app = create_app(manager, device_bridge)
+            servers.append(_http_server(app, settings.api_host, settings.api_port))
+        loop = asyncio.get_running_loop()
         reload = bridge.reload_tls
-        asyncio.get_running_loop().add_signal_handler(
-            signal.SIGHUP, lambda: reload(*settings.bridge_tls_files())
-        )
-        app = create_app(manager)
-        config = uvicorn.Config(
-            app,
-            host=settings.api_host,
-            port=settings.api_port,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=DRAIN_SECONDS,
-            server_header=False,
-        )
-        server = uvicorn.Server(config)
+        loop.add_signal_handler(signal.SIGHUP, lambda: reload(*settings.bridge_tls_files()))
+
+        def stop() -> None:
+            for server in servers:
+                server.should_exit = True
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop)
         log.info(
             "ironcore serving the admin API on http://%s:%d (database: %s)",
             settings.api_host,
             settings.api_port,
             store.engine.dialect.name,
         )
-        _keep_running_after_drain(server)
-        await server.serve()
+        await asyncio.gather(*(server.serve() for server in servers))
     finally:
         if bridge is not None:
             await bridge.stop()
         await events.close()
         await store.close()
     log.info("ironcore stopped")
-
-
-def _keep_running_after_drain(server: uvicorn.Server) -> None:
-    """uvicorn drains on SIGTERM/SIGINT, then puts back the handlers it found and raises the
-    signal again. With the default handlers that kills the process (exit -15) before the store is
-    closed; with these, the signal only asks uvicorn to exit (it is already exiting then), so a
-    drained server closes its database and exits 0."""
-
-    def stop(_signum: int, _frame: object) -> None:
-        server.should_exit = True
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, stop)
 
 
 def run(settings: Settings) -> None:

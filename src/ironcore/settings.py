@@ -26,6 +26,8 @@ class Settings:
     database_url: str = ""
     # PostgreSQL schema for every table (created if missing); keeps deployments or test runs apart.
     database_schema: str = ""
+    # Serve the HTTP device bridge on its own port (0: on the API port).
+    device_http_port: int = 0
     log_format: str = "text"
     log_level: str = "info"
     mqtt_host: str = "0.0.0.0"

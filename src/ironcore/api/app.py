@@ -22,6 +22,8 @@ from ironcore.api import devices, ops, registries, tokens
 from ironcore.api.auth import TokenAuthenticator
 from ironcore.api.envelope import error_response
 from ironcore.api.ops import ASGIApp, MetricsMiddleware, Scope
+from ironcore.bridge import http as http_bridge
+from ironcore.bridge.http import DeviceBridge
 from ironcore.errors import Code, FieldViolation, IronCoreError
 from ironcore.registry.service import DeviceManager
 
@@ -40,7 +42,14 @@ _HTTP_CODES = {
 _PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
 
 
-def create_app(manager: DeviceManager) -> FastAPI:
+def create_app(
+    manager: DeviceManager, device_bridge: DeviceBridge | None = None, admin: bool = True
+) -> FastAPI:
+    """The admin API, plus the HTTP device bridge when `device_bridge` is given.
+
+    With `admin=False` the app serves only the device bridge (and health and metrics), for
+    `--device-http-port`.
+    """
     app = FastAPI(
         title="ironcore",
         version=__version__,
@@ -51,8 +60,13 @@ def create_app(manager: DeviceManager) -> FastAPI:
     app.state.manager = manager
     app.state.auth = TokenAuthenticator(manager)
     app.state.draining = False
-    for module in (registries, devices, tokens, ops):
-        app.include_router(module.router)
+    app.state.device_bridge = device_bridge
+    if admin:
+        for module in (registries, devices, tokens):
+            app.include_router(module.router)
+    if device_bridge is not None:
+        app.include_router(http_bridge.router)
+    app.include_router(ops.router)
     app.add_exception_handler(IronCoreError, _ironcore_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
@@ -76,7 +90,11 @@ class AuthMiddleware:
         receive: Callable[[], Awaitable[Any]],
         send: Callable[[Any], Awaitable[None]],
     ) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(_PUBLIC_PATHS):
+        if (
+            scope["type"] != "http"
+            or scope["path"].startswith(_PUBLIC_PATHS)
+            or http_bridge.is_device_path(scope["path"])
+        ):
             await self.app(scope, receive, send)
             return
         request = Request(scope)

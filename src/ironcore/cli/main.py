@@ -61,6 +61,13 @@ def serve(
         str, typer.Option(envvar="IRONCORE_LOG_FORMAT", help="text or json")
     ] = "text",
     log_level: Annotated[str, typer.Option(envvar="IRONCORE_LOG_LEVEL")] = "info",
+    device_http_port: Annotated[
+        int,
+        typer.Option(
+            envvar="IRONCORE_DEVICE_HTTP_PORT",
+            help="Serve the HTTP device bridge on this port instead of the API port",
+        ),
+    ] = 0,
     mqtt_host: Annotated[str, typer.Option(envvar="IRONCORE_MQTT_HOST")] = "0.0.0.0",
     mqtt_port: Annotated[
         int, typer.Option(envvar="IRONCORE_MQTT_PORT", help="MQTT over TLS; 0 turns it off")
@@ -111,6 +118,7 @@ def serve(
             database_schema=database_schema,
             log_format=log_format,
             log_level=log_level,
+            device_http_port=device_http_port,
             mqtt_host=mqtt_host,
             mqtt_port=mqtt_port,
             mqtt_second_port=mqtt_second_port,

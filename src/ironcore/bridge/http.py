@@ -1,0 +1,247 @@
+"""The HTTP device bridge (Cloud IoT Core's `cloudiotdevice` v1): publishEvent, setState and
+getConfig, each authenticated by the device's JWT as a bearer token.
+
+The routes are thin: authentication is `bridge.devices`, routing is `routing.router`, both
+shared with the MQTT bridge, so a device is held to the same rules whichever bridge it uses.
+Every success answers 200 with `{}` (the official samples treat anything else, 204 included,
+as a failure).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import Field
+
+from ironcore import limits
+from ironcore.bridge import metrics
+from ironcore.bridge.bookkeeping import Bookkeeper
+from ironcore.bridge.devices import DeviceAuthenticator, DeviceContext, DeviceRefused
+from ironcore.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
+from ironcore.registry.names import DeviceRef, RegistryName
+from ironcore.registry.store.sql import to_us
+from ironcore.registry.wire import Bytes, Message
+from ironcore.routing.router import Router
+
+DEVICE = "/v1/projects/{project}/locations/{location}/registries/{registry}/devices/{device}"
+# The device bridge's paths, which carry a device JWT instead of an admin token.
+DEVICE_PATHS = re.compile(
+    r"/v1/projects/[^/]+/locations/[^/]+/registries/[^/]+/devices/[^/]+(:publishEvent|:setState|/config)"
+)
+_FORBIDDEN = {"blocked", "http_disabled", "not_bound", "gateway"}
+
+router = APIRouter()
+
+
+class GatewayInfo(Message):
+    """Set when a gateway is involved: `delegatedDeviceId` when the path and token are the
+    gateway's and it acts for a device, `gatewayId` when they are the device's and the request
+    merely came through a gateway."""
+
+    gateway_id: str = ""
+    delegated_device_id: str = ""
+
+
+class PublishEventRequest(Message):
+    name: str = ""
+    binary_data: Bytes = b""
+    sub_folder: str = ""
+    gateway_info: GatewayInfo | None = None
+
+
+class StateBody(Message):
+    binary_data: Bytes = b""
+
+
+class SetStateRequest(Message):
+    name: str = ""
+    state: StateBody = Field(default_factory=StateBody)
+    gateway_info: GatewayInfo | None = None
+
+
+@dataclass
+class DeviceBridge:
+    authenticator: DeviceAuthenticator
+    router: Router
+    bookkeeper: Bookkeeper
+    _last_state: dict[int, float] = field(default_factory=dict)
+
+    async def authenticate(
+        self, request: Request, ref: DeviceRef, gateway: GatewayInfo | None
+    ) -> DeviceContext:
+        """The device a request speaks for, after checking its JWT and any gateway rules."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            metrics.AUTH_FAILURES.labels("http", "no_token").inc()
+            raise Unauthenticated("Request is missing 'Authorization: Bearer <device JWT>'")
+        try:
+            caller = (await self.authenticator.authenticate(ref, token.strip(), "http")).context
+            if gateway is None or not (gateway.gateway_id or gateway.delegated_device_id):
+                return caller
+            if gateway.delegated_device_id:
+                device = await self._load(ref.registry, gateway.delegated_device_id)
+                await self._check_binding(caller, device)
+                self._touch_gateway(device, caller.device.id)
+                return device
+            gateway_context = await self._load(ref.registry, gateway.gateway_id)
+            await self._check_binding(gateway_context, caller)
+            self._touch_gateway(caller, gateway_context.device.id)
+            return caller
+        except DeviceRefused as refused:
+            metrics.AUTH_FAILURES.labels("http", refused.reason).inc()
+            if refused.num_id is not None:
+                await self.authenticator.record_error(
+                    refused.num_id, Unauthenticated.code, f"http: {refused.message}"
+                )
+            if refused.reason == "unknown_device":
+                raise NotFound(refused.message) from None
+            if refused.reason in _FORBIDDEN:
+                raise PermissionDenied(refused.message) from None
+            raise Unauthenticated(refused.message) from None
+
+    async def _load(self, registry: RegistryName, device_id: str) -> DeviceContext:
+        try:
+            context = await self.authenticator.load(
+                DeviceRef.parse(registry, device_id, "gateway_info")
+            )
+        except (NotFound, InvalidArgument) as error:
+            raise DeviceRefused("unknown_device", error.message) from None
+        if context.device.blocked:
+            raise DeviceRefused("blocked", f"device {device_id} is blocked", context.device.num_id)
+        return context
+
+    async def _check_binding(self, gateway: DeviceContext, device: DeviceContext) -> None:
+        if not gateway.device.gateway_config.is_gateway:
+            raise DeviceRefused("gateway", f"device {gateway.device.id} is not a gateway")
+        if not await self.authenticator.store.is_bound(gateway.device.num_id, device.device.num_id):
+            raise DeviceRefused(
+                "not_bound",
+                f"device {device.device.id} is not bound to gateway {gateway.device.id}",
+            )
+
+    def _touch_gateway(self, device: DeviceContext, gateway_id: str) -> None:
+        now = to_us(self.authenticator.clock())
+        self.bookkeeper.touch(device.device.num_id, "last_gateway_id", gateway_id)
+        self.bookkeeper.touch(device.device.num_id, "last_gateway_time", now)
+
+    def check_state_rate(self, num_id: int) -> None:
+        now = time.monotonic()
+        if now - self._last_state.get(num_id, -1e9) < limits.STATE_UPDATE_INTERVAL_SECONDS:
+            raise ResourceExhausted("A device's state can be updated at most once per second")
+        if len(self._last_state) > 100_000:
+            self._last_state.clear()
+        self._last_state[num_id] = now
+
+
+def _bridge(request: Request) -> DeviceBridge:
+    bridge: DeviceBridge = request.app.state.device_bridge
+    return bridge
+
+
+def _ref(project: str, location: str, registry: str, device: str) -> DeviceRef:
+    return DeviceRef.parse(RegistryName.parse(project, location, registry), device)
+
+
+@router.post(DEVICE + ":publishEvent", name="PublishEvent")
+async def publish_event(
+    project: str,
+    location: str,
+    registry: str,
+    device: str,
+    request: Request,
+    body: PublishEventRequest,
+) -> JSONResponse:
+    bridge = _bridge(request)
+    context = await bridge.authenticate(
+        request, _ref(project, location, registry, device), body.gateway_info
+    )
+    if len(body.binary_data) > limits.EVENT_BYTES:
+        raise InvalidArgument.field("binary_data", f"is larger than {limits.EVENT_BYTES} bytes")
+    try:
+        await bridge.router.publish_event(
+            context.name, context.registry, context.device, body.sub_folder, body.binary_data
+        )
+    except FailedPrecondition as error:
+        # Cloud IoT Core answered INVALID_ARGUMENT when a registry had no event topic.
+        raise InvalidArgument(error.message) from None
+    bridge.bookkeeper.touch(
+        context.device.num_id, "last_event_time", to_us(bridge.authenticator.clock())
+    )
+    return JSONResponse({})
+
+
+@router.post(DEVICE + ":setState", name="SetState")
+async def set_state(
+    project: str,
+    location: str,
+    registry: str,
+    device: str,
+    request: Request,
+    body: SetStateRequest,
+) -> JSONResponse:
+    bridge = _bridge(request)
+    context = await bridge.authenticate(
+        request, _ref(project, location, registry, device), body.gateway_info
+    )
+    data = body.state.binary_data
+    if len(data) > limits.STATE_BYTES:
+        raise InvalidArgument.field(
+            "state.binary_data", f"is larger than {limits.STATE_BYTES} bytes"
+        )
+    bridge.check_state_rate(context.device.num_id)
+    store = bridge.authenticator.store
+    await store.add_state(
+        context.device.num_id, data, bridge.authenticator.clock(), keep=limits.STATES_KEPT
+    )
+    await bridge.router.notify_state(context.name, context.registry, context.device, data)
+    return JSONResponse({})
+
+
+@router.get(DEVICE + "/config", name="GetDeviceConfig")
+async def get_config(
+    project: str,
+    location: str,
+    registry: str,
+    device: str,
+    request: Request,
+    local_version: int = Query(0, alias="localVersion"),
+    gateway_id: str = Query("", alias="gatewayInfo.gatewayId"),
+    delegated_device_id: str = Query("", alias="gatewayInfo.delegatedDeviceId"),
+) -> JSONResponse:
+    bridge = _bridge(request)
+    gateway = GatewayInfo(gateway_id=gateway_id, delegated_device_id=delegated_device_id)
+    context = await bridge.authenticate(request, _ref(project, location, registry, device), gateway)
+    config = context.device.config
+    current = config.version if config is not None else 0
+    if local_version < 0:
+        raise InvalidArgument.field("local_version", "must not be negative")
+    if local_version > current:
+        raise OutOfRange(
+            f"local_version {local_version} is newer than the latest version {current}"
+        )
+    out: dict[str, Any] = {"version": str(current)}
+    if config is not None and local_version < current:
+        out = config.to_wire()
+        out.pop("deviceAckTime", None)
+        out["version"] = str(current)
+    bridge.bookkeeper.touch(
+        context.device.num_id, "last_config_send_time", to_us(bridge.authenticator.clock())
+    )
+    return JSONResponse(out)
+
+
+def is_device_path(path: str) -> bool:
+    return DEVICE_PATHS.fullmatch(path) is not None
