@@ -31,7 +31,8 @@ def bridge(tmp_path: Path, database: Database) -> Iterator[Server]:
 
 
 def device_url(server: Server, registry: str, device: str) -> str:
-    return f"{server.url}/v1/projects/{PROJECT}/locations/{LOCATION}/registries/{registry}/devices/{device}"
+    location = f"{server.url}/v1/projects/{PROJECT}/locations/{LOCATION}"
+    return f"{location}/registries/{registry}/devices/{device}"
 
 
 def b64(data: bytes) -> str:
