@@ -142,3 +142,44 @@ events = Table(
     Column("publish_time", BigInteger, nullable=False),
     Index("ix_events_topic", "topic", "pk"),
 )
+
+# The embedded Pub/Sub: topics (and what backs them), subscriptions with a cursor into the
+# event log, and leases for messages handed out and not yet acknowledged.
+topics = Table(
+    "topics",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(300), nullable=False, unique=True),
+    Column("backend", String(20), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(300), nullable=False, unique=True),
+    Column("topic", String(300), nullable=False),
+    Column("ack_deadline_seconds", Integer, nullable=False),
+    Column("push_endpoint", Text, nullable=False),
+    Column("push_secret", Text, nullable=False),
+    Column("dead_letter_topic", String(300), nullable=False),
+    Column("max_delivery_attempts", Integer, nullable=False),
+    Column("cursor", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+subscription_leases = Table(
+    "subscription_leases",
+    metadata,
+    Column(
+        "subscription_pk",
+        Integer,
+        ForeignKey("subscriptions.pk", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("event_pk", BigInteger, primary_key=True),
+    Column("deadline", BigInteger, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Index("ix_subscription_leases_deadline", "subscription_pk", "deadline"),
+)
