@@ -134,7 +134,8 @@ class Store:
         await self.engine.dispose()
 
     @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction; on SQLite, writers take turns (one writer at a time)."""
         if self.is_sqlite:
             async with self._write_lock, self.engine.begin() as conn:
                 yield conn
@@ -143,7 +144,8 @@ class Store:
                 yield conn
 
     @contextlib.asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads (autocommit-free; nothing it does is committed)."""
         async with self.engine.connect() as conn:
             yield conn
 
@@ -152,7 +154,7 @@ class Store:
     async def create_registry(
         self, name: RegistryName, registry: DeviceRegistry, now: datetime, max_per_location: int
     ) -> RegistryRecord:
-        async with self._write() as conn:
+        async with self.write() as conn:
             count = await conn.scalar(
                 select(func.count()).where(
                     registries.c.project == name.project,
@@ -181,7 +183,7 @@ class Store:
         return RegistryRecord(pk, _registry(name, _registry_body(registry)))
 
     async def get_registry(self, name: RegistryName) -> RegistryRecord | None:
-        async with self._read() as conn:
+        async with self.read() as conn:
             row = (
                 await conn.execute(
                     select(registries.c.pk, registries.c.body).where(*_registry_where(name))
@@ -190,7 +192,7 @@ class Store:
         return RegistryRecord(row.pk, _registry(name, row.body)) if row else None
 
     async def update_registry(self, pk: int, name: RegistryName, registry: DeviceRegistry) -> None:
-        async with self._write() as conn:
+        async with self.write() as conn:
             await conn.execute(
                 update(registries)
                 .where(registries.c.pk == pk)
@@ -199,7 +201,7 @@ class Store:
 
     async def delete_registry(self, name: RegistryName) -> bool:
         """Delete an empty registry; False if there is no such registry."""
-        async with self._write() as conn:
+        async with self.write() as conn:
             pk = await conn.scalar(select(registries.c.pk).where(*_registry_where(name)))
             if pk is None:
                 return False
@@ -214,7 +216,7 @@ class Store:
     async def list_registries(
         self, location: LocationName, after: int, limit: int
     ) -> list[RegistryRecord]:
-        async with self._read() as conn:
+        async with self.read() as conn:
             rows = await conn.execute(
                 select(registries.c.pk, registries.c.registry_id, registries.c.body)
                 .where(
@@ -238,7 +240,7 @@ class Store:
         """Insert a device with its first config version (1)."""
         config = device.config or DeviceConfig()
         now_us = to_us(now)
-        async with self._write() as conn:
+        async with self.write() as conn:
             try:
                 await conn.execute(
                     insert(devices).values(
@@ -298,14 +300,14 @@ class Store:
             query = query.where(devices.c.num_id == num_id)
         else:
             query = query.where(devices.c.device_id == device_id)
-        async with self._read() as conn:
+        async with self.read() as conn:
             row = (await conn.execute(query)).first()
         if row is None:
             return None
         return DeviceRecord(row.pk, _device(registry, row), from_us(row.config_update_time))
 
     async def update_device(self, device: Device) -> None:
-        async with self._write() as conn:
+        async with self.write() as conn:
             await conn.execute(
                 update(devices)
                 .where(devices.c.num_id == device.num_id)
@@ -317,7 +319,7 @@ class Store:
             )
 
     async def delete_device(self, registry: RegistryName, num_id: int) -> None:
-        async with self._write() as conn:
+        async with self.write() as conn:
             bound = await conn.scalar(
                 select(func.count()).where(
                     (gateway_bindings.c.device_num_id == num_id)
@@ -368,7 +370,7 @@ class Store:
                     )
                 )
             )
-        async with self._read() as conn:
+        async with self.read() as conn:
             rows = await conn.execute(query.order_by(devices.c.num_id).limit(limit))
             return [_device(registry, row) for row in rows]
 
@@ -380,7 +382,7 @@ class Store:
         """Write config version `expected_version + 1`; None if the current one has moved on."""
         version = expected_version + 1
         now_us = to_us(now)
-        async with self._write() as conn:
+        async with self.write() as conn:
             result = await conn.execute(
                 update(devices)
                 .where(devices.c.num_id == num_id, devices.c.config_version == expected_version)
@@ -410,7 +412,7 @@ class Store:
         return DeviceConfig(version=version, cloud_update_time=now, binary_data=data)
 
     async def list_configs(self, num_id: int, limit: int) -> list[DeviceConfig]:
-        async with self._read() as conn:
+        async with self.read() as conn:
             rows = await conn.execute(
                 select(device_configs)
                 .where(device_configs.c.num_id == num_id)
@@ -429,7 +431,7 @@ class Store:
 
     async def add_state(self, num_id: int, data: bytes, now: datetime, keep: int) -> None:
         now_us = to_us(now)
-        async with self._write() as conn:
+        async with self.write() as conn:
             await conn.execute(
                 insert(device_states).values(num_id=num_id, update_time=now_us, data=data)
             )
@@ -447,7 +449,7 @@ class Store:
             await conn.execute(delete(device_states).where(device_states.c.pk.in_(stale)))
 
     async def list_states(self, num_id: int, limit: int) -> list[DeviceState]:
-        async with self._read() as conn:
+        async with self.read() as conn:
             rows = await conn.execute(
                 select(device_states.c.update_time, device_states.c.data)
                 .where(device_states.c.num_id == num_id)
@@ -463,7 +465,7 @@ class Store:
 
     async def bind(self, gateway: int, device: int, max_devices: int, max_gateways: int) -> None:
         """Bind; binding twice is not an error (Cloud IoT Core answered {} again)."""
-        async with self._write() as conn:
+        async with self.write() as conn:
             if await conn.scalar(
                 select(func.count()).where(
                     gateway_bindings.c.gateway_num_id == gateway,
@@ -486,7 +488,7 @@ class Store:
             )
 
     async def unbind(self, gateway: int, device: int) -> bool:
-        async with self._write() as conn:
+        async with self.write() as conn:
             result = await conn.execute(
                 delete(gateway_bindings).where(
                     gateway_bindings.c.gateway_num_id == gateway,
@@ -498,7 +500,7 @@ class Store:
     # IAM policies
 
     async def get_policy(self, registry_pk: int) -> tuple[dict[str, Any], str] | None:
-        async with self._read() as conn:
+        async with self.read() as conn:
             row = (
                 await conn.execute(
                     select(iam_policies.c.policy, iam_policies.c.etag).where(
@@ -512,7 +514,7 @@ class Store:
         self, registry_pk: int, policy: dict[str, Any], etag: str, expected_etag: str | None
     ) -> bool:
         """Store a policy; with `expected_etag`, only if the stored one still has it."""
-        async with self._write() as conn:
+        async with self.write() as conn:
             current = await conn.scalar(
                 select(iam_policies.c.etag).where(iam_policies.c.registry_pk == registry_pk)
             )
@@ -535,7 +537,7 @@ class Store:
     async def add_token(
         self, token_id: str, name: str, role: str, token_hash: str, now: datetime
     ) -> None:
-        async with self._write() as conn:
+        async with self.write() as conn:
             await conn.execute(
                 insert(admin_tokens).values(
                     id=token_id,
@@ -548,7 +550,7 @@ class Store:
             )
 
     async def token_role(self, token_hash: str) -> str | None:
-        async with self._read() as conn:
+        async with self.read() as conn:
             return await conn.scalar(
                 select(admin_tokens.c.role).where(
                     admin_tokens.c.token_hash == token_hash, admin_tokens.c.revoked_at == 0
@@ -556,7 +558,7 @@ class Store:
             )
 
     async def list_tokens(self) -> list[TokenRecord]:
-        async with self._read() as conn:
+        async with self.read() as conn:
             rows = await conn.execute(select(admin_tokens).order_by(admin_tokens.c.created_at))
             return [
                 TokenRecord(
@@ -566,7 +568,7 @@ class Store:
             ]
 
     async def revoke_token(self, token_id: str, now: datetime) -> bool:
-        async with self._write() as conn:
+        async with self.write() as conn:
             result = await conn.execute(
                 update(admin_tokens)
                 .where(admin_tokens.c.id == token_id, admin_tokens.c.revoked_at == 0)
@@ -575,14 +577,14 @@ class Store:
             return bool(result.rowcount)
 
     async def count_tokens(self) -> int:
-        async with self._read() as conn:
+        async with self.read() as conn:
             return int(await conn.scalar(select(func.count()).select_from(admin_tokens)) or 0)
 
     # What the bridges write
 
     async def append_events(self, rows: Sequence[dict[str, Any]]) -> None:
         """Append events (topic, data, attributes, publish_time) in one transaction."""
-        async with self._write() as conn:
+        async with self.write() as conn:
             await conn.execute(insert(events), list(rows))
 
     async def update_device_times(self, updates: dict[int, dict[str, int | str]]) -> None:
@@ -590,7 +592,7 @@ class Store:
         by_fields: dict[tuple[str, ...], list[dict[str, int | str]]] = {}
         for num_id, fields in updates.items():
             by_fields.setdefault(tuple(sorted(fields)), []).append({"_num_id": num_id, **fields})
-        async with self._write() as conn:
+        async with self.write() as conn:
             for names, rows in by_fields.items():
                 statement = (
                     update(devices)
@@ -600,7 +602,7 @@ class Store:
                 await conn.execute(statement, rows)
 
     async def set_last_error(self, num_id: int, code: int, message: str, now: datetime) -> None:
-        async with self._write() as conn:
+        async with self.write() as conn:
             await conn.execute(
                 update(devices)
                 .where(devices.c.num_id == num_id)
@@ -613,7 +615,7 @@ class Store:
 
     async def ack_config(self, num_id: int, version: int, now: datetime) -> None:
         now_us = to_us(now)
-        async with self._write() as conn:
+        async with self.write() as conn:
             await conn.execute(
                 update(device_configs)
                 .where(device_configs.c.num_id == num_id, device_configs.c.version == version)
@@ -631,7 +633,7 @@ class Store:
             )
 
     async def is_bound(self, gateway: int, device: int) -> bool:
-        async with self._read() as conn:
+        async with self.read() as conn:
             found = await conn.scalar(
                 select(gateway_bindings.c.device_num_id).where(
                     gateway_bindings.c.gateway_num_id == gateway,
