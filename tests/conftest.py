@@ -26,6 +26,8 @@ import pytest
 from ironcore.api.app import create_app
 from ironcore.registry.service import DeviceManager
 from ironcore.registry.store import Store
+from ironcore.registry.store.pubsub import PubSubStore
+from ironcore.routing.pubsub import PubSub
 
 PG_URL = os.environ.get("IRONCORE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REQUIRE_SERVICES = os.environ.get("IRONCORE_REQUIRE_SERVICES") == "1"
@@ -116,7 +118,7 @@ async def store(database: Database) -> AsyncIterator[Store]:
 
 @pytest.fixture
 async def manager(store: Store, clock: Clock) -> DeviceManager:
-    return DeviceManager(store, clock=clock)
+    return DeviceManager(store, clock=clock, topics=PubSub(PubSubStore(store)))
 
 
 @dataclass

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Generator
 from contextlib import suppress
 
@@ -24,7 +25,9 @@ from ironcore.bridge.mqtt.connection import Services
 from ironcore.bridge.mqtt.server import Listener, MqttBridge
 from ironcore.registry.service import DeviceManager
 from ironcore.registry.store import Store
+from ironcore.registry.store.pubsub import PubSubStore
 from ironcore.routing.log import EventLog
+from ironcore.routing.pubsub import PubSub
 from ironcore.routing.router import Router
 from ironcore.settings import Settings
 
@@ -97,7 +100,8 @@ async def serve(settings: Settings) -> None:
     bridge: MqttBridge | None = None
     try:
         hub = Hub()
-        manager = DeviceManager(store, links=hub)
+        pubsub = PubSub(PubSubStore(store))
+        manager = DeviceManager(store, links=hub, topics=pubsub)
         await ensure_admin_token(manager, settings)
         services = bridge_services(store, hub, events)
         bridge = mqtt_bridge(settings, services)
@@ -107,15 +111,16 @@ async def serve(settings: Settings) -> None:
         if settings.device_http_port:
             servers.append(
                 _http_server(
-                    create_app(manager, device_bridge, admin=False),
+                    create_app(manager, device_bridge, admin=False, pubsub=pubsub),
                     settings.api_host,
                     settings.device_http_port,
                 )
             )
             log.info("HTTP device bridge on port %d", settings.device_http_port)
-            servers.append(_http_server(create_app(manager), settings.api_host, settings.api_port))
+            app = create_app(manager, pubsub=pubsub)
+            servers.append(_http_server(app, settings.api_host, settings.api_port))
         else:
-            app = create_app(manager, device_bridge)
+            app = create_app(manager, device_bridge, pubsub=pubsub)
             servers.append(_http_server(app, settings.api_host, settings.api_port))
         loop = asyncio.get_running_loop()
         reload = bridge.reload_tls
@@ -133,13 +138,30 @@ async def serve(settings: Settings) -> None:
             settings.api_port,
             store.engine.dialect.name,
         )
-        await asyncio.gather(*(server.serve() for server in servers))
+        retention = asyncio.create_task(_expire_events(pubsub, settings.event_retention_days))
+        try:
+            await asyncio.gather(*(server.serve() for server in servers))
+        finally:
+            retention.cancel()
     finally:
         if bridge is not None:
             await bridge.stop()
         await events.close()
         await store.close()
     log.info("ironcore stopped")
+
+
+async def _expire_events(pubsub: PubSub, days: float) -> None:
+    """Delete events older than the retention period, once an hour."""
+    while True:
+        before = int((time.time() - days * 86400) * 1_000_000)
+        try:
+            expired = await pubsub.store.expire(before)
+            if expired:
+                log.info("deleted %d events older than %g days", expired, days)
+        except Exception as error:  # retention is retried next hour; serving goes on
+            log.warning("could not delete old events: %s", error)
+        await asyncio.sleep(3600)
 
 
 def run(settings: Settings) -> None:

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 
 from ironcore import __version__
 from ironcore.api import devices, ops, registries, tokens
+from ironcore.api import pubsub as api_pubsub
 from ironcore.api.auth import TokenAuthenticator
 from ironcore.api.envelope import error_response
 from ironcore.api.ops import ASGIApp, MetricsMiddleware, Scope
@@ -26,6 +27,8 @@ from ironcore.bridge import http as http_bridge
 from ironcore.bridge.http import DeviceBridge
 from ironcore.errors import Code, FieldViolation, IronCoreError
 from ironcore.registry.service import DeviceManager
+from ironcore.registry.store.pubsub import PubSubStore
+from ironcore.routing.pubsub import PubSub
 
 log = logging.getLogger(__name__)
 _HTTP_CODES = {
@@ -43,7 +46,10 @@ _PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
 
 
 def create_app(
-    manager: DeviceManager, device_bridge: DeviceBridge | None = None, admin: bool = True
+    manager: DeviceManager,
+    device_bridge: DeviceBridge | None = None,
+    admin: bool = True,
+    pubsub: PubSub | None = None,
 ) -> FastAPI:
     """The admin API, plus the HTTP device bridge when `device_bridge` is given.
 
@@ -61,8 +67,9 @@ def create_app(
     app.state.auth = TokenAuthenticator(manager)
     app.state.draining = False
     app.state.device_bridge = device_bridge
+    app.state.pubsub = pubsub or PubSub(PubSubStore(manager.store))
     if admin:
-        for module in (registries, devices, tokens):
+        for module in (registries, devices, tokens, api_pubsub):
             app.include_router(module.router)
     if device_bridge is not None:
         app.include_router(http_bridge.router)

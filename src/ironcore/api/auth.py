@@ -16,6 +16,10 @@ from ironcore.errors import PermissionDenied, Unauthenticated
 from ironcore.registry.service import DeviceManager, hash_token
 
 _READ = {
+    "pubsub.topics.get",
+    "pubsub.topics.list",
+    "pubsub.subscriptions.get",
+    "pubsub.subscriptions.list",
     "cloudiot.registries.get",
     "cloudiot.registries.list",
     "cloudiot.registries.getIamPolicy",
@@ -23,6 +27,12 @@ _READ = {
     "cloudiot.devices.list",
 }
 _WRITE = {
+    "pubsub.topics.create",
+    "pubsub.topics.delete",
+    "pubsub.topics.publish",
+    "pubsub.subscriptions.create",
+    "pubsub.subscriptions.delete",
+    "pubsub.subscriptions.consume",
     "cloudiot.registries.create",
     "cloudiot.registries.update",
     "cloudiot.registries.delete",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
@@ -128,3 +129,12 @@ def token_from(token: str | None, data_dir: Path | None) -> str | None:
         return path.read_text().strip() or None
     except (OSError, UnicodeDecodeError):
         return None
+
+
+def payload_text(b64: str) -> str:
+    """A base64 payload as text for people, or its size when it is not UTF-8."""
+    raw = base64.b64decode(b64)
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return f"<{len(raw)} bytes>"

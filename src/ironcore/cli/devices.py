@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ironcore.cli.client import Context, fail, read_text
+from ironcore.cli.client import Context, fail, payload_text, read_text
 
 app = typer.Typer(help="Devices, their configs and states.", no_args_is_help=True)
 config_app = typer.Typer(help="Device configuration (cloud to device).", no_args_is_help=True)
@@ -181,7 +181,7 @@ def states(
         "GET", f"{c.device_path(registry, device_id)}/states", params={"numStates": num_states}
     )
     rows = [
-        {"updateTime": s.get("updateTime"), "data": _text(s.get("binaryData", ""))}
+        {"updateTime": s.get("updateTime"), "data": payload_text(s.get("binaryData", ""))}
         for s in data.get("deviceStates", [])
     ]
     c.show(data, ["updateTime", "data"], rows)
@@ -229,7 +229,7 @@ def config_versions(
             "version": v.get("version"),
             "cloudUpdateTime": v.get("cloudUpdateTime"),
             "deviceAckTime": v.get("deviceAckTime", ""),
-            "data": _text(v.get("binaryData", "")),
+            "data": payload_text(v.get("binaryData", "")),
         }
         for v in data.get("deviceConfigs", [])
     ]
@@ -242,11 +242,3 @@ def _read_bytes(path: Path | None) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         fail(f"cannot read {path}: {exc.strerror or exc}")
-
-
-def _text(b64: str) -> str:
-    raw = base64.b64decode(b64)
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        return f"<{len(raw)} bytes>"

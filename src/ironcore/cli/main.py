@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ironcore.cli import devices, gateways, registries, tokens
+from ironcore.cli import devices, gateways, pubsub, registries, tokens
 from ironcore.cli.client import Context, token_from
 from ironcore.settings import Settings, default_data_dir
 
@@ -21,6 +21,9 @@ app.add_typer(registries.app, name="registries")
 app.add_typer(devices.app, name="devices")
 app.add_typer(gateways.app, name="gateways")
 app.add_typer(tokens.app, name="tokens")
+app.add_typer(pubsub.topics_app, name="topics")
+app.add_typer(pubsub.subscriptions_app, name="subscriptions")
+app.add_typer(pubsub.events_app, name="events")
 
 
 @app.callback()
@@ -68,6 +71,10 @@ def serve(
             help="Serve the HTTP device bridge on this port instead of the API port",
         ),
     ] = 0,
+    event_retention_days: Annotated[
+        float,
+        typer.Option(envvar="IRONCORE_EVENT_RETENTION_DAYS", help="Keep events this long"),
+    ] = 7.0,
     mqtt_host: Annotated[str, typer.Option(envvar="IRONCORE_MQTT_HOST")] = "0.0.0.0",
     mqtt_port: Annotated[
         int, typer.Option(envvar="IRONCORE_MQTT_PORT", help="MQTT over TLS; 0 turns it off")
@@ -119,6 +126,7 @@ def serve(
             log_format=log_format,
             log_level=log_level,
             device_http_port=device_http_port,
+            event_retention_days=event_retention_days,
             mqtt_host=mqtt_host,
             mqtt_port=mqtt_port,
             mqtt_second_port=mqtt_second_port,

@@ -92,6 +92,12 @@ class DeviceLinks(Protocol):
     async def registry_changed(self, name: RegistryName) -> None: ...
 
 
+class TopicCatalog(Protocol):
+    """Where events go (the embedded Pub/Sub): topics a registry names are created on demand."""
+
+    async def ensure_topics(self, names: Sequence[str]) -> None: ...
+
+
 @dataclass(frozen=True)
 class Page(Generic[T]):
     items: list[T]
@@ -104,10 +110,12 @@ class DeviceManager:
         store: Store,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         links: DeviceLinks | None = None,
+        topics: TopicCatalog | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.links = links
+        self.topics = topics
 
     # Registries
 
@@ -118,10 +126,20 @@ class DeviceManager:
             raise InvalidArgument.field("name", "must be empty when creating a registry")
         name = RegistryName(parent, check_id(registry.id, "id"))
         self._check_registry(registry)
+        await self._ensure_topics(registry)
         record = await self.store.create_registry(
             name, registry, self.clock(), limits.REGISTRIES_PER_LOCATION
         )
         return record.registry
+
+    async def _ensure_topics(self, registry: DeviceRegistry) -> None:
+        """Topics a registry routes to exist before any event or subscription needs them."""
+        if self.topics is None:
+            return
+        names = [c.pubsub_topic_name for c in registry.event_notification_configs]
+        if registry.state_notification_config is not None:
+            names.append(registry.state_notification_config.pubsub_topic_name)
+        await self.topics.ensure_topics([name for name in names if name])
 
     async def get_registry(self, name: RegistryName) -> DeviceRegistry:
         return (await self._registry(name)).registry
@@ -140,6 +158,7 @@ class DeviceManager:
             top = path.split(".")[0]
             setattr(updated, top, getattr(patch, top))
         self._check_registry(updated)
+        await self._ensure_topics(updated)
         await self.store.update_registry(record.pk, name, updated)
         if self.links is not None:
             await self.links.registry_changed(name)
