@@ -64,7 +64,8 @@ def test_device_events_reach_subscription_and_tail(server: Server) -> None:
         device.publish("/devices/dev-pubsub/events", b"from-mqtt")
     finally:
         device.close()
-    url = f"{server.url}/v1/projects/{PROJECT}/locations/us-central1/registries/reg-pubsub/devices/dev-pubsub"
+    registry = f"{server.url}/v1/projects/{PROJECT}/locations/us-central1/registries/reg-pubsub"
+    url = f"{registry}/devices/dev-pubsub"
     r = httpx.post(
         f"{url}:publishEvent",
         json={"binary_data": base64.b64encode(b"from-http").decode()},
