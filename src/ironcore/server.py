@@ -28,6 +28,7 @@ from ironcore.registry.store import Store
 from ironcore.registry.store.pubsub import PubSubStore
 from ironcore.routing.log import EventLog
 from ironcore.routing.pubsub import PubSub
+from ironcore.routing.push import PushDelivery
 from ironcore.routing.router import Router
 from ironcore.settings import Settings
 
@@ -139,10 +140,13 @@ async def serve(settings: Settings) -> None:
             store.engine.dialect.name,
         )
         retention = asyncio.create_task(_expire_events(pubsub, settings.event_retention_days))
+        push = PushDelivery(pubsub)
+        push.start()
         try:
             await asyncio.gather(*(server.serve() for server in servers))
         finally:
             retention.cancel()
+            await push.stop()
     finally:
         if bridge is not None:
             await bridge.stop()
