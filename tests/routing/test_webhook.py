@@ -71,7 +71,8 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
 def publish_from_device(server: Server, registry: str, payload: bytes) -> None:
     key = new_key()
     create_device(server, registry, "dev-push", key)
-    url = f"{server.url}/v1/projects/{PROJECT}/locations/us-central1/registries/{registry}/devices/dev-push"
+    location = f"{server.url}/v1/projects/{PROJECT}/locations/us-central1"
+    url = f"{location}/registries/{registry}/devices/dev-push"
     r = httpx.post(
         f"{url}:publishEvent",
         json={"binary_data": base64.b64encode(payload).decode(), "sub_folder": "hooks"},
