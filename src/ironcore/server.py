@@ -27,6 +27,7 @@ from ironcore.registry.service import DeviceManager
 from ironcore.registry.store import Store
 from ironcore.registry.store.pubsub import PubSubStore
 from ironcore.routing.log import EventLog
+from ironcore.routing.nats import JetStreamSink
 from ironcore.routing.pubsub import PubSub
 from ironcore.routing.push import PushDelivery
 from ironcore.routing.router import Router
@@ -49,10 +50,10 @@ async def ensure_admin_token(manager: DeviceManager, settings: Settings) -> None
     log.warning("created the first owner admin token in %s (mode 0600)", path)
 
 
-def bridge_services(store: Store, hub: Hub, events: EventLog) -> Services:
+def bridge_services(store: Store, hub: Hub, router: Router) -> Services:
     return Services(
         authenticator=DeviceAuthenticator(store),
-        router=Router(events),
+        router=router,
         bookkeeper=Bookkeeper(store),
         hub=hub,
     )
@@ -98,13 +99,17 @@ async def serve(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = await Store.open(settings.effective_database_url, settings.database_schema or None)
     events = EventLog(store)
+    sink = JetStreamSink(settings.nats_url) if settings.nats_url else None
     bridge: MqttBridge | None = None
     try:
         hub = Hub()
-        pubsub = PubSub(PubSubStore(store))
+        if sink is not None:
+            await sink.start()
+        topics = PubSubStore(store)
+        pubsub = PubSub(topics, nats=sink)
         manager = DeviceManager(store, links=hub, topics=pubsub)
         await ensure_admin_token(manager, settings)
-        services = bridge_services(store, hub, events)
+        services = bridge_services(store, hub, Router(events, topics, sink))
         bridge = mqtt_bridge(settings, services)
         await bridge.start()
         device_bridge = DeviceBridge(services.authenticator, services.router, services.bookkeeper)
@@ -151,6 +156,8 @@ async def serve(settings: Settings) -> None:
         if bridge is not None:
             await bridge.stop()
         await events.close()
+        if sink is not None:
+            await sink.close()
         await store.close()
     log.info("ironcore stopped")
 

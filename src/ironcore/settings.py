@@ -26,6 +26,8 @@ class Settings:
     database_url: str = ""
     # PostgreSQL schema for every table (created if missing); keeps deployments or test runs apart.
     database_schema: str = ""
+    # NATS server for topics backed by JetStream (nats://host:4222); empty = none.
+    nats_url: str = ""
     # Events older than this are deleted from the embedded log (Pub/Sub's default is 7 days).
     event_retention_days: float = 7.0
     # Serve the HTTP device bridge on its own port (0: on the API port).

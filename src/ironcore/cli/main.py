@@ -71,6 +71,12 @@ def serve(
             help="Serve the HTTP device bridge on this port instead of the API port",
         ),
     ] = 0,
+    nats_url: Annotated[
+        str,
+        typer.Option(
+            envvar="IRONCORE_NATS_URL", help="NATS (JetStream) for topics with backend nats"
+        ),
+    ] = "",
     event_retention_days: Annotated[
         float,
         typer.Option(envvar="IRONCORE_EVENT_RETENTION_DAYS", help="Keep events this long"),
@@ -127,6 +133,7 @@ def serve(
             log_level=log_level,
             device_http_port=device_http_port,
             event_retention_days=event_retention_days,
+            nats_url=nats_url,
             mqtt_host=mqtt_host,
             mqtt_port=mqtt_port,
             mqtt_second_port=mqtt_second_port,

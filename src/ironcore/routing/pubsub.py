@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ironcore.errors import InvalidArgument, NotFound
+from ironcore.errors import FailedPrecondition, InvalidArgument, NotFound
 from ironcore.registry.store.pubsub import Delivered, PubSubStore, Subscription, Topic
 from ironcore.registry.store.sql import from_us
 from ironcore.registry.wire import format_timestamp
+from ironcore.routing.nats import JetStreamSink
 
 # Pub/Sub's resource id rule: 3 to 255 characters, starting with a letter, not "goog".
 _ID = re.compile(r"[a-zA-Z][-a-zA-Z0-9._~%+]{2,254}")
@@ -60,9 +61,15 @@ def _check(project: str, resource: str, kind: str) -> None:
 
 
 class PubSub:
-    def __init__(self, store: PubSubStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: PubSubStore,
+        clock: Callable[[], float] = time.time,
+        nats: JetStreamSink | None = None,
+    ) -> None:
         self.store = store
         self.clock = clock
+        self.nats = nats
 
     def _now_us(self) -> int:
         return int(self.clock() * 1_000_000)
@@ -70,6 +77,10 @@ class PubSub:
     async def create_topic(self, name: str, backend: str = "embedded") -> Topic:
         if backend not in BACKENDS:
             raise InvalidArgument.field("backend", f"must be one of {', '.join(BACKENDS)}")
+        if backend == "nats":
+            if self.nats is None:
+                raise FailedPrecondition("NATS-backed topics need ironcore started with --nats-url")
+            await self.nats.ensure_stream(name)
         return await self.store.create_topic(name, backend, self._now_us())
 
     async def ensure_topics(self, names: Sequence[str]) -> None:
@@ -111,7 +122,10 @@ class PubSub:
         max_delivery_attempts: int = 0,
     ) -> Subscription:
         topic = parse_topic(topic, "topic")
-        await self.get_topic(topic)
+        if (await self.get_topic(topic)).backend != "embedded":
+            raise FailedPrecondition(
+                f"Topic {topic} is backed by NATS JetStream; consume it with a JetStream consumer"
+            )
         deadline = ack_deadline_seconds or ACK_DEADLINE_DEFAULT
         if not ACK_DEADLINE_MIN <= deadline <= ACK_DEADLINE_MAX:
             raise InvalidArgument.field(

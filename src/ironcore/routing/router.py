@@ -7,10 +7,18 @@ carries Cloud IoT Core's attributes, so consumers written for Pub/Sub read it un
 
 from __future__ import annotations
 
-from ironcore.errors import FailedPrecondition
+import time
+
+from ironcore.errors import FailedPrecondition, Unavailable
 from ironcore.registry.names import RegistryName
 from ironcore.registry.resources import Device, DeviceRegistry
+from ironcore.registry.store.pubsub import PubSubStore
 from ironcore.routing.log import EventLog
+from ironcore.routing.nats import JetStreamSink
+
+# A topic's backend is fixed when it is created; this only bounds how long a deleted and
+# re-created topic keeps its old backend in other processes.
+BACKEND_CACHE_SECONDS = 5.0
 
 
 def event_topic(registry: DeviceRegistry, subfolder: str) -> str | None:
@@ -38,8 +46,39 @@ def attributes(name: RegistryName, device: Device, subfolder: str = "") -> dict[
 
 
 class Router:
-    def __init__(self, log: EventLog) -> None:
+    """Routes events and state notifications to their topic's backend: the embedded log, or a
+    JetStream stream for topics created with backend "nats"."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        topics: PubSubStore | None = None,
+        nats: JetStreamSink | None = None,
+    ) -> None:
         self.log = log
+        self.topics = topics
+        self.nats = nats
+        self._backends: dict[str, tuple[str, float]] = {}
+
+    async def _deliver(self, topic: str, data: bytes, attributes: dict[str, str]) -> None:
+        if await self._backend(topic) == "nats":
+            if self.nats is None:
+                raise Unavailable(
+                    f"Topic {topic} is backed by NATS, but ironcore has no --nats-url"
+                )
+            await self.nats.publish(topic, data, attributes)
+        else:
+            await self.log.append(topic, data, attributes)
+
+    async def _backend(self, topic: str) -> str:
+        cached = self._backends.get(topic)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        found = await self.topics.get_topic(topic) if self.topics is not None else None
+        backend = found.backend if found is not None else "embedded"
+        self._backends[topic] = (backend, now + BACKEND_CACHE_SECONDS)
+        return backend
 
     async def publish_event(
         self,
@@ -57,7 +96,7 @@ class Router:
                 f"{'subfolder ' + repr(subfolder) if subfolder else 'events'}; "
                 "telemetry cannot be published"
             )
-        await self.log.append(topic, payload, attributes(name, device, subfolder))
+        await self._deliver(topic, payload, attributes(name, device, subfolder))
 
     async def notify_state(
         self, name: RegistryName, registry: DeviceRegistry, device: Device, payload: bytes
@@ -65,4 +104,4 @@ class Router:
         """State notifications are best effort: without a state topic there is nothing to do."""
         config = registry.state_notification_config
         if config is not None and config.pubsub_topic_name:
-            await self.log.append(config.pubsub_topic_name, payload, attributes(name, device))
+            await self._deliver(config.pubsub_topic_name, payload, attributes(name, device))
