@@ -1,0 +1,1 @@
+"""Device SDK: secure elements (software, PKCS#11), and what device code builds on them."""
