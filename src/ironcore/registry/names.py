@@ -29,6 +29,10 @@ def check_id(value: str, field: str) -> str:
     return value
 
 
+def is_valid_project(value: str) -> bool:
+    return bool(_PROJECT.fullmatch(value))
+
+
 def parse_num_id(value: str, field: str) -> int:
     """A numeric device id given as decimal text; it has to fit the database's int64."""
     if not (value.isascii() and value.isdigit()) or int(value) > NUM_ID_LIMIT:
@@ -43,7 +47,7 @@ class LocationName:
 
     @classmethod
     def parse(cls, project: str, location: str) -> LocationName:
-        if not _PROJECT.fullmatch(project):
+        if not is_valid_project(project):
             raise InvalidArgument.field("parent", f"invalid project id {project[:60]!r}")
         if not _LOCATION.fullmatch(location):
             raise InvalidArgument.field("parent", f"invalid location {location[:60]!r}")

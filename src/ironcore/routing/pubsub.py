@@ -15,15 +15,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ironcore import limits
 from ironcore.errors import FailedPrecondition, InvalidArgument, NotFound
+from ironcore.registry.names import is_valid_project
 from ironcore.registry.store.pubsub import Delivered, PubSubStore, Subscription, Topic
 from ironcore.registry.store.sql import from_us
 from ironcore.registry.wire import format_timestamp
 from ironcore.routing.nats import JetStreamSink
 
-# Pub/Sub's resource id rule: 3 to 255 characters, starting with a letter, not "goog".
-_ID = re.compile(r"[a-zA-Z][-a-zA-Z0-9._~%+]{2,254}")
-_PROJECT = re.compile(r"[a-zA-Z0-9][-a-zA-Z0-9_.:~]{0,99}")
 # Pub/Sub's bounds on the ack deadline, in seconds.
 ACK_DEADLINE_MIN, ACK_DEADLINE_MAX, ACK_DEADLINE_DEFAULT = 10, 600, 10
 MAX_PULL_MESSAGES = 1000
@@ -51,9 +50,10 @@ def parse_topic(name: str, field: str) -> str:
 
 
 def _check(project: str, resource: str, kind: str) -> None:
-    if not _PROJECT.fullmatch(project):
+    # Pub/Sub's ids follow the same rule as registry and device ids.
+    if not is_valid_project(project):
         raise InvalidArgument.field("name", f"invalid project id {project[:60]!r}")
-    if not _ID.fullmatch(resource) or resource.startswith("goog"):
+    if not limits.is_valid_id(resource):
         raise InvalidArgument.field(
             "name",
             f"invalid {kind} id {resource[:60]!r}: 3-255 of [a-zA-Z0-9-._~%+], from a letter",
