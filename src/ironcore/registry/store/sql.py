@@ -42,6 +42,7 @@ from ironcore.registry.store.schema import (
     gateway_bindings,
     iam_policies,
     registries,
+    revoked_signers,
 )
 
 log = logging.getLogger(__name__)
@@ -308,13 +309,18 @@ class Store:
 
     async def update_device(self, device: Device) -> None:
         async with self.write() as conn:
+            # The body also holds what is not part of the resource (a key rotation); keep it.
+            current = await conn.scalar(
+                select(devices.c.body).where(devices.c.num_id == device.num_id)
+            )
+            body = {**(current or {}), **_device_body(device)}
             await conn.execute(
                 update(devices)
                 .where(devices.c.num_id == device.num_id)
                 .values(
                     blocked=device.blocked,
                     gateway_type=int(device.gateway_config.gateway_type),
-                    body=_device_body(device),
+                    body=body,
                 )
             )
 
@@ -641,6 +647,152 @@ class Store:
                 )
             )
         return found is not None
+
+    # Manifest import and signer revocation
+
+    async def create_devices(
+        self, registry_pk: int, registry: RegistryName, batch: Sequence[Device], now: datetime
+    ) -> None:
+        """Insert devices, each with config version 1, all in one transaction: all or none.
+
+        NumIdTaken or AlreadyExists when a numeric or string id is in use; nothing is written.
+        """
+        now_us = to_us(now)
+        rows = [_new_device_row(registry_pk, device, now_us) for device in batch]
+        configs = [
+            {
+                "num_id": device.num_id,
+                "version": 1,
+                "data": device.config.binary_data if device.config else b"",
+                "cloud_update_time": now_us,
+                "device_ack_time": 0,
+            }
+            for device in batch
+        ]
+        async with self.write() as conn:
+            try:
+                await conn.execute(insert(devices), rows)
+            except IntegrityError as exc:
+                if "num_id" in str(exc.orig) and "device_id" not in str(exc.orig):
+                    raise NumIdTaken() from None
+                raise AlreadyExists(
+                    f"a device of this batch already exists in {registry}"
+                ) from None
+            await conn.execute(insert(device_configs), configs)
+
+    async def device_credentials(
+        self, registry_pk: int
+    ) -> list[tuple[str, list[Any], dict[str, str]]]:
+        """Every device of a registry as (id, credentials in wire form, metadata)."""
+        async with self.read() as conn:
+            rows = await conn.execute(
+                select(devices.c.device_id, devices.c.body).where(
+                    devices.c.registry_pk == registry_pk
+                )
+            )
+            out = []
+            for row in rows:
+                body = json.loads(row.body) if isinstance(row.body, str) else row.body
+                out.append((row.device_id, body["credentials"], body["metadata"]))
+            return out
+
+    async def all_registry_names(self) -> list[RegistryName]:
+        async with self.read() as conn:
+            rows = await conn.execute(
+                select(registries.c.project, registries.c.location, registries.c.registry_id)
+            )
+            return [
+                RegistryName(LocationName(row.project, row.location), row.registry_id)
+                for row in rows
+            ]
+
+    async def add_revoked_signer(self, signer: RevokedSignerRecord) -> bool:
+        """Record a revoked signer; False when it was already revoked (nothing changes)."""
+        async with self.write() as conn:
+            if await conn.scalar(
+                select(func.count()).where(revoked_signers.c.key_id == signer.key_id)
+            ):
+                return False
+            await conn.execute(
+                insert(revoked_signers).values(
+                    key_id=signer.key_id,
+                    fingerprint=signer.fingerprint,
+                    subject=signer.subject,
+                    certificate=signer.certificate,
+                    reason=signer.reason,
+                    revoked_at=to_us(signer.revoked_at),
+                )
+            )
+        return True
+
+    async def revoked_signers(self) -> list[RevokedSignerRecord]:
+        async with self.read() as conn:
+            rows = await conn.execute(
+                select(revoked_signers).order_by(revoked_signers.c.revoked_at)
+            )
+            return [_revoked(row) for row in rows]
+
+    async def revoked_signer(self, key_id_or_fingerprint: str) -> RevokedSignerRecord | None:
+        """The revoked signer with this key id (SKI hex) or SHA-256 fingerprint (hex)."""
+        value = key_id_or_fingerprint.lower()
+        async with self.read() as conn:
+            row = (
+                await conn.execute(
+                    select(revoked_signers).where(
+                        (revoked_signers.c.key_id == value)
+                        | (revoked_signers.c.fingerprint == value)
+                    )
+                )
+            ).first()
+        return _revoked(row) if row else None
+
+
+@dataclass(frozen=True)
+class RevokedSignerRecord:
+    key_id: str
+    fingerprint: str
+    subject: str
+    certificate: str
+    reason: str
+    revoked_at: datetime
+
+
+def _revoked(row: Row[Any]) -> RevokedSignerRecord:
+    return RevokedSignerRecord(
+        row.key_id,
+        row.fingerprint,
+        row.subject,
+        row.certificate,
+        row.reason,
+        from_us(row.revoked_at),
+    )
+
+
+def _new_device_row(registry_pk: int, device: Device, now_us: int) -> dict[str, Any]:
+    return {
+        "num_id": device.num_id,
+        "registry_pk": registry_pk,
+        "device_id": device.id,
+        "blocked": device.blocked,
+        "gateway_type": int(device.gateway_config.gateway_type),
+        "body": _device_body(device),
+        "config_version": 1,
+        "config_data": device.config.binary_data if device.config else b"",
+        "config_update_time": now_us,
+        "config_ack_time": 0,
+        "state_data": None,
+        "state_time": 0,
+        "last_heartbeat_time": 0,
+        "last_event_time": 0,
+        "last_state_time": 0,
+        "last_config_ack_time": 0,
+        "last_config_send_time": 0,
+        "last_error_time": 0,
+        "last_error_code": 0,
+        "last_error_message": "",
+        "last_gateway_id": "",
+        "last_gateway_time": 0,
+    }
 
 
 class NumIdTaken(Exception):

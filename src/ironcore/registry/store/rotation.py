@@ -1,0 +1,55 @@
+"""SQL of key rotations. A rotation lives in the device row's JSON body, beside the
+credentials it changes, so that adding a key and moving the rotation on are one atomic update
+guarded by the state it expects (compare and set)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select, update
+
+from ironcore.registry.store.schema import devices
+from ironcore.registry.store.sql import Store
+
+
+class RotationStore:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def read(self, num_id: int) -> tuple[dict[str, Any] | None, list[dict[str, Any]]] | None:
+        """The device's rotation (or None) and its credentials in wire form; None if no device."""
+        async with self.store.read() as conn:
+            body = await conn.scalar(select(devices.c.body).where(devices.c.num_id == num_id))
+        if body is None:
+            return None
+        return body.get("keyRotation"), list(body["credentials"])
+
+    async def write(
+        self,
+        num_id: int,
+        expected_id: str | None,
+        rotation: dict[str, Any],
+        credentials: list[dict[str, Any]] | None = None,
+    ) -> bool:
+        """Store `rotation` (and new `credentials`) if the device's current rotation still has id
+        `expected_id` (None: no rotation, or a finished one); False when someone moved first."""
+        async with self.store.write() as conn:
+            query = select(devices.c.body).where(devices.c.num_id == num_id)
+            if not self.store.is_sqlite:
+                query = query.with_for_update()
+            body = await conn.scalar(query)
+            if body is None:
+                return False
+            current = body.get("keyRotation")
+            current_id = current["id"] if current and current["state"] in ACTIVE else None
+            if current_id != expected_id:
+                return False
+            body = {**body, "keyRotation": rotation}
+            if credentials is not None:
+                body["credentials"] = credentials
+            await conn.execute(update(devices).where(devices.c.num_id == num_id).values(body=body))
+        return True
+
+
+# States in which a rotation is under way (another cannot start).
+ACTIVE = ("requested", "key_added")
