@@ -183,3 +183,17 @@ subscription_leases = Table(
     Column("attempts", Integer, nullable=False),
     Index("ix_subscription_leases_deadline", "subscription_pk", "deadline"),
 )
+
+# Batch signer CAs the owner revoked: devices whose certificates they signed are refused.
+# `key_id` is the signer's SubjectKeyIdentifier (hex), which device certificates carry as
+# their AuthorityKeyIdentifier; `fingerprint` is the SHA-256 of the signer certificate.
+revoked_signers = Table(
+    "revoked_signers",
+    metadata,
+    Column("key_id", String(64), primary_key=True),
+    Column("fingerprint", String(64), nullable=False, unique=True),
+    Column("subject", Text, nullable=False),
+    Column("certificate", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("revoked_at", BigInteger, nullable=False),
+)
