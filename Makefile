@@ -14,13 +14,15 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --target $(VENV)/paho1 paho-mqtt==1.6.1
 	@touch $(STAMP)
 
 serve: $(STAMP)
 	$(BIN)/ironcore serve $(ARGS)
 
-# Until the demo story lands (issue 6), `make demo` serves the embedded defaults.
-demo: serve
+# `make demo` tells the whole story against a server it starts, on a temporary data directory.
+demo: $(STAMP)
+	$(BIN)/ironcore demo $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

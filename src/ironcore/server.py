@@ -23,9 +23,12 @@ from ironcore.bridge.http import DeviceBridge
 from ironcore.bridge.hub import Hub
 from ironcore.bridge.mqtt.connection import Services
 from ironcore.bridge.mqtt.server import Listener, MqttBridge
+from ironcore.identity.revocation import Revocations
+from ironcore.registry.rotation import Rotations
 from ironcore.registry.service import DeviceManager
 from ironcore.registry.store import Store
 from ironcore.registry.store.pubsub import PubSubStore
+from ironcore.registry.store.rotation import RotationStore
 from ironcore.routing.log import EventLog
 from ironcore.routing.nats import JetStreamSink
 from ironcore.routing.pubsub import PubSub
@@ -50,10 +53,11 @@ async def ensure_admin_token(manager: DeviceManager, settings: Settings) -> None
     log.warning("created the first owner admin token in %s (mode 0600)", path)
 
 
-def bridge_services(store: Store, hub: Hub, router: Router) -> Services:
+def bridge_services(store: Store, hub: Hub, router: Router, revocations: Revocations) -> Services:
     return Services(
-        authenticator=DeviceAuthenticator(store),
+        authenticator=DeviceAuthenticator(store, revocations=revocations),
         router=router,
+        rotations=Rotations(RotationStore(store)),
         bookkeeper=Bookkeeper(store),
         hub=hub,
     )
@@ -109,7 +113,9 @@ async def serve(settings: Settings) -> None:
         pubsub = PubSub(topics, nats=sink)
         manager = DeviceManager(store, links=hub, topics=pubsub)
         await ensure_admin_token(manager, settings)
-        services = bridge_services(store, hub, Router(events, topics, sink))
+        revocations = Revocations(store, manager.clock, hub)
+        await revocations.refresh()
+        services = bridge_services(store, hub, Router(events, topics, sink), revocations)
         bridge = mqtt_bridge(settings, services)
         await bridge.start()
         device_bridge = DeviceBridge(services.authenticator, services.router, services.bookkeeper)
@@ -117,16 +123,18 @@ async def serve(settings: Settings) -> None:
         if settings.device_http_port:
             servers.append(
                 _http_server(
-                    create_app(manager, device_bridge, admin=False, pubsub=pubsub),
+                    create_app(
+                        manager, device_bridge, admin=False, pubsub=pubsub, revocations=revocations
+                    ),
                     settings.api_host,
                     settings.device_http_port,
                 )
             )
             log.info("HTTP device bridge on port %d", settings.device_http_port)
-            app = create_app(manager, pubsub=pubsub)
+            app = create_app(manager, pubsub=pubsub, revocations=revocations)
             servers.append(_http_server(app, settings.api_host, settings.api_port))
         else:
-            app = create_app(manager, device_bridge, pubsub=pubsub)
+            app = create_app(manager, device_bridge, pubsub=pubsub, revocations=revocations)
             servers.append(_http_server(app, settings.api_host, settings.api_port))
         loop = asyncio.get_running_loop()
         reload = bridge.reload_tls

@@ -57,8 +57,10 @@ def registry_with_topic(client: iot_v1.DeviceManagerClient, registry_id: str) ->
         parent=PARENT,
         device_registry={
             "id": registry_id,
-            "event_notification_configs": [{"pubsub_topic_name": f"projects/{PROJECT}/topics/t"}],
-            "state_notification_config": {"pubsub_topic_name": f"projects/{PROJECT}/topics/s"},
+            "event_notification_configs": [
+                {"pubsub_topic_name": f"projects/{PROJECT}/topics/telemetry"}
+            ],
+            "state_notification_config": {"pubsub_topic_name": f"projects/{PROJECT}/topics/states"},
             "mqtt_config": {"mqtt_enabled_state": iot_v1.MqttState.MQTT_ENABLED},
             "http_config": {"http_enabled_state": iot_v1.HttpState.HTTP_DISABLED},
         },
@@ -71,7 +73,10 @@ def test_registry_lifecycle(client: iot_v1.DeviceManagerClient) -> None:
     assert name == f"{PARENT}/registries/reg-life"
     got = client.get_device_registry(name=name)
     assert got.id == "reg-life"
-    assert got.event_notification_configs[0].pubsub_topic_name == f"projects/{PROJECT}/topics/t"
+    assert (
+        got.event_notification_configs[0].pubsub_topic_name
+        == f"projects/{PROJECT}/topics/telemetry"
+    )
     assert got.mqtt_config.mqtt_enabled_state == iot_v1.MqttState.MQTT_ENABLED
     assert got.http_config.http_enabled_state == iot_v1.HttpState.HTTP_DISABLED
 
@@ -362,12 +367,14 @@ def test_raw_http_snake_case_and_url_safe(server: Server) -> None:
         base,
         json={
             "id": "raw",
-            "event_notification_configs": [{"pubsub_topic_name": "projects/p/topics/t"}],
+            "event_notification_configs": [{"pubsub_topic_name": "projects/p/topics/telemetry"}],
         },
         headers=headers,
     )
     assert r.status_code == 200, r.text
-    assert r.json()["eventNotificationConfigs"][0]["pubsubTopicName"] == "projects/p/topics/t"
+    assert (
+        r.json()["eventNotificationConfigs"][0]["pubsubTopicName"] == "projects/p/topics/telemetry"
+    )
     r = httpx.post(
         f"{base}/raw/devices",
         json={"id": "dev", "gateway_config": {"gateway_type": "GATEWAY"}},

@@ -181,3 +181,41 @@ async def test_admin_updates_keep_the_rotation(
     await manager.update_device(DeviceRef(REGISTRY, None, num_id), Device(blocked=True), "blocked")
     current = await rotations.current(num_id)
     assert current is not None and current.id == rotation.id and current.state == "requested"
+
+
+async def test_registry_with_ca_certificates_refuses_a_self_made_key(
+    manager: DeviceManager, rotations: Rotations
+) -> None:
+    from tests.keys import make_ca
+
+    old_pem = public_pem(es256_key())
+    num_id = await device_with_key(manager, old_pem)
+    ca = make_ca()
+    await manager.update_registry(
+        REGISTRY,
+        DeviceRegistry.model_validate(
+            {
+                "credentials": [
+                    {
+                        "publicKeyCertificate": {
+                            "format": "X509_CERTIFICATE_PEM",
+                            "certificate": ca.pem,
+                        }
+                    }
+                ]
+            }
+        ),
+        "credentials",
+    )
+    rotation = await rotations.start(num_id)
+    new = es256_key()
+    new_pem = public_pem(new)
+    failed = await rotations.offer(
+        num_id,
+        rotation.id,
+        new_pem,
+        proof(new, rotation.id, rotation.nonce, new_pem),
+        fingerprint(old_pem),
+    )
+    assert failed.state == "failed" and "X.509" in failed.reason
+    assert await credentials(manager, num_id) == [(fingerprint(old_pem), "1970-01-01T00:00:00Z")]

@@ -6,7 +6,6 @@ import base64
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,7 +56,9 @@ def test_device_events_reach_subscription_and_tail(server: Server) -> None:
         stderr=subprocess.PIPE,
         env=env,
     )
-    time.sleep(1.5)  # the tail starts from "now": let it connect before publishing
+    # The tail starts from "now": publish only once it says it is listening.
+    assert tail.stderr is not None
+    assert "tailing" in tail.stderr.readline().decode()
 
     device = connect(server, "reg-pubsub", "dev-pubsub", make_jwt(key))
     try:

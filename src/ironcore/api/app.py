@@ -18,7 +18,7 @@ from pydantic.alias_generators import to_camel
 from starlette.exceptions import HTTPException
 
 from ironcore import __version__
-from ironcore.api import devices, ops, registries, tokens
+from ironcore.api import devices, manifests, ops, registries, rotation, tokens
 from ironcore.api import pubsub as api_pubsub
 from ironcore.api.auth import TokenAuthenticator
 from ironcore.api.envelope import error_response
@@ -26,8 +26,11 @@ from ironcore.api.ops import ASGIApp, MetricsMiddleware, Scope
 from ironcore.bridge import http as http_bridge
 from ironcore.bridge.http import DeviceBridge
 from ironcore.errors import Code, FieldViolation, IronCoreError
+from ironcore.identity.revocation import Revocations
+from ironcore.registry.rotation import Rotations
 from ironcore.registry.service import DeviceManager
 from ironcore.registry.store.pubsub import PubSubStore
+from ironcore.registry.store.rotation import RotationStore
 from ironcore.routing.pubsub import PubSub
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,7 @@ def create_app(
     device_bridge: DeviceBridge | None = None,
     admin: bool = True,
     pubsub: PubSub | None = None,
+    revocations: Revocations | None = None,
 ) -> FastAPI:
     """The admin API, plus the HTTP device bridge when `device_bridge` is given.
 
@@ -68,8 +72,10 @@ def create_app(
     app.state.draining = False
     app.state.device_bridge = device_bridge
     app.state.pubsub = pubsub or PubSub(PubSubStore(manager.store))
+    app.state.rotations = Rotations(RotationStore(manager.store), manager.clock)
+    app.state.revocations = revocations or Revocations(manager.store, manager.clock, manager.links)
     if admin:
-        for module in (registries, devices, tokens, api_pubsub):
+        for module in (registries, devices, tokens, api_pubsub, manifests, rotation):
             app.include_router(module.router)
     if device_bridge is not None:
         app.include_router(http_bridge.router)

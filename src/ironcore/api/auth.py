@@ -44,7 +44,7 @@ _WRITE = {
     "cloudiot.devices.bindGateway",
     "cloudiot.devices.unbindGateway",
 }
-_OWN = {"cloudiot.registries.setIamPolicy", "ironcore.tokens.manage"}
+_OWN = {"cloudiot.registries.setIamPolicy", "ironcore.tokens.manage", "ironcore.revocations.manage"}
 PERMISSIONS: dict[str, frozenset[str]] = {
     "viewer": frozenset(_READ),
     "editor": frozenset(_READ | _WRITE),

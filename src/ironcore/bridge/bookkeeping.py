@@ -8,6 +8,7 @@ and field) and flushed in one transaction about once a second.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from ironcore.registry.store import Store
@@ -21,6 +22,7 @@ class Bookkeeper:
         self.store = store
         self._pending: dict[int, dict[str, int | str]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def touch(self, num_id: int, field: str, value: int | str) -> None:
         """Record `field` (a devices column such as last_event_time) for a device."""
@@ -38,11 +40,15 @@ class Bookkeeper:
             log.warning("could not write bookkeeping for %d devices: %s", len(batch), error)
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_SECONDS)
+        # Never cancelled: a flush cut short would lose the batch it had taken.
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), FLUSH_SECONDS)
             await self.flush()
 
     async def close(self) -> None:
+        """Write what is pending, then stop."""
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
+            await self._task
         await self.flush()

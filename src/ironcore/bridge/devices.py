@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from ironcore.errors import Code, InvalidArgument, NotFound
 from ironcore.identity import credentials as creds
 from ironcore.identity.jwt import Claims, InvalidToken, verify_device_jwt
+from ironcore.identity.revocation import Revocations
 from ironcore.registry.names import DeviceRef, RegistryName
 from ironcore.registry.resources import Device, DeviceCredential, DeviceRegistry
 from ironcore.registry.store import Store
@@ -80,9 +81,15 @@ def parse_client_id(client_id: str) -> DeviceRef:
 
 
 class DeviceAuthenticator:
-    def __init__(self, store: Store, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        revocations: Revocations | None = None,
+    ):
         self.store = store
         self.clock = clock
+        self.revocations = revocations
         self._keys: OrderedDict[tuple[str, str], creds.ParsedKey] = OrderedDict()
 
     async def load(self, ref: DeviceRef) -> DeviceContext:
@@ -125,6 +132,14 @@ class DeviceAuthenticator:
                     ) from None
                 first = first or error
                 continue
+            if key.certificate is not None and self.revocations is not None:
+                revoked = await self.revocations.check(key.certificate)
+                if revoked is not None:
+                    raise DeviceRefused(
+                        "signer_revoked",
+                        f"the certificate's signer {revoked.subject} was revoked: {revoked.reason}",
+                        device.num_id,
+                    )
             deadline = claims.deadline
             if credential.expiration_time > EPOCH:
                 deadline = min(deadline, credential.expiration_time.timestamp())
@@ -154,11 +169,29 @@ class DeviceAuthenticator:
             return "the device was blocked"
         now = self.clock()
         for credential in context.device.credentials:
-            if credential.public_key and self.parsed_key(credential).fingerprint == fingerprint:
-                if _unexpired(credential, now):
-                    return None
+            if credential.public_key is None:
+                continue
+            key = self.parsed_key(credential)
+            if key.fingerprint != fingerprint:
+                continue
+            if not _unexpired(credential, now):
                 return "the credential the device connected with expired"
+            if key.certificate is not None and self.revocations is not None:
+                revoked = self.revocations.revoked_signer_of(key.certificate)
+                if revoked is not None:
+                    return f"the signer of its certificate ({revoked.subject}) was revoked"
+            return None
         return "the credential the device connected with was removed"
+
+    def credential_deadline(self, context: DeviceContext, fingerprint: str) -> float:
+        """When the credential with `fingerprint` expires: inf when it never does (or is gone,
+        which `still_valid` reports)."""
+        for credential in context.device.credentials:
+            if credential.public_key and self.parsed_key(credential).fingerprint == fingerprint:
+                if credential.expiration_time > EPOCH:
+                    return credential.expiration_time.timestamp()
+                break
+        return float("inf")
 
     async def record_error(self, num_id: int, code: Code, message: str) -> None:
         """Write a device's lastErrorStatus; failures here are logged, never raised."""

@@ -32,6 +32,12 @@ class DeviceLink(Protocol):
     def kick(self, num_id: int, reason: str) -> None:
         """Another connection took this device over."""
 
+    async def rotation_changed(self, num_id: int) -> None:
+        """Tell the device about its key rotation."""
+
+    def key_in_use(self, num_id: int) -> str | None:
+        """The fingerprint of the key the device authenticated with (None behind a gateway)."""
+
 
 class Hub:
     def __init__(self) -> None:
@@ -73,6 +79,15 @@ class Hub:
         link = self._links.get(num_id)
         if link is not None:
             await link.revalidate(num_id)
+
+    async def rotation_changed(self, num_id: int) -> None:
+        link = self._links.get(num_id)
+        if link is not None:
+            await link.rotation_changed(num_id)
+
+    async def key_in_use(self, num_id: int) -> str | None:
+        link = self._links.get(num_id)
+        return link.key_in_use(num_id) if link is not None else None
 
     async def registry_changed(self, name: RegistryName) -> None:
         links = {id(link): link for link in self._links.values() if link.registry_name == name}

@@ -242,3 +242,53 @@ def _read_bytes(path: Path | None) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         fail(f"cannot read {path}: {exc.strerror or exc}")
+
+
+@app.command("rotate-key")
+def rotate_key(
+    ctx: typer.Context,
+    device_id: str,
+    registry: Registry,
+    grace: Annotated[
+        int, typer.Option(help="Seconds the old key stays valid after the new one is in use")
+    ] = 86400,
+    status: Annotated[
+        bool, typer.Option("--status", help="Show the rotation, change nothing")
+    ] = False,
+    rollback: Annotated[
+        bool, typer.Option("--rollback", help="Abandon an unfinished rotation")
+    ] = False,
+) -> None:
+    """Rotate a device's key inside its secure element (see docs/rotation.md)."""
+    c: Context = ctx.obj
+    path = c.device_path(registry, device_id).replace("/v1/", "/ironcore/v1/", 1)
+    if status and rollback:
+        fail("give --status or --rollback, not both")
+    if status:
+        rotation = c.call("GET", f"{path}/keyRotation")
+    elif rollback:
+        rotation = c.call("POST", f"{path}:rollbackKeyRotation", {})
+    else:
+        rotation = c.call("POST", f"{path}:rotateKey", {"graceSeconds": grace})
+    columns = ["id", "state", "graceSeconds", "startTime", "updateTime", "reason"]
+    c.show(rotation, columns, [rotation] if rotation else [])
+
+
+@app.command()
+def command(
+    ctx: typer.Context,
+    device_id: str,
+    registry: Registry,
+    data: Annotated[str, typer.Option(help="Command payload as text")],
+    subfolder: Annotated[
+        str, typer.Option(help="Delivered to /devices/ID/commands/SUBFOLDER")
+    ] = "",
+) -> None:
+    """Send a command to a connected device (not stored: it must be connected and subscribed)."""
+    c: Context = ctx.obj
+    body: dict[str, Any] = {"binaryData": base64.b64encode(data.encode()).decode()}
+    if subfolder:
+        body["subfolder"] = subfolder
+    c.call("POST", f"{c.device_path(registry, device_id)}:sendCommandToDevice", body)
+    sent = {"device": device_id, "sent": len(data), "subfolder": subfolder}
+    c.show(sent, ["device", "sent", "subfolder"], [sent])

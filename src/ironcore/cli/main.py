@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from ironcore.cli import devices, gateways, pubsub, registries, tokens
+from ironcore.cli import (
+    ca,
+    devices,
+    factory,
+    gateways,
+    manifest,
+    pubsub,
+    registries,
+    simulate,
+    tokens,
+)
 from ironcore.cli.client import Context, token_from
 from ironcore.settings import Settings, default_data_dir
 
@@ -21,9 +31,13 @@ app.add_typer(registries.app, name="registries")
 app.add_typer(devices.app, name="devices")
 app.add_typer(gateways.app, name="gateways")
 app.add_typer(tokens.app, name="tokens")
+app.add_typer(ca.app, name="ca")
+app.add_typer(factory.app, name="factory")
+app.add_typer(manifest.app, name="manifest")
 app.add_typer(pubsub.topics_app, name="topics")
 app.add_typer(pubsub.subscriptions_app, name="subscriptions")
 app.add_typer(pubsub.events_app, name="events")
+app.command("simulate")(simulate.simulate)
 
 
 @app.callback()
@@ -143,3 +157,20 @@ def serve(
             tls_key=tls_key,
         )
     )
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Empty directory to use (default: a new temporary one)")
+    ] = None,
+) -> None:
+    """Tell the whole story in under a minute: PKI, a reel, import, telemetry, config,
+    commands, key rotation and revocation, against a server it starts."""
+    from ironcore.demo import DemoFailed, run_demo
+
+    try:
+        run_demo(data_dir)
+    except DemoFailed as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from ironcore.cli.client import Context, fail, out, payload_text
+from ironcore.cli.client import Context, err, fail, out, payload_text
 
 topics_app = typer.Typer(
     help="Topics of the embedded event log (Pub/Sub shapes).", no_args_is_help=True
@@ -169,6 +169,8 @@ def events_tail(
                 error = response.json().get("error", {})
                 fail(f"{error.get('status', response.status_code)}: {error.get('message', '')}")
             for line in response.iter_lines():
+                if line.startswith(": tailing"):
+                    err.print(f"tailing {_topic_name(c, topic)} (Ctrl-C to stop)", highlight=False)
                 if not line.startswith("data: "):
                     continue
                 message = json.loads(line[len("data: ") :])

@@ -87,6 +87,9 @@ class DeviceClient:
         self.on_command: Callable[[str, str, bytes], None] | None = None
         self.on_gateway_error: Callable[[dict[str, Any]], None] | None = None
         self.on_connect: Callable[[], None] | None = None
+        # ironcore's own commands (subfolder "ironcore/…", e.g. key rotation) and refusals.
+        self.on_ironcore_command: Callable[[str, bytes], None] | None = None
+        self.on_refused: Callable[[int], None] | None = None
         self._connected = threading.Event()
         self._disconnected = threading.Event()
         self._stop = threading.Event()
@@ -189,6 +192,8 @@ class DeviceClient:
         self.last_connack = int(reason.value)
         if reason.is_failure:
             log.warning("%s: connection refused (%s)", self.name.device_id, reason)
+            if self.on_refused is not None:
+                self.on_refused(self.last_connack)
             return
         self.connects += 1
         for device_id in (self.name.device_id, *self._attached):
@@ -216,9 +221,13 @@ class DeviceClient:
         payload = bytes(message.payload)
         if kind == "config" and self.on_config is not None:
             self.on_config(device_id, payload)
-        elif kind == "commands" and self.on_command is not None:
+        elif kind == "commands":
             subfolder = parts[4] if len(parts) > 4 else ""
-            self.on_command(device_id, subfolder, payload)
+            if subfolder.startswith("ironcore/") and device_id == self.name.device_id:
+                if self.on_ironcore_command is not None:
+                    self.on_ironcore_command(subfolder[len("ironcore/") :], payload)
+            elif self.on_command is not None:
+                self.on_command(device_id, subfolder, payload)
         elif kind == "errors" and self.on_gateway_error is not None:
             try:
                 self.on_gateway_error(json.loads(message.payload))

@@ -28,14 +28,14 @@ DEFAULT_LIFETIME_SECONDS = 20 * 60
 REFRESH_MARGIN_SECONDS = 60
 
 
-def _b64url(data: bytes) -> str:
+def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def _signing_input(alg: str, project: str, iat: int, exp: int) -> str:
-    header = _b64url(json.dumps({"alg": alg, "typ": "JWT"}, separators=(",", ":")).encode())
+    header = b64url(json.dumps({"alg": alg, "typ": "JWT"}, separators=(",", ":")).encode())
     claims = {"iat": iat, "exp": exp, "aud": project}
-    payload = _b64url(json.dumps(claims, separators=(",", ":")).encode())
+    payload = b64url(json.dumps(claims, separators=(",", ":")).encode())
     return f"{header}.{payload}"
 
 
@@ -47,10 +47,20 @@ def es256_jwt(
     lifetime: float = DEFAULT_LIFETIME_SECONDS,
 ) -> str:
     """An ES256 JWT for `project`, signed inside the secure element with `slot`'s key."""
+    return es256_jwt_with(lambda digest: element.sign(slot, digest), project, now, lifetime)
+
+
+def es256_jwt_with(
+    sign: Callable[[bytes], bytes],
+    project: str,
+    now: float,
+    lifetime: float = DEFAULT_LIFETIME_SECONDS,
+) -> str:
+    """An ES256 JWT whose SHA-256 digest `sign` turns into a raw 64-byte r‖s signature."""
     _check_lifetime(lifetime)
     signing_input = _signing_input("ES256", project, int(now), int(now + lifetime))
-    signature = element.sign(slot, hashlib.sha256(signing_input.encode()).digest())
-    return f"{signing_input}.{_b64url(signature)}"
+    signature = sign(hashlib.sha256(signing_input.encode()).digest())
+    return f"{signing_input}.{b64url(signature)}"
 
 
 def rs256_jwt(
@@ -60,7 +70,7 @@ def rs256_jwt(
     _check_lifetime(lifetime)
     signing_input = _signing_input("RS256", project, int(now), int(now + lifetime))
     signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
-    return f"{signing_input}.{_b64url(signature)}"
+    return f"{signing_input}.{b64url(signature)}"
 
 
 def _check_lifetime(lifetime: float) -> None:

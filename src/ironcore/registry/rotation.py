@@ -136,6 +136,11 @@ class Rotations:
                 raise InvalidArgument.field(
                     "public_key", "is already one of the device's credentials"
                 )
+            if await self.store.registry_has_cas(num_id):
+                raise FailedPrecondition(
+                    "the registry has CA certificates, so it accepts only X.509 credentials; "
+                    "a device cannot certify its own new key"
+                )
             live = [c for c in credentials if not _expired(c, self.clock())]
             if len(live) >= limits.DEVICE_CREDENTIALS:
                 raise FailedPrecondition(
@@ -155,6 +160,24 @@ class Rotations:
         if not await self.store.write(num_id, rotation.id, asdict(added), [*live, new]):
             raise Aborted("The rotation changed while the key was added; offer it again")
         return added
+
+    async def fail(self, num_id: int, rotation_id: str, reason: str) -> KeyRotation:
+        """The device gives up (no free slot, its new key was refused): the rotation fails and
+        a new key that was added is removed again; the old key is untouched."""
+        found = await self.store.read(num_id)
+        if found is None:
+            raise NotFound(f"No device with numeric id {num_id}")
+        raw, credentials = found
+        current = KeyRotation(**raw) if raw else None
+        if current is None or current.id != rotation_id:
+            raise FailedPrecondition(f"There is no key rotation {rotation_id!r} for this device")
+        if not current.active:
+            return current
+        kept = [c for c in credentials if _fingerprint(c) != current.new_key]
+        failed = _moved(current, self._now(), state="failed", reason=f"device: {reason[:500]}")
+        if not await self.store.write(num_id, current.id, asdict(failed), kept):
+            raise Aborted("The rotation changed meanwhile")
+        return failed
 
     async def connected(self, num_id: int, used_key: str) -> KeyRotation | None:
         """A device authenticated with `used_key`: complete its rotation if that is the new key.

@@ -35,6 +35,7 @@ from ironcore.registry.names import (
     LocationName,
     RegistryName,
     check_id,
+    is_valid_project,
 )
 from ironcore.registry.resources import (
     Device,
@@ -76,6 +77,7 @@ T = TypeVar("T")
 ROLES = ("viewer", "editor", "owner")
 # An admin token shows its id (to list and revoke it) and carries its secret after it.
 TOKEN_PREFIX = "ic_"
+TOKEN_NAME_MAX = 200
 
 
 class DeviceLinks(Protocol):
@@ -90,6 +92,12 @@ class DeviceLinks(Protocol):
     async def device_changed(self, num_id: int) -> None: ...
 
     async def registry_changed(self, name: RegistryName) -> None: ...
+
+    async def rotation_changed(self, num_id: int) -> None:
+        """A key rotation of the device started or moved on: tell the device."""
+
+    async def key_in_use(self, num_id: int) -> str | None:
+        """The fingerprint of the key a connected device authenticated with."""
 
 
 class TopicCatalog(Protocol):
@@ -335,6 +343,8 @@ class DeviceManager:
     ) -> Page[dict[str, Any]]:
         if len(device_ids) > limits.LIST_DEVICE_IDS_MAX:
             raise InvalidArgument.field("device_ids", f"at most {limits.LIST_DEVICE_IDS_MAX} ids")
+        for device_id in device_ids:
+            check_id(device_id, "device_ids")
         if len(num_ids) > limits.LIST_DEVICE_IDS_MAX:
             raise InvalidArgument.field(
                 "device_num_ids", f"at most {limits.LIST_DEVICE_IDS_MAX} ids"
@@ -559,16 +569,21 @@ class DeviceManager:
         """Create an admin token and return it; only its hash is kept."""
         if role not in ROLES:
             raise InvalidArgument.field("role", f"must be one of {', '.join(ROLES)}")
+        # Refused rather than cut, so the name shown at creation is the name listed later.
+        if len(name) > TOKEN_NAME_MAX:
+            raise InvalidArgument.field("name", f"at most {TOKEN_NAME_MAX} characters")
         token_id = secrets.token_hex(6)
         token = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
-        await self.store.add_token(token_id, name[:200], role, hash_token(token), self.clock())
+        await self.store.add_token(token_id, name, role, hash_token(token), self.clock())
         return token
 
     async def list_tokens(self) -> list[TokenRecord]:
         return await self.store.list_tokens()
 
     async def revoke_token(self, token_id: str) -> None:
-        if not await self.store.revoke_token(token_id, self.clock()):
+        # Ids are hex (see create_token); anything else names no token and stays out of SQL.
+        valid = token_id.isascii() and token_id.isalnum()
+        if not valid or not await self.store.revoke_token(token_id, self.clock()):
             raise NotFound(f"No active admin token with id {token_id!r}")
 
 
@@ -610,16 +625,19 @@ def _check_subfolder(value: str, field: str) -> None:
 
 
 def _check_topic(value: str, field: str) -> None:
+    # Pub/Sub's topic ids follow the same rule as registry and device ids.
     parts = value.split("/")
     if (
         len(parts) != 4
         or parts[0] != "projects"
         or parts[2] != "topics"
-        or not parts[1]
-        or not parts[3]
+        or not is_valid_project(parts[1])
+        or not limits.is_valid_id(parts[3])
     ):
         raise InvalidArgument.field(
-            field, f"{value[:80]!r} is not a topic name projects/{{project}}/topics/{{topic}}"
+            field,
+            f"{value[:80]!r} is not a topic name projects/{{project}}/topics/{{topic}} "
+            "(a topic id has 3 to 255 characters from [a-zA-Z0-9-._+~%] and starts with a letter)",
         )
 
 

@@ -14,7 +14,7 @@ import binascii
 import re
 from datetime import UTC, datetime
 from enum import IntEnum
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, get_origin
 
 from pydantic import (
     BaseModel,
@@ -22,7 +22,9 @@ from pydantic import (
     PlainSerializer,
     PlainValidator,
     SerializerFunctionWrapHandler,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -161,6 +163,25 @@ class Message(BaseModel):
             return {key: value for key, value in data.items() if value is not None}
         return data
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _storable_text(cls, value: Any, info: ValidationInfo) -> Any:
+        """Refuse text the databases cannot keep: NUL (PostgreSQL text) and unpaired
+        surrogates (not Unicode; JSON can escape them). Nested messages check their own."""
+        texts: list[object] = []
+        if isinstance(value, str):
+            texts = [value]
+        elif isinstance(value, list):
+            texts = value
+        elif isinstance(value, dict) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if get_origin(annotation) is dict:
+                texts = [*value, *value.values()]
+        for text in texts:
+            if isinstance(text, str) and not _storable(text):
+                raise ValueError("text must be valid Unicode without NUL characters")
+        return value
+
     @model_serializer(mode="wrap")
     def _leave_out_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         out: dict[str, Any] = handler(self)
@@ -172,6 +193,16 @@ class Message(BaseModel):
 
     def to_wire(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def _storable(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_default(value: object) -> bool:

@@ -32,6 +32,10 @@ class EventLog:
 
     async def append(self, topic: str, data: bytes, attributes: dict[str, str]) -> None:
         """Return once the event is committed; raise Unavailable if it could not be."""
+        await self.submit(topic, data, attributes)
+
+    def submit(self, topic: str, data: bytes, attributes: dict[str, str]) -> asyncio.Future[None]:
+        """Queue an event for the next commit; the future resolves once it is committed."""
         if self._closed:
             raise Unavailable("the event log is shutting down")
         if self._task is None:
@@ -45,7 +49,7 @@ class EventLog:
         }
         self._pending.append((row, future))
         self._wakeup.set()
-        await future
+        return future
 
     async def _run(self) -> None:
         while not self._closed or self._pending:

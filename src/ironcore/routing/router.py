@@ -7,7 +7,9 @@ carries Cloud IoT Core's attributes, so consumers written for Pub/Sub read it un
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable
 
 from ironcore.errors import FailedPrecondition, Unavailable
 from ironcore.registry.names import RegistryName
@@ -80,6 +82,23 @@ class Router:
         self._backends[topic] = (backend, now + BACKEND_CACHE_SECONDS)
         return backend
 
+    def submit_event(
+        self,
+        name: RegistryName,
+        registry: DeviceRegistry,
+        device: Device,
+        subfolder: str,
+        payload: bytes,
+    ) -> Awaitable[None]:
+        """Start publishing an event and return what to await for its durability (a future,
+        without a task per event when the topic is known to be embedded)."""
+        topic = self._topic(name, registry, subfolder)
+        attrs = attributes(name, device, subfolder)
+        cached = self._backends.get(topic)
+        if cached is not None and cached[0] == "embedded" and cached[1] > time.monotonic():
+            return self.log.submit(topic, payload, attrs)
+        return asyncio.ensure_future(self._deliver(topic, payload, attrs))
+
     async def publish_event(
         self,
         name: RegistryName,
@@ -89,6 +108,10 @@ class Router:
         payload: bytes,
     ) -> None:
         """Return once the event is durably accepted; FailedPrecondition without a topic."""
+        await self.submit_event(name, registry, device, subfolder, payload)
+
+    @staticmethod
+    def _topic(name: RegistryName, registry: DeviceRegistry, subfolder: str) -> str:
         topic = event_topic(registry, subfolder)
         if not topic:
             raise FailedPrecondition(
@@ -96,7 +119,7 @@ class Router:
                 f"{'subfolder ' + repr(subfolder) if subfolder else 'events'}; "
                 "telemetry cannot be published"
             )
-        await self._deliver(topic, payload, attributes(name, device, subfolder))
+        return topic
 
     async def notify_state(
         self, name: RegistryName, registry: DeviceRegistry, device: Device, payload: bytes

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable
@@ -29,13 +30,20 @@ from ironcore.bridge.devices import (
 )
 from ironcore.bridge.hub import Hub
 from ironcore.bridge.mqtt import session as s
-from ironcore.errors import Code, IronCoreError, NotFound
+from ironcore.errors import Code, InvalidArgument, IronCoreError, NotFound
 from ironcore.registry.names import DeviceRef, RegistryName
 from ironcore.registry.resources import DeviceConfig, GatewayAuthMethod
+from ironcore.registry.rotation import KeyRotation, Rotations
 from ironcore.registry.store.sql import to_us
 from ironcore.routing.router import Router
 
 log = logging.getLogger(__name__)
+# Children of labelled metrics on the hot path, looked up once.
+EVENTS_IN = metrics.MESSAGES_IN.labels("event")
+PUBACK_LATENCY = metrics.PUBACK_LATENCY
+# ironcore's key rotation messages: commands to the device, offers from it (docs/rotation.md).
+ROTATION_COMMAND = "ironcore/key-rotation"
+ROTATION_TOPIC = "key-rotation"
 
 
 @dataclass
@@ -46,6 +54,7 @@ class Services:
     router: Router
     bookkeeper: Bookkeeper
     hub: Hub
+    rotations: Rotations | None = None
     limits: s.SessionLimits = field(default_factory=s.SessionLimits)
     connections: set[MqttConnection] = field(default_factory=set)
 
@@ -59,11 +68,15 @@ class MqttConnection(asyncio.Protocol):
         self._wakeup = asyncio.Event()
         self._contexts: dict[str, DeviceContext] = {}
         self._fingerprint = ""
+        # The JWT's own deadline; the session's is the earlier of it and the credential's expiry.
+        self._token_deadline = float("inf")
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._acks: deque[tuple[int, float, Awaitable[object]]] = deque()
         self._acker: asyncio.Task[None] | None = None
         self._pump: asyncio.Task[None] | None = None
         self._reading = True
         self._last_state: dict[str, float] = {}
+        self._rotation: KeyRotation | None = None
 
     # asyncio.Protocol
 
@@ -123,17 +136,82 @@ class MqttConnection(asyncio.Protocol):
                 continue
             ref = DeviceRef(context.name, None, context.device.num_id)
             try:
-                fresh = await self.services.authenticator.load(ref)
+                fresh: DeviceContext | None = await self.services.authenticator.load(ref)
             except NotFound:
+                fresh = None
+            if self._contexts.get(device_id) is not context:
+                continue  # detached, attached again or disconnected while it was loading
+            if fresh is None:
                 self._drop(device_id, "the device was deleted")
                 continue
             self._contexts[device_id] = fresh
             if device_id == self.session.device_id:
                 why = self.services.authenticator.still_valid(fresh, self._fingerprint, "mqtt")
+                if why is None:
+                    # The credential's expirationTime may have been set or moved.
+                    expires = self.services.authenticator.credential_deadline(
+                        fresh, self._fingerprint
+                    )
+                    self._set_deadline(min(self._token_deadline, expires))
             else:
                 why = "the device was blocked" if fresh.device.blocked else None
             if why is not None:
                 self._drop(device_id, why)
+
+    def key_in_use(self, num_id: int) -> str | None:
+        primary = self._contexts.get(self.session.device_id)
+        return (
+            self._fingerprint if primary is not None and primary.device.num_id == num_id else None
+        )
+
+    async def rotation_changed(self, num_id: int) -> None:
+        primary = self._contexts.get(self.session.device_id)
+        if primary is not None and primary.device.num_id == num_id and self.services.rotations:
+            self._tell_rotation(await self.services.rotations.current(num_id))
+
+    def _tell_rotation(self, rotation: KeyRotation | None) -> None:
+        """Send the device its rotation's state as the command `ironcore/key-rotation`."""
+        if rotation is None or rotation.state == "rolled_back":
+            return
+        body: dict[str, object] = {"rotation": rotation.id, "state": rotation.state.upper()}
+        if rotation.state == "requested":
+            body["nonce"] = rotation.nonce
+        if rotation.reason:
+            body["reason"] = rotation.reason
+        if self.session.publish_command(
+            self.session.device_id, ROTATION_COMMAND, json.dumps(body).encode()
+        ):
+            self._flush()
+
+    async def _key_offered(self, event: s.ControlPublished, now: float) -> None:
+        """The device offers a new key for its rotation (docs/rotation.md)."""
+        primary = self._contexts[self.session.device_id]
+        rotations = self.services.rotations
+        try:
+            if event.name != ROTATION_TOPIC or rotations is None:
+                raise InvalidArgument(f"unknown ironcore topic {event.name!r}")
+            offer = json.loads(event.payload)
+            if not isinstance(offer, dict):
+                raise InvalidArgument("a key offer is a JSON object")
+            if "error" in offer:
+                rotation = await rotations.fail(
+                    primary.device.num_id, str(offer.get("rotation", "")), str(offer["error"])
+                )
+            else:
+                rotation = await rotations.offer(
+                    primary.device.num_id,
+                    str(offer.get("rotation", "")),
+                    str(offer.get("publicKey", "")),
+                    str(offer.get("proof", "")),
+                    self._fingerprint,
+                )
+        except (ValueError, IronCoreError) as error:
+            message = error.message if isinstance(error, IronCoreError) else str(error)
+            self.session.close(f"mqtt: bad key offer: {message}", Code.INVALID_ARGUMENT, "rotation")
+            self._wakeup.set()
+            return
+        self._acknowledge(event.packet_id, now, None)
+        self._tell_rotation(rotation)
 
     def kick(self, num_id: int, reason: str) -> None:
         device_id = self._device_id(num_id)
@@ -153,6 +231,19 @@ class MqttConnection(asyncio.Protocol):
             )
             self._detach(device_id)
             self._flush()
+
+    def _set_deadline(self, deadline: float) -> None:
+        """End the session at `deadline` on time, not at the next once-a-second sweep."""
+        self.session.deadline = deadline
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        if math.isfinite(deadline):
+            # A hair late, so that the session's `now > deadline` holds when the timer fires.
+            delay = max(deadline - time.time(), 0.0) + 0.01
+            self._deadline_timer = asyncio.get_running_loop().call_later(
+                delay, lambda: self.tick(time.time())
+            )
 
     def _device_id(self, num_id: int) -> str | None:
         for device_id, context in self._contexts.items():
@@ -205,19 +296,21 @@ class MqttConnection(asyncio.Protocol):
             case s.ConnectRequested():
                 await self._connect(event)
             case s.EventPublished():
-                metrics.MESSAGES_IN.labels("event").inc()
+                EVENTS_IN.inc()
                 context = self._contexts[event.device_id]
                 self._touch(context, "last_event_time")
-                task = asyncio.ensure_future(
-                    self.services.router.publish_event(
+                try:
+                    work = self.services.router.submit_event(
                         context.name,
                         context.registry,
                         context.device,
                         event.subfolder,
                         event.payload,
                     )
-                )
-                self._acknowledge(event.packet_id, now, task)
+                except IronCoreError as error:
+                    self.session.close(f"mqtt: {error.message}", error.code, "rejected")
+                    return
+                self._acknowledge(event.packet_id, now, work)
             case s.StatePublished():
                 metrics.MESSAGES_IN.labels("state").inc()
                 await self._state(event, now)
@@ -240,6 +333,11 @@ class MqttConnection(asyncio.Protocol):
                     )
             case s.Heartbeat():
                 self._touch(self._contexts[self.session.device_id], "last_heartbeat_time")
+            case s.CommandsSubscribed():
+                if event.device_id == self.session.device_id:
+                    self._tell_rotation(self._rotation)
+            case s.ControlPublished():
+                await self._key_offered(event, now)
 
     async def _connect(self, event: s.ConnectRequested) -> None:
         try:
@@ -262,8 +360,16 @@ class MqttConnection(asyncio.Protocol):
         self.registry_name = context.name
         self._contexts[device.id] = context
         self._fingerprint = auth.key_fingerprint
+        self._token_deadline = auth.claims.deadline
         self.session.accept(device.id, device.gateway_config.is_gateway, auth.deadline)
+        self._set_deadline(auth.deadline)
         self.services.hub.register(device.num_id, self)
+        if self.services.rotations is not None:
+            # Connecting with the new key completes a rotation; the device hears of it (or of a
+            # rotation still waiting for it) once it subscribes to commands.
+            self._rotation = await self.services.rotations.connected(
+                device.num_id, self._fingerprint
+            )
         metrics.CONNECTS.labels("accepted").inc()
         metrics.CONNECTED.inc()
         log.debug("MQTT device %s connected", event.client_id)
@@ -387,20 +493,22 @@ class MqttConnection(asyncio.Protocol):
 
     async def _ack_in_order(self) -> None:
         while self._acks:
-            packet_id, received, work = self._acks[0]
             try:
-                await work
+                await self._acks[0][2]
+                # Everything already durable behind the first goes out in the same write.
+                while self._acks and _finished(self._acks[0][2]):
+                    packet_id, received, work = self._acks.popleft()
+                    await work
+                    if packet_id:
+                        self.session.ack(packet_id)
+                        PUBACK_LATENCY.observe(time.time() - received)
             except IronCoreError as error:
                 self._acks.clear()
                 self.session.close(f"mqtt: {error.message}", error.code, "rejected")
                 self._wakeup.set()
                 return
-            self._acks.popleft()
-            if packet_id:
-                self.session.ack(packet_id)
-                metrics.PUBACK_LATENCY.observe(time.time() - received)
-                self._flush()
-                self._wakeup.set()
+            self._flush()
+            self._wakeup.set()
 
     async def _closed(self, event: s.Closed) -> None:
         self._flush()
@@ -408,6 +516,8 @@ class MqttConnection(asyncio.Protocol):
             self.transport.close()
         if self._acker is not None:
             self._acker.cancel()
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
         for device_id in list(self._contexts):
             if device_id != self.session.device_id:
                 self._detach(device_id)
@@ -424,6 +534,10 @@ class MqttConnection(asyncio.Protocol):
                 primary.device.num_id, event.code, event.reason
             )
         log.debug("MQTT device %s disconnected: %s", primary.device.id, event.reason)
+
+
+def _finished(work: Awaitable[object]) -> bool:
+    return not isinstance(work, asyncio.Future) or work.done()
 
 
 def _attach_token(payload: bytes) -> str:
@@ -448,5 +562,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def _done() -> None:
-    return None
+def _done() -> asyncio.Future[None]:
+    """Work that is already done. A future, not a coroutine: `_ack_in_order` awaits the head of
+    the queue twice, and a coroutine cannot be awaited again."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future

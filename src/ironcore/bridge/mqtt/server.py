@@ -73,10 +73,27 @@ class MqttBridge:
         return [sock.getsockname()[1] for server in self._servers for sock in server.sockets]
 
     def reload_tls(self, cert_path: Path, key_path: Path) -> None:
-        """New handshakes use the new certificate; connections already open keep theirs."""
-        if self.tls_context is not None:
-            self.tls_context.load_cert_chain(cert_path, key_path)
-            log.info("reloaded the MQTT bridge TLS certificate from %s", cert_path)
+        """New handshakes use the new certificate; connections already open keep theirs.
+
+        The pair is tried on a scratch context first: a failed load into the live context can
+        leave it half-replaced (a new certificate with the old key), and then every new
+        handshake fails. A bad pair is logged and the previous one kept.
+        """
+        if self.tls_context is None:
+            return
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_path, key_path)
+        except OSError as error:  # ssl.SSLError is an OSError
+            log.error(
+                "could not reload the MQTT bridge TLS certificate from %s and %s (%s); "
+                "still serving the previous one",
+                cert_path,
+                key_path,
+                error,
+            )
+            return
+        self.tls_context.load_cert_chain(cert_path, key_path)
+        log.info("reloaded the MQTT bridge TLS certificate from %s", cert_path)
 
     async def _tick(self) -> None:
         while True:

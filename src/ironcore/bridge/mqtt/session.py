@@ -102,6 +102,24 @@ class ConfigSubscribed:
 
 
 @dataclass(frozen=True, slots=True)
+class CommandsSubscribed:
+    """The device now receives commands (ironcore may have one waiting, e.g. a key rotation)."""
+
+    device_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ControlPublished:
+    """A message on ironcore's own device topic `/devices/{id}/ironcore/{name}` (key rotation);
+    only the connected device itself may publish there. Acknowledge like an event."""
+
+    device_id: str
+    name: str
+    payload: bytes
+    packet_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class ConfigAcked:
     device_id: str
     version: int
@@ -132,6 +150,8 @@ Event = (
     | AttachRequested
     | DetachRequested
     | ConfigSubscribed
+    | CommandsSubscribed
+    | ControlPublished
     | ConfigAcked
     | Heartbeat
     | Closed
@@ -265,10 +285,13 @@ class Session:
         if not isinstance(packet, codec.Connect):
             self._close("mqtt: the first packet was not CONNECT", Code.INVALID_ARGUMENT, "protocol")
             return
-        if packet.protocol_level != 4:
+        # MQTT 3.1.1 is "MQTT" level 4; the codec skips the payload of any other pair (such as
+        # "MQIsdp" 4), so its client id and password are not there to authenticate.
+        if (packet.protocol_name, packet.protocol_level) != ("MQTT", 4):
             self._send(codec.Connack(False, UNACCEPTABLE_PROTOCOL))
             self._close(
-                f"mqtt: protocol level {packet.protocol_level} (only MQTT 3.1.1 is supported)",
+                f"mqtt: protocol {packet.protocol_name!r} level {packet.protocol_level} "
+                "(only MQTT 3.1.1 is supported)",
                 Code.INVALID_ARGUMENT,
                 "protocol_version",
             )
@@ -282,8 +305,10 @@ class Session:
         self._tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)
         self._tokens_at = now
         self._tokens -= 1
-        if self._tokens < 0:
-            self._resume_at = now + (-self._tokens) / rate
+        # Pause once less than a whole message's token is left, so that a burst never exceeds
+        # the bucket: a full bucket lets exactly `rate` messages through at once.
+        if self._tokens < 1:
+            self._resume_at = now + (1 - self._tokens) / rate
 
     def _handle_publish(self, packet: codec.Publish) -> None:
         if packet.qos == 2:
@@ -293,6 +318,11 @@ class Session:
         device_id, kind, rest = _split(packet.topic)
         if device_id is None:
             self._bad_topic(packet.topic)
+            return
+        if kind == "ironcore" and rest and device_id == self.device_id:
+            if packet_id is not None:
+                self._inbound_pending.add(packet_id)
+            self._events.append(ControlPublished(device_id, rest, packet.payload, packet_id))
             return
         if kind in ("attach", "detach") and not rest:
             if not self.is_gateway:
@@ -353,6 +383,7 @@ class Session:
     def _handle_subscribe(self, packet: codec.Subscribe) -> None:
         codes = []
         wants_config = []
+        wants_commands = []
         for topic, qos in packet.subscriptions:
             granted = min(qos, 1)
             device_id, kind, rest = _split(topic)
@@ -366,6 +397,7 @@ class Session:
                 and rest == "#"
             ):
                 self._subscriptions.setdefault(device_id, _Subscriptions()).commands_qos = granted
+                wants_commands.append(device_id)
             elif self.is_gateway and device_id == self.device_id and kind == "errors" and not rest:
                 self._errors_subscribed = True
             else:
@@ -373,17 +405,21 @@ class Session:
             codes.append(granted)
         self._send(codec.Suback(packet.packet_id, tuple(codes)))
         self._events.extend(ConfigSubscribed(device_id) for device_id in wants_config)
+        self._events.extend(CommandsSubscribed(device_id) for device_id in wants_commands)
 
     def _unsubscribe(self, topic: str) -> None:
         device_id, kind, rest = _split(topic)
-        subscriptions = self._subscriptions.get(device_id or "")
+        if device_id is None:
+            return
+        if device_id == self.device_id and kind == "errors" and not rest:
+            self._errors_subscribed = False
+            return
+        subscriptions = self._subscriptions.get(device_id)
         if subscriptions is None:
-            if device_id == self.device_id and kind == "errors":
-                self._errors_subscribed = False
             return
         if kind == "config" and not rest:
             subscriptions.config_qos = None
-            self._configs.pop(device_id or "", None)
+            self._drop_config(device_id)
         elif kind == "commands" and rest == "#":
             subscriptions.commands_qos = None
 
@@ -418,7 +454,7 @@ class Session:
     def detach(self, device_id: str) -> None:
         self._attached.discard(device_id)
         self._subscriptions.pop(device_id, None)
-        self._configs.pop(device_id, None)
+        self._drop_config(device_id)
 
     @property
     def attached(self) -> frozenset[str]:
@@ -441,12 +477,11 @@ class Session:
         if qos is None:
             return False
         topic = f"/devices/{device_id}/config"
+        # Also after a re-subscription at QoS 0: an older version must not be redelivered.
+        self._drop_config(device_id)
         if qos == 0:
             self._send(codec.Publish(topic, data))
             return True
-        previous = self._configs.pop(device_id, None)
-        if previous is not None:
-            self._outbound.pop(previous.packet_id, None)
         packet_id = self._allocate_packet_id(device_id)
         self._configs[device_id] = _OutboundConfig(packet_id, version, data, now)
         self._send(codec.Publish(topic, data, qos=1, packet_id=packet_id))
@@ -548,6 +583,12 @@ class Session:
             return
         self.state = State.CLOSED
         self._events.append(Closed(reason, code, metric))
+
+    def _drop_config(self, device_id: str) -> None:
+        """Forget an unacknowledged config, freeing its outbound slot: its PUBACK acks nothing."""
+        config = self._configs.pop(device_id, None)
+        if config is not None:
+            self._outbound.pop(config.packet_id, None)
 
     def _allocate_packet_id(self, device_id: str | None) -> int:
         while True:

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from ironcore.registry.store.schema import devices
+from ironcore.registry.store.schema import devices, registries
 from ironcore.registry.store.sql import Store
 
 
@@ -23,6 +23,16 @@ class RotationStore:
         if body is None:
             return None
         return body.get("keyRotation"), list(body["credentials"])
+
+    async def registry_has_cas(self, num_id: int) -> bool:
+        """Whether the device's registry holds CA certificates (then only X.509 credentials)."""
+        async with self.store.read() as conn:
+            body = await conn.scalar(
+                select(registries.c.body)
+                .join(devices, devices.c.registry_pk == registries.c.pk)
+                .where(devices.c.num_id == num_id)
+            )
+        return bool(body and body.get("credentials"))
 
     async def write(
         self,

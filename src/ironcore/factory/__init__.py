@@ -1,0 +1,1 @@
+"""The factory: reels of emulated secure elements, their manifests, and manifest import."""

@@ -1,0 +1,138 @@
+"""Revoked batch signer CAs: record them, and tell whether a device certificate is affected.
+
+A device certificate names its issuing signer by its AuthorityKeyIdentifier, which equals the
+signer's SubjectKeyIdentifier; revoked signers are kept by that key id (and by certificate
+fingerprint). Revoking one asks every registry's connected devices to be checked again, so
+devices it signed are disconnected at once; the bridges refuse them from then on.
+
+The bridges keep a `Revocations` for the life of the process: `revoked_signer_of` answers
+from an in-memory snapshot (no I/O on the hot path) and `check` refreshes a stale snapshot
+first, so revocations made by another process are seen within `refresh_seconds`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ironcore.errors import InvalidArgument
+from ironcore.identity import credentials as creds
+from ironcore.registry.service import DeviceLinks
+from ironcore.registry.store import Store
+from ironcore.registry.store.sql import RevokedSignerRecord
+
+REASON_MAX = 1000
+
+
+def signer_key_id(certificate: x509.Certificate) -> str | None:
+    """The issuing signer's key id (AuthorityKeyIdentifier, lowercase hex), None if absent.
+
+    Microchip's TNGTLS device certificates carry a SAN that `cryptography` refuses to parse
+    (a PrintableString with `_`), so those fall back to asn1crypto, which reads it.
+    """
+    try:
+        extension = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+    except x509.ExtensionNotFound:
+        return None
+    except ValueError:
+        return _key_id_leniently(certificate)
+    key_id = extension.value.key_identifier
+    return key_id.hex() if key_id else None
+
+
+def _key_id_leniently(certificate: x509.Certificate) -> str | None:
+    parsed = asn1_x509.Certificate.load(certificate.public_bytes(serialization.Encoding.DER))
+    value = parsed.authority_key_identifier
+    return bytes(value).hex() if value else None
+
+
+class Revocations:
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        links: DeviceLinks | None = None,
+        refresh_seconds: float = 2.0,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.links = links
+        self.refresh_seconds = refresh_seconds
+        self._snapshot: dict[str, RevokedSignerRecord] = {}
+        self._loaded_at = float("-inf")
+
+    async def revoke_signer(
+        self, certificate_pem: str, reason: str
+    ) -> tuple[RevokedSignerRecord, bool]:
+        """Revoke a signer (or root) CA; (the record, False if it was already revoked).
+
+        Devices it signed that are connected now are disconnected through the hub.
+        """
+        certificate = creds.load_certificate(certificate_pem, "certificate")
+        _check_ca(certificate)
+        if len(reason) > REASON_MAX:
+            raise InvalidArgument.field("reason", f"at most {REASON_MAX} characters")
+        key = certificate.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise InvalidArgument.field("certificate", "batch signer CAs hold EC keys")
+        record = RevokedSignerRecord(
+            key_id=x509.SubjectKeyIdentifier.from_public_key(key).digest.hex(),
+            fingerprint=certificate.fingerprint(hashes.SHA256()).hex(),
+            subject=certificate.subject.rfc4514_string(),
+            certificate=certificate_pem.strip() + "\n",
+            reason=reason or "unspecified",
+            revoked_at=self.clock(),
+        )
+        created = await self.store.add_revoked_signer(record)
+        await self.refresh()
+        if not created:
+            return self._snapshot[record.key_id], False
+        if self.links is not None:
+            for name in await self.store.all_registry_names():
+                await self.links.registry_changed(name)
+        return record, True
+
+    async def list(self) -> list[RevokedSignerRecord]:
+        return await self.store.revoked_signers()
+
+    async def is_revoked(self, key_id_or_fingerprint: str) -> RevokedSignerRecord | None:
+        """From the database: the revoked signer with this key id or fingerprint (hex)."""
+        return await self.store.revoked_signer(key_id_or_fingerprint)
+
+    async def refresh(self) -> None:
+        records = await self.store.revoked_signers()
+        self._snapshot = {r.key_id: r for r in records} | {r.fingerprint: r for r in records}
+        self._loaded_at = time.monotonic()
+
+    def revoked_signer_of(self, certificate: x509.Certificate) -> RevokedSignerRecord | None:
+        """From the snapshot: the revoked signer that issued this device certificate, if any."""
+        key_id = signer_key_id(certificate)
+        return self._snapshot.get(key_id) if key_id else None
+
+    def revoked_key_ids(self) -> frozenset[str]:
+        return frozenset(r.key_id for r in self._snapshot.values())
+
+    async def check(self, certificate: x509.Certificate) -> RevokedSignerRecord | None:
+        """`revoked_signer_of` on a snapshot at most `refresh_seconds` old."""
+        if time.monotonic() - self._loaded_at > self.refresh_seconds:
+            await self.refresh()
+        return self.revoked_signer_of(certificate)
+
+
+def _check_ca(certificate: x509.Certificate) -> None:
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+    except (x509.ExtensionNotFound, ValueError):
+        raise InvalidArgument.field(
+            "certificate", "is not a CA certificate (no basic constraints)"
+        ) from None
+    if not constraints.value.ca:
+        raise InvalidArgument.field(
+            "certificate", "is not a CA certificate; revoke the batch signer that issued it"
+        )

@@ -1,0 +1,348 @@
+"""Live enforcement on the MQTT bridge: admin changes reach connected devices within a second.
+
+A real `ironcore serve` (SQLite), real TLS and paho-mqtt 2 devices. Each disconnect is timed
+from the admin change (or the credential's expiry) to the device seeing its connection close.
+Also: SIGHUP reloads the TLS certificate without dropping anyone, SIGTERM says goodbye to every
+device, exits 0 and keeps the bookkeeping of the last second.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import os
+import signal
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.bridge.devices import (
+    Device,
+    admin,
+    connect,
+    create_device,
+    create_registry,
+    make_jwt,
+    new_key,
+)
+from tests.bridge.test_mqtt_bridge import wait_for
+from tests.conftest import Server, start_server, stop_server
+from tests.keys import PrivateKey, public_pem
+
+REG = "reg-enf"
+# What every disconnect must beat, from the admin change to the device seeing it.
+LIMIT = 1.0
+
+
+@pytest.fixture
+def bridge(tmp_path: Path) -> Iterator[Server]:
+    server = start_server(tmp_path / "data")
+    yield server
+    stop_server(server)
+
+
+def credential(key: PrivateKey, expires: float | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"publicKey": {"format": "ES256_PEM", "key": public_pem(key)}}
+    if expires is not None:
+        when = dt.datetime.fromtimestamp(expires, dt.UTC)
+        body["expirationTime"] = when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return body
+
+
+def online(server: Server, device_id: str, key: PrivateKey, subscribe: bool = True) -> Device:
+    device = connect(server, REG, device_id, make_jwt(key), subscribe=subscribe)
+    # paho would reconnect on its own after a second; these tests want to see it stay down.
+    device.client.reconnect_delay_set(60, 120)
+    return device
+
+
+def disconnected_after(device: Device, started: float, timeout: float = 5.0) -> float:
+    device.wait_disconnect(timeout=timeout)
+    return time.monotonic() - started
+
+
+def stays_connected(device: Device, device_id: str) -> None:
+    """The device still gets PUBACKs and its connection never closed."""
+    device.publish(f"/devices/{device_id}/events", b"still here")
+    assert device.disconnects.empty()
+
+
+def last_error(server: Server, device_id: str) -> str:
+    with admin(server) as api:
+        got = api.get(f"/registries/{REG}/devices/{device_id}").json()
+    message: str = got["lastErrorStatus"]["message"]
+    return message
+
+
+def patch_device(server: Server, device_id: str, mask: str, body: dict[str, Any]) -> None:
+    with admin(server) as api:
+        r = api.patch(
+            f"/registries/{REG}/devices/{device_id}", params={"updateMask": mask}, json=body
+        )
+        assert r.status_code == 200, r.text
+
+
+def test_removing_the_credential_in_use_disconnects(bridge: Server) -> None:
+    create_registry(bridge, REG)
+    used, other, replacement = new_key(), new_key(), new_key()
+    create_device(bridge, REG, "dev", credentials=[credential(used), credential(other)])
+    device = online(bridge, "dev", used)
+    try:
+        # Swapping the other credential keeps the one the device connected with: it stays. The
+        # PATCH answers once connections are revalidated, so a PUBACK now shows it stayed.
+        patch_device(
+            bridge,
+            "dev",
+            "credentials",
+            {"credentials": [credential(used), credential(replacement)]},
+        )
+        stays_connected(device, "dev")
+
+        started = time.monotonic()
+        patch_device(bridge, "dev", "credentials", {"credentials": [credential(replacement)]})
+        assert disconnected_after(device, started) < LIMIT
+        assert "credential the device connected with was removed" in last_error(bridge, "dev")
+        again = connect(bridge, REG, "dev", make_jwt(used), wait=False)
+        assert again.wait_connack() == 5
+        again.client.loop_stop()
+    finally:
+        device.client.loop_stop()
+
+
+def test_credential_expiring_while_connected_disconnects(bridge: Server) -> None:
+    create_registry(bridge, REG)
+    key = new_key()
+    expires = time.time() + 2.5
+    create_device(bridge, REG, "dev", credentials=[credential(key, expires)])
+    device = online(bridge, "dev", key)
+    try:
+        device.wait_disconnect(timeout=5)
+        late = time.time() - expires
+        assert 0 <= late < LIMIT, f"disconnected {late:.2f} s after the credential expired"
+        assert "expired" in last_error(bridge, "dev")
+    finally:
+        device.client.loop_stop()
+
+
+def test_expiry_set_on_a_connected_device_disconnects_it(bridge: Server) -> None:
+    create_registry(bridge, REG)
+    key = new_key()
+    create_device(bridge, REG, "dev", credentials=[credential(key)])
+    device = online(bridge, "dev", key)
+    try:
+        expires = time.time() + 2.0
+        patch_device(bridge, "dev", "credentials", {"credentials": [credential(key, expires)]})
+        stays_connected(device, "dev")
+        device.wait_disconnect(timeout=5)
+        late = time.time() - expires
+        assert 0 <= late < LIMIT, f"disconnected {late:.2f} s after the credential expired"
+        assert "expired" in last_error(bridge, "dev")
+    finally:
+        device.client.loop_stop()
+
+
+def test_disabling_mqtt_on_the_registry_disconnects_its_devices(bridge: Server) -> None:
+    create_registry(bridge, REG)
+    create_registry(bridge, "reg-bystander")
+    key = new_key()
+    for device_id in ("dev-1", "dev-2"):
+        create_device(bridge, REG, device_id, key)
+    create_device(bridge, "reg-bystander", "dev-3", key)
+    devices = [online(bridge, "dev-1", key), online(bridge, "dev-2", key)]
+    bystander = connect(bridge, "reg-bystander", "dev-3", make_jwt(key))
+    try:
+        started = time.monotonic()
+        with admin(bridge) as api:
+            r = api.patch(
+                f"/registries/{REG}",
+                params={"updateMask": "mqttConfig"},
+                json={"mqttConfig": {"mqttEnabledState": "MQTT_DISABLED"}},
+            )
+            assert r.status_code == 200, r.text
+        for device in devices:
+            assert disconnected_after(device, started) < LIMIT
+        assert "MQTT was disabled" in last_error(bridge, "dev-1")
+        again = connect(bridge, REG, "dev-1", make_jwt(key), wait=False)
+        assert again.wait_connack() == 5
+        again.client.loop_stop()
+        stays_connected(bystander, "dev-3")
+    finally:
+        for device in devices:
+            device.client.loop_stop()
+        bystander.close()
+
+
+def test_deleting_the_device_disconnects_it(bridge: Server) -> None:
+    create_registry(bridge, REG)
+    key = new_key()
+    create_device(bridge, REG, "dev", key)
+    device = online(bridge, "dev", key)
+    try:
+        started = time.monotonic()
+        with admin(bridge) as api:
+            r = api.delete(f"/registries/{REG}/devices/dev")
+            assert r.status_code == 200, r.text
+        assert disconnected_after(device, started) < LIMIT
+        again = connect(bridge, REG, "dev", make_jwt(key), wait=False)
+        assert again.wait_connack() == 5
+        again.client.loop_stop()
+    finally:
+        device.client.loop_stop()
+
+
+def test_send_command_needs_a_connected_subscribed_device(bridge: Server) -> None:
+    create_registry(bridge, REG)
+    key = new_key()
+    create_device(bridge, REG, "dev", key)
+    command = {"binaryData": base64.b64encode(b"reboot").decode()}
+    with admin(bridge) as api:
+
+        def send() -> Any:
+            return api.post(f"/registries/{REG}/devices/dev:sendCommandToDevice", json=command)
+
+        r = send()
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["status"] == "FAILED_PRECONDITION"
+
+        device = online(bridge, "dev", key, subscribe=False)
+        try:
+            r = send()
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["status"] == "FAILED_PRECONDITION"
+            assert "commands" in r.json()["error"]["message"]
+
+            device.client.subscribe("/devices/dev/commands/#", qos=1)
+            r = wait_for(lambda: (r := send()).status_code == 200 and r, what="command accepted")
+            message = device.next_message()
+            assert (message.topic, message.payload) == ("/devices/dev/commands", b"reboot")
+        finally:
+            device.close()
+        assert device.wait_disconnect() == 0
+        r = wait_for(lambda: (r := send()).status_code == 400 and r, what="command refused")
+        assert r.json()["error"]["status"] == "FAILED_PRECONDITION"
+
+
+def served_serial(server: Server) -> int:
+    """The serial number of the certificate a new TLS handshake with the bridge gets."""
+    context = ssl.create_default_context(cafile=str(server.ca_file))
+    with (
+        socket.create_connection(("127.0.0.1", server.mqtt_port), timeout=5) as sock,
+        context.wrap_socket(sock, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return int(x509.load_der_x509_certificate(der).serial_number)
+
+
+def issue_server_certificate(tls_dir: Path, write_key: bool = True) -> int:
+    """A new server key and certificate from the data directory's CA, written in place (without
+    `write_key`, the certificate alone: a pair that does not match)."""
+    ca_cert = x509.load_pem_x509_certificate((tls_dir / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((tls_dir / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=90))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    if write_key:
+        (tls_dir / "server.key").write_bytes(
+            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
+    (tls_dir / "server.crt").write_bytes(cert.public_bytes(pem) + ca_cert.public_bytes(pem))
+    return int(cert.serial_number)
+
+
+def test_sighup_reloads_the_certificate_without_dropping_devices(bridge: Server) -> None:
+    create_registry(bridge, REG)
+    key = new_key()
+    create_device(bridge, REG, "dev", key)
+    device = online(bridge, "dev", key)
+    try:
+        old = served_serial(bridge)
+        # A certificate without its key: the reload is refused and the old pair keeps serving.
+        issue_server_certificate(bridge.data_dir / "tls", write_key=False)
+        os.kill(bridge.process.pid, signal.SIGHUP)
+        wait_for(
+            lambda: "still serving the previous one" in bridge.log.read_text(),
+            what="the refused reload",
+        )
+        assert served_serial(bridge) == old
+
+        new = issue_server_certificate(bridge.data_dir / "tls")
+        assert new != old
+        os.kill(bridge.process.pid, signal.SIGHUP)
+        wait_for(lambda: served_serial(bridge) == new, what="the new certificate being served")
+        stays_connected(device, "dev")
+        # A device connecting now verifies the new certificate against the same CA.
+        fresh = connect(bridge, REG, "dev-2", make_jwt(key), wait=False)
+        assert fresh.wait_connack() == 5  # unknown device, but the TLS handshake went through
+        fresh.client.loop_stop()
+        assert bridge.process.poll() is None
+    finally:
+        device.close()
+
+
+def test_sigterm_disconnects_devices_flushes_bookkeeping_and_exits_0(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = start_server(data)
+    restarted: Server | None = None
+    try:
+        create_registry(server, REG)
+        key = new_key()
+        create_device(server, REG, "dev", key)
+        device = online(server, "dev", key)
+        device.publish("/devices/dev/events", b"first")
+        with admin(server) as api:
+
+            def flushed() -> str | None:
+                got = api.get(f"/registries/{REG}/devices/dev").json()
+                when: str = got["lastEventTime"]
+                return when if when != "1970-01-01T00:00:00Z" else None
+
+            # Bookkeeping was just flushed; the next periodic flush is about a second away.
+            first = wait_for(flushed, what="the first lastEventTime")
+        before_last = time.time()
+        device.publish("/devices/dev/events", b"last")
+        assert stop_server(server) == 0
+        device.wait_disconnect(timeout=5)
+        device.client.loop_stop()
+
+        restarted = start_server(data)
+        with admin(restarted) as api:
+            got = api.get(f"/registries/{REG}/devices/dev").json()
+        last = dt.datetime.fromisoformat(got["lastEventTime"].replace("Z", "+00:00"))
+        assert got["lastEventTime"] != first
+        assert last.timestamp() >= before_last - 0.05
+        assert "shutting down" in got["lastErrorStatus"]["message"]
+    finally:
+        if server.process.poll() is None:
+            stop_server(server)
+        if restarted is not None:
+            stop_server(restarted)

@@ -1,0 +1,111 @@
+"""Whatever bytes arrive, reading and verifying a manifest raises ManifestError and nothing else."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ironcore.factory.manifest import ManifestError, default_trust, read_manifest, verify_entry
+from tests.factory.owner import VECTORS, dummy_signer, sign_with_dummy
+
+TRUST = default_trust()
+GENUINE = json.loads((VECTORS / "manifest_ATECC608A-MAH4I.json").read_text())
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+MEMBERS = ("payload", "protected", "signature", "header")
+
+
+def _jwks() -> st.SearchStrategy[dict[str, object]]:
+    return st.fixed_dictionaries(
+        {
+            "kid": st.sampled_from(["0", "2", "x", "123"]) | json_values,
+            "kty": st.sampled_from(["EC", "RSA"]),
+            "crv": st.sampled_from(["P-256", "P-384"]),
+            "x": st.sampled_from(["", "AA", "A" * 43, "_" * 60]) | json_values,
+            "y": st.sampled_from(["AA", "A" * 43]) | json_values,
+        },
+        optional={"x5c": st.lists(st.sampled_from(["", "AAAA", "!!"]) | json_values, max_size=3)},
+    )
+
+
+def _check(data: bytes | str) -> None:
+    try:
+        entries = read_manifest(data)
+    except ManifestError:
+        return
+    for entry in entries:
+        with contextlib.suppress(ManifestError):
+            verify_entry(entry, TRUST)
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes(data: bytes) -> None:
+    _check(data)
+
+
+@given(json_values)
+def test_arbitrary_json(value: object) -> None:
+    _check(json.dumps(value))
+    _check(json.dumps([value]))
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=200)
+@given(
+    st.sampled_from(MEMBERS),
+    st.integers(min_value=0, max_value=4000),
+    st.text(max_size=6),
+    st.integers(min_value=0, max_value=1),
+)
+def test_mutated_genuine_entries(member: str, position: int, insert: str, which: int) -> None:
+    entry = json.loads(json.dumps(GENUINE[which]))
+    if member == "header":
+        entry["header"] = {"uniqueId": insert}
+    else:
+        text = entry[member]
+        cut = position % (len(text) + 1)
+        entry[member] = text[:cut] + insert + text[cut + len(insert) :]
+    _check(json.dumps([entry]))
+
+
+@given(json_values, st.sampled_from(MEMBERS))
+def test_members_of_any_type(value: object, member: str) -> None:
+    entry = dict(GENUINE[0])
+    entry[member] = value
+    _check(json.dumps([entry]))
+
+
+def test_deeply_nested_json() -> None:
+    _check("[" * 100_000 + "]" * 100_000)
+    _check('[{"payload": "' + "A" * 100_000 + '"}]')
+
+
+SIGNED_TRUST = TRUST.with_signers([dummy_signer()[0]])
+payload_members = st.fixed_dictionaries(
+    {},
+    optional={
+        "version": json_values,
+        "uniqueId": st.just("0123aabbccddeeff01") | json_values,
+        "provisioningTimestamp": st.just("2024-01-01T00:00:00Z") | json_values,
+        "publicKeySet": json_values
+        | st.fixed_dictionaries({"keys": st.lists(json_values | _jwks(), max_size=3)}),
+        "distributor": json_values,
+        "groupId": json_values,
+    },
+)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=200)
+@given(payload_members)
+def test_signed_payloads_of_any_shape(payload: dict[str, object]) -> None:
+    """Payload parsing sits behind the signature: sign arbitrary payloads to reach it."""
+    entry = sign_with_dummy({"uniqueId": "0123aabbccddeeff01", **payload})
+    with contextlib.suppress(ManifestError):
+        verify_entry(entry, SIGNED_TRUST)
