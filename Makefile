@@ -15,6 +15,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	$(BIN)/pip install --quiet --target $(VENV)/paho1 paho-mqtt==1.6.1
+	$(BIN)/pip install --quiet --target $(VENV)/cryptoauthlib cryptoauthlib
 	@touch $(STAMP)
 
 serve: $(STAMP)
