@@ -198,3 +198,29 @@ def test_gateway_mode(server: Server, tmp_path: Path) -> None:
     finally:
         gateway.stop()
     assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
+def test_mqtt_client_with_a_softhsm_token(server: Server, softhsm: object) -> None:
+    from ironcore.device.pkcs11_element import Pkcs11Element, init_softhsm_token
+    from ironcore.device.secure_element import new_serial_number
+    from tests.softhsm import PIN, SoftHsm
+
+    assert isinstance(softhsm, SoftHsm)
+    serial = new_serial_number()
+    init_softhsm_token(serial, PIN, PIN)
+    element = Pkcs11Element.provision(softhsm.module, serial, PIN)
+    key = public_key_from_raw(element.get_pubkey(0))
+    pem = key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    register(server, "sdk-hsm", pem)
+    client = DeviceClient(
+        Endpoint("localhost", server.mqtt_port, str(server.ca_file)),
+        DeviceName(PROJECT, LOCATION, "reg-sdk", "sdk-hsm"),
+        TokenSource.for_element(element, PROJECT),
+    )
+    client.start()
+    try:
+        client.publish_event(b"signed inside SoftHSM2")
+    finally:
+        client.stop()
