@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,5 +104,36 @@ def test_simulate_command(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         assert "10/10 connected" in done.stdout
         assert "0 errors" in done.stdout
+        over_http = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ironcore",
+                "--server",
+                server.url,
+                "--project",
+                PROJECT,
+                "simulate",
+                "-r",
+                "sim-http",
+                "--devices",
+                "5",
+                "--rate",
+                "20",
+                "--duration",
+                "1",
+                "--protocol",
+                "http",
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "IRONCORE_TOKEN": server.token},
+            timeout=120,
+        )
+        assert over_http.returncode == 0, over_http.stderr
+        sent, acknowledged = (
+            int(n) for n in re.findall(r"(\d+) sent, (\d+) acknowledged", over_http.stdout)[0]
+        )
+        assert sent == acknowledged >= 15
     finally:
         stop_server(server)

@@ -13,6 +13,7 @@ from ironcore.cli.client import Context, err, fail
 from ironcore.settings import default_data_dir
 from ironcore.simulator.device import Stats
 from ironcore.simulator.fleet import Fleet, Target, tls_context
+from ironcore.simulator.http import send_http
 from ironcore.simulator.provision import members_from_reel, register_generated
 
 
@@ -29,6 +30,7 @@ def simulate(
     ] = None,
     payload_size: Annotated[int, typer.Option(help="Bytes per event")] = 64,
     prefix: Annotated[str, typer.Option(help="Device ids are PREFIX-000000, …")] = "sim",
+    protocol: Annotated[str, typer.Option(help="mqtt or http")] = "mqtt",
     reel: Annotated[
         Path | None,
         typer.Option(help="Run the elements of a reel (imported into the registry) instead"),
@@ -41,11 +43,16 @@ def simulate(
         fail("no admin token: set IRONCORE_TOKEN or pass --token")
     if devices < 1:
         fail("--devices must be at least 1")
+    if protocol not in ("mqtt", "http"):
+        fail("--protocol must be mqtt or http")
     ca = ca_file or default_data_dir() / "tls" / "ca.crt"
-    if not ca.exists():
+    if protocol == "mqtt" and not ca.exists():
         fail(f"no CA file at {ca}: pass --ca-file")
-    target = Target(mqtt_host, mqtt_port, tls_context(str(ca)), c.project, c.location, registry)
-    report = asyncio.run(_run(c, target, devices, rate, duration, payload_size, prefix, reel))
+    tls = tls_context(str(ca)) if protocol == "mqtt" else None
+    target = Target(mqtt_host, mqtt_port, tls, c.project, c.location, registry)
+    report = asyncio.run(
+        _run(c, target, devices, rate, duration, payload_size, prefix, reel, protocol)
+    )
     for line in report:
         print(line)
 
@@ -59,6 +66,7 @@ async def _run(
     payload_size: int,
     prefix: str,
     reel: Path | None,
+    protocol: str,
 ) -> list[str]:
     assert c.token is not None
     if reel is not None:
@@ -70,19 +78,24 @@ async def _run(
         err.print(f"registering {count} devices in {target.registry} …")
         members = await register_generated(c.server, c.token, target, count, prefix)
     count = len(members)
+
+    def progress(stats: Stats, elapsed: float) -> None:
+        sys.stderr.write(
+            f"\r{elapsed:5.0f} s  acked {stats.acknowledged} "
+            f"({stats.acknowledged / elapsed:,.0f}/s)  errors {stats.errors}   "
+        )
+        sys.stderr.flush()
+
+    if protocol == "http":
+        err.print(f"publishing from {count} devices over HTTP to {c.server} …")
+        report = await send_http(c.server, target, members, rate, duration, payload_size, progress)
+        sys.stderr.write("\n")
+        return report.lines()[1:3]
     fleet = Fleet(target, members)
     err.print(f"connecting {count} devices to {target.host}:{target.port} …")
     await fleet.connect_all()
     if not fleet.devices:
         fail("no device could connect; is the MQTT bridge up and the CA right?")
-
-    def progress(stats: Stats, elapsed: float) -> None:
-        sys.stderr.write(
-            f"\r{elapsed:5.0f} s  connected {len(fleet.devices)}  "
-            f"acked {stats.acknowledged} ({stats.acknowledged / elapsed:,.0f}/s)  "
-            f"errors {stats.errors}   "
-        )
-        sys.stderr.flush()
 
     report = await fleet.send(rate, duration, payload_size, progress)
     sys.stderr.write("\n")
