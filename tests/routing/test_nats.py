@@ -104,3 +104,38 @@ def test_nats_topic_needs_nats_url(tmp_path: Path) -> None:
         assert "--nats-url" in r.json()["error"]["message"]
     finally:
         stop_server(server)
+
+
+def test_sink_down_means_503_and_no_puback(server: Server) -> None:
+    """Back-pressure, not loss: when JetStream cannot store an event, the HTTP bridge answers
+    503 and the MQTT bridge withholds the PUBACK (the device keeps the message)."""
+    topic_id = f"nats-down-{uuid.uuid4().hex[:8]}"
+    topic = f"projects/{PROJECT}/topics/{topic_id}"
+    headers = {"Authorization": f"Bearer {server.token}"}
+    r = httpx.put(f"{server.url}/v1/{topic}", json={"backend": "nats"}, headers=headers)
+    assert r.status_code == 200, r.text
+    create_registry(server, "reg-down", eventNotificationConfigs=[{"pubsubTopicName": topic}])
+    key = new_key()
+    create_device(server, "reg-down", "dev-down", key)
+    # The stream goes away: JetStream can no longer acknowledge anything for this topic.
+    asyncio.run(delete_stream(topic))
+
+    location = f"{server.url}/v1/projects/{PROJECT}/locations/us-central1"
+    r = httpx.post(
+        f"{location}/registries/reg-down/devices/dev-down:publishEvent",
+        json={"binary_data": base64.b64encode(b"lost?").decode()},
+        headers={"Authorization": f"Bearer {make_jwt(key)}"},
+        timeout=30,
+    )
+    assert r.status_code == 503 and r.json()["error"]["status"] == "UNAVAILABLE"
+
+    device = connect(server, "reg-down", "dev-down", make_jwt(key))
+    device.client.reconnect_delay_set(60, 120)
+    try:
+        info = device.client.publish("/devices/dev-down/events", b"lost?", qos=1)
+        info.wait_for_publish(timeout=15)
+    except RuntimeError:
+        pass
+    finally:
+        device.client.loop_stop()
+    assert not info.is_published(), "a PUBACK was sent for an event nobody stored"
