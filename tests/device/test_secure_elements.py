@@ -120,3 +120,42 @@ def test_software_element_file_is_private_and_never_overwritten(tmp_path: Path) 
     path.write_text("{}")
     with pytest.raises(SecureElementError, match="is not a"):
         SoftwareElement.open(path)
+
+
+def test_stored_public_key_verifies_and_locks(element: tuple[SecureElement, Reopen]) -> None:
+    chip, reopen = element
+    slot = se.SECURE_BOOT_KEY_SLOT
+    digest = hashlib.sha256(b"firmware").digest()
+    signature = chip.sign(2, digest)
+    assert chip.read_public_key(slot) == b""
+    with pytest.raises(SecureElementError, match="holds no public key"):
+        chip.verify_stored(digest, signature, slot)
+
+    chip.write_public_key(slot, chip.get_pubkey(4))
+    chip.write_public_key(slot, chip.get_pubkey(2))  # rewritable until locked
+    assert chip.read_public_key(slot) == chip.get_pubkey(2)
+    assert chip.verify_stored(digest, signature, slot)
+    assert not chip.verify_stored(hashlib.sha256(b"other").digest(), signature, slot)
+    assert not chip.verify_stored(digest, signature[:63], slot)
+    assert not chip.verify_stored(digest, chip.sign(3, digest), slot)
+
+    with pytest.raises(SecureElementError, match="not a point on P-256"):
+        chip.write_public_key(slot, b"\x01" * 64)
+    with pytest.raises(SecureElementError, match="64 bytes"):
+        chip.write_public_key(slot, b"\x04" + chip.get_pubkey(3))
+    for call in (
+        lambda: chip.write_public_key(14, chip.get_pubkey(3)),
+        lambda: chip.read_public_key(0),
+        lambda: chip.verify_stored(digest, signature, 2),
+    ):
+        with pytest.raises(SecureElementError, match="does not store a public key"):
+            call()
+
+    chip.lock_slot(slot)
+    with pytest.raises(SecureElementError, match="locked; its public key is final"):
+        chip.write_public_key(slot, chip.get_pubkey(3))
+    again = reopen()
+    assert again.is_locked(slot) and again.read_public_key(slot) == chip.get_pubkey(2)
+    assert again.verify_stored(digest, signature, slot)
+    with pytest.raises(SecureElementError, match="locked"):
+        again.write_public_key(slot, again.get_pubkey(3))

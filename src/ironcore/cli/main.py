@@ -11,6 +11,7 @@ from ironcore.cli import (
     ca,
     devices,
     factory,
+    firmware,
     gateways,
     manifest,
     pubsub,
@@ -34,6 +35,7 @@ app.add_typer(tokens.app, name="tokens")
 app.add_typer(ca.app, name="ca")
 app.add_typer(factory.app, name="factory")
 app.add_typer(manifest.app, name="manifest")
+app.add_typer(firmware.app, name="firmware")
 app.add_typer(pubsub.topics_app, name="topics")
 app.add_typer(pubsub.subscriptions_app, name="subscriptions")
 app.add_typer(pubsub.events_app, name="events")

@@ -132,6 +132,26 @@ class Atecc608Element:
             "(Trust&GO) or your TrustFLEX certificate definitions"
         )
 
+    def write_public_key(self, slot: int, public_key: bytes) -> None:
+        se.check_public_key_write(slot, public_key, self.is_locked(slot))
+        self._call("atcab_write_pubkey", slot, public_key)
+
+    def read_public_key(self, slot: int) -> bytes:
+        # The chip cannot tell an unwritten slot from a written one: it returns what is there.
+        se.check_public_key_slot(slot)
+        public = bytearray(64)
+        self._call("atcab_read_pubkey", slot, public)
+        return bytes(public)
+
+    def verify_stored(self, digest: bytes, signature: bytes, slot: int) -> bool:
+        se.check_public_key_slot(slot)
+        se.check_digest(digest)
+        if len(signature) != 64:
+            return False  # as the other backends answer; the chip would refuse the length
+        verified = self._cal.AtcaReference(False)
+        self._call("atcab_verify_stored", digest, signature, slot, verified)
+        return bool(verified.value)
+
     def write_cert(self, slot: int, der: bytes) -> None:
         se.check_cert_slot(slot)
         raise se.SecureElementError(

@@ -6,6 +6,9 @@ stands in for the chip in tests; cryptoauthlib's PKCS#11 module or an HSM takes 
 SoftHSM keeps its objects in files encrypted under the PIN, so it is a faithful interface, not
 a root of trust.
 
+The public key of slot 15 is a token CKO_PUBLIC_KEY object labelled `pubkey15`, and
+`verify_stored` runs CKM_ECDSA on the token with it.
+
 Counters, slot locks and certificates are token data objects. A counter is moved on by
 creating the new value before destroying the old one, so a crash can leave two (the larger
 wins) but never lose a step.
@@ -141,6 +144,44 @@ class Pkcs11Element:
         self._store(f"cert{slot}", der)
         for stale in old:
             stale.destroy()
+
+    def write_public_key(self, slot: int, public_key: bytes) -> None:
+        se.check_public_key_write(slot, public_key, self.is_locked(slot))
+        old = self._stored(slot)
+        # EC_POINT is the DER OCTET STRING of 04‖X‖Y, as PKCS#11 v2.40 and SoftHSM want it.
+        self._session.create_object(
+            {
+                Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                Attribute.KEY_TYPE: KeyType.EC,
+                Attribute.TOKEN: True,
+                Attribute.VERIFY: True,
+                Attribute.LABEL: f"pubkey{slot}",
+                Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1"),
+                Attribute.EC_POINT: b"\x04\x41\x04" + public_key,
+            }
+        )
+        for stale in old:
+            stale.destroy()
+
+    def read_public_key(self, slot: int) -> bytes:
+        se.check_public_key_slot(slot)
+        found = self._stored(slot)
+        return se.raw_public_key(ec_public_key(found[-1])) if found else b""
+
+    def verify_stored(self, digest: bytes, signature: bytes, slot: int) -> bool:
+        se.check_public_key_slot(slot)
+        se.check_digest(digest)
+        found = self._stored(slot)
+        se.check_stored_key(slot, bool(found))
+        public = found[-1]
+        assert isinstance(public, pkcs11.types.VerifyMixin)
+        return bool(public.verify(digest, signature, mechanism=Mechanism.ECDSA))
+
+    def _stored(self, slot: int) -> list[pkcs11.PublicKey]:
+        found = self._session.get_objects(
+            {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.LABEL: f"pubkey{slot}"}
+        )
+        return [key for key in found if isinstance(key, pkcs11.PublicKey)]
 
     def _generate(self, slot: int) -> None:
         params = self._session.create_domain_parameters(

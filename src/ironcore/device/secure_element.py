@@ -12,6 +12,8 @@ cryptoauthlib's own PKCS#11 module) and on a real chip. The contract:
   raw 64-byte r‖s, which is exactly a JWS ES256 signature.
 - Public keys are the 64-byte X‖Y, as `atcab_get_pubkey` returns them.
 - Counters 0 and 1 only go up, to 2,097,151.
+- Slot 15 holds a public key written from outside (TrustFLEX keeps the secure-boot key
+  there); `verify_stored` verifies with it, and once the slot is locked the key is final.
 - There is no call that returns a private key, and implementations must not add one.
 
 Every failure is a `SecureElementError` saying which rule was broken.
@@ -35,6 +37,10 @@ KEY_SLOTS = (PERMANENT_SLOT, *REGENERABLE_SLOTS)
 DEVICE_CERT_SLOT = 10
 SIGNER_CERT_SLOT = 12
 CERT_SLOTS = (DEVICE_CERT_SLOT, SIGNER_CERT_SLOT)
+# TrustFLEX parts keep the secure-boot public key in slot 15 (microchip.md §1.2); slots 13 and
+# 14 hold keys validated by a parent key, a scheme this interface does not model.
+SECURE_BOOT_KEY_SLOT = 15
+PUBLIC_KEY_SLOTS = (SECURE_BOOT_KEY_SLOT,)
 COUNTERS = (0, 1)
 COUNTER_MAX = 2_097_151
 DIGEST_BYTES = 32
@@ -79,6 +85,15 @@ class SecureElement(Protocol):
     def write_cert(self, slot: int, der: bytes) -> None:
         """Store a certificate in slot 10 or 12 (refused once the slot is locked)."""
 
+    def write_public_key(self, slot: int, public_key: bytes) -> None:
+        """Store a 64-byte X‖Y P-256 key in slot 15 (refused once the slot is locked)."""
+
+    def read_public_key(self, slot: int) -> bytes:
+        """The X‖Y key stored in slot 15; b"" when none was written."""
+
+    def verify_stored(self, digest: bytes, signature: bytes, slot: int) -> bool:
+        """Whether r‖s `signature` over `digest` verifies with the key stored in slot 15."""
+
 
 def check_key_slot(slot: int) -> None:
     if slot not in KEY_SLOTS:
@@ -114,8 +129,27 @@ def check_cert_slot(slot: int) -> None:
         )
 
 
+def check_public_key_slot(slot: int) -> None:
+    if slot not in PUBLIC_KEY_SLOTS:
+        raise SecureElementError(
+            f"slot {slot} does not store a public key; use {SECURE_BOOT_KEY_SLOT}"
+        )
+
+
+def check_public_key_write(slot: int, public_key: bytes, locked: bool) -> None:
+    check_public_key_slot(slot)
+    if locked:
+        raise SecureElementError(f"slot {slot} is locked; its public key is final")
+    public_key_from_raw(public_key)
+
+
+def check_stored_key(slot: int, present: bool) -> None:
+    if not present:
+        raise SecureElementError(f"slot {slot} holds no public key; write one first")
+
+
 def check_lock_slot(slot: int) -> None:
-    if slot not in KEY_SLOTS and slot not in CERT_SLOTS:
+    if slot not in KEY_SLOTS and slot not in CERT_SLOTS and slot not in PUBLIC_KEY_SLOTS:
         raise SecureElementError(f"slot {slot} cannot be locked here")
 
 

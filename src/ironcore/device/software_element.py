@@ -40,6 +40,10 @@ class SoftwareElement:
         self._locked = set(state["locked"])
         self._counters = list(state["counters"])
         self._certs = {int(slot): base64.b64decode(der) for slot, der in state["certs"].items()}
+        # Files written before slot 15 existed have no "stored" entry.
+        self._stored = {
+            int(slot): bytes.fromhex(xy) for slot, xy in state.get("stored", {}).items()
+        }
         self._deferred = False
 
     @classmethod
@@ -143,6 +147,20 @@ class SoftwareElement:
         self._certs[slot] = der
         self._save()
 
+    def write_public_key(self, slot: int, public_key: bytes) -> None:
+        se.check_public_key_write(slot, public_key, slot in self._locked)
+        self._stored[slot] = public_key
+        self._save()
+
+    def read_public_key(self, slot: int) -> bytes:
+        se.check_public_key_slot(slot)
+        return self._stored.get(slot, b"")
+
+    def verify_stored(self, digest: bytes, signature: bytes, slot: int) -> bool:
+        stored = self.read_public_key(slot)
+        se.check_stored_key(slot, bool(stored))
+        return se.verify_raw(digest, signature, stored)
+
     def _new_key(self, slot: int) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
         self._secrets[slot] = key.private_numbers().private_value
@@ -168,6 +186,7 @@ class SoftwareElement:
             "certs": {
                 str(slot): base64.b64encode(der).decode() for slot, der in self._certs.items()
             },
+            "stored": {str(slot): xy.hex() for slot, xy in self._stored.items()},
         }
         if create:
             try:

@@ -1,0 +1,180 @@
+"""`ironcore firmware …`: the firmware signing key, signed manifests, and checking them.
+
+These commands work on local files (and PKCS#11 tokens) and need no server. The format is in
+docs/firmware.md; devices check the same rules in `ironcore.device.secure_boot`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ironcore.cli.client import fail, out, read_text
+from ironcore.errors import IronCoreError
+from ironcore.firmware.manifest import FirmwareRejected, Manifest, ManifestError
+from ironcore.firmware.signing import Image, check, key_id, sign, software_verifier
+from ironcore.pki.ca import KeySpec
+from ironcore.pki.keystore import DEFAULT_PKCS11_MODULE, KeyRef, KeyStore
+
+app = typer.Typer(help="Sign firmware and check signed manifests.", no_args_is_help=True)
+
+KeyStoreKind = Annotated[
+    str, typer.Option("--key-store", help="file (passphrase-encrypted) or pkcs11")
+]
+PassphraseFile = Annotated[
+    Path | None,
+    typer.Option(
+        help="File holding the key passphrase (default $IRONCORE_FIRMWARE_PASSPHRASE, else ask)"
+    ),
+]
+Module = Annotated[
+    str, typer.Option("--pkcs11-module", envvar="IRONCORE_PKCS11_MODULE", help="PKCS#11 library")
+]
+TokenLabel = Annotated[str, typer.Option("--token-label", help="PKCS#11 token for the key")]
+Pin = Annotated[
+    str | None, typer.Option("--pin", envvar="IRONCORE_PKCS11_PIN", help="PKCS#11 user PIN")
+]
+
+
+def _passphrase(path: Path | None, confirm: bool) -> bytes:
+    if path is not None:
+        try:
+            return path.read_bytes().rstrip(b"\r\n")
+        except OSError as exc:
+            fail(f"cannot read {path}: {exc.strerror}")
+    if os.environ.get("IRONCORE_FIRMWARE_PASSPHRASE"):
+        return os.environ["IRONCORE_FIRMWARE_PASSPHRASE"].encode()
+    answer = typer.prompt("Firmware key passphrase", hide_input=True, confirmation_prompt=confirm)
+    return str(answer).encode()
+
+
+def _pin(pin: str | None) -> str:
+    return pin or str(typer.prompt("PIN", hide_input=True))
+
+
+def _paths(key: Path) -> tuple[Path, Path, Path]:
+    """The encrypted key file, its key reference and the public key PEM of `--key KEY`."""
+    return key.with_suffix(".key"), key.with_suffix(".keyref.json"), key.with_suffix(".pub.pem")
+
+
+@app.command()
+def keygen(
+    output: Annotated[
+        Path, typer.Option("--out", help="Key file to create, e.g. release.key (see docs)")
+    ],
+    key_store: KeyStoreKind = "file",
+    passphrase_file: PassphraseFile = None,
+    pkcs11_module: Module = DEFAULT_PKCS11_MODULE,
+    token_label: TokenLabel = "",
+    pin: Pin = None,
+) -> None:
+    """Create the firmware signing key (ECDSA P-256) and export its public key."""
+    key_file, ref_file, public_file = _paths(output)
+    for path in (key_file, ref_file, public_file):
+        if path.exists():
+            fail(f"{path} exists; refusing to overwrite a key")
+    if key_store == "pkcs11":
+        if not token_label:
+            fail("--key-store pkcs11 needs --token-label")
+        spec = KeySpec("pkcs11", module=pkcs11_module, token=token_label, pin=_pin(pin))
+    elif key_store == "file":
+        spec = KeySpec("file", passphrase=_passphrase(passphrase_file, confirm=True))
+    else:
+        fail(f"--key-store {key_store!r}: use file or pkcs11")
+    try:
+        key = spec.create(key_file, ec.SECP256R1())
+    except IronCoreError as error:
+        fail(error.message)
+    public = key.public_key()
+    public_file.write_bytes(
+        public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    where = key_file if key_store == "file" else f"PKCS#11 token {token_label!r}"
+    out.print(f"firmware key {key_id(public)} in {where}; reference {ref_file}")
+    out.print(f"public key: {public_file} (provision it into slot 15 of each device)")
+
+
+def _open_key(key: Path, passphrase_file: Path | None, pin: str | None) -> KeyStore:
+    key_file, ref_file, _ = _paths(key)
+    ref = KeyRef.load(ref_file) if ref_file.exists() else KeyRef("file", path=key_file.name)
+    if ref.kind == "file":
+        return ref.open(key_file.parent, _passphrase(passphrase_file, confirm=False), None)
+    return ref.open(key_file.parent, None, _pin(pin))
+
+
+@app.command("sign")
+def sign_image(
+    image: Annotated[Path, typer.Argument(help="The firmware image")],
+    key: Annotated[Path, typer.Option(help="The key made by `keygen --out`")],
+    model: Annotated[str, typer.Option(help="Device model the image is for")],
+    version: Annotated[int, typer.Option(help="Image version: an integer, 1, 2, 3, …")],
+    output: Annotated[Path, typer.Option("--out", help="Manifest to write")],
+    min_version: Annotated[
+        int | None,
+        typer.Option(help="Lowest version a device may boot after this one (default: version)"),
+    ] = None,
+    passphrase_file: PassphraseFile = None,
+    pin: Pin = None,
+) -> None:
+    """Write the signed manifest of an image."""
+    try:
+        measured = Image.of_file(image)
+    except OSError as exc:
+        fail(f"cannot read {image}: {exc.strerror}")
+    try:
+        manifest = Manifest(
+            model,
+            version,
+            measured.size,
+            measured.sha256,
+            version if min_version is None else min_version,
+        )
+        signed = sign(_open_key(key, passphrase_file, pin), manifest)
+    except IronCoreError as error:
+        fail(error.message)
+    output.write_bytes(signed.encode())
+    out.print(
+        f"signed {model} version {version} (min version {manifest.min_version}, "
+        f"{manifest.size} bytes) with key {signed.kid}: {output}"
+    )
+
+
+@app.command()
+def verify(
+    image: Annotated[Path, typer.Argument(help="The firmware image")],
+    manifest: Annotated[Path, typer.Argument(help="Its signed manifest")],
+    public_key: Annotated[Path, typer.Option(help="Firmware public key (PEM)")],
+    model: Annotated[str | None, typer.Option(help="Also require this model")] = None,
+) -> None:
+    """Check an image against its manifest as a device would; exit 1 saying why not."""
+    try:
+        trusted = serialization.load_pem_public_key(read_text(public_key).encode())
+    except ValueError:
+        fail(f"{public_key} is not a PEM public key")
+    if not isinstance(trusted, ec.EllipticCurvePublicKey):
+        fail(f"{public_key} is not an EC public key")
+    try:
+        document = manifest.read_bytes()
+        measured = Image.of_file(image)
+    except OSError as exc:
+        fail(f"cannot read {exc.filename}: {exc.strerror}")
+    try:
+        signed = check(
+            document, measured, software_verifier(trusted), key_id(trusted), model, floor=0
+        )
+    except (ManifestError, FirmwareRejected) as refused:
+        fail(f"{refused.reason}: {refused.message}")
+    except IronCoreError as error:
+        fail(error.message)
+    claims = signed.manifest
+    out.print(
+        f"OK: {claims.model} version {claims.version} (min version {claims.min_version}), "
+        f"{claims.size} bytes, sha256 {claims.sha256.hex()}, key {signed.kid}"
+    )
