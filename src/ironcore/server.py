@@ -23,10 +23,12 @@ from ironcore.bridge.http import DeviceBridge
 from ironcore.bridge.hub import Hub
 from ironcore.bridge.mqtt.connection import Services
 from ironcore.bridge.mqtt.server import Listener, MqttBridge
+from ironcore.firmware.rollout import Firmware
 from ironcore.identity.revocation import Revocations
 from ironcore.registry.rotation import Rotations
 from ironcore.registry.service import DeviceManager
 from ironcore.registry.store import Store
+from ironcore.registry.store.firmware import FirmwareStore
 from ironcore.registry.store.pubsub import PubSubStore
 from ironcore.registry.store.rotation import RotationStore
 from ironcore.routing.log import EventLog
@@ -39,6 +41,8 @@ from ironcore.settings import Settings
 log = logging.getLogger("ironcore")
 # Time an in-flight request gets to finish after SIGTERM before its connection is cut.
 DRAIN_SECONDS = 30
+# How often running firmware rollouts are moved on (advanced or halted) without a status call.
+ROLLOUT_EVALUATION_SECONDS = 5
 
 
 async def ensure_admin_token(manager: DeviceManager, settings: Settings) -> None:
@@ -119,22 +123,30 @@ async def serve(settings: Settings) -> None:
         bridge = mqtt_bridge(settings, services)
         await bridge.start()
         device_bridge = DeviceBridge(services.authenticator, services.router, services.bookkeeper)
+        firmware = Firmware(FirmwareStore(store), manager, settings.data_dir / "firmware")
         servers = []
         if settings.device_http_port:
             servers.append(
                 _http_server(
                     create_app(
-                        manager, device_bridge, admin=False, pubsub=pubsub, revocations=revocations
+                        manager,
+                        device_bridge,
+                        admin=False,
+                        pubsub=pubsub,
+                        revocations=revocations,
+                        firmware=firmware,
                     ),
                     settings.api_host,
                     settings.device_http_port,
                 )
             )
             log.info("HTTP device bridge on port %d", settings.device_http_port)
-            app = create_app(manager, pubsub=pubsub, revocations=revocations)
+            app = create_app(manager, pubsub=pubsub, revocations=revocations, firmware=firmware)
             servers.append(_http_server(app, settings.api_host, settings.api_port))
         else:
-            app = create_app(manager, device_bridge, pubsub=pubsub, revocations=revocations)
+            app = create_app(
+                manager, device_bridge, pubsub=pubsub, revocations=revocations, firmware=firmware
+            )
             servers.append(_http_server(app, settings.api_host, settings.api_port))
         loop = asyncio.get_running_loop()
         reload = bridge.reload_tls
@@ -153,12 +165,14 @@ async def serve(settings: Settings) -> None:
             store.engine.dialect.name,
         )
         retention = asyncio.create_task(_expire_events(pubsub, settings.event_retention_days))
+        rollouts = asyncio.create_task(_evaluate_rollouts(firmware))
         push = PushDelivery(pubsub)
         push.start()
         try:
             await asyncio.gather(*(server.serve() for server in servers))
         finally:
             retention.cancel()
+            rollouts.cancel()
             await push.stop()
     finally:
         if bridge is not None:
@@ -181,6 +195,16 @@ async def _expire_events(pubsub: PubSub, days: float) -> None:
         except Exception as error:  # retention is retried next hour; serving goes on
             log.warning("could not delete old events: %s", error)
         await asyncio.sleep(3600)
+
+
+async def _evaluate_rollouts(firmware: Firmware) -> None:
+    """Advance or halt running rollouts as their devices report, every few seconds."""
+    while True:
+        await asyncio.sleep(ROLLOUT_EVALUATION_SECONDS)
+        try:
+            await firmware.evaluate_running()
+        except Exception as error:  # tried again shortly; serving goes on
+            log.warning("could not evaluate firmware rollouts: %s", error)
 
 
 def run(settings: Settings) -> None:

@@ -19,16 +19,20 @@ from starlette.exceptions import HTTPException
 
 from ironcore import __version__
 from ironcore.api import devices, manifests, ops, registries, rotation, tokens
+from ironcore.api import firmware as api_firmware
 from ironcore.api import pubsub as api_pubsub
 from ironcore.api.auth import TokenAuthenticator
 from ironcore.api.envelope import error_response
 from ironcore.api.ops import ASGIApp, MetricsMiddleware, Scope
+from ironcore.bridge import firmware as firmware_bridge
 from ironcore.bridge import http as http_bridge
 from ironcore.bridge.http import DeviceBridge
 from ironcore.errors import Code, FieldViolation, IronCoreError
+from ironcore.firmware.rollout import Firmware
 from ironcore.identity.revocation import Revocations
 from ironcore.registry.rotation import Rotations
 from ironcore.registry.service import DeviceManager
+from ironcore.registry.store.firmware import FirmwareStore
 from ironcore.registry.store.pubsub import PubSubStore
 from ironcore.registry.store.rotation import RotationStore
 from ironcore.routing.pubsub import PubSub
@@ -54,6 +58,7 @@ def create_app(
     admin: bool = True,
     pubsub: PubSub | None = None,
     revocations: Revocations | None = None,
+    firmware: Firmware | None = None,
 ) -> FastAPI:
     """The admin API, plus the HTTP device bridge when `device_bridge` is given.
 
@@ -74,11 +79,13 @@ def create_app(
     app.state.pubsub = pubsub or PubSub(PubSubStore(manager.store))
     app.state.rotations = Rotations(RotationStore(manager.store), manager.clock)
     app.state.revocations = revocations or Revocations(manager.store, manager.clock, manager.links)
+    app.state.firmware = firmware or Firmware(FirmwareStore(manager.store), manager, None)
     if admin:
-        for module in (registries, devices, tokens, api_pubsub, manifests, rotation):
+        for module in (registries, devices, tokens, api_pubsub, manifests, rotation, api_firmware):
             app.include_router(module.router)
     if device_bridge is not None:
         app.include_router(http_bridge.router)
+        app.include_router(firmware_bridge.router)
     app.include_router(ops.router)
     app.add_exception_handler(IronCoreError, _ironcore_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

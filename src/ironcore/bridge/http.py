@@ -41,6 +41,10 @@ DEVICE = "/v1/projects/{project}/locations/{location}/registries/{registry}/devi
 DEVICE_PATHS = re.compile(
     r"/v1/projects/[^/]+/locations/[^/]+/registries/[^/]+/devices/[^/]+(:publishEvent|:setState|/config)"
 )
+# Firmware downloads (bridge/firmware.py) carry a device JWT too.
+FIRMWARE_PATHS = re.compile(
+    r"/ironcore/v1/projects/[^/]+/locations/[^/]+/registries/[^/]+/devices/[^/]+/firmware/[^/]+"
+)
 _FORBIDDEN = {"blocked", "http_disabled", "not_bound", "gateway"}
 
 router = APIRouter()
@@ -244,4 +248,4 @@ async def get_config(
 
 
 def is_device_path(path: str) -> bool:
-    return DEVICE_PATHS.fullmatch(path) is not None
+    return DEVICE_PATHS.fullmatch(path) is not None or FIRMWARE_PATHS.fullmatch(path) is not None

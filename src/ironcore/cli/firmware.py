@@ -1,27 +1,30 @@
-"""`ironcore firmware …`: the firmware signing key, signed manifests, and checking them.
+"""`ironcore firmware …`: the firmware signing key, signed manifests, checking them, and
+rollouts.
 
-These commands work on local files (and PKCS#11 tokens) and need no server. The format is in
+keygen, sign and verify work on local files (and PKCS#11 tokens) and need no server; upload,
+rollout and status talk to one. The format is in
 docs/firmware.md; devices check the same rules in `ironcore.device.secure_boot`.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ironcore.cli.client import fail, out, read_text
+from ironcore.cli.client import Context, fail, out, read_text
 from ironcore.errors import IronCoreError
 from ironcore.firmware.manifest import FirmwareRejected, Manifest, ManifestError
 from ironcore.firmware.signing import Image, check, key_id, sign, software_verifier
 from ironcore.pki.ca import KeySpec
 from ironcore.pki.keystore import DEFAULT_PKCS11_MODULE, KeyRef, KeyStore
 
-app = typer.Typer(help="Sign firmware and check signed manifests.", no_args_is_help=True)
+app = typer.Typer(help="Sign firmware, check manifests, roll images out.", no_args_is_help=True)
 
 KeyStoreKind = Annotated[
     str, typer.Option("--key-store", help="file (passphrase-encrypted) or pkcs11")
@@ -178,3 +181,98 @@ def verify(
         f"OK: {claims.model} version {claims.version} (min version {claims.min_version}), "
         f"{claims.size} bytes, sha256 {claims.sha256.hex()}, key {signed.kid}"
     )
+
+
+Registry = Annotated[str, typer.Option("--registry", "-r", help="Registry id")]
+
+
+@app.command()
+def upload(
+    ctx: typer.Context,
+    image: Annotated[Path, typer.Argument(help="The firmware image")],
+    manifest: Annotated[Path, typer.Argument(help="Its signed manifest")],
+    public_key: Annotated[
+        Path | None, typer.Option(help="Firmware public key (PEM): check the signature too")
+    ] = None,
+) -> None:
+    """Upload a signed image to the server, which checks it and stores it durably."""
+    c: Context = ctx.obj
+    try:
+        data, document = image.read_bytes(), manifest.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read {getattr(exc, 'filename', manifest)}: {exc}")
+    body = {"image": base64.b64encode(data).decode(), "manifest": document}
+    if public_key is not None:
+        body["publicKey"] = read_text(public_key)
+    result = c.call("POST", f"/ironcore/v1/projects/{c.project}/firmware", body)
+    c.show(result, IMAGE_COLUMNS, [result])
+
+
+IMAGE_COLUMNS = ["sha256", "model", "version", "size"]
+ROLLOUT_COLUMNS = ["id", "state", "stage", "stagePercent", "inStage", "failed", "reason"]
+
+
+@app.command()
+def rollout(
+    ctx: typer.Context,
+    registry: Registry,
+    image: Annotated[str, typer.Option(help="SHA-256 of an uploaded image")] = "",
+    model: Annotated[str, typer.Option(help="With --version, instead of --image")] = "",
+    version: Annotated[int | None, typer.Option(help="With --model, instead of --image")] = None,
+    device: Annotated[
+        list[str] | None, typer.Option("--device", help="Only these devices (repeatable)")
+    ] = None,
+    stages: Annotated[str, typer.Option(help="Stage percentages")] = "1,10,100",
+    threshold: Annotated[float, typer.Option(help="Halt above this failure rate")] = 0.2,
+    min_stage_size: Annotated[int, typer.Option(help="Devices in a stage at least")] = 1,
+) -> None:
+    """Start a staged rollout of an uploaded image to a registry (or some of its devices)."""
+    c: Context = ctx.obj
+    try:
+        percents = [float(p) for p in stages.split(",")]
+    except ValueError:
+        fail(f"--stages {stages!r}: expected percentages like 1,10,100")
+    body: dict[str, Any] = {
+        "sha256": image,
+        "model": model,
+        "version": version,
+        "stages": percents,
+        "failureThreshold": threshold,
+        "minStageSize": min_stage_size,
+        "deviceIds": device or None,
+    }
+    result = c.call("POST", f"/ironcore{c.registry_path(registry)}/rollouts", body)
+    c.show(result, ROLLOUT_COLUMNS, [_rollout_row(result)])
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    registry: Registry,
+    rollout_id: Annotated[str | None, typer.Option("--rollout", help="One rollout")] = None,
+) -> None:
+    """Rollouts of a registry, how many devices run each version, and the failures."""
+    c: Context = ctx.obj
+    path = f"/ironcore{c.registry_path(registry)}/rollouts"
+    if rollout_id is not None:
+        result = c.call("GET", f"{path}/{rollout_id}")
+        rollouts, versions = [result], result["versions"]
+    else:
+        result = c.call("GET", path)
+        rollouts, versions = result["rollouts"], result["versions"]
+    if c.as_json:
+        c.show(result)
+        return
+    c.show(result, ROLLOUT_COLUMNS, [_rollout_row(r) for r in rollouts])
+    c.show(
+        versions,
+        ["version", "devices"],
+        [{"version": v, "devices": n} for v, n in versions.items()],
+    )
+    failures = [f for r in rollouts for f in r["failures"]]
+    if failures:
+        c.show(failures, ["deviceId", "reason", "message"], failures)
+
+
+def _rollout_row(rollout: dict[str, Any]) -> dict[str, Any]:
+    return {**rollout, **rollout["devices"]}

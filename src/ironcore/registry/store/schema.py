@@ -197,3 +197,36 @@ revoked_signers = Table(
     Column("reason", Text, nullable=False),
     Column("revoked_at", BigInteger, nullable=False),
 )
+
+# Firmware images uploaded to a project (docs/firmware.md, Rollouts). The bytes live in the
+# data directory under their SHA-256; the row is what the manifest says about them.
+firmware_images = Table(
+    "firmware_images",
+    metadata,
+    Column("project", String(100), primary_key=True),
+    Column("sha256", String(64), primary_key=True),
+    Column("model", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("manifest", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    UniqueConstraint("project", "model", "version", name="uq_firmware_images_version"),
+)
+
+# A staged rollout of one image to a registry or to a list of its devices. `spec` holds what
+# the operator asked for (stages, threshold, minimum stage size, device ids); `stage` is the
+# index of the stage under way and only moves forward (compare and set).
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("registry_pk", Integer, ForeignKey("registries.pk", ondelete="CASCADE"), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("spec", Json, nullable=False),
+    Column("stage", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Index("ix_rollouts_registry", "registry_pk", "state"),
+)
