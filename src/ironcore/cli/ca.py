@@ -6,7 +6,6 @@ These commands work on files (and PKCS#11 tokens) and need no server; `signer re
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -14,7 +13,17 @@ from typing import Annotated
 import typer
 from cryptography.hazmat.primitives import serialization
 
+from ironcore.cli import keys
 from ironcore.cli.client import Context, err, fail, out
+from ironcore.cli.keys import (
+    CA_PASSPHRASE_ENV,
+    KeyStoreKind,
+    Module,
+    Pin,
+    TokenLabel,
+    read_passphrase,
+)
+from ironcore.cli.keys import CaPassphraseFile as PassphraseFile
 from ironcore.errors import IronCoreError
 from ironcore.pki.ca import CaDirectory, KeySpec, key_id, pem
 from ironcore.pki.keystore import DEFAULT_PKCS11_MODULE, curve_named
@@ -27,22 +36,6 @@ app.add_typer(signer_app, name="signer")
 Dir = Annotated[
     Path | None,
     typer.Option("--dir", envvar="IRONCORE_PKI_DIR", help="CA directory (default <data-dir>/pki)"),
-]
-KeyStoreKind = Annotated[
-    str, typer.Option("--key-store", help="file (passphrase-encrypted) or pkcs11")
-]
-PassphraseFile = Annotated[
-    Path | None,
-    typer.Option(
-        help="File holding the key passphrase (default $IRONCORE_CA_PASSPHRASE, else ask)"
-    ),
-]
-Module = Annotated[
-    str, typer.Option("--pkcs11-module", envvar="IRONCORE_PKCS11_MODULE", help="PKCS#11 library")
-]
-TokenLabel = Annotated[str, typer.Option("--token-label", help="PKCS#11 token holding the keys")]
-Pin = Annotated[
-    str | None, typer.Option("--pin", envvar="IRONCORE_PKCS11_PIN", help="PKCS#11 user PIN")
 ]
 
 
@@ -58,28 +51,12 @@ def key_spec(
     pin: str | None,
     confirm: bool = False,
 ) -> KeySpec:
-    if kind == "pkcs11":
-        if not token:
-            fail("--key-store pkcs11 needs --token-label")
-        return KeySpec(
-            "pkcs11", module=module, token=token, pin=pin or typer.prompt("PIN", hide_input=True)
-        )
-    if kind != "file":
-        fail(f"--key-store {kind!r}: use file or pkcs11")
-    return KeySpec("file", passphrase=_passphrase(passphrase_file, confirm), pin=pin)
+    passphrase = _passphrase(passphrase_file, confirm) if kind == "file" else None
+    return keys.key_spec(kind, passphrase, module, token, pin)
 
 
 def _passphrase(path: Path | None, confirm: bool) -> bytes:
-    if path is not None:
-        try:
-            return path.read_bytes().rstrip(b"\r\n")
-        except OSError as exc:
-            fail(f"cannot read {path}: {exc.strerror}")
-    if os.environ.get("IRONCORE_CA_PASSPHRASE"):
-        return os.environ["IRONCORE_CA_PASSPHRASE"].encode()
-    return str(
-        typer.prompt("CA key passphrase", hide_input=True, confirmation_prompt=confirm)
-    ).encode()
+    return read_passphrase(path, CA_PASSPHRASE_ENV, "CA key passphrase", confirm)
 
 
 def now() -> datetime:

@@ -10,16 +10,13 @@ import typer
 
 from ironcore.cli.ca import (
     Dir,
-    KeyStoreKind,
-    Module,
-    PassphraseFile,
-    Pin,
-    TokenLabel,
     ca_directory,
     key_spec,
     now,
 )
 from ironcore.cli.client import fail, out
+from ironcore.cli.keys import CaPassphraseFile as PassphraseFile
+from ironcore.cli.keys import KeyStoreKind, Module, Pin, TokenLabel
 from ironcore.device.secure_element import SecureElementError
 from ironcore.errors import IronCoreError
 from ironcore.factory.reel import Pkcs11Options, make_reel

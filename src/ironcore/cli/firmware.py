@@ -9,7 +9,6 @@ docs/firmware.md; devices check the same rules in `ironcore.device.secure_boot`.
 from __future__ import annotations
 
 import base64
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,46 +17,27 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ironcore.cli.client import Context, fail, out, read_text
+from ironcore.cli.keys import (
+    FIRMWARE_PASSPHRASE_ENV,
+    KeyStoreKind,
+    Module,
+    Pin,
+    TokenLabel,
+    key_spec,
+    read_passphrase,
+    read_pin,
+)
+from ironcore.cli.keys import FirmwarePassphraseFile as PassphraseFile
 from ironcore.errors import IronCoreError
 from ironcore.firmware.manifest import FirmwareRejected, Manifest, ManifestError
 from ironcore.firmware.signing import Image, check, key_id, sign, software_verifier
-from ironcore.pki.ca import KeySpec
 from ironcore.pki.keystore import DEFAULT_PKCS11_MODULE, KeyRef, KeyStore
 
 app = typer.Typer(help="Sign firmware, check manifests, roll images out.", no_args_is_help=True)
 
-KeyStoreKind = Annotated[
-    str, typer.Option("--key-store", help="file (passphrase-encrypted) or pkcs11")
-]
-PassphraseFile = Annotated[
-    Path | None,
-    typer.Option(
-        help="File holding the key passphrase (default $IRONCORE_FIRMWARE_PASSPHRASE, else ask)"
-    ),
-]
-Module = Annotated[
-    str, typer.Option("--pkcs11-module", envvar="IRONCORE_PKCS11_MODULE", help="PKCS#11 library")
-]
-TokenLabel = Annotated[str, typer.Option("--token-label", help="PKCS#11 token for the key")]
-Pin = Annotated[
-    str | None, typer.Option("--pin", envvar="IRONCORE_PKCS11_PIN", help="PKCS#11 user PIN")
-]
-
 
 def _passphrase(path: Path | None, confirm: bool) -> bytes:
-    if path is not None:
-        try:
-            return path.read_bytes().rstrip(b"\r\n")
-        except OSError as exc:
-            fail(f"cannot read {path}: {exc.strerror}")
-    if os.environ.get("IRONCORE_FIRMWARE_PASSPHRASE"):
-        return os.environ["IRONCORE_FIRMWARE_PASSPHRASE"].encode()
-    answer = typer.prompt("Firmware key passphrase", hide_input=True, confirmation_prompt=confirm)
-    return str(answer).encode()
-
-
-def _pin(pin: str | None) -> str:
-    return pin or str(typer.prompt("PIN", hide_input=True))
+    return read_passphrase(path, FIRMWARE_PASSPHRASE_ENV, "Firmware key passphrase", confirm)
 
 
 def _paths(key: Path) -> tuple[Path, Path, Path]:
@@ -81,14 +61,8 @@ def keygen(
     for path in (key_file, ref_file, public_file):
         if path.exists():
             fail(f"{path} exists; refusing to overwrite a key")
-    if key_store == "pkcs11":
-        if not token_label:
-            fail("--key-store pkcs11 needs --token-label")
-        spec = KeySpec("pkcs11", module=pkcs11_module, token=token_label, pin=_pin(pin))
-    elif key_store == "file":
-        spec = KeySpec("file", passphrase=_passphrase(passphrase_file, confirm=True))
-    else:
-        fail(f"--key-store {key_store!r}: use file or pkcs11")
+    passphrase = _passphrase(passphrase_file, confirm=True) if key_store == "file" else None
+    spec = key_spec(key_store, passphrase, pkcs11_module, token_label, pin)
     try:
         key = spec.create(key_file, ec.SECP256R1())
     except IronCoreError as error:
@@ -109,7 +83,7 @@ def _open_key(key: Path, passphrase_file: Path | None, pin: str | None) -> KeySt
     ref = KeyRef.load(ref_file) if ref_file.exists() else KeyRef("file", path=key_file.name)
     if ref.kind == "file":
         return ref.open(key_file.parent, _passphrase(passphrase_file, confirm=False), None)
-    return ref.open(key_file.parent, None, _pin(pin))
+    return ref.open(key_file.parent, None, read_pin(pin))
 
 
 @app.command("sign")
