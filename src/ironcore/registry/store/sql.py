@@ -19,7 +19,20 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Row, bindparam, delete, event, func, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -104,10 +117,12 @@ def database_url(url: str) -> str:
 
 
 class Store:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, loop_reads: Engine | None = None) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._write_lock = asyncio.Lock()
+        # SQLite files only: reads run on the event loop's thread (see _LoopConnection).
+        self._loop_reads = loop_reads
 
     @classmethod
     async def open(cls, url: str, schema: str | None = None) -> Store:
@@ -126,12 +141,25 @@ class Store:
         elif schema:
             async with engine.begin() as conn:
                 await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-        store = cls(engine)
         async with engine.begin() as conn:
             await conn.run_sync(_migrate)
-        return store
+        loop_reads = None
+        if engine.dialect.name == "sqlite" and "memory" not in url:
+            loop_reads = create_engine(
+                url.replace("sqlite+aiosqlite://", "sqlite://", 1),
+                # A read that never awaits anything but its own statements holds its
+                # connection without yielding, so one connection serves every read; more
+                # are opened only for a caller that awaits something else inside read().
+                pool_size=1,
+                max_overflow=-1,
+                connect_args={"check_same_thread": False},
+            )
+            event.listen(loop_reads, "connect", _sqlite_read_pragmas)
+        return cls(engine, loop_reads)
 
     async def close(self) -> None:
+        if self._loop_reads is not None:
+            self._loop_reads.dispose()
         await self.engine.dispose()
 
     @contextlib.asynccontextmanager
@@ -147,6 +175,10 @@ class Store:
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A connection for reads (autocommit-free; nothing it does is committed)."""
+        if self._loop_reads is not None:
+            with self._loop_reads.connect() as sync_conn:
+                yield _LoopConnection(sync_conn)  # type: ignore[misc]
+            return
         async with self.engine.connect() as conn:
             yield conn
 
@@ -793,6 +825,35 @@ def _new_device_row(registry_pk: int, device: Device, now_us: int) -> dict[str, 
         "last_gateway_id": "",
         "last_gateway_time": 0,
     }
+
+
+class _LoopConnection:
+    """The part of AsyncConnection that reads use, over a plain SQLite connection, run on the
+    event loop's thread.
+
+    A point read takes microseconds in SQLite (WAL readers never wait for the writer), far less
+    than handing the query to aiosqlite's thread and back: through SQLAlchemy that is five
+    hand-offs per query (cursor, execute, fetchall, close, rollback), each a futex wake-up and
+    a loop wake-up, and they were most of GetDevice's CPU time.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Any:
+        return self._conn.execute(statement, parameters)
+
+    async def scalar(self, statement: Any, parameters: Any = None) -> Any:
+        return self._conn.scalar(statement, parameters)
+
+
+def _sqlite_read_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # This connection only reads, and it runs on the event loop: never let it write, and
+    # never let it wait long for a lock (WAL readers only wait during recovery).
+    cursor.execute("PRAGMA query_only=ON")
+    cursor.execute("PRAGMA busy_timeout=1000")
+    cursor.close()
 
 
 class NumIdTaken(Exception):
