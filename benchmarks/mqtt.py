@@ -1,0 +1,654 @@
+"""The MQTT bridge against Mosquitto (and amqtt), side by side in one run, one load generator.
+
+Run from the project root: `.venv/bin/python -m benchmarks.mqtt` (about 3 minutes). A fresh
+`ironcore serve` (SQLite, TLS with its generated ECDSA P-256 certificate, plus the plaintext
+listener), Debian's Mosquitto 2 and amqtt are started side by side; Mosquitto and amqtt serve
+the same certificate and key from ironcore's data directory. The load generator is the fleet
+simulator (`ironcore.simulator`), one process and one event loop, for every broker.
+
+1. Connect rate: `--connects` fresh TLS connections, `--concurrency` handshakes at a time,
+   CONNECT → CONNACK (no subscriptions), two rounds (the first on a cold server: first PEM parse
+   of each device's key, cold SQLite pages). ironcore verifies an ES256 JWT per connect against
+   the device's credential; Mosquitto checks one user's password from its password file (every
+   simulated device logs in as the same user: the simulator's username is "unused", and the
+   password replaces the JWT).
+2. QoS 1 throughput: `--devices` devices each keep `--window` events in flight (a new PUBLISH
+   the moment a PUBACK arrives), warm-up, then `--duration` seconds counted. ironcore PUBACKs
+   after a durable group commit to SQLite (WAL, synchronous=FULL); Mosquitto runs with
+   `persistence false`, amqtt with its defaults (in memory). ironcore grants a connection 100
+   messages/s (Cloud IoT Core's quota), so `--devices` must be large enough for that not to be
+   the cap (500 devices: 50,000/s).
+3. Idle connections: `--idle` TLS devices connect and subscribe (config QoS 1, commands QoS 0)
+   and stay idle; the broker's VmRSS before and after, per connection.
+4. Config fan-out (ironcore): with the idle fleet connected, one ModifyCloudToDeviceConfig per
+   device through the admin API (`--api-concurrency` requests in flight, httpx.AsyncClient); the
+   time until every device has received its new config and until the server has recorded every
+   device's acknowledgement (device_configs.device_ack_time, counted in the SQLite file). The
+   Mosquitto row is the nearest peer: one backend client publishes each device's config (QoS 1,
+   pipelined) to /devices/{id}/config, timed until every device has received it.
+
+CPU: ours from os.times() (the load generator), the broker's from /proc/<pid>/stat, the whole
+machine's from /proc/stat. The machine has 2 cores and may be shared: every table carries the
+load average (1/5/15 min) at the end of its measurement.
+
+Devices are created before the server starts, straight into its SQLite file through the store's
+bulk insert (the path manifest import uses), see `brokers.seed_devices`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import functools
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from benchmarks import brokers as b
+from ironcore.bridge.mqtt import codec
+from ironcore.simulator.device import SimulatedDevice, Stats
+from ironcore.simulator.fleet import Member, Target
+
+REGISTRY = "bench"
+TARGET_CONNECT_RATIO = 1.0  # ≥ Mosquitto's connects/s
+TARGET_VS_MOSQUITTO = 0.5  # QoS 1 events/s
+TARGET_VS_AMQTT = 5.0
+TARGET_RSS_KB = 30.0  # per idle connection
+TARGET_FANOUT_PER_S = 10_000 / 5.0  # 10,000 devices acked within 5 s
+
+
+@dataclass
+class ConnectRow:
+    broker: str
+    auth: str
+    round: int
+    connected: int
+    errors: int
+    seconds: float
+    cpu: b.Cpu
+    load: str
+
+    @property
+    def rate(self) -> float:
+        return self.connected / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class IdleRow:
+    broker: str
+    connected: int
+    wanted: int
+    seconds: float
+    rss_before: int
+    rss_after: int
+    loadgen_rss_delta: int
+    cpu: b.Cpu
+    load: str
+
+    @property
+    def per_connection_kb(self) -> float:
+        return (self.rss_after - self.rss_before) / self.connected if self.connected else 0.0
+
+
+@dataclass
+class FanoutRow:
+    broker: str
+    devices: int
+    how: str
+    pushed_s: float  # all API calls answered (ironcore) / all publishes written (mosquitto)
+    received_s: float
+    acked_s: float | None
+    received: int
+    acked: int | None
+    cpu: b.Cpu
+    load: str
+
+
+async def connect_rate(
+    name: str,
+    auth: str,
+    tgt: Target,
+    members: list[Member],
+    pid: int,
+    rounds: int,
+    concurrency: int,
+) -> list[ConnectRow]:
+    rows = []
+    for round_ in range(1, rounds + 1):
+        stats = Stats()
+        meter = b.CpuMeter([pid])
+        devices = await b.connect_plain(tgt, members, stats, concurrency, subscribe=False)
+        cpu = meter.stop()
+        rows.append(
+            ConnectRow(
+                name,
+                auth,
+                round_,
+                len(devices),
+                stats.errors + stats.refused,
+                cpu.wall,
+                cpu,
+                b.load_average(),
+            )
+        )
+        await b.close_all(devices)
+        await asyncio.sleep(0.5)
+    return rows
+
+
+async def idle_fleet(
+    name: str, tgt: Target, members: list[Member], pid: int, concurrency: int
+) -> tuple[IdleRow, list[SimulatedDevice], Stats]:
+    await asyncio.sleep(1.0)
+    rss_before = b.rss_kb(pid)
+    me_before = b.rss_kb(os.getpid())
+    stats = Stats()
+    meter = b.CpuMeter([pid])
+    devices = await b.connect_plain(tgt, members, stats, concurrency, subscribe=True)
+    cpu = meter.stop()
+    # Idle, not silent: like a real device, each sends PINGREQ within its 60 s keep-alive (a
+    # broker drops a client silent for 1.5 keep-alives, which the fan-out would outlast).
+    pinger = asyncio.create_task(_keep_alive(devices))
+    # Let subscriptions, initial configs and their acknowledgements settle.
+    await asyncio.sleep(3.0)
+    row = IdleRow(
+        name,
+        len(devices),
+        len(members),
+        cpu.wall,
+        rss_before,
+        b.rss_kb(pid),
+        b.rss_kb(os.getpid()) - me_before,
+        cpu,
+        b.load_average(),
+    )
+    PINGERS[id(devices)] = pinger
+    return row, devices, stats
+
+
+# The keep-alive task of each idle fleet, by id(devices).
+PINGERS: dict[int, asyncio.Task[None]] = {}
+
+
+async def _keep_alive(devices: list[SimulatedDevice], every: float = 20.0) -> None:
+    while True:
+        await asyncio.sleep(every)
+        for device in devices:
+            device.ping()
+
+
+async def close_fleet(devices: list[SimulatedDevice]) -> int:
+    """Stop pinging and disconnect; returns how many the broker had already dropped."""
+    pinger = PINGERS.pop(id(devices), None)
+    if pinger is not None:
+        pinger.cancel()
+    dropped = sum(1 for d in devices if d.transport is None or d.transport.is_closing())
+    await b.close_all(devices)
+    return dropped
+
+
+def _acked_count(db: Path, version: int) -> int:
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as conn:
+        return int(
+            conn.execute(
+                "SELECT count(*) FROM device_configs WHERE version = ? AND device_ack_time > 0",
+                (version,),
+            ).fetchone()[0]
+        )
+
+
+async def ironcore_fanout(
+    server: b.Ironcore, members: list[Member], stats: Stats, concurrency: int
+) -> FanoutRow:
+    db = server.data_dir / "ironcore.db"
+    base = stats.configs
+    n = len(members)
+    parent = f"/v1/projects/{b.PROJECT}/locations/{b.LOCATION}/registries/{REGISTRY}/devices"
+    payload = base64.b64encode(b'{"led": "on", "interval": 30}').decode()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    gate = asyncio.Semaphore(concurrency)
+    failures: list[str] = []
+    async with httpx.AsyncClient(
+        base_url=server.url,
+        headers={"Authorization": f"Bearer {server.token}"},
+        timeout=120,
+        limits=limits,
+    ) as api:
+        await api.get("/readyz")
+
+        async def push(member: Member) -> None:
+            async with gate:
+                r = await api.post(
+                    f"{parent}/{member.device_id}:modifyCloudToDeviceConfig",
+                    json={"binaryData": payload},
+                )
+            if r.status_code != 200 and len(failures) < 5:
+                failures.append(f"{r.status_code} {r.text[:200]}")
+
+        meter = b.CpuMeter([server.pid])
+        start = time.perf_counter()
+        pushing = asyncio.gather(*(push(m) for m in members))
+        received_at: float | None = None
+        pushed_at: float | None = None
+        acked_at: float | None = None
+        acked = 0
+        deadline = start + 300
+        polled = start
+        while time.perf_counter() < deadline:
+            await asyncio.sleep(0.02)
+            now = time.perf_counter()
+            if pushed_at is None and pushing.done():
+                pushed_at = now
+            if received_at is None and stats.configs - base >= n:
+                received_at = now
+            if received_at is not None or now - polled > 0.5:
+                polled = now
+                acked = await asyncio.to_thread(_acked_count, db, 2)
+                if acked >= n:
+                    acked_at = time.perf_counter()
+                    break
+            if pushed_at is not None and now - pushed_at > 30:
+                break  # every push answered 30 s ago, and still not all received or acked
+        await pushing
+        if pushed_at is None:  # the last answers came after the last acknowledgement
+            pushed_at = time.perf_counter()
+        cpu = meter.stop()
+    if failures:
+        print(f"  ModifyCloudToDeviceConfig failures: {failures}", file=sys.stderr)
+    return FanoutRow(
+        "ironcore",
+        n,
+        f"{n:,} x ModifyCloudToDeviceConfig, {concurrency} in flight",
+        (pushed_at or float("nan")) - start,
+        (received_at or float("nan")) - start,
+        (acked_at or float("nan")) - start,
+        stats.configs - base,
+        acked,
+        cpu,
+        b.load_average(),
+    )
+
+
+async def mosquitto_fanout(
+    broker: b.Broker, tgt: Target, members: list[Member], stats: Stats
+) -> FanoutRow:
+    base = stats.configs
+    n = len(members)
+    backend_stats = Stats()
+    backend = await b.connect_plain(
+        tgt, [Member("backend", lambda: b.MOSQUITTO_PASSWORD)], backend_stats, 1, False
+    )
+    if not backend:
+        raise RuntimeError("the Mosquitto fan-out publisher could not connect")
+    sender = backend[0]
+    payload = b'{"led": "on", "interval": 30}'
+    meter = b.CpuMeter([broker.pid])
+    start = time.perf_counter()
+    chunk: list[bytes] = []
+    for i, member in enumerate(members):
+        chunk.append(
+            codec.encode(
+                codec.Publish(
+                    f"/devices/{member.device_id}/config", payload, qos=1, packet_id=i % 65535 + 1
+                )
+            )
+        )
+        if len(chunk) == 500:
+            sender.transport.write(b"".join(chunk))  # type: ignore[union-attr]
+            chunk = []
+            await asyncio.sleep(0)
+    if chunk:
+        sender.transport.write(b"".join(chunk))  # type: ignore[union-attr]
+    pushed = time.perf_counter() - start
+    received_at = None
+    deadline = start + 60
+    while time.perf_counter() < deadline:
+        if stats.configs - base >= n:
+            received_at = time.perf_counter() - start
+            break
+        await asyncio.sleep(0.005)
+    cpu = meter.stop()
+    await b.close_all(backend)
+    return FanoutRow(
+        "mosquitto",
+        n,
+        f"one client publishes {n:,} QoS 1 configs, pipelined",
+        pushed,
+        received_at if received_at is not None else float("nan"),
+        None,
+        stats.configs - base,
+        None,
+        cpu,
+        b.load_average(),
+    )
+
+
+# Tables
+
+
+def print_connects(rows: list[ConnectRow]) -> None:
+    print("\n(1) Connect rate over TLS: fresh connections, CONNECT → CONNACK")
+    print(
+        "| broker | auth per connect | round | connected | errors | connects/s | vs Mosquitto "
+        "(same round) | target | loadgen CPU % | broker CPU % | broker CPU ms/connect "
+        "| machine busy % | load avg |"
+    )
+    print("|" + "---|" * 13)
+    peer = {r.round: r.rate for r in rows if r.broker == "mosquitto"}
+    for r in rows:
+        vs = r.rate / peer[r.round] if peer.get(r.round) else float("nan")
+        target = (
+            f"≥ {TARGET_CONNECT_RATIO:.1f}x ({'ok' if vs >= TARGET_CONNECT_RATIO else 'MISSED'})"
+            if r.broker == "ironcore"
+            else "-"
+        )
+        per = 1000 * r.cpu.broker / r.connected if r.connected else float("nan")
+        print(
+            f"| {r.broker} | {r.auth} | {r.round} | {r.connected:,} | {r.errors} "
+            f"| {r.rate:,.0f} | {vs:.2f}x | {target} | {r.cpu.pct(r.cpu.loadgen):.0f} "
+            f"| {r.cpu.pct(r.cpu.broker):.0f} | {per:.2f} | {r.cpu.machine:.0f} | {r.load} |"
+        )
+
+
+def print_throughput(rows: list[b.Throughput], window: int) -> None:
+    print(f"\n(2) QoS 1 events/s acknowledged, saturating ({window} in flight per device)")
+    print(
+        "| broker | listener | PUBACK after | devices | events/s | vs Mosquitto | vs amqtt "
+        "| target | PUBACK p50 / p99 ms | errors | loadgen CPU % | broker CPU % "
+        "| broker CPU µs/event | machine busy % | load avg |"
+    )
+    print("|" + "---|" * 15)
+    by = {r.name: r for r in rows}
+    mosq = by.get("mosquitto TLS")
+    amqtt = by.get("amqtt TLS")
+    for r in rows:
+        vs_m = r.rate / mosq.rate if mosq and mosq.rate else float("nan")
+        vs_a = r.rate / amqtt.rate if amqtt and amqtt.rate else float("nan")
+        if r.name.startswith("ironcore"):
+            ok_m = "ok" if vs_m >= TARGET_VS_MOSQUITTO else "MISSED"
+            ok_a = "ok" if vs_a >= TARGET_VS_AMQTT else "MISSED"
+            target = f"≥ 0.5x Mosquitto ({ok_m}), ≥ 5x amqtt ({ok_a})"
+            after = "SQLite commit (WAL, sync FULL)"
+        elif r.name.startswith("mosquitto"):
+            target, after = "-", "receipt (persistence false)"
+        else:
+            target, after = "-", "receipt (in memory)"
+        broker, listener = r.name.split(" ", 1)
+        per_event = 1e6 * r.cpu.broker / r.acknowledged if r.acknowledged else float("nan")
+        print(
+            f"| {broker} | {listener} | {after} | {r.devices} | {r.rate:,.0f} | {vs_m:.2f}x "
+            f"| {vs_a:.1f}x | {target} | {r.latency_ms(0.5):.0f} / {r.latency_ms(0.99):.0f} "
+            f"| {r.errors} | {r.cpu.pct(r.cpu.loadgen):.0f} | {r.cpu.pct(r.cpu.broker):.0f} "
+            f"| {per_event:.0f} | {r.cpu.machine:.0f} | {r.load} |"
+        )
+
+
+def print_idle(rows: list[IdleRow]) -> None:
+    print("\n(3) Idle TLS connections (subscribed to config and commands)")
+    print(
+        "| broker | connected / wanted | connect time s | connects/s "
+        "| broker RSS before → after MB "
+        "| KB per connection | target | loadgen RSS growth MB | loadgen CPU % | broker CPU % "
+        "| load avg |"
+    )
+    print("|" + "---|" * 11)
+    for r in rows:
+        target = (
+            f"≤ {TARGET_RSS_KB:.0f} KB "
+            f"({'ok' if r.per_connection_kb <= TARGET_RSS_KB else 'MISSED'})"
+            if r.broker == "ironcore"
+            else "-"
+        )
+        print(
+            f"| {r.broker} | {r.connected:,} / {r.wanted:,} | {r.seconds:.1f} "
+            f"| {r.connected / r.seconds:,.0f} "
+            f"| {r.rss_before / 1024:.0f} → {r.rss_after / 1024:.0f} | {r.per_connection_kb:.1f} "
+            f"| {target} | {r.loadgen_rss_delta / 1024:.0f} | {r.cpu.pct(r.cpu.loadgen):.0f} "
+            f"| {r.cpu.pct(r.cpu.broker):.0f} | {r.load} |"
+        )
+
+
+def print_fanout(rows: list[FanoutRow]) -> None:
+    print("\n(4) Config fan-out to connected devices")
+    print(
+        "| broker | devices | how | pushes done s | all received s | all acks recorded s "
+        "| acks recorded/s | target (10,000 acked in 5 s = 2,000/s) | loadgen CPU % "
+        "| broker CPU % | load avg |"
+    )
+    print("|" + "---|" * 11)
+
+    def seconds(value: float, count: int | None) -> str:
+        done = f"{value:.2f}" if value == value else "not all"  # nan: not all within the wait
+        return f"{done} ({count:,})" if count is not None else done
+
+    for r in rows:
+        if r.acked_s is not None:
+            per_s = r.devices / r.acked_s if r.acked_s == r.acked_s else float("nan")
+            ok = "ok" if per_s >= TARGET_FANOUT_PER_S else "MISSED"
+            acked = seconds(r.acked_s, r.acked)
+            rate, target = f"{per_s:,.0f}", f"{ok}"
+        else:
+            acked, rate, target = "- (no acks kept)", "-", "-"
+        print(
+            f"| {r.broker} | {r.devices:,} | {r.how} | {seconds(r.pushed_s, None)} "
+            f"| {seconds(r.received_s, r.received)} | {acked} | {rate} | {target} "
+            f"| {r.cpu.pct(r.cpu.loadgen):.0f} | {r.cpu.pct(r.cpu.broker):.0f} | {r.load} |"
+        )
+
+
+# The run
+
+
+async def run(args: argparse.Namespace, tmp: Path) -> None:
+    parts = args.only.split(",") if args.only else ["connect", "throughput", "idle"]
+    need = max(
+        args.connects if "connect" in parts else 0,
+        args.devices if "throughput" in parts else 0,
+        args.idle if "idle" in parts else 0,
+    )
+    spy = b.Profiler(args.profile)
+    t0 = time.perf_counter()
+    data = tmp / "ironcore"
+    members = await b.seed_devices(data, REGISTRY, need, shared_key=False)
+    print(f"seeded {need:,} devices with their own ES256 keys in {time.perf_counter() - t0:.1f} s")
+    passwords = b.password_members(need)
+    # Every part gets fresh broker processes: a cold connect round, and RSS baselines that no
+    # earlier part's freed memory hides.
+    server = b.start_ironcore(data)
+    tls_dir, ca_file = server.tls_dir, server.ca_file
+    tls = b.client_tls(ca_file)
+    server.stop()
+
+    def ic_target(server: b.Ironcore, plain: bool = False) -> Target:
+        if plain:
+            return b.target("127.0.0.1", server.insecure_port, None, REGISTRY)
+        return b.target("127.0.0.1", server.mqtt_port, tls, REGISTRY)
+
+    def mq_target(broker: b.Broker) -> Target:
+        return b.target("127.0.0.1", broker.port, tls, REGISTRY)
+
+    if "connect" in parts:
+        n = args.connects
+        print(f"\nconnect rate: {n} connections, {args.concurrency} at a time ...", flush=True)
+        server = b.start_ironcore(data)
+        try:
+            rows = await connect_rate(
+                "ironcore",
+                "ES256 JWT",
+                ic_target(server),
+                members[:n],
+                server.pid,
+                1,
+                args.concurrency,
+            )
+            spy.start("connect", server.pid, 3)
+            rows += [
+                ConnectRow(**{**vars(r), "round": 2})
+                for r in await connect_rate(
+                    "ironcore",
+                    "ES256 JWT",
+                    ic_target(server),
+                    members[:n],
+                    server.pid,
+                    1,
+                    args.concurrency,
+                )
+            ]
+        finally:
+            server.stop()
+        mosquitto = b.start_mosquitto(tmp / "mosquitto", tls_dir)
+        try:
+            rows += await connect_rate(
+                "mosquitto",
+                "password file",
+                mq_target(mosquitto),
+                passwords[:n],
+                mosquitto.pid,
+                2,
+                args.concurrency,
+            )
+        finally:
+            mosquitto.stop()
+        rows.sort(key=lambda r: (r.round, r.broker != "ironcore"))
+        print_connects(rows)
+        spy.report()
+
+    if "throughput" in parts:
+        d = args.devices
+        print(
+            f"\nthroughput: {d} devices x {args.window} in flight, "
+            f"{args.warmup:g} s warm-up + {args.duration:g} s ...",
+            flush=True,
+        )
+        results = []
+        for name in ("ironcore TLS", "mosquitto TLS", "amqtt TLS", "ironcore plaintext"):
+            if name.startswith("ironcore"):
+                broker: b.Ironcore | b.Broker = b.start_ironcore(data)
+                assert isinstance(broker, b.Ironcore)
+                tgt = ic_target(broker, plain="plaintext" in name)
+                who = members[:d]
+            elif name.startswith("mosquitto"):
+                broker = b.start_mosquitto(tmp / "mosquitto", tls_dir)
+                tgt, who = mq_target(broker), passwords[:d]
+            else:
+                broker = b.start_amqtt(tmp / "amqtt", tls_dir)
+                tgt, who = mq_target(broker), passwords[:d]
+            pid = broker.pid
+            try:
+                label = name.replace(" ", "-")
+                result = await b.saturate(
+                    name,
+                    tgt,
+                    who,
+                    [pid],
+                    window=args.window,
+                    warmup=args.warmup,
+                    duration=args.duration,
+                    on_measure=functools.partial(spy.start, label, pid, args.duration)
+                    if name.startswith("ironcore")
+                    else None,
+                )
+            finally:
+                broker.stop()
+            print(f"  {name}: {result.rate:,.0f} events/s", flush=True)
+            results.append(result)
+        print_throughput(results, args.window)
+        spy.report()
+
+    if "idle" in parts:
+        n = args.idle
+        print(
+            f"\nidle: {n:,} TLS devices, {args.idle_concurrency} handshakes at a time ...",
+            flush=True,
+        )
+        idle_rows: list[IdleRow] = []
+        fanout_rows: list[FanoutRow] = []
+        server = b.start_ironcore(data)
+        try:
+            row, devices, stats = await idle_fleet(
+                "ironcore", ic_target(server), members[:n], server.pid, args.idle_concurrency
+            )
+            idle_rows.append(row)
+            print(
+                f"  ironcore: {row.connected:,} connected, {row.per_connection_kb:.1f} KB each",
+                flush=True,
+            )
+            if row.connected:
+                spy.start("fan-out", server.pid, 10)
+                fanout_rows.append(
+                    await ironcore_fanout(server, members[:n], stats, args.api_concurrency)
+                )
+            dropped = await close_fleet(devices)
+            if dropped:
+                print(f"  ironcore had closed {dropped:,} of the idle connections", flush=True)
+        finally:
+            server.stop()
+        mosquitto = b.start_mosquitto(tmp / "mosquitto", tls_dir)
+        try:
+            row, devices, stats = await idle_fleet(
+                "mosquitto",
+                mq_target(mosquitto),
+                passwords[:n],
+                mosquitto.pid,
+                args.idle_concurrency,
+            )
+            idle_rows.append(row)
+            if row.connected:
+                fanout_rows.append(
+                    await mosquitto_fanout(mosquitto, mq_target(mosquitto), passwords[:n], stats)
+                )
+            dropped = await close_fleet(devices)
+            if dropped:
+                print(f"  mosquitto had closed {dropped:,} of the idle connections", flush=True)
+        finally:
+            mosquitto.stop()
+        print_idle(idle_rows)
+        print_fanout(fanout_rows)
+        spy.report()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--connects", type=int, default=1000, help="connections per round")
+    parser.add_argument("--concurrency", type=int, default=50, help="handshakes at a time")
+    parser.add_argument("--devices", type=int, default=500, help="publishing devices")
+    parser.add_argument("--window", type=int, default=16, help="QoS 1 events in flight each")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds counted")
+    parser.add_argument("--idle", type=int, default=5000, help="idle TLS connections")
+    parser.add_argument("--idle-concurrency", type=int, default=100)
+    parser.add_argument("--api-concurrency", type=int, default=64, help="fan-out API requests")
+    parser.add_argument("--only", default="", help="comma list of connect,throughput,idle")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="sample ironcore with py-spy while measuring; collapsed stacks go to DIR",
+    )
+    args = parser.parse_args()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    limit = b.raise_fd_limit()
+    print(
+        f"MQTT benchmark, {os.cpu_count()} CPUs, load average {b.load_average()}, "
+        f"our fd limit {limit}"
+    )
+    started = time.perf_counter()
+    with (
+        tempfile.TemporaryDirectory(prefix="ironcore-mqtt-bench-") as tmp,
+        b.event_loop_runner() as runner,
+    ):
+        runner.run(run(args, Path(tmp)))
+    print(f"\ntotal {time.perf_counter() - started:.0f} s; load average {b.load_average()}")
+
+
+if __name__ == "__main__":
+    main()
