@@ -15,10 +15,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -29,6 +30,7 @@ from ironcore.registry.store import Store
 from ironcore.registry.store.pubsub import PubSubStore
 from ironcore.routing.pubsub import PubSub
 
+T = TypeVar("T")
 PG_URL = os.environ.get("IRONCORE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REQUIRE_SERVICES = os.environ.get("IRONCORE_REQUIRE_SERVICES") == "1"
 
@@ -218,3 +220,35 @@ def server(tmp_path: Path, database: Database) -> Iterator[Server]:
     running = start_server(tmp_path / "data", database)
     yield running
     stop_server(running)
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 5.0, what: str = "condition") -> T:
+    """Poll `predicate` until it returns something true; that value, or AssertionError."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def events_in_log(server: Server, database: Database) -> list[tuple[str, bytes, dict[str, str]]]:
+    """Every event a server appended to its embedded log: (topic, data, attributes)."""
+    from sqlalchemy import select
+
+    from ironcore.registry.store.schema import events
+
+    async def read() -> list[tuple[str, bytes, dict[str, str]]]:
+        url = (
+            database.url
+            if database.kind == "postgresql"
+            else f"sqlite:///{server.data_dir / 'ironcore.db'}"
+        )
+        store = await Store.open(url, database.schema)
+        async with store.engine.connect() as conn:
+            rows = (await conn.execute(select(events).order_by(events.c.pk))).all()
+        await store.close()
+        return [(r.topic, bytes(r.data), dict(r.attributes)) for r in rows]
+
+    return asyncio.run(read())

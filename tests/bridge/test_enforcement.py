@@ -35,8 +35,7 @@ from tests.bridge.devices import (
     make_jwt,
     new_key,
 )
-from tests.bridge.test_mqtt_bridge import wait_for
-from tests.conftest import Server, start_server, stop_server
+from tests.conftest import Server, start_server, stop_server, wait_for
 from tests.keys import PrivateKey, public_pem
 
 REG = "reg-enf"

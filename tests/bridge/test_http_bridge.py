@@ -19,8 +19,7 @@ from tests.bridge.devices import (
     make_jwt,
     new_key,
 )
-from tests.bridge.test_mqtt_bridge import events_in_log
-from tests.conftest import Database, Server, start_server, stop_server
+from tests.conftest import Database, Server, events_in_log, start_server, stop_server
 
 
 @pytest.fixture

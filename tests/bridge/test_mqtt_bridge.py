@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import queue
 import time
@@ -19,7 +18,7 @@ from tests.bridge.devices import (
     make_jwt,
     new_key,
 )
-from tests.conftest import Database, Server, start_server, stop_server
+from tests.conftest import Database, Server, events_in_log, start_server, stop_server, wait_for
 from tests.keys import rsa_key
 
 
@@ -28,37 +27,6 @@ def bridge(tmp_path, database: Database) -> Iterator[Server]:
     server = start_server(tmp_path / "data", database)
     yield server
     stop_server(server)
-
-
-def events_in_log(server: Server, database: Database) -> list[tuple[str, bytes, dict[str, str]]]:
-    from sqlalchemy import select
-
-    from ironcore.registry.store import Store
-    from ironcore.registry.store.schema import events
-
-    async def read() -> list[tuple[str, bytes, dict[str, str]]]:
-        url = (
-            database.url
-            if database.kind == "postgresql"
-            else f"sqlite:///{server.data_dir / 'ironcore.db'}"
-        )
-        store = await Store.open(url, database.schema)
-        async with store.engine.connect() as conn:
-            rows = (await conn.execute(select(events).order_by(events.c.pk))).all()
-        await store.close()
-        return [(r.topic, bytes(r.data), dict(r.attributes)) for r in rows]
-
-    return asyncio.run(read())
-
-
-def wait_for(predicate, timeout: float = 5.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_device_round_trip(bridge: Server, database: Database) -> None:

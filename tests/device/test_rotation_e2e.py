@@ -3,8 +3,7 @@ failure injected between the steps. After every one the device can still connect
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from ironcore.device.mqtt import DeviceClient, DeviceName, Endpoint
 from ironcore.device.rotation import KeyRotator
 from ironcore.device.software_element import SoftwareElement
 from tests.bridge.devices import LOCATION, PROJECT, admin, create_registry
-from tests.conftest import Server, start_server, stop_server
+from tests.conftest import Server, start_server, stop_server, wait_for
 from tests.device.test_sdk_clients import element_pem, register
 
 ROTATION = f"/ironcore/v1/projects/{PROJECT}/locations/{LOCATION}/registries/reg-sdk/devices"
@@ -27,16 +26,6 @@ def server(tmp_path: Path) -> Iterator[Server]:
     create_registry(running, "reg-sdk")
     yield running
     stop_server(running)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def rotation_state(server: Server, device_id: str) -> str:

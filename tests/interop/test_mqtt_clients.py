@@ -33,8 +33,15 @@ from tests.bridge.devices import (
     create_registry,
     make_jwt,
 )
-from tests.bridge.test_mqtt_bridge import events_in_log, wait_for
-from tests.conftest import REQUIRE_SERVICES, Database, Server, start_server, stop_server
+from tests.conftest import (
+    REQUIRE_SERVICES,
+    Database,
+    Server,
+    events_in_log,
+    start_server,
+    stop_server,
+    wait_for,
+)
 from tests.keys import PrivateKey, es256_key, rsa_key
 
 PAHO1 = Path(__file__).resolve().parents[2] / ".venv" / "paho1"

@@ -11,8 +11,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from tests.bridge.devices import connect, create_device, create_registry, make_jwt, new_key
-from tests.bridge.test_mqtt_bridge import events_in_log
-from tests.conftest import Database, start_server, stop_server
+from tests.conftest import Database, events_in_log, start_server, stop_server
 
 
 def test_sigkill_loses_nothing_acknowledged(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.bridge.devices import PROJECT, create_device, create_registry, make_jwt, new_key
-from tests.conftest import Server, free_port, start_server, stop_server
+from tests.conftest import Server, free_port, start_server, stop_server, wait_for
 
 
 class Receiver:
@@ -57,15 +57,6 @@ def server(tmp_path: Path) -> Iterator[Server]:
     running = start_server(tmp_path / "data")
     yield running
     stop_server(running)
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def publish_from_device(server: Server, registry: str, payload: bytes) -> None:

@@ -16,8 +16,7 @@ import httpx
 from ironcore.simulator.fleet import Fleet, Target, tls_context
 from ironcore.simulator.provision import register_generated
 from tests.bridge.devices import LOCATION, PROJECT
-from tests.bridge.test_mqtt_bridge import events_in_log
-from tests.conftest import Database, start_server, stop_server
+from tests.conftest import Database, events_in_log, start_server, stop_server
 
 
 def test_fleet_sends_and_every_device_gets_the_config(tmp_path: Path) -> None:
