@@ -61,6 +61,7 @@ class Router:
         self.topics = topics
         self.nats = nats
         self._backends: dict[str, tuple[str, float]] = {}
+        self._loading: dict[str, asyncio.Future[str]] = {}
 
     async def _deliver(self, topic: str, data: bytes, attributes: dict[str, str]) -> None:
         if await self._backend(topic) == "nats":
@@ -74,12 +75,21 @@ class Router:
 
     async def _backend(self, topic: str) -> str:
         cached = self._backends.get(topic)
-        now = time.monotonic()
-        if cached is not None and cached[1] > now:
+        if cached is not None and cached[1] > time.monotonic():
             return cached[0]
+        # One lookup per topic at a time: the events that arrive while it runs wait for it
+        # instead of each querying the store (at thousands of events a second they piled up).
+        loading = self._loading.get(topic)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load_backend(topic))
+            self._loading[topic] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(topic, None))
+        return await asyncio.shield(loading)
+
+    async def _load_backend(self, topic: str) -> str:
         found = await self.topics.get_topic(topic) if self.topics is not None else None
         backend = found.backend if found is not None else "embedded"
-        self._backends[topic] = (backend, now + BACKEND_CACHE_SECONDS)
+        self._backends[topic] = (backend, time.monotonic() + BACKEND_CACHE_SECONDS)
         return backend
 
     def submit_event(
