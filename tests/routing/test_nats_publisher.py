@@ -212,3 +212,23 @@ async def test_lost_connection_fails_pending_publishes_then_recovers(
     finally:
         await sink.close()
         await proxy.stop()
+
+
+async def test_closing_fails_what_is_still_pending(client: Client) -> None:
+    silent = new_topic()
+    await client.subscribe(subject(silent))  # never answers
+    await client.flush()
+    sink = await started(ack_timeout=0.3, max_in_flight=1)
+    pending = [sink.submit(silent, b"never acked", {}) for _ in range(20)]
+    await sink.close()
+    reasons = set()
+    for future in pending:
+        assert future.done()
+        error = future.exception()
+        assert isinstance(error, Unavailable), error
+        assert silent in error.message
+        reasons.add(error.message.split(";")[0])
+    # Sent ones time out (or fail with the connection), the ones still queued are refused.
+    assert "ironcore is shutting down" in reasons, reasons
+    with pytest.raises(Unavailable, match="NATS is not connected"):
+        await sink.publish(silent, b"after close", {})

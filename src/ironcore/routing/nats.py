@@ -234,6 +234,7 @@ class JetStreamSink:
         # the devices resend those events instead (at least once, as for any failure).
         lost = list(self._in_flight.values())
         self._in_flight.clear()
+        self._wakeup.set()  # what waited for room now fails fast until the reconnect
         for future, _, topic in lost:
             _fail(
                 future,
@@ -256,5 +257,11 @@ class JetStreamSink:
             await asyncio.wait(waiting, timeout=self.timeout)
         for task in self._tasks:
             task.cancel()
+        while self._queue:
+            topic, *_, future = self._queue.popleft()
+            _fail(
+                future,
+                Unavailable(f"ironcore is shutting down; the event for {topic} was not sent"),
+            )
         if self._client is not None:
             await self._client.drain()
