@@ -171,8 +171,8 @@ class JetStreamSink:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            # No yield between publishes: they collect in nats-py's buffer and its flusher
-            # writes them at once.
+            # client.publish only suspends when its 2 MB buffer is full, so the publishes
+            # collect there and nats-py's flusher writes them at once.
             while queue and len(in_flight) < self.max_in_flight:
                 topic, data, headers, future = queue.popleft()
                 if future.done():
