@@ -1,4 +1,5 @@
-"""Device bookkeeping written behind: the `last*` times the bridges maintain.
+"""Device bookkeeping written behind: the `last*` times and the `lastErrorStatus` the MQTT
+bridge maintains.
 
 A PINGREQ or an event must not wait for a database write, and ten thousand devices must not
 cost ten thousand transactions a second; updates are merged in memory (latest wins per device
@@ -27,6 +28,17 @@ class Bookkeeper:
     def touch(self, num_id: int, field: str, value: int | str) -> None:
         """Record `field` (a devices column such as last_event_time) for a device."""
         self._pending.setdefault(num_id, {})[field] = value
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="bookkeeping")
+
+    def error(self, num_id: int, code: int, message: str, now_us: int) -> None:
+        """Record why a device was refused or disconnected (its lastErrorStatus); written behind
+        like the times, since a fleet that drops off at once would otherwise queue thousands
+        of write transactions."""
+        fields = self._pending.setdefault(num_id, {})
+        fields["last_error_code"] = code
+        fields["last_error_message"] = message[:1000]
+        fields["last_error_time"] = now_us
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="bookkeeping")
 

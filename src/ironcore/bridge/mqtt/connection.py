@@ -358,8 +358,11 @@ class MqttConnection(asyncio.Protocol):
             metrics.AUTH_FAILURES.labels("mqtt", refused.reason).inc()
             log.info("MQTT connect refused for %r: %s", event.client_id[:200], refused.message)
             if refused.num_id is not None:
-                await self.services.authenticator.record_error(
-                    refused.num_id, Code.UNAUTHENTICATED, f"mqtt: {refused.message}"
+                self.services.bookkeeper.error(
+                    refused.num_id,
+                    int(Code.UNAUTHENTICATED),
+                    f"mqtt: {refused.message}",
+                    to_us(_now()),
                 )
             self.session.refuse(f"mqtt: {refused.message}", refused.reason)
             return
@@ -538,8 +541,8 @@ class MqttConnection(asyncio.Protocol):
         metrics.CONNECTED.dec()
         self.services.hub.unregister(primary.device.num_id, self)
         if event.code != Code.OK:
-            await self.services.authenticator.record_error(
-                primary.device.num_id, event.code, event.reason
+            self.services.bookkeeper.error(
+                primary.device.num_id, int(event.code), event.reason, to_us(_now())
             )
         log.debug("MQTT device %s disconnected: %s", primary.device.id, event.reason)
 
