@@ -115,13 +115,16 @@ async def isolated_log(
 
         store.append_events = nothing  # type: ignore[method-assign]
     log = EventLog(store)
-    attributes = {
-        "deviceId": "dev-000001",
-        "deviceNumId": "1000000000000002",
-        "deviceRegistryId": REGISTRY,
-        "deviceRegistryLocation": b.LOCATION,
-        "projectId": b.PROJECT,
-    }
+    # As the router hands them over: serialized once per device.
+    attributes = json.dumps(
+        {
+            "deviceId": "dev-000001",
+            "deviceNumId": "1000000000000002",
+            "deviceRegistryId": REGISTRY,
+            "deviceRegistryLocation": b.LOCATION,
+            "projectId": b.PROJECT,
+        }
+    )
     payload = b"x" * 64
     done = 0
     try:

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
-from typing import Any
+import time
 
 from ironcore.errors import Unavailable
 from ironcore.registry.store import Store
-from ironcore.registry.store.sql import to_us
 
 log = logging.getLogger(__name__)
 # Rows in one transaction at most; a larger backlog is committed in several.
@@ -25,29 +23,24 @@ MAX_BATCH = 2000
 class EventLog:
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._pending: list[tuple[tuple[str, bytes, str, int], asyncio.Future[None]]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
-    async def append(self, topic: str, data: bytes, attributes: dict[str, str]) -> None:
+    async def append(self, topic: str, data: bytes, attributes: str) -> None:
         """Return once the event is committed; raise Unavailable if it could not be."""
         await self.submit(topic, data, attributes)
 
-    def submit(self, topic: str, data: bytes, attributes: dict[str, str]) -> asyncio.Future[None]:
-        """Queue an event for the next commit; the future resolves once it is committed."""
+    def submit(self, topic: str, data: bytes, attributes: str) -> asyncio.Future[None]:
+        """Queue an event (its attributes as JSON text) for the next commit; the future
+        resolves once it is committed."""
         if self._closed:
             raise Unavailable("the event log is shutting down")
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="event-log")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        row = {
-            "topic": topic,
-            "data": data,
-            "attributes": attributes,
-            "publish_time": to_us(datetime.now(UTC)),
-        }
-        self._pending.append((row, future))
+        self._pending.append(((topic, data, attributes, time.time_ns() // 1000), future))
         self._wakeup.set()
         return future
 

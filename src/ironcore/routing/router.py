@@ -8,8 +8,10 @@ carries Cloud IoT Core's attributes, so consumers written for Pub/Sub read it un
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable
+from dataclasses import dataclass
 
 from ironcore.errors import FailedPrecondition, Unavailable
 from ironcore.registry.names import RegistryName
@@ -18,6 +20,9 @@ from ironcore.registry.store.pubsub import PubSubStore
 from ironcore.routing.log import EventLog
 from ironcore.routing.nats import JetStreamSink
 
+# Attributes kept serialized per device and subfolder, at most this many (a device picks its
+# subfolders, so the count is bounded here rather than by the fleet).
+ATTRIBUTES_CACHE_SIZE = 100_000
 # A topic's backend is fixed when it is created; this only bounds how long a deleted and
 # re-created topic keeps its old backend in other processes.
 BACKEND_CACHE_SECONDS = 5.0
@@ -47,6 +52,12 @@ def attributes(name: RegistryName, device: Device, subfolder: str = "") -> dict[
     return out
 
 
+@dataclass(frozen=True)
+class Attributes:
+    headers: dict[str, str]
+    json: str
+
+
 class Router:
     """Routes events and state notifications to their topic's backend: the embedded log, or a
     JetStream stream for topics created with backend "nats"."""
@@ -62,16 +73,30 @@ class Router:
         self.nats = nats
         self._backends: dict[str, tuple[str, float]] = {}
         self._loading: dict[str, asyncio.Future[str]] = {}
+        # The same for every event of a device and subfolder: a dict for JetStream's headers and
+        # JSON text for the log's column, made once instead of per event.
+        self._attributes: dict[tuple[int, str], Attributes] = {}
 
-    async def _deliver(self, topic: str, data: bytes, attributes: dict[str, str]) -> None:
+    async def _deliver(self, topic: str, data: bytes, attributes: Attributes) -> None:
         if await self._backend(topic) == "nats":
             if self.nats is None:
                 raise Unavailable(
                     f"Topic {topic} is backed by NATS, but ironcore has no --nats-url"
                 )
-            await self.nats.publish(topic, data, attributes)
+            await self.nats.publish(topic, data, attributes.headers)
         else:
-            await self.log.append(topic, data, attributes)
+            await self.log.append(topic, data, attributes.json)
+
+    def _attributes_of(self, name: RegistryName, device: Device, subfolder: str) -> Attributes:
+        # A device's num_id names one device for good: a re-created device gets a new one.
+        key = (device.num_id, subfolder)
+        found = self._attributes.get(key)
+        if found is None:
+            if len(self._attributes) >= ATTRIBUTES_CACHE_SIZE:
+                self._attributes.clear()
+            headers = attributes(name, device, subfolder)
+            found = self._attributes[key] = Attributes(headers, json.dumps(headers))
+        return found
 
     async def _backend(self, topic: str) -> str:
         cached = self._backends.get(topic)
@@ -103,13 +128,13 @@ class Router:
         """Start publishing an event and return what to await for its durability (a future,
         without a task per event once the topic's backend is cached)."""
         topic = self._topic(name, registry, subfolder)
-        attrs = attributes(name, device, subfolder)
+        attrs = self._attributes_of(name, device, subfolder)
         cached = self._backends.get(topic)
         if cached is not None and cached[1] > time.monotonic():
             if cached[0] == "embedded":
-                return self.log.submit(topic, payload, attrs)
+                return self.log.submit(topic, payload, attrs.json)
             if self.nats is not None:
-                return self.nats.submit(topic, payload, attrs)
+                return self.nats.submit(topic, payload, attrs.headers)
         return asyncio.ensure_future(self._deliver(topic, payload, attrs))
 
     async def publish_event(
@@ -140,4 +165,6 @@ class Router:
         """State notifications are best effort: without a state topic there is nothing to do."""
         config = registry.state_notification_config
         if config is not None and config.pubsub_topic_name:
-            await self._deliver(config.pubsub_topic_name, payload, attributes(name, device))
+            await self._deliver(
+                config.pubsub_topic_name, payload, self._attributes_of(name, device, "")
+            )

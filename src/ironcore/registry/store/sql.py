@@ -51,7 +51,6 @@ from ironcore.registry.store.schema import (
     device_configs,
     device_states,
     devices,
-    events,
     gateway_bindings,
     iam_policies,
     registries,
@@ -612,10 +611,22 @@ class Store:
 
     # What the bridges write
 
-    async def append_events(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Append events (topic, data, attributes, publish_time) in one transaction."""
+    async def append_events(self, rows: Sequence[tuple[str, bytes, str, int]]) -> None:
+        """Append events (topic, data, attributes as JSON text, publish time in µs) in one
+        transaction.
+
+        Through the driver's own executemany: at tens of thousands of events a second,
+        SQLAlchemy's per-row parameter processing cost more than SQLite's insert itself.
+        """
         async with self.write() as conn:
-            await conn.execute(insert(events), list(rows))
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            if self.is_sqlite:
+                await driver.executemany(_APPEND_SQLITE, rows)
+            else:
+                # SQLAlchemy has not begun a transaction on the driver connection yet.
+                async with driver.transaction():
+                    await driver.executemany(_APPEND_POSTGRESQL, rows)
 
     async def update_device_times(self, updates: dict[int, dict[str, int | str]]) -> None:
         """Write batched bookkeeping (`last*` times in microseconds) for many devices."""
@@ -907,6 +918,12 @@ _DEVICE = (
 )
 _DEVICE_BY_ID = _DEVICE.where(devices.c.device_id == bindparam("device_id"))
 _DEVICE_BY_NUM_ID = _DEVICE.where(devices.c.num_id == bindparam("num_id"))
+
+
+_APPEND_SQLITE = "INSERT INTO events (topic, data, attributes, publish_time) VALUES (?, ?, ?, ?)"
+_APPEND_POSTGRESQL = (
+    "INSERT INTO events (topic, data, attributes, publish_time) VALUES ($1, $2, $3, $4)"
+)
 
 
 def _registry_params(name: RegistryName) -> dict[str, Any]:
