@@ -14,7 +14,8 @@ MESSAGES_IN = Counter("ironcore_mqtt_messages_in_total", "PUBLISHes from devices
 MESSAGES_OUT = Counter("ironcore_mqtt_messages_out_total", "PUBLISHes to devices", ["kind"])
 PUBACK_LATENCY = Histogram(
     "ironcore_mqtt_puback_seconds",
-    "From a QoS 1 PUBLISH to its PUBACK (includes the durable append)",
+    "From a QoS 1 PUBLISH to its PUBACK, including the durable append; one observation per "
+    "acknowledgement write, of the oldest PUBLISH it acknowledges",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
 )
 CONFIG_ACKS = Counter("ironcore_mqtt_config_acks_total", "Config versions acknowledged by devices")

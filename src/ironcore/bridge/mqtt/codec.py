@@ -43,7 +43,7 @@ _MAX_REMAINING_LENGTH = 268_435_455
 _MAX_FIELD_LENGTH = 65_535
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Will:
     """The message the server publishes for a client that vanishes without DISCONNECT."""
 
@@ -53,7 +53,7 @@ class Will:
     retain: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Connect:
     """CONNECT. The caller must check `protocol_level` before anything else.
 
@@ -74,13 +74,13 @@ class Connect:
     will: Will | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Connack:
     session_present: bool
     return_code: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Publish:
     """PUBLISH. `packet_id` is None exactly when `qos` is 0."""
 
@@ -92,27 +92,27 @@ class Publish:
     packet_id: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Puback:
     packet_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Pubrec:
     packet_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Pubrel:
     packet_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Pubcomp:
     packet_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Subscribe:
     """SUBSCRIBE: (topic filter, requested QoS) pairs, at least one."""
 
@@ -120,7 +120,7 @@ class Subscribe:
     subscriptions: tuple[tuple[str, int], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Suback:
     """SUBACK: one return code per requested filter: the granted QoS, or 0x80 for failure."""
 
@@ -128,28 +128,28 @@ class Suback:
     return_codes: tuple[int, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Unsubscribe:
     packet_id: int
     topics: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Unsuback:
     packet_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Pingreq:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Pingresp:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Disconnect:
     pass
 

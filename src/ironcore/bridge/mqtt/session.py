@@ -57,14 +57,14 @@ class State(enum.Enum):
 # Events the caller acts on.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConnectRequested:
     client_id: str
     password: bytes | None
     keep_alive: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EventPublished:
     device_id: str
     subfolder: str
@@ -73,41 +73,41 @@ class EventPublished:
     packet_id: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StatePublished:
     device_id: str
     payload: bytes
     packet_id: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AttachRequested:
     device_id: str
     payload: bytes
     packet_id: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DetachRequested:
     device_id: str
     packet_id: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConfigSubscribed:
     """The caller must answer with `publish_config` carrying the current config (even empty)."""
 
     device_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CommandsSubscribed:
     """The device now receives commands (ironcore may have one waiting, e.g. a key rotation)."""
 
     device_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ControlPublished:
     """A message on ironcore's own device topic `/devices/{id}/ironcore/{name}` (key rotation);
     only the connected device itself may publish there. Acknowledge like an event."""
@@ -118,18 +118,18 @@ class ControlPublished:
     packet_id: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConfigAcked:
     device_id: str
     version: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Heartbeat:
     """PINGREQ (already answered): the device's lastHeartbeatTime."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Closed:
     """The session is over; write out `data_to_send()` and close the connection.
 
