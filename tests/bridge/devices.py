@@ -14,7 +14,7 @@ import jwt
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.conftest import Server
+from tests.conftest import Server, wait_for
 from tests.keys import PrivateKey, es256_key, public_pem
 
 PROJECT, LOCATION = "bridge-project", "us-central1"
@@ -34,6 +34,19 @@ def admin(server: Server) -> httpx.Client:
         headers={"Authorization": f"Bearer {server.token}"},
         timeout=10,
     )
+
+
+def last_error(server: Server, registry: str, device_id: str, containing: str) -> dict[str, Any]:
+    """The device's lastErrorStatus once its message contains `containing`: the MQTT bridge
+    writes it behind, like the last* times, within about a second."""
+
+    def status() -> dict[str, Any] | None:
+        with admin(server) as api:
+            got = api.get(f"/registries/{registry}/devices/{device_id}").json()
+        found: dict[str, Any] = got.get("lastErrorStatus", {})
+        return found if containing in found.get("message", "") else None
+
+    return wait_for(status, what=f"lastErrorStatus containing {containing!r}")
 
 
 def create_registry(server: Server, registry_id: str, **extra: Any) -> None:

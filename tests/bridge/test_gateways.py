@@ -24,6 +24,7 @@ from tests.bridge.devices import (
     connect,
     create_device,
     create_registry,
+    last_error,
     make_jwt,
     new_key,
 )
@@ -332,9 +333,7 @@ def test_non_gateway_attach_disconnects_and_blocking_detaches(bridge: Server) ->
     try:
         plain.client.publish("/devices/dev-1/attach", b"", qos=1)
         plain.wait_disconnect(timeout=5)
-        with admin(bridge) as api:
-            got = api.get(f"/registries/{REG}/devices/dev-plain").json()
-            assert "attach" in got["lastErrorStatus"]["message"]
+        last_error(bridge, REG, "dev-plain", "attach")
     finally:
         plain.client.loop_stop()
 

@@ -37,6 +37,7 @@ from tests.bridge.devices import (
     connect,
     create_device,
     create_registry,
+    last_error,
     make_jwt,
     new_key,
 )
@@ -426,10 +427,7 @@ def test_bad_tokens_get_connack_5_and_are_counted(bridge: Bridge, case: BadToken
 def test_the_refusal_reason_is_recorded_on_the_device(bridge: Bridge) -> None:
     # The device only ever sees CONNACK 5; the operator sees why in lastErrorStatus.
     assert tls_connack(bridge.server, BLOCKED, make_jwt(bridge.keys[BLOCKED])) == Connack(False, 5)
-    with admin(bridge.server) as api:
-        got = api.get(f"/registries/{REGISTRY}/devices/{BLOCKED}").json()
-    assert got["lastErrorStatus"]["code"] == 16
-    assert "blocked" in got["lastErrorStatus"]["message"]
+    assert last_error(bridge.server, REGISTRY, BLOCKED, "blocked")["code"] == 16
 
 
 def test_bad_tokens_through_paho(bridge: Bridge) -> None:

@@ -15,6 +15,7 @@ from tests.bridge.devices import (
     connect,
     create_device,
     create_registry,
+    last_error,
     make_jwt,
     new_key,
 )
@@ -126,10 +127,7 @@ def test_unknown_device_and_bad_token_get_connack_5(bridge: Server) -> None:
             assert device.wait_connack() == 5
         finally:
             device.client.loop_stop()
-    with admin(bridge) as api:
-        got = api.get("/registries/reg-bad/devices/dev-bad").json()
-        assert got["lastErrorStatus"]["code"] == 16
-        assert "JWT" in got["lastErrorStatus"]["message"]
+    assert last_error(bridge, "reg-bad", "dev-bad", "JWT")["code"] == 16
 
 
 def test_live_enforcement_block_disconnects_within_a_second(bridge: Server) -> None:
@@ -166,9 +164,7 @@ def test_second_connection_takes_over(bridge: Server) -> None:
     try:
         first.wait_disconnect(timeout=5)
         second.publish("/devices/dev-dup/events", b"still here")
-        with admin(bridge) as api:
-            got = api.get("/registries/reg-dup/devices/dev-dup").json()
-            assert "another active connection" in got["lastErrorStatus"]["message"]
+        last_error(bridge, "reg-dup", "dev-dup", "another active connection")
     finally:
         first.client.loop_stop()
         second.close()

@@ -12,7 +12,7 @@ import httpx
 from ironcore.simulator.device import DeviceRefused, Stats, connect
 from ironcore.simulator.fleet import Fleet, Target, tls_context
 from ironcore.simulator.provision import members_from_reel
-from tests.conftest import start_server, stop_server
+from tests.conftest import start_server, stop_server, wait_for
 from tests.factory.test_cli import ironcore
 
 PROJECT = "my-project"
@@ -112,10 +112,16 @@ def test_revoking_the_batch_disconnects_and_refuses_its_devices(tmp_path: Path) 
         assert took < 10
         assert refused == 3
         device_id = members[0].device_id
-        r = httpx.get(
-            f"{server.url}/v1/projects/{PROJECT}/locations/us-central1/registries/reel-reg/devices/{device_id}",
-            headers={"Authorization": f"Bearer {server.token}"},
-        )
-        assert "revoked" in r.json()["lastErrorStatus"]["message"]
+
+        def last_error() -> str:
+            r = httpx.get(
+                f"{server.url}/v1/projects/{PROJECT}/locations/us-central1/registries/reel-reg/devices/{device_id}",
+                headers={"Authorization": f"Bearer {server.token}"},
+            )
+            message: str = r.json().get("lastErrorStatus", {}).get("message", "")
+            return message
+
+        # The bridge writes lastErrorStatus behind, within about a second.
+        wait_for(lambda: "revoked" in last_error(), what="lastErrorStatus naming the revocation")
     finally:
         stop_server(server)

@@ -1,5 +1,5 @@
-"""Device bookkeeping written behind: the `last*` times the bridges maintain, and the devices'
-config acknowledgements.
+"""Device bookkeeping written behind: the `last*` times and the `lastErrorStatus` the MQTT
+bridge maintains, and the devices' config acknowledgements.
 
 A PINGREQ or an event must not wait for a database write, and ten thousand devices must not
 cost ten thousand transactions a second; updates are merged in memory (latest wins per device
@@ -99,6 +99,17 @@ class Bookkeeper:
     def config_acked(self, num_id: int, version: int, at_us: int) -> None:
         """The device acknowledged config `version`; recorded with the next batch."""
         self.config_acks.record(num_id, version, at_us)
+
+    def error(self, num_id: int, code: int, message: str, now_us: int) -> None:
+        """Record why a device was refused or disconnected (its lastErrorStatus); written behind
+        like the times, since a fleet that drops off at once would otherwise queue thousands
+        of write transactions."""
+        fields = self._pending.setdefault(num_id, {})
+        fields["last_error_code"] = code
+        fields["last_error_message"] = message[:1000]
+        fields["last_error_time"] = now_us
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="bookkeeping")
 
     async def flush(self) -> None:
         batch, self._pending = self._pending, {}

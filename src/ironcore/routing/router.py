@@ -99,14 +99,17 @@ class Router:
         device: Device,
         subfolder: str,
         payload: bytes,
-    ) -> Awaitable[None]:
+    ) -> Awaitable[object]:
         """Start publishing an event and return what to await for its durability (a future,
-        without a task per event when the topic is known to be embedded)."""
+        without a task per event once the topic's backend is cached)."""
         topic = self._topic(name, registry, subfolder)
         attrs = attributes(name, device, subfolder)
         cached = self._backends.get(topic)
-        if cached is not None and cached[0] == "embedded" and cached[1] > time.monotonic():
-            return self.log.submit(topic, payload, attrs)
+        if cached is not None and cached[1] > time.monotonic():
+            if cached[0] == "embedded":
+                return self.log.submit(topic, payload, attrs)
+            if self.nats is not None:
+                return self.nats.submit(topic, payload, attrs)
         return asyncio.ensure_future(self._deliver(topic, payload, attrs))
 
     async def publish_event(

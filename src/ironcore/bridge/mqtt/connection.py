@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -65,13 +64,15 @@ class MqttConnection(asyncio.Protocol):
         self.session = s.Session(now=time.time(), limits=services.limits)
         self.registry_name = RegistryName.parse("unset", "unset", "unset")
         self.transport: asyncio.Transport | None = None
-        self._wakeup = asyncio.Event()
+        # The pump sleeps on a bare future: an asyncio.Event costs a deque per connection.
+        self._waiter: asyncio.Future[None] | None = None
+        self._woken = False
         self._contexts: dict[str, DeviceContext] = {}
         self._fingerprint = ""
         # The JWT's own deadline; the session's is the earlier of it and the credential's expiry.
         self._token_deadline = float("inf")
         self._deadline_timer: asyncio.TimerHandle | None = None
-        self._acks: deque[tuple[int, float, Awaitable[object]]] = deque()
+        self._acks: list[tuple[int, float, Awaitable[object]]] = []
         self._acker: asyncio.Task[None] | None = None
         self._pump: asyncio.Task[None] | None = None
         self._reading = True
@@ -89,7 +90,7 @@ class MqttConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.session.receive_data(data, time.time())
-        self._wakeup.set()
+        self._wake()
 
     def eof_received(self) -> bool:
         return False
@@ -100,18 +101,26 @@ class MqttConnection(asyncio.Protocol):
             Code.FAILED_PRECONDITION,
             "lost",
         )
-        self._wakeup.set()
+        self._wake()
 
     @property
     def finished(self) -> asyncio.Task[None] | None:
         """The task that ends when the connection is closed and cleaned up."""
         return self._pump
 
+    def _wake(self) -> None:
+        self._woken = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
     # What the hub and the server call
 
     def tick(self, now: float) -> None:
         self.session.check_timers(now)
-        self._wakeup.set()
+        self._wake()
+
+    def _tick_now(self) -> None:
+        self.tick(time.time())
 
     def deliver_config(self, num_id: int, config: DeviceConfig) -> None:
         device_id = self._device_id(num_id)
@@ -208,7 +217,7 @@ class MqttConnection(asyncio.Protocol):
         except (ValueError, IronCoreError) as error:
             message = error.message if isinstance(error, IronCoreError) else str(error)
             self.session.close(f"mqtt: bad key offer: {message}", Code.INVALID_ARGUMENT, "rotation")
-            self._wakeup.set()
+            self._wake()
             return
         self._acknowledge(event.packet_id, now, None)
         self._tell_rotation(rotation)
@@ -217,14 +226,14 @@ class MqttConnection(asyncio.Protocol):
         device_id = self._device_id(num_id)
         if device_id == self.session.device_id:
             self.session.close(f"mqtt: {reason}", Code.FAILED_PRECONDITION, "takeover")
-            self._wakeup.set()
+            self._wake()
         elif device_id:
             self._detach(device_id)
 
     def _drop(self, device_id: str, why: str) -> None:
         if device_id == self.session.device_id:
             self.session.close(f"mqtt: SERVER: {why}", Code.PERMISSION_DENIED, "revoked")
-            self._wakeup.set()
+            self._wake()
         else:
             self.session.gateway_error(
                 "GATEWAY_DETACHMENT_DEVICE_ERROR", f"Device detached: {why}.", device_id
@@ -241,9 +250,7 @@ class MqttConnection(asyncio.Protocol):
         if math.isfinite(deadline):
             # A hair late, so that the session's `now > deadline` holds when the timer fires.
             delay = max(deadline - time.time(), 0.0) + 0.01
-            self._deadline_timer = asyncio.get_running_loop().call_later(
-                delay, lambda: self.tick(time.time())
-            )
+            self._deadline_timer = asyncio.get_running_loop().call_later(delay, self._tick_now)
 
     def _device_id(self, num_id: int) -> str | None:
         for device_id, context in self._contexts.items():
@@ -261,8 +268,11 @@ class MqttConnection(asyncio.Protocol):
                 if event is None:
                     self._flush()
                     self._flow_control(now)
-                    await self._wakeup.wait()
-                    self._wakeup.clear()
+                    if not self._woken:
+                        self._waiter = asyncio.get_running_loop().create_future()
+                        await self._waiter
+                        self._waiter = None
+                    self._woken = False
                     continue
                 if isinstance(event, s.Closed):
                     await self._closed(event)
@@ -281,9 +291,7 @@ class MqttConnection(asyncio.Protocol):
         elif not wants and self._reading:
             self.transport.pause_reading()
             if self.session.resume_at > now:
-                asyncio.get_running_loop().call_later(
-                    self.session.resume_at - now, self._wakeup.set
-                )
+                asyncio.get_running_loop().call_later(self.session.resume_at - now, self._wake)
         self._reading = wants
 
     def _flush(self) -> None:
@@ -350,8 +358,11 @@ class MqttConnection(asyncio.Protocol):
             metrics.AUTH_FAILURES.labels("mqtt", refused.reason).inc()
             log.info("MQTT connect refused for %r: %s", event.client_id[:200], refused.message)
             if refused.num_id is not None:
-                await self.services.authenticator.record_error(
-                    refused.num_id, Code.UNAUTHENTICATED, f"mqtt: {refused.message}"
+                self.services.bookkeeper.error(
+                    refused.num_id,
+                    int(Code.UNAUTHENTICATED),
+                    f"mqtt: {refused.message}",
+                    to_us(_now()),
                 )
             self.session.refuse(f"mqtt: {refused.message}", refused.reason)
             return
@@ -497,7 +508,7 @@ class MqttConnection(asyncio.Protocol):
                 await self._acks[0][2]
                 # Everything already durable behind the first goes out in the same write.
                 while self._acks and _finished(self._acks[0][2]):
-                    packet_id, received, work = self._acks.popleft()
+                    packet_id, received, work = self._acks.pop(0)
                     await work
                     if packet_id:
                         self.session.ack(packet_id)
@@ -505,10 +516,10 @@ class MqttConnection(asyncio.Protocol):
             except IronCoreError as error:
                 self._acks.clear()
                 self.session.close(f"mqtt: {error.message}", error.code, "rejected")
-                self._wakeup.set()
+                self._wake()
                 return
             self._flush()
-            self._wakeup.set()
+            self._wake()
 
     async def _closed(self, event: s.Closed) -> None:
         self._flush()
@@ -530,8 +541,8 @@ class MqttConnection(asyncio.Protocol):
         metrics.CONNECTED.dec()
         self.services.hub.unregister(primary.device.num_id, self)
         if event.code != Code.OK:
-            await self.services.authenticator.record_error(
-                primary.device.num_id, event.code, event.reason
+            self.services.bookkeeper.error(
+                primary.device.num_id, int(event.code), event.reason, to_us(_now())
             )
         log.debug("MQTT device %s disconnected: %s", primary.device.id, event.reason)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ironcore.bridge.mqtt.connection import MqttConnection, Services
+from ironcore.bridge.mqtt.tls import TlsConnection
 from ironcore.errors import Code
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,9 @@ class MqttBridge:
             if listener.tls and self.tls_context is None:
                 raise ValueError("a TLS listener needs a TLS context")
             server = await loop.create_server(
-                lambda: MqttConnection(self.services),
+                self._tls_connection if listener.tls else self._connection,
                 listener.host,
                 listener.port,
-                ssl=self.tls_context if listener.tls else None,
                 backlog=BACKLOG,
                 reuse_address=True,
             )
@@ -67,6 +67,13 @@ class MqttBridge:
                     listener.port,
                 )
         self._ticker = asyncio.create_task(self._tick())
+
+    def _connection(self) -> MqttConnection:
+        return MqttConnection(self.services)
+
+    def _tls_connection(self) -> TlsConnection:
+        assert self.tls_context is not None
+        return TlsConnection(self.tls_context, self._connection)
 
     @property
     def ports(self) -> list[int]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from ironcore.registry.store.schema import devices, registries
 from ironcore.registry.store.sql import Store
@@ -19,7 +19,7 @@ class RotationStore:
     async def read(self, num_id: int) -> tuple[dict[str, Any] | None, list[dict[str, Any]]] | None:
         """The device's rotation (or None) and its credentials in wire form; None if no device."""
         async with self.store.read() as conn:
-            body = await conn.scalar(select(devices.c.body).where(devices.c.num_id == num_id))
+            body = await conn.scalar(_BODY, {"num_id": num_id})
         if body is None:
             return None
         return body.get("keyRotation"), list(body["credentials"])
@@ -61,5 +61,7 @@ class RotationStore:
         return True
 
 
+# Read at every device connection: built once (see store.sql._DEVICE).
+_BODY = select(devices.c.body).where(devices.c.num_id == bindparam("num_id"))
 # States in which a rotation is under way (another cannot start).
 ACTIVE = ("requested", "key_added")

@@ -231,11 +231,7 @@ class Store:
 
     async def get_registry(self, name: RegistryName) -> RegistryRecord | None:
         async with self.read() as conn:
-            row = (
-                await conn.execute(
-                    select(registries.c.pk, registries.c.body).where(*_registry_where(name))
-                )
-            ).first()
+            row = (await conn.execute(_REGISTRY, _registry_params(name))).first()
         return RegistryRecord(row.pk, _registry(name, row.body)) if row else None
 
     async def update_registry(self, pk: int, name: RegistryName, registry: DeviceRegistry) -> None:
@@ -338,17 +334,13 @@ class Store:
     async def get_device(
         self, registry: RegistryName, device_id: str | None, num_id: int | None
     ) -> DeviceRecord | None:
-        query = (
-            select(devices, registries.c.pk)
-            .join(registries, registries.c.pk == devices.c.registry_pk)
-            .where(*_registry_where(registry))
-        )
+        params: dict[str, Any] = _registry_params(registry)
         if num_id is not None:
-            query = query.where(devices.c.num_id == num_id)
+            query, params["num_id"] = _DEVICE_BY_NUM_ID, num_id
         else:
-            query = query.where(devices.c.device_id == device_id)
+            query, params["device_id"] = _DEVICE_BY_ID, device_id
         async with self.read() as conn:
-            row = (await conn.execute(query)).first()
+            row = (await conn.execute(query, params)).first()
         if row is None:
             return None
         return DeviceRecord(row.pk, _device(registry, row), from_us(row.config_update_time))
@@ -1011,6 +1003,31 @@ def _fanout_where(where: DeviceFilter) -> list[Any]:
         )
         return [devices.c.num_id.in_(bound)]
     return []
+
+
+# The hottest reads (every device connection and HTTP request), built once: building a
+# statement costs SQLAlchemy more than running it on SQLite.
+_REGISTRY_WHERE = (
+    registries.c.project == bindparam("project"),
+    registries.c.location == bindparam("location"),
+    registries.c.registry_id == bindparam("registry_id"),
+)
+_REGISTRY = select(registries.c.pk, registries.c.body).where(*_REGISTRY_WHERE)
+_DEVICE = (
+    select(devices, registries.c.pk)
+    .join(registries, registries.c.pk == devices.c.registry_pk)
+    .where(*_REGISTRY_WHERE)
+)
+_DEVICE_BY_ID = _DEVICE.where(devices.c.device_id == bindparam("device_id"))
+_DEVICE_BY_NUM_ID = _DEVICE.where(devices.c.num_id == bindparam("num_id"))
+
+
+def _registry_params(name: RegistryName) -> dict[str, Any]:
+    return {
+        "project": name.project,
+        "location": name.location.location,
+        "registry_id": name.registry,
+    }
 
 
 def _registry_where(name: RegistryName) -> list[Any]:
