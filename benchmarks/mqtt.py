@@ -20,12 +20,15 @@ simulator (`ironcore.simulator`), one process and one event loop, for every brok
    the cap (500 devices: 50,000/s).
 3. Idle connections: `--idle` TLS devices connect and subscribe (config QoS 1, commands QoS 0)
    and stay idle; the broker's VmRSS before and after, per connection.
-4. Config fan-out (ironcore): with the idle fleet connected, one ModifyCloudToDeviceConfig per
-   device through the admin API (`--api-concurrency` requests in flight, httpx.AsyncClient); the
-   time until every device has received its new config and until the server has recorded every
-   device's acknowledgement (device_configs.device_ack_time, counted in the SQLite file). The
-   Mosquitto row is the nearest peer: one backend client publishes each device's config (QoS 1,
-   pipelined) to /devices/{id}/config, timed until every device has received it.
+4. Config fan-out (ironcore): with the idle fleet connected, a new config for every device,
+   `--fanout` ways one after the other: `bulk`, one ironcore ModifyCloudToDeviceConfigs request
+   naming every device of the fleet (one transaction), then `api`, one ModifyCloudToDeviceConfig
+   per device through the admin API (`--api-concurrency` requests in flight,
+   httpx.AsyncClient); the time until every device has received its new config and until the
+   server has recorded every device's acknowledgement (device_configs.device_ack_time of that
+   version, counted in the SQLite file). The Mosquitto row is the nearest peer: one backend
+   client publishes each device's config (QoS 1, pipelined) to /devices/{id}/config, timed until
+   every device has received it.
 
 CPU: ours from os.times() (the load generator), the broker's from /proc/<pid>/stat, the whole
 machine's from /proc/stat. The machine has 2 cores and may be shared: every table carries the
@@ -206,13 +209,20 @@ def _acked_count(db: Path, version: int) -> int:
 
 
 async def ironcore_fanout(
-    server: b.Ironcore, members: list[Member], stats: Stats, concurrency: int
+    server: b.Ironcore,
+    members: list[Member],
+    stats: Stats,
+    concurrency: int,
+    bulk: bool,
+    version: int,
 ) -> FanoutRow:
+    """Give every device of the fleet config `version`: in one bulk request, or one request per
+    device; timed until all are received and all acknowledgements recorded."""
     db = server.data_dir / "ironcore.db"
     base = stats.configs
     n = len(members)
-    parent = f"/v1/projects/{b.PROJECT}/locations/{b.LOCATION}/registries/{REGISTRY}/devices"
-    payload = base64.b64encode(b'{"led": "on", "interval": 30}').decode()
+    registry = f"projects/{b.PROJECT}/locations/{b.LOCATION}/registries/{REGISTRY}"
+    payload = base64.b64encode(f'{{"led": "on", "version": {version}}}'.encode()).decode()
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     gate = asyncio.Semaphore(concurrency)
     failures: list[str] = []
@@ -227,15 +237,27 @@ async def ironcore_fanout(
         async def push(member: Member) -> None:
             async with gate:
                 r = await api.post(
-                    f"{parent}/{member.device_id}:modifyCloudToDeviceConfig",
+                    f"/v1/{registry}/devices/{member.device_id}:modifyCloudToDeviceConfig",
                     json={"binaryData": payload},
                 )
             if r.status_code != 200 and len(failures) < 5:
                 failures.append(f"{r.status_code} {r.text[:200]}")
 
+        async def push_all() -> None:
+            r = await api.post(
+                f"/ironcore/v1/{registry}:modifyCloudToDeviceConfigs",
+                json={"binaryData": payload, "deviceIds": [m.device_id for m in members]},
+            )
+            if r.status_code != 200 or r.json()["updatedDevices"] != n:
+                failures.append(f"{r.status_code} {r.text[:200]}")
+
         meter = b.CpuMeter([server.pid])
         start = time.perf_counter()
-        pushing = asyncio.gather(*(push(m) for m in members))
+        pushing = (
+            asyncio.ensure_future(push_all())
+            if bulk
+            else asyncio.gather(*(push(m) for m in members))
+        )
         received_at: float | None = None
         pushed_at: float | None = None
         acked_at: float | None = None
@@ -251,7 +273,7 @@ async def ironcore_fanout(
                 received_at = now
             if received_at is not None or now - polled > 0.5:
                 polled = now
-                acked = await asyncio.to_thread(_acked_count, db, 2)
+                acked = await asyncio.to_thread(_acked_count, db, version)
                 if acked >= n:
                     acked_at = time.perf_counter()
                     break
@@ -262,11 +284,16 @@ async def ironcore_fanout(
             pushed_at = time.perf_counter()
         cpu = meter.stop()
     if failures:
-        print(f"  ModifyCloudToDeviceConfig failures: {failures}", file=sys.stderr)
+        print(f"  config update failures: {failures}", file=sys.stderr)
+    how = (
+        f"1 x ModifyCloudToDeviceConfigs naming {n:,} devices"
+        if bulk
+        else f"{n:,} x ModifyCloudToDeviceConfig, {concurrency} in flight"
+    )
     return FanoutRow(
         "ironcore",
         n,
-        f"{n:,} x ModifyCloudToDeviceConfig, {concurrency} in flight",
+        how,
         (pushed_at or float("nan")) - start,
         (received_at or float("nan")) - start,
         (acked_at or float("nan")) - start,
@@ -581,11 +608,17 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
                 f"  ironcore: {row.connected:,} connected, {row.per_connection_kb:.1f} KB each",
                 flush=True,
             )
-            if row.connected:
-                spy.start("fan-out", server.pid, 10)
+            ways = args.fanout.split(",") if row.connected else []
+            for version, way in enumerate(ways, start=2):
+                if version > 2:
+                    await asyncio.sleep(1.5)  # a device's config changes at most once a second
+                spy.start(f"fan-out-{way}", server.pid, 5 if way == "bulk" else 10)
                 fanout_rows.append(
-                    await ironcore_fanout(server, members[:n], stats, args.api_concurrency)
+                    await ironcore_fanout(
+                        server, members[:n], stats, args.api_concurrency, way == "bulk", version
+                    )
                 )
+                print(f"  ironcore fan-out ({way}): {fanout_rows[-1].acked_s:.2f} s", flush=True)
             dropped = await close_fleet(devices)
             if dropped:
                 print(f"  ironcore had closed {dropped:,} of the idle connections", flush=True)
@@ -626,6 +659,11 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=5000, help="idle TLS connections")
     parser.add_argument("--idle-concurrency", type=int, default=100)
     parser.add_argument("--api-concurrency", type=int, default=64, help="fan-out API requests")
+    parser.add_argument(
+        "--fanout",
+        default="bulk,api",
+        help="comma list of bulk,api: config fan-out ways, in this order",
+    )
     parser.add_argument("--only", default="", help="comma list of connect,throughput,idle")
     parser.add_argument(
         "--profile",
@@ -634,6 +672,11 @@ def main() -> None:
         help="sample ironcore with py-spy while measuring; collapsed stacks go to DIR",
     )
     args = parser.parse_args()
+    ways = args.fanout.split(",") if args.fanout else []
+    if any(way not in ("bulk", "api") for way in ways):
+        parser.error(f"--fanout {args.fanout!r}: a comma list of bulk and api")
+    if "bulk" in ways and args.idle > 10_000:
+        parser.error("--fanout bulk names every device, at most 10,000 (--idle)")
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     limit = b.raise_fd_limit()

@@ -87,6 +87,12 @@ WRITES: list[tuple[str, str, dict[str, Any] | None, str]] = [
     ("POST", f"{DEVICES}/dev-1:sendCommandToDevice", {"binaryData": "AA=="}, "sendCommand"),
     (
         "POST",
+        f"/ironcore{REGISTRY}:modifyCloudToDeviceConfigs",
+        {"binaryData": "AA==", "allDevices": True},
+        "cloudiot.devices.updateConfig",
+    ),
+    (
+        "POST",
         f"{REGISTRY}:bindDeviceToGateway",
         {"gatewayId": "gw-1", "deviceId": "dev-1"},
         "cloudiot.devices.bindGateway",

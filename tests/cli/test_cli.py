@@ -346,6 +346,34 @@ def test_config_set_and_versions(cli: Cli, registry: str, tmp_path: Path) -> Non
     assert "cannot read" in missing.error_line and "nope" in missing.error_line
 
 
+def test_config_set_to_several_devices_or_all(cli: Cli, registry: str) -> None:
+    # Each device is updated once here: a device's first update is never rate limited.
+    for device in ("bulk-1", "bulk-2", "bulk-3"):
+        cli.ok("devices", "create", device, "-r", registry)
+    table = cli.ok("devices", "config", "set", "-r", registry, "--all", "--data", "a").out
+    assert "OK" in table and "3" in table
+    versions = cli.json("devices", "config", "versions", "bulk-3", "-r", registry)
+    assert [v["version"] for v in versions["deviceConfigs"]] == ["2", "1"]
+
+    for device in ("bulk-4", "bulk-5", "bulk-6"):
+        cli.ok("devices", "create", device, "-r", registry)
+    two = cli.json("devices", "config", "set", "bulk-4", "bulk-5", "-r", registry, "--data", "b")
+    assert two["versions"] == [{"version": "2", "devices": 2}] and two["errors"] == []
+    unknown = cli.run("devices", "config", "set", "bulk-6", "ghost", "-r", registry, "--data", "c")
+    assert unknown.code == 1
+    assert "ghost" in unknown.out and "NOT_FOUND" in unknown.out
+    assert "1 device(s) were not updated" in unknown.err
+    versions = cli.json("devices", "config", "versions", "bulk-6", "-r", registry)
+    assert [v["version"] for v in versions["deviceConfigs"]] == ["2", "1"]
+
+    nobody = cli.run("devices", "config", "set", "-r", registry, "--data", "c")
+    assert "exactly one of: device id(s), --all or --gateway" in nobody.error_line
+    both = cli.run("devices", "config", "set", "bulk-1", "-r", registry, "--all", "--data", "c")
+    assert "exactly one of" in both.error_line
+    conditional = ["bulk-1", "bulk-2", "-r", registry, "--data", "c", "--version-to-update", "2"]
+    assert "applies to one device" in cli.run("devices", "config", "set", *conditional).error_line
+
+
 def test_states(cli: Cli, registry: str, tmp_path: Path) -> None:
     key = es256_key()
     (tmp_path / "key.pem").write_text(public_pem(key))

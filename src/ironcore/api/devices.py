@@ -1,6 +1,7 @@
 """Routes for devices, configs, states and commands: thin adapters over DeviceManager.
 
 Every device route also answers under `registries/{r}/groups/{g}/devices`, as the v1 API did.
+The bulk config update is ironcore's own (Cloud IoT Core had none), under `/ironcore/v1`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
+from pydantic import Field
 
 from ironcore.api.deps import (
     DEVICE,
@@ -22,17 +24,29 @@ from ironcore.api.deps import (
     ok,
     registry_name,
 )
-from ironcore.errors import InvalidArgument
+from ironcore.errors import Code, InvalidArgument
 from ironcore.registry.names import parse_num_id
 from ironcore.registry.resources import Device, GatewayType
-from ironcore.registry.wire import Bytes, Int64, Message
+from ironcore.registry.wire import Bytes, Int64, Message, format_timestamp
 
 router = APIRouter()
+BULK_CONFIGS = (
+    "/ironcore/v1/projects/{project}/locations/{location}/registries/{registry}"
+    ":modifyCloudToDeviceConfigs"
+)
 
 
 class ModifyConfigRequest(Message):
     version_to_update: Int64 = 0
     binary_data: Bytes = b""
+
+
+class ModifyConfigsRequest(Message):
+    binary_data: Bytes = b""
+    # Exactly one of the three chooses the devices.
+    device_ids: list[str] = Field(default_factory=list)
+    all_devices: bool = False
+    associations_gateway_id: str = ""
 
 
 class SendCommandRequest(Message):
@@ -142,6 +156,51 @@ async def modify_config(
     ref = device_ref(project, location, registry, device)
     config = await manager.modify_config(ref, body.version_to_update, body.binary_data)
     return ok(config.to_wire())
+
+
+@router.post(BULK_CONFIGS, name="ModifyCloudToDeviceConfigs")
+async def modify_configs(
+    project: str,
+    location: str,
+    registry: str,
+    manager: Manager,
+    caller: CallerDep,
+    body: ModifyConfigsRequest,
+) -> JSONResponse:
+    allowed(caller, "cloudiot.devices.updateConfig")
+    result = await manager.modify_configs(
+        registry_name(project, location, registry),
+        body.binary_data,
+        device_ids=body.device_ids,
+        all_devices=body.all_devices,
+        gateway_id=body.associations_gateway_id,
+    )
+    errors = [
+        _device_error(device_id, Code.NOT_FOUND, "no such device in the registry")
+        for device_id in result.not_found
+    ] + [
+        _device_error(
+            device_id,
+            Code.RESOURCE_EXHAUSTED,
+            "its config was updated less than a second ago; try again shortly",
+        )
+        for device_id in result.too_soon
+    ]
+    return ok(
+        {
+            "cloudUpdateTime": format_timestamp(result.cloud_update_time),
+            "updatedDevices": result.updated,
+            "versions": [
+                {"version": str(version), "devices": count}
+                for version, count in sorted(result.versions.items())
+            ],
+            "errors": errors,
+        }
+    )
+
+
+def _device_error(device_id: str, code: Code, message: str) -> dict[str, Any]:
+    return {"deviceId": device_id, "code": int(code), "status": code.name, "message": message}
 
 
 @router.get(DEVICE + "/configVersions", name="ListDeviceConfigVersions")

@@ -190,24 +190,60 @@ def states(
 @config_app.command("set")
 def config_set(
     ctx: typer.Context,
-    device_id: str,
     registry: Registry,
+    device_ids: Annotated[
+        list[str] | None, typer.Argument(help="Device id(s); several make one bulk update")
+    ] = None,
     data: Annotated[str | None, typer.Option(help="Config payload as text")] = None,
     file: Annotated[Path | None, typer.Option(help="Config payload from a file")] = None,
     version_to_update: Annotated[
         int, typer.Option(help="Only if this is the current version (0: unconditional)")
     ] = 0,
+    all_devices: Annotated[
+        bool, typer.Option("--all", help="Every device of the registry, in one bulk update")
+    ] = False,
+    gateway: Annotated[
+        str, typer.Option(help="Every device bound to this gateway, in one bulk update")
+    ] = "",
 ) -> None:
-    """Push a new config version to a device."""
+    """Push a new config version to a device, to several, to those bound to a gateway, or to
+    every device of the registry (one transaction; see docs/api.md, bulk config updates)."""
     c: Context = ctx.obj
     if (data is None) == (file is None):
         fail("give exactly one of --data or --file")
+    ids = device_ids or []
+    if sum((bool(ids), all_devices, bool(gateway))) != 1:
+        fail("name the devices with exactly one of: device id(s), --all or --gateway")
     payload = data.encode() if data is not None else _read_bytes(file)
     body: dict[str, Any] = {"binaryData": base64.b64encode(payload).decode()}
+    if len(ids) == 1:
+        if version_to_update:
+            body["versionToUpdate"] = str(version_to_update)
+        path = f"{c.device_path(registry, ids[0])}:modifyCloudToDeviceConfig"
+        config = c.call("POST", path, body)
+        c.show(config, ["version", "cloudUpdateTime"], [config])
+        return
     if version_to_update:
-        body["versionToUpdate"] = str(version_to_update)
-    config = c.call("POST", f"{c.device_path(registry, device_id)}:modifyCloudToDeviceConfig", body)
-    c.show(config, ["version", "cloudUpdateTime"], [config])
+        fail("--version-to-update applies to one device; a bulk update takes each one's next")
+    if ids:
+        body["deviceIds"] = ids
+    elif all_devices:
+        body["allDevices"] = True
+    else:
+        body["associationsGatewayId"] = gateway
+    path = c.registry_path(registry).replace("/v1/", "/ironcore/v1/", 1)
+    result = c.call("POST", f"{path}:modifyCloudToDeviceConfigs", body)
+    rows = [
+        {"version": v["version"], "devices": v["devices"], "status": "OK"}
+        for v in result["versions"]
+    ]
+    rows += [
+        {"devices": e["deviceId"], "status": f"{e['status']}: {e['message']}"}
+        for e in result["errors"]
+    ]
+    c.show(result, ["version", "devices", "status"], rows)
+    if result["errors"]:
+        fail(f"{len(result['errors'])} device(s) were not updated; see the list above")
 
 
 @config_app.command("versions")

@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import secrets
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -104,6 +105,21 @@ class TopicCatalog(Protocol):
     """Where events go (the embedded Pub/Sub): topics a registry names are created on demand."""
 
     async def ensure_topics(self, names: Sequence[str]) -> None: ...
+
+
+@dataclass(frozen=True)
+class ConfigFanoutResult:
+    """What a bulk config update did: how many devices got each new version, and the devices
+    it did not update (unknown ids; updated less than the minimum interval ago)."""
+
+    cloud_update_time: datetime
+    versions: Counter[int]
+    not_found: list[str]
+    too_soon: list[str]
+
+    @property
+    def updated(self) -> int:
+        return sum(self.versions.values())
 
 
 @dataclass(frozen=True)
@@ -470,6 +486,81 @@ class DeviceManager:
         if self.links is not None:
             await self.links.config_changed(record.device.num_id, config)
         return config
+
+    async def modify_configs(
+        self,
+        parent: RegistryName,
+        data: bytes,
+        *,
+        device_ids: Sequence[str] = (),
+        all_devices: bool = False,
+        gateway_id: str = "",
+    ) -> ConfigFanoutResult:
+        """Give many devices of a registry the same new config (ironcore's bulk extension).
+
+        Exactly one way of choosing: `device_ids` (at most LIST_DEVICE_IDS_MAX), every device
+        of the registry, or the devices bound to a gateway. All chosen devices get their next
+        version in one transaction; unknown ids and devices whose config was updated less than
+        CONFIG_UPDATE_INTERVAL_SECONDS ago are reported, not updated, and do not stop the rest.
+        The per-device rate rule still applies: a bulk call is no way around it for a device
+        someone is updating in a loop.
+        """
+        if len(data) > limits.CONFIG_BYTES:
+            raise InvalidArgument.field(
+                "binary_data", f"is larger than {limits.CONFIG_BYTES} bytes"
+            )
+        if sum((bool(device_ids), all_devices, bool(gateway_id))) != 1:
+            raise InvalidArgument.field(
+                "device_ids",
+                "choose the devices with exactly one of deviceIds (non-empty), "
+                "allDevices (true) or associationsGatewayId",
+            )
+        if len(device_ids) > limits.LIST_DEVICE_IDS_MAX:
+            raise InvalidArgument.field(
+                "device_ids",
+                f"at most {limits.LIST_DEVICE_IDS_MAX} ids; for more, use allDevices",
+            )
+        seen: set[str] = set()
+        for device_id in device_ids:
+            check_id(device_id, "device_ids")
+            if device_id in seen:
+                raise InvalidArgument.field("device_ids", f"{device_id!r} is listed twice")
+            seen.add(device_id)
+        record = await self._registry(parent)
+        where = DeviceFilter(device_ids=device_ids)
+        if gateway_id:
+            ref = DeviceRef.parse(parent, gateway_id, "associations_gateway_id")
+            gateway = (await self.device_record(ref)).device
+            if not gateway.gateway_config.is_gateway:
+                raise InvalidArgument.field(
+                    "associations_gateway_id", f"device {gateway_id} is not a gateway"
+                )
+            where = DeviceFilter(bound_to_gateway=gateway.num_id)
+        now = self.clock()
+        fanout = await self.store.modify_configs(
+            record.pk,
+            where,
+            data,
+            now,
+            now - timedelta(seconds=limits.CONFIG_UPDATE_INTERVAL_SECONDS),
+            limits.CONFIG_VERSIONS_KEPT,
+        )
+        if self.links is not None:
+            # One config object per version, shared by its devices (a fleet has few versions).
+            configs: dict[int, DeviceConfig] = {}
+            for num_id, _, version in fanout.updated:
+                config = configs.get(version)
+                if config is None:
+                    config = DeviceConfig(version=version, cloud_update_time=now, binary_data=data)
+                    configs[version] = config
+                await self.links.config_changed(num_id, config)
+        found = {device_id for _, device_id, _ in fanout.updated} | set(fanout.too_soon)
+        return ConfigFanoutResult(
+            now,
+            Counter(version for _, _, version in fanout.updated),
+            [device_id for device_id in device_ids if device_id not in found],
+            fanout.too_soon,
+        )
 
     async def list_config_versions(self, ref: DeviceRef, num_versions: int) -> list[DeviceConfig]:
         if num_versions < 0:

@@ -340,8 +340,8 @@ class MqttConnection(asyncio.Protocol):
                 metrics.CONFIG_ACKS.inc()
                 acked = self._contexts.get(event.device_id)
                 if acked is not None:
-                    await self.services.authenticator.store.ack_config(
-                        acked.device.num_id, event.version, _now()
+                    self.services.bookkeeper.config_acked(
+                        acked.device.num_id, event.version, to_us(_now())
                     )
             case s.Heartbeat():
                 self._touch(self._contexts[self.session.device_id], "last_heartbeat_time")

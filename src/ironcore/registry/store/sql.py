@@ -20,15 +20,19 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Engine,
     Row,
     bindparam,
+    case,
     create_engine,
     delete,
     event,
     func,
     insert,
+    literal,
+    or_,
     select,
     text,
     update,
@@ -92,6 +96,16 @@ class DeviceFilter:
     gateway_type: GatewayType | None = None
     bound_to_gateway: int | None = None
     gateways_of_device: int | None = None
+
+
+@dataclass(frozen=True)
+class ConfigFanout:
+    """What a bulk config update did: (num_id, device_id, new version) of each device it
+    updated, and the ids of the chosen devices it left alone (updated less than the minimum
+    interval ago)."""
+
+    updated: list[tuple[int, str, int]]
+    too_soon: list[str]
 
 
 @dataclass(frozen=True)
@@ -440,6 +454,77 @@ class Store:
             )
         return DeviceConfig(version=version, cloud_update_time=now, binary_data=data)
 
+    async def modify_configs(
+        self,
+        registry_pk: int,
+        where: DeviceFilter,
+        data: bytes,
+        now: datetime,
+        updated_before: datetime,
+        keep: int,
+    ) -> ConfigFanout:
+        """Give every chosen device of a registry its next config version, `data`, in one
+        transaction; a device whose config was updated after `updated_before` (other than at
+        its creation) is left as it is. `where` chooses by device ids, by the gateway they are
+        bound to, or (empty) the whole registry.
+        """
+        chosen = [devices.c.registry_pk == registry_pk, *_fanout_where(where)]
+        now_us = to_us(now)
+        async with self.write() as conn:
+            # One statement: each row's version is bumped where it stands, so a concurrent
+            # ModifyCloudToDeviceConfig is never overwritten by a stale read.
+            updated = (
+                await conn.execute(
+                    update(devices)
+                    .where(
+                        *chosen,
+                        or_(
+                            devices.c.config_version <= 1,
+                            devices.c.config_update_time <= to_us(updated_before),
+                        ),
+                    )
+                    .values(
+                        config_version=devices.c.config_version + 1,
+                        config_data=data,
+                        config_update_time=now_us,
+                        config_ack_time=0,
+                    )
+                    .returning(devices.c.num_id, devices.c.device_id, devices.c.config_version)
+                )
+            ).all()
+            for start in range(0, len(updated), _IN_LIST_MAX):
+                chunk = [row.num_id for row in updated[start : start + _IN_LIST_MAX]]
+                # Copied inside the database: the data is not sent once per device.
+                await conn.execute(
+                    insert(device_configs).from_select(
+                        ["num_id", "version", "data", "cloud_update_time", "device_ack_time"],
+                        select(
+                            devices.c.num_id,
+                            devices.c.config_version,
+                            devices.c.config_data,
+                            devices.c.config_update_time,
+                            literal(0, BigInteger),
+                        ).where(devices.c.num_id.in_(chunk)),
+                    )
+                )
+                current = (
+                    select(devices.c.config_version)
+                    .where(devices.c.num_id == device_configs.c.num_id)
+                    .scalar_subquery()
+                )
+                await conn.execute(
+                    delete(device_configs).where(
+                        device_configs.c.num_id.in_(chunk),
+                        device_configs.c.version <= current - keep,
+                    )
+                )
+            found = await conn.execute(select(devices.c.device_id).where(*chosen))
+            done = {row.device_id for row in updated}
+            waiting = sorted(row.device_id for row in found if row.device_id not in done)
+        return ConfigFanout(
+            [(row.num_id, row.device_id, row.config_version) for row in updated], waiting
+        )
+
     async def list_configs(self, num_id: int, limit: int) -> list[DeviceConfig]:
         async with self.read() as conn:
             rows = await conn.execute(
@@ -654,23 +739,38 @@ class Store:
                 )
             )
 
-    async def ack_config(self, num_id: int, version: int, now: datetime) -> None:
-        now_us = to_us(now)
+    async def ack_configs(self, acks: Sequence[tuple[int, int, int]]) -> None:
+        """Record config acknowledgements (num_id, version, time in µs) in one transaction.
+
+        The version's `device_ack_time`, the device's `config_ack_time` when the version is
+        still its current one, and its `last_config_ack_time` (the latest of the batch).
+        """
+        rows = [
+            {"_num_id": num_id, "_version": version, "_at": at}
+            for num_id, version, at in sorted(acks, key=lambda ack: ack[2])
+        ]
         async with self.write() as conn:
             await conn.execute(
                 update(device_configs)
-                .where(device_configs.c.num_id == num_id, device_configs.c.version == version)
-                .values(device_ack_time=now_us)
+                .where(
+                    device_configs.c.num_id == bindparam("_num_id"),
+                    device_configs.c.version == bindparam("_version"),
+                )
+                .values(device_ack_time=bindparam("_at")),
+                rows,
             )
+            # In time order, so a device acknowledging twice in one batch keeps the later time.
             await conn.execute(
                 update(devices)
-                .where(devices.c.num_id == num_id, devices.c.config_version == version)
-                .values(config_ack_time=now_us)
-            )
-            await conn.execute(
-                update(devices)
-                .where(devices.c.num_id == num_id)
-                .values(last_config_ack_time=now_us)
+                .where(devices.c.num_id == bindparam("_num_id"))
+                .values(
+                    last_config_ack_time=bindparam("_at"),
+                    config_ack_time=case(
+                        (devices.c.config_version == bindparam("_version"), bindparam("_at")),
+                        else_=devices.c.config_ack_time,
+                    ),
+                ),
+                rows,
             )
 
     async def is_bound(self, gateway: int, device: int) -> bool:
@@ -863,6 +963,8 @@ class NumIdTaken(Exception):
     """The randomly drawn numeric id is in use; the caller draws another."""
 
 
+# Ids in one IN (...) list at most: SQLite allows 32,766 parameters in a statement, asyncpg 32,767.
+_IN_LIST_MAX = 5000
 # SQLite connections in the pool. Each aiosqlite connection is a thread; more of them only add
 # GIL contention, since the one writer is serialized anyway and reads take microseconds.
 _SQLITE_POOL_SIZE = 4
@@ -901,6 +1003,17 @@ def _migrate(connection: Connection) -> None:
     config.set_main_option("script_location", str(_MIGRATIONS))
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
+
+
+def _fanout_where(where: DeviceFilter) -> list[Any]:
+    if where.device_ids:
+        return [devices.c.device_id.in_(where.device_ids)]
+    if where.bound_to_gateway is not None:
+        bound = select(gateway_bindings.c.device_num_id).where(
+            gateway_bindings.c.gateway_num_id == where.bound_to_gateway
+        )
+        return [devices.c.num_id.in_(bound)]
+    return []
 
 
 # The hottest reads (every device connection and HTTP request), built once: building a
