@@ -266,10 +266,7 @@ class MqttConnection(asyncio.Protocol):
                 now = time.time()
                 event = self.session.next_event(now)
                 if event is None:
-                    if self._events_in:
-                        # Counted per batch of packets, not per event, for the same reason.
-                        EVENTS_IN.inc(self._events_in)
-                        self._events_in = 0
+                    self._count_events()
                     self._flush()
                     self._flow_control(now)
                     if not self._woken:
@@ -341,7 +338,7 @@ class MqttConnection(asyncio.Protocol):
                 acked = self._contexts.get(event.device_id)
                 if acked is not None:
                     self.services.bookkeeper.config_acked(
-                        acked.device.num_id, event.version, to_us(_now())
+                        acked.device.num_id, event.version, _now_us()
                     )
             case s.Heartbeat():
                 self._touch(self._contexts[self.session.device_id], "last_heartbeat_time")
@@ -533,7 +530,14 @@ class MqttConnection(asyncio.Protocol):
             self._flush()
             self._wake()
 
+    def _count_events(self) -> None:
+        # Counted per batch of packets rather than per event: the counter takes a lock.
+        if self._events_in:
+            EVENTS_IN.inc(self._events_in)
+            self._events_in = 0
+
     async def _closed(self, event: s.Closed) -> None:
+        self._count_events()
         self._flush()
         if self.transport is not None:
             self.transport.close()
