@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 # Children of labelled metrics on the hot path, looked up once.
 EVENTS_IN = metrics.MESSAGES_IN.labels("event")
 PUBACK_LATENCY = metrics.PUBACK_LATENCY
+# A connection's registry until its device authenticates (one object, not one each).
+_UNSET = RegistryName.parse("unset", "unset", "unset")
 # ironcore's key rotation messages: commands to the device, offers from it (docs/rotation.md).
 ROTATION_COMMAND = "ironcore/key-rotation"
 ROTATION_TOPIC = "key-rotation"
@@ -61,7 +63,7 @@ class MqttConnection(asyncio.Protocol):
     def __init__(self, services: Services) -> None:
         self.services = services
         self.session = s.Session(now=time.time(), limits=services.limits)
-        self.registry_name = RegistryName.parse("unset", "unset", "unset")
+        self.registry_name = _UNSET
         self.transport: asyncio.Transport | None = None
         # The pump sleeps on a bare future: an asyncio.Event costs a deque per connection.
         self._waiter: asyncio.Future[None] | None = None
