@@ -59,6 +59,7 @@ def create_app(
     pubsub: PubSub | None = None,
     revocations: Revocations | None = None,
     firmware: Firmware | None = None,
+    rotations: Rotations | None = None,
 ) -> FastAPI:
     """The admin API, plus the HTTP device bridge when `device_bridge` is given.
 
@@ -77,7 +78,7 @@ def create_app(
     app.state.draining = False
     app.state.device_bridge = device_bridge
     app.state.pubsub = pubsub or PubSub(PubSubStore(manager.store))
-    app.state.rotations = Rotations(RotationStore(manager.store), manager.clock)
+    app.state.rotations = rotations or Rotations(RotationStore(manager.store), manager.clock)
     app.state.revocations = revocations or Revocations(manager.store, manager.clock, manager.links)
     app.state.firmware = firmware or Firmware(FirmwareStore(manager.store), manager, None)
     if admin:

@@ -4,6 +4,15 @@ Both bridges (MQTT and HTTP) come here with a registry, a device id and a JWT. T
 one set: the registry exists and has the bridge enabled, the device exists and is not blocked,
 and the JWT verifies against one of its credentials that has not expired. Parsed keys are
 cached, keyed by the credential's text, so the hot path does no PEM parsing.
+
+Device contexts (the registry and the device) can be cached too, so that a device that sends
+request after request is not read from the database each time. Whoever changes a device or a
+registry in this process must then tell the authenticator (`forget_device`, `forget_all`; the
+server wires this through `bridge.changes`). A changed entry is dropped, never patched; entries
+also expire after `cache_seconds`, which bounds how long a change made by another process
+sharing the database goes unseen. A refusal is never decided from the cache: a device refused
+on its cached context is loaded again and checked once more, so a key, an unblocking or a
+re-enabled bridge made anywhere applies at once. Unknown devices are not cached.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +42,10 @@ _CLIENT_ID = re.compile(
 )
 # Parsed keys kept; a fleet's devices have up to 3 each, and a miss only costs a PEM parse.
 _KEY_CACHE_SIZE = 100_000
+# What the server caches (docs/architecture.md, "Device context cache"). A device helps only if
+# it sends again within the TTL, so entries beyond the request rate times the TTL rarely hit.
+CONTEXT_CACHE_SIZE = 20_000
+CONTEXT_CACHE_SECONDS = 5.0
 
 
 class DeviceRefused(Exception):
@@ -80,20 +94,81 @@ def parse_client_id(client_id: str) -> DeviceRef:
         raise DeviceRefused("client_id", f"invalid client id: {error.message}") from None
 
 
+class ContextCache:
+    """Device contexts by the reference a request names them with: least recently used ones
+    go beyond `size`, any goes `seconds` after it was loaded."""
+
+    def __init__(self, size: int, seconds: float) -> None:
+        self.size = size
+        self.seconds = seconds
+        # Bumped by every forget: a load that started before a change must not be cached.
+        self.generation = 0
+        self._entries: OrderedDict[DeviceRef, tuple[DeviceContext, float]] = OrderedDict()
+        # A device may be cached under its string id and its numeric id.
+        self._refs: dict[int, set[DeviceRef]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, ref: DeviceRef) -> DeviceContext | None:
+        entry = self._entries.get(ref)
+        if entry is None:
+            return None
+        if time.monotonic() >= entry[1]:
+            self._remove(ref)
+            return None
+        self._entries.move_to_end(ref)
+        return entry[0]
+
+    def put(self, ref: DeviceRef, context: DeviceContext, generation: int) -> None:
+        if generation != self.generation or self.size <= 0:
+            return
+        self._remove(ref)
+        self._entries[ref] = (context, time.monotonic() + self.seconds)
+        self._refs.setdefault(context.device.num_id, set()).add(ref)
+        while len(self._entries) > self.size:
+            self._remove(next(iter(self._entries)))
+
+    def forget_device(self, num_id: int) -> None:
+        self.generation += 1
+        for ref in self._refs.pop(num_id, ()):
+            self._entries.pop(ref, None)
+
+    def forget_all(self) -> None:
+        self.generation += 1
+        self._entries.clear()
+        self._refs.clear()
+
+    def _remove(self, ref: DeviceRef) -> None:
+        entry = self._entries.pop(ref, None)
+        if entry is None:
+            return
+        num_id = entry[0].device.num_id
+        refs = self._refs.get(num_id)
+        if refs is not None:
+            refs.discard(ref)
+            if not refs:
+                del self._refs[num_id]
+
+
 class DeviceAuthenticator:
     def __init__(
         self,
         store: Store,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         revocations: Revocations | None = None,
+        cache: ContextCache | None = None,
     ):
+        """Without `cache` every authentication reads the device: give one only where every
+        change to devices and registries reaches `forget_device` / `forget_all`."""
         self.store = store
         self.clock = clock
         self.revocations = revocations
+        self.cache = cache
         self._keys: OrderedDict[tuple[str, str], creds.ParsedKey] = OrderedDict()
 
     async def load(self, ref: DeviceRef) -> DeviceContext:
-        """The device and its registry; NotFound if either is gone."""
+        """The device and its registry, read now; NotFound if either is gone."""
         registry = await self.store.get_registry(ref.registry)
         if registry is None:
             raise NotFound(f"Registry {ref.registry} not found")
@@ -102,12 +177,36 @@ class DeviceAuthenticator:
             raise NotFound(f"Device {ref} not found")
         return DeviceContext(ref.registry, registry.registry, record.device)
 
+    def forget_device(self, num_id: int) -> None:
+        """The device changed or was deleted: its cached context must not be used again."""
+        if self.cache is not None:
+            self.cache.forget_device(num_id)
+
+    def forget_all(self) -> None:
+        """A registry (or something every device depends on) changed."""
+        if self.cache is not None:
+            self.cache.forget_all()
+
     async def authenticate(self, ref: DeviceRef, token: bytes | str, bridge: str) -> Authenticated:
         """Check everything a connection needs; raise DeviceRefused saying what failed."""
+        cached = self.cache.get(ref) if self.cache is not None else None
+        if cached is not None:
+            try:
+                return await self._check(cached, ref, token, bridge)
+            except DeviceRefused:
+                pass  # confirmed below against the device as it is now
+        generation = self.cache.generation if self.cache is not None else 0
         try:
             context = await self.load(ref)
         except NotFound as error:
             raise DeviceRefused("unknown_device", error.message) from None
+        if self.cache is not None:
+            self.cache.put(ref, context, generation)
+        return await self._check(context, ref, token, bridge)
+
+    async def _check(
+        self, context: DeviceContext, ref: DeviceRef, token: bytes | str, bridge: str
+    ) -> Authenticated:
         device = context.device
         if bridge == "mqtt" and not context.registry.mqtt_enabled:
             raise DeviceRefused("mqtt_disabled", "MQTT is disabled on the registry", device.num_id)

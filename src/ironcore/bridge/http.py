@@ -228,7 +228,12 @@ async def get_config(
     bridge = _bridge(request)
     gateway = GatewayInfo(gateway_id=gateway_id, delegated_device_id=delegated_device_id)
     context = await bridge.authenticate(request, _ref(project, location, registry, device), gateway)
-    config = context.device.config
+    # Read now rather than taken from the authenticator's cache: devices poll for their config
+    # right after being told it changed, possibly by another process.
+    record = await bridge.authenticator.store.get_device(context.name, None, context.device.num_id)
+    if record is None:
+        raise NotFound(f"Device {context.device.id} not found")
+    config = record.device.config
     current = config.version if config is not None else 0
     if local_version < 0:
         raise InvalidArgument.field("local_version", "must not be negative")
