@@ -85,7 +85,6 @@ def create_app(
         for module in (registries, devices, tokens, api_pubsub, manifests, rotation, api_firmware):
             app.include_router(module.router)
     if device_bridge is not None:
-        app.include_router(http_bridge.router)
         app.include_router(firmware_bridge.router)
     app.include_router(ops.router)
     app.add_exception_handler(IronCoreError, _ironcore_error)
@@ -95,6 +94,11 @@ def create_app(
     app.add_middleware(AuthMiddleware)
     app.add_middleware(NormalizeRequestMiddleware)
     app.add_middleware(MetricsMiddleware)
+    if device_bridge is not None:
+        # Outermost: device requests skip the admin API's middleware and routing.
+        app.add_middleware(
+            http_bridge.DeviceRoutes, bridge=device_bridge, handlers=app.exception_handlers
+        )
     return app
 
 
