@@ -17,7 +17,6 @@ re-enabled bridge made anywhere applies at once. Unknown devices are not cached.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import time
@@ -40,7 +39,8 @@ _CLIENT_ID = re.compile(
     r"projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
     r"/registries/(?P<registry>[^/]+)/devices/(?P<device>[^/]+)"
 )
-# Parsed keys kept; a fleet's devices have up to 3 each, and a miss only costs a PEM parse.
+# Parsed keys kept (with their PEM text, 200-500 bytes); a fleet's devices have up to 3 each,
+# and a miss only costs a PEM parse.
 _KEY_CACHE_SIZE = 100_000
 # What the server caches (docs/architecture.md, "Device context cache"). A device helps only if
 # it sends again within the TTL, so entries beyond the request rate times the TTL rarely hit.
@@ -165,7 +165,7 @@ class DeviceAuthenticator:
         self.clock = clock
         self.revocations = revocations
         self.cache = cache
-        self._keys: OrderedDict[tuple[str, str], creds.ParsedKey] = OrderedDict()
+        self._keys: OrderedDict[tuple[str, str], tuple[creds.ParsedKey, str]] = OrderedDict()
 
     async def load(self, ref: DeviceRef) -> DeviceContext:
         """The device and its registry, read now; NotFound if either is gone."""
@@ -220,7 +220,7 @@ class DeviceAuthenticator:
             raise DeviceRefused("no_key", "the device has no unexpired credentials", device.num_id)
         first: InvalidToken | None = None
         for credential in live:
-            key = self.parsed_key(credential)
+            key, fingerprint = self._key(credential)
             try:
                 claims = verify_device_jwt(token, [key], ref.registry.project, now.timestamp())
             except InvalidToken as error:
@@ -242,23 +242,29 @@ class DeviceAuthenticator:
             deadline = claims.deadline
             if credential.expiration_time > EPOCH:
                 deadline = min(deadline, credential.expiration_time.timestamp())
-            return Authenticated(context, claims, key.fingerprint, deadline)
+            return Authenticated(context, claims, fingerprint, deadline)
         assert first is not None
         raise DeviceRefused(first.reason, f"invalid JWT: {first.message}", device.num_id)
 
     def parsed_key(self, credential: DeviceCredential) -> creds.ParsedKey:
+        return self._key(credential)[0]
+
+    def _key(self, credential: DeviceCredential) -> tuple[creds.ParsedKey, str]:
+        """The credential's parsed key and its fingerprint, computed once per key text.
+
+        Keyed by the PEM text itself: a cached context hands the same str on every request,
+        and a str keeps its hash, so a hit costs no hashing of the key.
+        """
         assert credential.public_key is not None
-        cache_key = (
-            credential.public_key.format.name,
-            hashlib.sha256(credential.public_key.key.encode()).hexdigest(),
-        )
-        key = self._keys.get(cache_key)
-        if key is None:
-            key = creds.parse_device_key(cache_key[0], credential.public_key.key, "credential")
-            self._keys[cache_key] = key
+        cache_key = (credential.public_key.format.name, credential.public_key.key)
+        found = self._keys.get(cache_key)
+        if found is None:
+            key = creds.parse_device_key(cache_key[0], cache_key[1], "credential")
+            found = (key, key.fingerprint)
+            self._keys[cache_key] = found
             if len(self._keys) > _KEY_CACHE_SIZE:
                 self._keys.popitem(last=False)
-        return key
+        return found
 
     def still_valid(self, context: DeviceContext, fingerprint: str, bridge: str) -> str | None:
         """Why a connected device must now be disconnected, or None if it may stay."""
@@ -270,8 +276,8 @@ class DeviceAuthenticator:
         for credential in context.device.credentials:
             if credential.public_key is None:
                 continue
-            key = self.parsed_key(credential)
-            if key.fingerprint != fingerprint:
+            key, key_fingerprint = self._key(credential)
+            if key_fingerprint != fingerprint:
                 continue
             if not _unexpired(credential, now):
                 return "the credential the device connected with expired"
@@ -286,7 +292,7 @@ class DeviceAuthenticator:
         """When the credential with `fingerprint` expires: inf when it never does (or is gone,
         which `still_valid` reports)."""
         for credential in context.device.credentials:
-            if credential.public_key and self.parsed_key(credential).fingerprint == fingerprint:
+            if credential.public_key and self._key(credential)[1] == fingerprint:
                 if credential.expiration_time > EPOCH:
                     return credential.expiration_time.timestamp()
                 break
