@@ -14,6 +14,7 @@ from ironcore.registry.resources import (
     DeviceRegistry,
     HttpConfig,
     HttpState,
+    LogLevel,
     PublicKeyCredential,
     PublicKeyFormat,
 )
@@ -70,6 +71,21 @@ def test_forget_drops_every_ref_of_the_device_and_stale_loads() -> None:
     cache.put(by_id("dev-b"), context("dev-b", 8), cache.generation)
     cache.forget_all()
     assert len(cache) == 0
+
+
+def test_devices_of_a_registry_share_its_object_while_it_is_unchanged() -> None:
+    cache = ContextCache(size=10, seconds=60)
+    cache.put(by_id("dev-a"), context("dev-a", 1), cache.generation)
+    cache.put(by_id("dev-b"), context("dev-b", 2), cache.generation)
+    first, second = cache.get(by_id("dev-a")), cache.get(by_id("dev-b"))
+    assert first is not None and second is not None and first.registry is second.registry
+
+    changed = DeviceContext(
+        NAME, DeviceRegistry(id="reg", log_level=LogLevel.DEBUG), Device(id="dev-c", num_id=3)
+    )
+    cache.put(by_id("dev-c"), changed, cache.generation)
+    third = cache.get(by_id("dev-c"))
+    assert third is not None and third.registry.log_level == LogLevel.DEBUG
 
 
 def test_a_size_of_zero_caches_nothing() -> None:

@@ -42,9 +42,10 @@ _CLIENT_ID = re.compile(
 # Parsed keys kept (with their PEM text, 200-500 bytes); a fleet's devices have up to 3 each,
 # and a miss only costs a PEM parse.
 _KEY_CACHE_SIZE = 100_000
-# What the server caches (docs/architecture.md, "Device context cache"). A device helps only if
-# it sends again within the TTL, so entries beyond the request rate times the TTL rarely hit.
-CONTEXT_CACHE_SIZE = 20_000
+# What the server caches (docs/architecture.md, "The device context cache"); an entry holds
+# about 4.5 KB. A device helps only if it sends again within the TTL, so entries beyond the
+# request rate times the TTL rarely hit.
+CONTEXT_CACHE_SIZE = 10_000
 CONTEXT_CACHE_SECONDS = 5.0
 
 
@@ -106,6 +107,8 @@ class ContextCache:
         self._entries: OrderedDict[DeviceRef, tuple[DeviceContext, float]] = OrderedDict()
         # A device may be cached under its string id and its numeric id.
         self._refs: dict[int, set[DeviceRef]] = {}
+        # One registry object for the devices that share it (a third of an entry's memory).
+        self._registries: dict[RegistryName, DeviceRegistry] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -123,6 +126,11 @@ class ContextCache:
     def put(self, ref: DeviceRef, context: DeviceContext, generation: int) -> None:
         if generation != self.generation or self.size <= 0:
             return
+        known = self._registries.get(context.name)
+        if known is not None and known == context.registry:
+            context = DeviceContext(context.name, known, context.device)
+        else:
+            self._registries[context.name] = context.registry
         self._remove(ref)
         self._entries[ref] = (context, time.monotonic() + self.seconds)
         self._refs.setdefault(context.device.num_id, set()).add(ref)
@@ -138,6 +146,7 @@ class ContextCache:
         self.generation += 1
         self._entries.clear()
         self._refs.clear()
+        self._registries.clear()
 
     def _remove(self, ref: DeviceRef) -> None:
         entry = self._entries.pop(ref, None)
