@@ -19,7 +19,13 @@ from ironcore import logs
 from ironcore.api.app import create_app
 from ironcore.bridge import tls
 from ironcore.bridge.bookkeeping import Bookkeeper
-from ironcore.bridge.devices import DeviceAuthenticator
+from ironcore.bridge.changes import Changes, ForgettingRotationStore
+from ironcore.bridge.devices import (
+    CONTEXT_CACHE_SECONDS,
+    CONTEXT_CACHE_SIZE,
+    ContextCache,
+    DeviceAuthenticator,
+)
 from ironcore.bridge.http import DeviceBridge
 from ironcore.bridge.hub import Hub
 from ironcore.bridge.mqtt.connection import Services
@@ -31,7 +37,6 @@ from ironcore.registry.service import DeviceManager
 from ironcore.registry.store import Store
 from ironcore.registry.store.firmware import FirmwareStore
 from ironcore.registry.store.pubsub import PubSubStore
-from ironcore.registry.store.rotation import RotationStore
 from ironcore.routing.log import EventLog
 from ironcore.routing.nats import JetStreamSink
 from ironcore.routing.pubsub import PubSub
@@ -58,11 +63,13 @@ async def ensure_admin_token(manager: DeviceManager, settings: Settings) -> None
     log.warning("created the first owner admin token in %s (mode 0600)", path)
 
 
-def bridge_services(store: Store, hub: Hub, router: Router, revocations: Revocations) -> Services:
+def bridge_services(
+    store: Store, hub: Hub, router: Router, authenticator: DeviceAuthenticator, rotations: Rotations
+) -> Services:
     return Services(
-        authenticator=DeviceAuthenticator(store, revocations=revocations),
+        authenticator=authenticator,
         router=router,
-        rotations=Rotations(RotationStore(store)),
+        rotations=rotations,
         bookkeeper=Bookkeeper(store),
         hub=hub,
     )
@@ -116,11 +123,21 @@ async def serve(settings: Settings) -> None:
             await sink.start()
         topics = PubSubStore(store)
         pubsub = PubSub(topics, nats=sink)
-        manager = DeviceManager(store, links=hub, topics=pubsub)
+        # The cached device contexts are safe because every change in this process goes
+        # through `links` (or the rotation store that forgets) and reaches the cache.
+        authenticator = DeviceAuthenticator(
+            store, cache=ContextCache(CONTEXT_CACHE_SIZE, CONTEXT_CACHE_SECONDS)
+        )
+        links = Changes(hub, authenticator)
+        manager = DeviceManager(store, links=links, topics=pubsub)
         await ensure_admin_token(manager, settings)
-        revocations = Revocations(store, manager.clock, hub)
+        revocations = Revocations(store, manager.clock, links)
+        authenticator.revocations = revocations
         await revocations.refresh()
-        services = bridge_services(store, hub, Router(events, topics, sink), revocations)
+        rotations = Rotations(ForgettingRotationStore(store, authenticator), manager.clock)
+        services = bridge_services(
+            store, hub, Router(events, topics, sink), authenticator, rotations
+        )
         bridge = mqtt_bridge(settings, services)
         await bridge.start()
         _tune_gc()
@@ -137,17 +154,29 @@ async def serve(settings: Settings) -> None:
                         pubsub=pubsub,
                         revocations=revocations,
                         firmware=firmware,
+                        rotations=rotations,
                     ),
                     settings.api_host,
                     settings.device_http_port,
                 )
             )
             log.info("HTTP device bridge on port %d", settings.device_http_port)
-            app = create_app(manager, pubsub=pubsub, revocations=revocations, firmware=firmware)
+            app = create_app(
+                manager,
+                pubsub=pubsub,
+                revocations=revocations,
+                firmware=firmware,
+                rotations=rotations,
+            )
             servers.append(_http_server(app, settings.api_host, settings.api_port))
         else:
             app = create_app(
-                manager, device_bridge, pubsub=pubsub, revocations=revocations, firmware=firmware
+                manager,
+                device_bridge,
+                pubsub=pubsub,
+                revocations=revocations,
+                firmware=firmware,
+                rotations=rotations,
             )
             servers.append(_http_server(app, settings.api_host, settings.api_port))
         loop = asyncio.get_running_loop()

@@ -59,6 +59,7 @@ def create_app(
     pubsub: PubSub | None = None,
     revocations: Revocations | None = None,
     firmware: Firmware | None = None,
+    rotations: Rotations | None = None,
 ) -> FastAPI:
     """The admin API, plus the HTTP device bridge when `device_bridge` is given.
 
@@ -77,14 +78,13 @@ def create_app(
     app.state.draining = False
     app.state.device_bridge = device_bridge
     app.state.pubsub = pubsub or PubSub(PubSubStore(manager.store))
-    app.state.rotations = Rotations(RotationStore(manager.store), manager.clock)
+    app.state.rotations = rotations or Rotations(RotationStore(manager.store), manager.clock)
     app.state.revocations = revocations or Revocations(manager.store, manager.clock, manager.links)
     app.state.firmware = firmware or Firmware(FirmwareStore(manager.store), manager, None)
     if admin:
         for module in (registries, devices, tokens, api_pubsub, manifests, rotation, api_firmware):
             app.include_router(module.router)
     if device_bridge is not None:
-        app.include_router(http_bridge.router)
         app.include_router(firmware_bridge.router)
     app.include_router(ops.router)
     app.add_exception_handler(IronCoreError, _ironcore_error)
@@ -94,6 +94,11 @@ def create_app(
     app.add_middleware(AuthMiddleware)
     app.add_middleware(NormalizeRequestMiddleware)
     app.add_middleware(MetricsMiddleware)
+    if device_bridge is not None:
+        # Outermost: device requests skip the admin API's middleware and routing.
+        app.add_middleware(
+            http_bridge.DeviceRoutes, bridge=device_bridge, handlers=app.exception_handlers
+        )
     return app
 
 

@@ -4,13 +4,22 @@ Both bridges (MQTT and HTTP) come here with a registry, a device id and a JWT. T
 one set: the registry exists and has the bridge enabled, the device exists and is not blocked,
 and the JWT verifies against one of its credentials that has not expired. Parsed keys are
 cached, keyed by the credential's text, so the hot path does no PEM parsing.
+
+Device contexts (the registry and the device) can be cached too, so that a device that sends
+request after request is not read from the database each time. Whoever changes a device or a
+registry in this process must then tell the authenticator (`forget_device`, `forget_all`; the
+server wires this through `bridge.changes`). A changed entry is dropped, never patched; entries
+also expire after `cache_seconds`, which bounds how long a change made by another process
+sharing the database goes unseen. A refusal is never decided from the cache: a device refused
+on its cached context is loaded again and checked once more, so a key, an unblocking or a
+re-enabled bridge made anywhere applies at once. Unknown devices are not cached.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,8 +39,14 @@ _CLIENT_ID = re.compile(
     r"projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
     r"/registries/(?P<registry>[^/]+)/devices/(?P<device>[^/]+)"
 )
-# Parsed keys kept; a fleet's devices have up to 3 each, and a miss only costs a PEM parse.
+# Parsed keys kept (with their PEM text, 200-500 bytes); a fleet's devices have up to 3 each,
+# and a miss only costs a PEM parse.
 _KEY_CACHE_SIZE = 100_000
+# What the server caches (docs/architecture.md, "The device context cache"); an entry holds
+# about 4.5 KB. A device helps only if it sends again within the TTL, so entries beyond the
+# request rate times the TTL rarely hit.
+CONTEXT_CACHE_SIZE = 10_000
+CONTEXT_CACHE_SECONDS = 5.0
 
 
 class DeviceRefused(Exception):
@@ -80,20 +95,89 @@ def parse_client_id(client_id: str) -> DeviceRef:
         raise DeviceRefused("client_id", f"invalid client id: {error.message}") from None
 
 
+class ContextCache:
+    """Device contexts by the reference a request names them with: least recently used ones
+    go beyond `size`, any goes `seconds` after it was loaded."""
+
+    def __init__(self, size: int, seconds: float) -> None:
+        self.size = size
+        self.seconds = seconds
+        # Bumped by every forget: a load that started before a change must not be cached.
+        self.generation = 0
+        self._entries: OrderedDict[DeviceRef, tuple[DeviceContext, float]] = OrderedDict()
+        # A device may be cached under its string id and its numeric id.
+        self._refs: dict[int, set[DeviceRef]] = {}
+        # One registry object for the devices that share it (a third of an entry's memory).
+        self._registries: dict[RegistryName, DeviceRegistry] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, ref: DeviceRef) -> DeviceContext | None:
+        entry = self._entries.get(ref)
+        if entry is None:
+            return None
+        if time.monotonic() >= entry[1]:
+            self._remove(ref)
+            return None
+        self._entries.move_to_end(ref)
+        return entry[0]
+
+    def put(self, ref: DeviceRef, context: DeviceContext, generation: int) -> None:
+        if generation != self.generation or self.size <= 0:
+            return
+        known = self._registries.get(context.name)
+        if known is not None and known == context.registry:
+            context = DeviceContext(context.name, known, context.device)
+        else:
+            self._registries[context.name] = context.registry
+        self._remove(ref)
+        self._entries[ref] = (context, time.monotonic() + self.seconds)
+        self._refs.setdefault(context.device.num_id, set()).add(ref)
+        while len(self._entries) > self.size:
+            self._remove(next(iter(self._entries)))
+
+    def forget_device(self, num_id: int) -> None:
+        self.generation += 1
+        for ref in self._refs.pop(num_id, ()):
+            self._entries.pop(ref, None)
+
+    def forget_all(self) -> None:
+        self.generation += 1
+        self._entries.clear()
+        self._refs.clear()
+        self._registries.clear()
+
+    def _remove(self, ref: DeviceRef) -> None:
+        entry = self._entries.pop(ref, None)
+        if entry is None:
+            return
+        num_id = entry[0].device.num_id
+        refs = self._refs.get(num_id)
+        if refs is not None:
+            refs.discard(ref)
+            if not refs:
+                del self._refs[num_id]
+
+
 class DeviceAuthenticator:
     def __init__(
         self,
         store: Store,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         revocations: Revocations | None = None,
+        cache: ContextCache | None = None,
     ):
+        """Without `cache` every authentication reads the device: give one only where every
+        change to devices and registries reaches `forget_device` / `forget_all`."""
         self.store = store
         self.clock = clock
         self.revocations = revocations
-        self._keys: OrderedDict[tuple[str, str], creds.ParsedKey] = OrderedDict()
+        self.cache = cache
+        self._keys: OrderedDict[tuple[str, str], tuple[creds.ParsedKey, str]] = OrderedDict()
 
     async def load(self, ref: DeviceRef) -> DeviceContext:
-        """The device and its registry; NotFound if either is gone."""
+        """The device and its registry, read now; NotFound if either is gone."""
         registry = await self.store.get_registry(ref.registry)
         if registry is None:
             raise NotFound(f"Registry {ref.registry} not found")
@@ -102,12 +186,36 @@ class DeviceAuthenticator:
             raise NotFound(f"Device {ref} not found")
         return DeviceContext(ref.registry, registry.registry, record.device)
 
+    def forget_device(self, num_id: int) -> None:
+        """The device changed or was deleted: its cached context must not be used again."""
+        if self.cache is not None:
+            self.cache.forget_device(num_id)
+
+    def forget_all(self) -> None:
+        """A registry (or something every device depends on) changed."""
+        if self.cache is not None:
+            self.cache.forget_all()
+
     async def authenticate(self, ref: DeviceRef, token: bytes | str, bridge: str) -> Authenticated:
         """Check everything a connection needs; raise DeviceRefused saying what failed."""
+        cached = self.cache.get(ref) if self.cache is not None else None
+        if cached is not None:
+            try:
+                return await self._check(cached, ref, token, bridge)
+            except DeviceRefused:
+                pass  # confirmed below against the device as it is now
+        generation = self.cache.generation if self.cache is not None else 0
         try:
             context = await self.load(ref)
         except NotFound as error:
             raise DeviceRefused("unknown_device", error.message) from None
+        if self.cache is not None:
+            self.cache.put(ref, context, generation)
+        return await self._check(context, ref, token, bridge)
+
+    async def _check(
+        self, context: DeviceContext, ref: DeviceRef, token: bytes | str, bridge: str
+    ) -> Authenticated:
         device = context.device
         if bridge == "mqtt" and not context.registry.mqtt_enabled:
             raise DeviceRefused("mqtt_disabled", "MQTT is disabled on the registry", device.num_id)
@@ -121,7 +229,7 @@ class DeviceAuthenticator:
             raise DeviceRefused("no_key", "the device has no unexpired credentials", device.num_id)
         first: InvalidToken | None = None
         for credential in live:
-            key = self.parsed_key(credential)
+            key, fingerprint = self._key(credential)
             try:
                 claims = verify_device_jwt(token, [key], ref.registry.project, now.timestamp())
             except InvalidToken as error:
@@ -143,23 +251,29 @@ class DeviceAuthenticator:
             deadline = claims.deadline
             if credential.expiration_time > EPOCH:
                 deadline = min(deadline, credential.expiration_time.timestamp())
-            return Authenticated(context, claims, key.fingerprint, deadline)
+            return Authenticated(context, claims, fingerprint, deadline)
         assert first is not None
         raise DeviceRefused(first.reason, f"invalid JWT: {first.message}", device.num_id)
 
     def parsed_key(self, credential: DeviceCredential) -> creds.ParsedKey:
+        return self._key(credential)[0]
+
+    def _key(self, credential: DeviceCredential) -> tuple[creds.ParsedKey, str]:
+        """The credential's parsed key and its fingerprint, computed once per key text.
+
+        Keyed by the PEM text itself: a cached context hands the same str on every request,
+        and a str keeps its hash, so a hit costs no hashing of the key.
+        """
         assert credential.public_key is not None
-        cache_key = (
-            credential.public_key.format.name,
-            hashlib.sha256(credential.public_key.key.encode()).hexdigest(),
-        )
-        key = self._keys.get(cache_key)
-        if key is None:
-            key = creds.parse_device_key(cache_key[0], credential.public_key.key, "credential")
-            self._keys[cache_key] = key
+        cache_key = (credential.public_key.format.name, credential.public_key.key)
+        found = self._keys.get(cache_key)
+        if found is None:
+            key = creds.parse_device_key(cache_key[0], cache_key[1], "credential")
+            found = (key, key.fingerprint)
+            self._keys[cache_key] = found
             if len(self._keys) > _KEY_CACHE_SIZE:
                 self._keys.popitem(last=False)
-        return key
+        return found
 
     def still_valid(self, context: DeviceContext, fingerprint: str, bridge: str) -> str | None:
         """Why a connected device must now be disconnected, or None if it may stay."""
@@ -171,8 +285,8 @@ class DeviceAuthenticator:
         for credential in context.device.credentials:
             if credential.public_key is None:
                 continue
-            key = self.parsed_key(credential)
-            if key.fingerprint != fingerprint:
+            key, key_fingerprint = self._key(credential)
+            if key_fingerprint != fingerprint:
                 continue
             if not _unexpired(credential, now):
                 return "the credential the device connected with expired"
@@ -187,7 +301,7 @@ class DeviceAuthenticator:
         """When the credential with `fingerprint` expires: inf when it never does (or is gone,
         which `still_valid` reports)."""
         for credential in context.device.credentials:
-            if credential.public_key and self.parsed_key(credential).fingerprint == fingerprint:
+            if credential.public_key and self._key(credential)[1] == fingerprint:
                 if credential.expiration_time > EPOCH:
                     return credential.expiration_time.timestamp()
                 break
