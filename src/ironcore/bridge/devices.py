@@ -107,8 +107,9 @@ class ContextCache:
         self._entries: OrderedDict[DeviceRef, tuple[DeviceContext, float]] = OrderedDict()
         # A device may be cached under its string id and its numeric id.
         self._refs: dict[int, set[DeviceRef]] = {}
-        # One registry object for the devices that share it (a third of an entry's memory).
-        self._registries: dict[RegistryName, DeviceRegistry] = {}
+        # One registry object for the devices that share it (a third of an entry's memory),
+        # also what a device not yet cached is loaded with (a registry read the fewer).
+        self._registries: dict[RegistryName, tuple[DeviceRegistry, float]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -123,19 +124,26 @@ class ContextCache:
         self._entries.move_to_end(ref)
         return entry[0]
 
-    def put(self, ref: DeviceRef, context: DeviceContext, generation: int) -> None:
+    def registry(self, name: RegistryName) -> DeviceRegistry | None:
+        entry = self._registries.get(name)
+        return entry[0] if entry is not None and time.monotonic() < entry[1] else None
+
+    def put(self, ref: DeviceRef, context: DeviceContext, generation: int) -> DeviceContext:
+        """Cache `context` (unless something changed since `generation`); returns it as
+        cached, with the registry object its devices share."""
         if generation != self.generation or self.size <= 0:
-            return
-        known = self._registries.get(context.name)
-        if known is not None and known == context.registry:
+            return context
+        known = self.registry(context.name)
+        if known is not None and (known is context.registry or known == context.registry):
             context = DeviceContext(context.name, known, context.device)
         else:
-            self._registries[context.name] = context.registry
+            self._registries[context.name] = (context.registry, time.monotonic() + self.seconds)
         self._remove(ref)
         self._entries[ref] = (context, time.monotonic() + self.seconds)
         self._refs.setdefault(context.device.num_id, set()).add(ref)
         while len(self._entries) > self.size:
             self._remove(next(iter(self._entries)))
+        return context
 
     def forget_device(self, num_id: int) -> None:
         self.generation += 1
@@ -176,15 +184,17 @@ class DeviceAuthenticator:
         self.cache = cache
         self._keys: OrderedDict[tuple[str, str], tuple[creds.ParsedKey, str]] = OrderedDict()
 
-    async def load(self, ref: DeviceRef) -> DeviceContext:
-        """The device and its registry, read now; NotFound if either is gone."""
-        registry = await self.store.get_registry(ref.registry)
+    async def load(self, ref: DeviceRef, registry: DeviceRegistry | None = None) -> DeviceContext:
+        """The device and its registry (unless given), read now; NotFound if either is gone."""
         if registry is None:
-            raise NotFound(f"Registry {ref.registry} not found")
-        record = await self.store.get_device(ref.registry, ref.device_id, ref.num_id)
-        if record is None:
+            record = await self.store.get_registry(ref.registry)
+            if record is None:
+                raise NotFound(f"Registry {ref.registry} not found")
+            registry = record.registry
+        found = await self.store.get_device(ref.registry, ref.device_id, ref.num_id)
+        if found is None:
             raise NotFound(f"Device {ref} not found")
-        return DeviceContext(ref.registry, registry.registry, record.device)
+        return DeviceContext(ref.registry, registry, found.device)
 
     def forget_device(self, num_id: int) -> None:
         """The device changed or was deleted: its cached context must not be used again."""
@@ -198,20 +208,30 @@ class DeviceAuthenticator:
 
     async def authenticate(self, ref: DeviceRef, token: bytes | str, bridge: str) -> Authenticated:
         """Check everything a connection needs; raise DeviceRefused saying what failed."""
-        cached = self.cache.get(ref) if self.cache is not None else None
+        if self.cache is None:
+            return await self._check(await self._load(ref), ref, token, bridge)
+        cached = self.cache.get(ref)
         if cached is not None:
             try:
                 return await self._check(cached, ref, token, bridge)
             except DeviceRefused:
                 pass  # confirmed below against the device as it is now
-        generation = self.cache.generation if self.cache is not None else 0
+        registry = self.cache.registry(ref.registry) if cached is None else None
+        generation = self.cache.generation
+        context = self.cache.put(ref, await self._load(ref, registry), generation)
         try:
-            context = await self.load(ref)
+            return await self._check(context, ref, token, bridge)
+        except DeviceRefused:
+            if registry is None:
+                raise
+        # Refused with the cached registry: confirmed against the registry as it is now.
+        return await self._check(await self._load(ref), ref, token, bridge)
+
+    async def _load(self, ref: DeviceRef, registry: DeviceRegistry | None = None) -> DeviceContext:
+        try:
+            return await self.load(ref, registry)
         except NotFound as error:
             raise DeviceRefused("unknown_device", error.message) from None
-        if self.cache is not None:
-            self.cache.put(ref, context, generation)
-        return await self._check(context, ref, token, bridge)
 
     async def _check(
         self, context: DeviceContext, ref: DeviceRef, token: bytes | str, bridge: str
