@@ -69,6 +69,8 @@ class DeviceContext:
     name: RegistryName
     registry: DeviceRegistry
     device: Device
+    # A key rotation was under way when the device was read.
+    rotating: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,7 @@ class ContextCache:
             return context
         known = self.registry(context.name)
         if known is not None and (known is context.registry or known == context.registry):
-            context = DeviceContext(context.name, known, context.device)
+            context = DeviceContext(context.name, known, context.device, context.rotating)
         else:
             self._registries[context.name] = (context.registry, time.monotonic() + self.seconds)
         self._remove(ref)
@@ -194,7 +196,7 @@ class DeviceAuthenticator:
         found = await self.store.get_device(ref.registry, ref.device_id, ref.num_id)
         if found is None:
             raise NotFound(f"Device {ref} not found")
-        return DeviceContext(ref.registry, registry, found.device)
+        return DeviceContext(ref.registry, registry, found.device, found.rotating)
 
     def forget_device(self, num_id: int) -> None:
         """The device changed or was deleted: its cached context must not be used again."""

@@ -378,7 +378,7 @@ class MqttConnection(asyncio.Protocol):
         self.session.accept(device.id, device.gateway_config.is_gateway, auth.deadline)
         self._set_deadline(auth.deadline)
         self.services.hub.register(device.num_id, self)
-        if self.services.rotations is not None:
+        if self.services.rotations is not None and context.rotating:
             # Connecting with the new key completes a rotation; the device hears of it (or of a
             # rotation still waiting for it) once it subscribes to commands.
             self._rotation = await self.services.rotations.connected(

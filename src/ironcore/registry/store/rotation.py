@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 
 from ironcore.registry.store.schema import devices, registries
+from ironcore.registry.store.sql import ROTATION_ACTIVE as ACTIVE
 from ironcore.registry.store.sql import Store
 
 
@@ -63,5 +64,3 @@ class RotationStore:
 
 # Read at every device connection: built once (see store.sql._DEVICE).
 _BODY = select(devices.c.body).where(devices.c.num_id == bindparam("num_id"))
-# States in which a rotation is under way (another cannot start).
-ACTIVE = ("requested", "key_added")

@@ -87,6 +87,8 @@ class DeviceRecord:
     registry_pk: int
     device: Device
     config_update_time: datetime
+    # A key rotation under way (docs/rotation.md): a connecting device may complete it.
+    rotating: bool = False
 
 
 @dataclass(frozen=True)
@@ -342,7 +344,14 @@ class Store:
             row = (await conn.execute(query, params)).first()
         if row is None:
             return None
-        return DeviceRecord(row.pk, _device(registry, row), from_us(row.config_update_time))
+        body = json.loads(row.body) if isinstance(row.body, str) else row.body
+        rotation = body.get("keyRotation")
+        return DeviceRecord(
+            row.pk,
+            _device(registry, row),
+            from_us(row.config_update_time),
+            rotating=bool(rotation and rotation.get("state") in ROTATION_ACTIVE),
+        )
 
     async def update_device(self, device: Device) -> None:
         async with self.write() as conn:
@@ -1033,6 +1042,8 @@ _DEVICE_BY_ID = _DEVICE.where(devices.c.device_id == bindparam("device_id"))
 _DEVICE_BY_NUM_ID = _DEVICE.where(devices.c.num_id == bindparam("num_id"))
 
 
+# States in which a key rotation is under way (another cannot start).
+ROTATION_ACTIVE = ("requested", "key_added")
 _APPEND_SQLITE = "INSERT INTO events (topic, data, attributes, publish_time) VALUES (?, ?, ?, ?)"
 _APPEND_POSTGRESQL = (
     "INSERT INTO events (topic, data, attributes, publish_time) VALUES ($1, $2, $3, $4)"
