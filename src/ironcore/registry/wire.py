@@ -140,6 +140,10 @@ def enum_type(enum: type[IntEnum]) -> Any:
     ]
 
 
+# The validation context of resources read back from the store.
+STORED: dict[str, bool] = {"stored": True}
+
+
 class Message(BaseModel):
     """A proto3 message on the wire.
 
@@ -167,7 +171,10 @@ class Message(BaseModel):
     @classmethod
     def _storable_text(cls, value: Any, info: ValidationInfo) -> Any:
         """Refuse text the databases cannot keep: NUL (PostgreSQL text) and unpaired
-        surrogates (not Unicode; JSON can escape them). Nested messages check their own."""
+        surrogates (not Unicode; JSON can escape them). Nested messages check their own.
+        What the store reads back was checked on its way in (context `STORED`)."""
+        if info.context is STORED:
+            return value
         texts: list[object] = []
         if isinstance(value, str):
             texts = [value]

@@ -60,6 +60,7 @@ from ironcore.registry.store.schema import (
     registries,
     revoked_signers,
 )
+from ironcore.registry.wire import STORED
 
 log = logging.getLogger(__name__)
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -1075,7 +1076,9 @@ def _registry_body(registry: DeviceRegistry) -> dict[str, Any]:
 
 def _registry(name: RegistryName, body: dict[str, Any] | str) -> DeviceRegistry:
     data = json.loads(body) if isinstance(body, str) else dict(body)
-    return DeviceRegistry.model_validate({**data, "id": name.registry, "name": str(name)})
+    return DeviceRegistry.model_validate(
+        {**data, "id": name.registry, "name": str(name)}, context=STORED
+    )
 
 
 def _device_body(device: Device) -> dict[str, Any]:
@@ -1106,7 +1109,8 @@ def _device(registry: RegistryName, row: Row[Any]) -> Device:
                 if row.last_gateway_time
                 else None,
             },
-        }
+        },
+        context=STORED,
     )
     device.config = DeviceConfig(
         version=row.config_version,
