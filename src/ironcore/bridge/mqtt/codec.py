@@ -292,7 +292,13 @@ class Decoder:
             packet: Packet = _decode_publish(buffer, position, stop, flags)
         else:
             packet = _DECODERS[kind](buffer, position, stop)
-        self._start = stop
+        if stop == end:
+            # Everything decoded: give the memory back (an idle connection would otherwise keep
+            # the capacity of the largest read it ever had, a CONNECT with its JWT at least).
+            buffer.clear()
+            self._start = 0
+        else:
+            self._start = stop
         return packet
 
 

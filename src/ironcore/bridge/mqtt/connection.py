@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -39,6 +38,9 @@ log = logging.getLogger(__name__)
 # Children of labelled metrics on the hot path, looked up once.
 EVENTS_IN = metrics.MESSAGES_IN.labels("event")
 PUBACK_LATENCY = metrics.PUBACK_LATENCY
+# How near a session's deadline must be for it to get a timer of its own (the bridge sweeps
+# every connection once a second).
+_TIMER_WINDOW_SECONDS = 2.0
 # A connection's registry until its device authenticates (one object, not one each).
 _UNSET = RegistryName.parse("unset", "unset", "unset")
 # ironcore's key rotation messages: commands to the device, offers from it (docs/rotation.md).
@@ -119,6 +121,7 @@ class MqttConnection(asyncio.Protocol):
 
     def tick(self, now: float) -> None:
         self.session.check_timers(now)
+        self._arm_deadline(now)
         self._wake()
 
     def _tick_now(self) -> None:
@@ -249,9 +252,15 @@ class MqttConnection(asyncio.Protocol):
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
             self._deadline_timer = None
-        if math.isfinite(deadline):
+        self._arm_deadline(time.time())
+
+    def _arm_deadline(self, now: float) -> None:
+        # A timer only once the deadline is near (the sweep calls this every second): a timer
+        # per connection for a JWT that lives for hours is memory held for nothing.
+        deadline = self.session.deadline
+        if self._deadline_timer is None and deadline - now <= _TIMER_WINDOW_SECONDS:
             # A hair late, so that the session's `now > deadline` holds when the timer fires.
-            delay = max(deadline - time.time(), 0.0) + 0.01
+            delay = max(deadline - now, 0.0) + 0.01
             self._deadline_timer = asyncio.get_running_loop().call_later(delay, self._tick_now)
 
     def _device_id(self, num_id: int) -> str | None:

@@ -191,8 +191,10 @@ class Session:
         self._tokens = self.limits.messages_per_second
         self._tokens_at = self.now
         self._resume_at = 0.0
-        self._inbound_pending: set[int] = set()
-        self._attached: set[str] = set()
+        # Dicts used as sets: an empty dict is a third of an empty set, and most connections
+        # never hold more than a few entries.
+        self._inbound_pending: dict[int, None] = {}
+        self._attached: dict[str, None] = {}
         self._subscriptions: dict[str, _Subscriptions] = {}
         self._errors_subscribed = False
         self._configs: dict[str, _OutboundConfig] = {}
@@ -321,7 +323,7 @@ class Session:
             return
         if kind == "ironcore" and rest and device_id == self.device_id:
             if packet_id is not None:
-                self._inbound_pending.add(packet_id)
+                self._inbound_pending[packet_id] = None
             self._events.append(ControlPublished(device_id, rest, packet.payload, packet_id))
             return
         if kind in ("attach", "detach") and not rest:
@@ -333,7 +335,7 @@ class Session:
                 )
                 return
             if packet_id is not None:
-                self._inbound_pending.add(packet_id)
+                self._inbound_pending[packet_id] = None
             if kind == "attach":
                 self._events.append(AttachRequested(device_id, packet.payload, packet_id))
             else:
@@ -356,7 +358,7 @@ class Session:
             self._bad_topic(packet.topic)
             return
         if packet_id is not None:
-            self._inbound_pending.add(packet_id)
+            self._inbound_pending[packet_id] = None
         if kind == "events":
             self._events.append(EventPublished(device_id, rest, packet.payload, packet_id))
         else:
@@ -445,14 +447,14 @@ class Session:
     def ack(self, packet_id: int) -> None:
         """PUBACK an inbound QoS 1 message once what it carries is durable."""
         if packet_id in self._inbound_pending:
-            self._inbound_pending.discard(packet_id)
+            del self._inbound_pending[packet_id]
             self._send(codec.Puback(packet_id))
 
     def attach(self, device_id: str) -> None:
-        self._attached.add(device_id)
+        self._attached[device_id] = None
 
     def detach(self, device_id: str) -> None:
-        self._attached.discard(device_id)
+        self._attached.pop(device_id, None)
         self._subscriptions.pop(device_id, None)
         self._drop_config(device_id)
 
