@@ -193,10 +193,14 @@ class DeviceAuthenticator:
             if record is None:
                 raise NotFound(f"Registry {ref.registry} not found")
             registry = record.registry
-        found = await self.store.get_device(ref.registry, ref.device_id, ref.num_id)
+        # Without its config and state (read fresh where they are served), error status and
+        # bookkeeping times: a connection holds its context for hours.
+        found = await self.store.get_device(
+            ref.registry, ref.device_id, ref.num_id, bridge_view=True
+        )
         if found is None:
             raise NotFound(f"Device {ref} not found")
-        return DeviceContext(ref.registry, registry, _bridge_view(found.device), found.rotating)
+        return DeviceContext(ref.registry, registry, found.device, found.rotating)
 
     def forget_device(self, num_id: int) -> None:
         """The device changed or was deleted: its cached context must not be used again."""
@@ -335,32 +339,6 @@ class DeviceAuthenticator:
             await self.store.set_last_error(num_id, int(code), message, self.clock())
         except Exception as error:  # bookkeeping must not break a connection's teardown
             log.warning("could not record the last error of device %s: %s", num_id, error)
-
-
-def _bridge_view(device: Device) -> Device:
-    """The device without what the bridges never read from a context: its config and state
-    (read fresh where they are served), error status and bookkeeping times. A
-    connection holds its context for hours, and these were a third of a connection's Python
-    memory."""
-    return device.model_copy(update=_DROPPED)
-
-
-_DROPPED: dict[str, object] = {
-    "config": None,
-    "state": None,
-    "last_error_status": None,
-    **dict.fromkeys(
-        (
-            "last_heartbeat_time",
-            "last_event_time",
-            "last_state_time",
-            "last_config_ack_time",
-            "last_config_send_time",
-            "last_error_time",
-        ),
-        EPOCH,
-    ),
-}
 
 
 def _unexpired(credential: DeviceCredential, now: datetime) -> bool:

@@ -334,8 +334,15 @@ class Store:
         return _device(registry, row)
 
     async def get_device(
-        self, registry: RegistryName, device_id: str | None, num_id: int | None
+        self,
+        registry: RegistryName,
+        device_id: str | None,
+        num_id: int | None,
+        *,
+        bridge_view: bool = False,
     ) -> DeviceRecord | None:
+        """The device; with `bridge_view`, only what a bridge keeps for a connection (identity,
+        credentials, blocked, gateway settings), which is also cheaper to build."""
         params: dict[str, Any] = _registry_params(registry)
         if num_id is not None:
             query, params["num_id"] = _DEVICE_BY_NUM_ID, num_id
@@ -349,7 +356,7 @@ class Store:
         rotation = body.get("keyRotation")
         return DeviceRecord(
             row.pk,
-            _device(registry, row),
+            _bridge_device(registry, row, body) if bridge_view else _device(registry, row),
             from_us(row.config_update_time),
             rotating=bool(rotation and rotation.get("state") in ROTATION_ACTIVE),
         )
@@ -1088,6 +1095,23 @@ def _device_body(device: Device) -> dict[str, Any]:
         "logLevel": int(device.log_level),
         "gatewayAuthMethod": int(device.gateway_config.gateway_auth_method),
     }
+
+
+def _bridge_device(registry: RegistryName, row: Row[Any], body: dict[str, Any]) -> Device:
+    return Device.model_validate(
+        {
+            "id": row.device_id,
+            "name": device_name(registry, row.num_id),
+            "numId": row.num_id,
+            "credentials": body["credentials"],
+            "blocked": row.blocked,
+            "gatewayConfig": {
+                "gatewayType": row.gateway_type,
+                "gatewayAuthMethod": body["gatewayAuthMethod"],
+            },
+        },
+        context=STORED,
+    )
 
 
 def _device(registry: RegistryName, row: Row[Any]) -> Device:
