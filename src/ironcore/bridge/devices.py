@@ -77,8 +77,9 @@ class DeviceContext:
 class Authenticated:
     context: DeviceContext
     claims: Claims
-    # The credential the JWT verified against; revoking or expiring it ends the connection.
-    key_fingerprint: str
+    # The credential's key the JWT verified against; revoking or expiring the credential ends
+    # the connection.
+    key: creds.ParsedKey
     # When the connection must end: the JWT's exp plus skew, or the credential's expiry.
     deadline: float
 
@@ -184,7 +185,7 @@ class DeviceAuthenticator:
         self.clock = clock
         self.revocations = revocations
         self.cache = cache
-        self._keys: OrderedDict[tuple[str, str], tuple[creds.ParsedKey, str]] = OrderedDict()
+        self._keys: OrderedDict[tuple[str, str], creds.ParsedKey] = OrderedDict()
 
     async def load(self, ref: DeviceRef, registry: DeviceRegistry | None = None) -> DeviceContext:
         """The device and its registry (unless given), read now; NotFound if either is gone."""
@@ -255,7 +256,7 @@ class DeviceAuthenticator:
             raise DeviceRefused("no_key", "the device has no unexpired credentials", device.num_id)
         first: InvalidToken | None = None
         for credential in live:
-            key, fingerprint = self._key(credential)
+            key = self.parsed_key(credential)
             try:
                 claims = verify_device_jwt(token, [key], ref.registry.project, now.timestamp())
             except InvalidToken as error:
@@ -277,15 +278,13 @@ class DeviceAuthenticator:
             deadline = claims.deadline
             if credential.expiration_time > EPOCH:
                 deadline = min(deadline, credential.expiration_time.timestamp())
-            return Authenticated(context, claims, fingerprint, deadline)
+            return Authenticated(context, claims, key, deadline)
         assert first is not None
         raise DeviceRefused(first.reason, f"invalid JWT: {first.message}", device.num_id)
 
     def parsed_key(self, credential: DeviceCredential) -> creds.ParsedKey:
-        return self._key(credential)[0]
-
-    def _key(self, credential: DeviceCredential) -> tuple[creds.ParsedKey, str]:
-        """The credential's parsed key and its fingerprint, computed once per key text.
+        """The credential's parsed key (its fingerprint computed once, when first asked),
+        parsed once per key text.
 
         Keyed by the PEM text itself: a cached context hands the same str on every request,
         and a str keeps its hash, so a hit costs no hashing of the key.
@@ -294,8 +293,7 @@ class DeviceAuthenticator:
         cache_key = (credential.public_key.format.name, credential.public_key.key)
         found = self._keys.get(cache_key)
         if found is None:
-            key = creds.parse_device_key(cache_key[0], cache_key[1], "credential")
-            found = (key, key.fingerprint)
+            found = creds.parse_device_key(cache_key[0], cache_key[1], "credential")
             self._keys[cache_key] = found
             if len(self._keys) > _KEY_CACHE_SIZE:
                 self._keys.popitem(last=False)
@@ -311,8 +309,8 @@ class DeviceAuthenticator:
         for credential in context.device.credentials:
             if credential.public_key is None:
                 continue
-            key, key_fingerprint = self._key(credential)
-            if key_fingerprint != fingerprint:
+            key = self.parsed_key(credential)
+            if key.fingerprint != fingerprint:
                 continue
             if not _unexpired(credential, now):
                 return "the credential the device connected with expired"
@@ -327,7 +325,7 @@ class DeviceAuthenticator:
         """When the credential with `fingerprint` expires: inf when it never does (or is gone,
         which `still_valid` reports)."""
         for credential in context.device.credentials:
-            if credential.public_key and self._key(credential)[1] == fingerprint:
+            if credential.public_key and self.parsed_key(credential).fingerprint == fingerprint:
                 if credential.expiration_time > EPOCH:
                     return credential.expiration_time.timestamp()
                 break

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
+from functools import cached_property
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -40,9 +41,10 @@ class ParsedKey:
     public_key: PublicKey
     certificate: x509.Certificate | None
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
-        """SHA-256 of the SubjectPublicKeyInfo: equal keys have equal fingerprints."""
+        """SHA-256 of the SubjectPublicKeyInfo: equal keys have equal fingerprints. Computed
+        when first asked (a connect needs it only for a key rotation or a later check)."""
         der = self.public_key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )

@@ -29,6 +29,7 @@ from ironcore.bridge.devices import (
 from ironcore.bridge.hub import Hub
 from ironcore.bridge.mqtt import session as s
 from ironcore.errors import Code, InvalidArgument, IronCoreError, NotFound
+from ironcore.identity.credentials import ParsedKey
 from ironcore.registry.names import DeviceRef, RegistryName
 from ironcore.registry.resources import DeviceConfig, GatewayAuthMethod
 from ironcore.registry.rotation import KeyRotation, Rotations
@@ -71,7 +72,7 @@ class MqttConnection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._woken = False
         self._contexts: dict[str, DeviceContext] = {}
-        self._fingerprint = ""
+        self._key: ParsedKey | None = None
         # The JWT's own deadline; the session's is the earlier of it and the credential's expiry.
         self._token_deadline = float("inf")
         self._deadline_timer: asyncio.TimerHandle | None = None
@@ -111,6 +112,11 @@ class MqttConnection(asyncio.Protocol):
     def finished(self) -> asyncio.Task[None] | None:
         """The task that ends when the connection is closed and cleaned up."""
         return self._pump
+
+    @property
+    def _fingerprint(self) -> str:
+        """The fingerprint of the key the device authenticated with ("" before it did)."""
+        return self._key.fingerprint if self._key is not None else ""
 
     def _wake(self) -> None:
         self._woken = True
@@ -382,7 +388,7 @@ class MqttConnection(asyncio.Protocol):
         device = context.device
         self.registry_name = context.name
         self._contexts[device.id] = context
-        self._fingerprint = auth.key_fingerprint
+        self._key = auth.key
         self._token_deadline = auth.claims.deadline
         self.session.accept(device.id, device.gateway_config.is_gateway, auth.deadline)
         self._set_deadline(auth.deadline)

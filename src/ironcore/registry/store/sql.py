@@ -139,6 +139,10 @@ class Store:
         self._write_lock = asyncio.Lock()
         # SQLite files only: reads run on the event loop's thread (see _LoopConnection).
         self._loop_reads = loop_reads
+        # ...and the bridges' device lookup, once per device connection or request, goes
+        # straight to a driver connection of its own: through SQLAlchemy's Core the lookup cost
+        # four times SQLite's work.
+        self._device_reads = loop_reads.raw_connection() if loop_reads is not None else None
 
     @classmethod
     async def open(cls, url: str, schema: str | None = None) -> Store:
@@ -164,9 +168,10 @@ class Store:
             loop_reads = create_engine(
                 url.replace("sqlite+aiosqlite://", "sqlite://", 1),
                 # A read that never awaits anything but its own statements holds its
-                # connection without yielding, so one connection serves every read; more
-                # are opened only for a caller that awaits something else inside read().
-                pool_size=1,
+                # connection without yielding, so one connection serves every read (and one
+                # the device lookups); more are opened only for a caller that awaits something
+                # else inside read().
+                pool_size=2,
                 max_overflow=-1,
                 connect_args={"check_same_thread": False},
             )
@@ -174,6 +179,8 @@ class Store:
         return cls(engine, loop_reads)
 
     async def close(self) -> None:
+        if self._device_reads is not None:
+            self._device_reads.close()
         if self._loop_reads is not None:
             self._loop_reads.dispose()
         await self.engine.dispose()
@@ -343,6 +350,8 @@ class Store:
     ) -> DeviceRecord | None:
         """The device; with `bridge_view`, only what a bridge keeps for a connection (identity,
         credentials, blocked, gateway settings), which is also cheaper to build."""
+        if bridge_view and self._device_reads is not None:
+            return self._bridge_device_record(registry, device_id, num_id)
         params: dict[str, Any] = _registry_params(registry)
         if num_id is not None:
             query, params["num_id"] = _DEVICE_BY_NUM_ID, num_id
@@ -356,8 +365,32 @@ class Store:
         rotation = body.get("keyRotation")
         return DeviceRecord(
             row.pk,
-            _bridge_device(registry, row, body) if bridge_view else _device(registry, row),
+            _bridge_device(registry, row.num_id, row.device_id, row.blocked, row.gateway_type, body)
+            if bridge_view
+            else _device(registry, row),
             from_us(row.config_update_time),
+            rotating=bool(rotation and rotation.get("state") in ROTATION_ACTIVE),
+        )
+
+    def _bridge_device_record(
+        self, registry: RegistryName, device_id: str | None, num_id: int | None
+    ) -> DeviceRecord | None:
+        assert self._device_reads is not None
+        key = (registry.project, registry.location.location, registry.registry)
+        if num_id is not None:
+            found = self._device_reads.execute(_BRIDGE_DEVICE_BY_NUM_ID, (*key, num_id))
+        else:
+            found = self._device_reads.execute(_BRIDGE_DEVICE_BY_ID, (*key, device_id))
+        row = found.fetchone()
+        if row is None:
+            return None
+        num, device, blocked, gateway_type, text, config_update_time, registry_pk = row
+        body = json.loads(text)
+        rotation = body.get("keyRotation")
+        return DeviceRecord(
+            registry_pk,
+            _bridge_device(registry, num, device, bool(blocked), gateway_type, body),
+            from_us(config_update_time),
             rotating=bool(rotation and rotation.get("state") in ROTATION_ACTIVE),
         )
 
@@ -1052,6 +1085,13 @@ _DEVICE_BY_NUM_ID = _DEVICE.where(devices.c.num_id == bindparam("num_id"))
 
 # States in which a key rotation is under way (another cannot start).
 ROTATION_ACTIVE = ("requested", "key_added")
+_BRIDGE_DEVICE = (
+    "SELECT d.num_id, d.device_id, d.blocked, d.gateway_type, d.body, d.config_update_time, r.pk"
+    " FROM devices AS d JOIN registries AS r ON r.pk = d.registry_pk"
+    " WHERE r.project = ? AND r.location = ? AND r.registry_id = ?"
+)
+_BRIDGE_DEVICE_BY_ID = _BRIDGE_DEVICE + " AND d.device_id = ?"
+_BRIDGE_DEVICE_BY_NUM_ID = _BRIDGE_DEVICE + " AND d.num_id = ?"
 _APPEND_SQLITE = "INSERT INTO events (topic, data, attributes, publish_time) VALUES (?, ?, ?, ?)"
 _APPEND_POSTGRESQL = (
     "INSERT INTO events (topic, data, attributes, publish_time) VALUES ($1, $2, $3, $4)"
@@ -1097,16 +1137,23 @@ def _device_body(device: Device) -> dict[str, Any]:
     }
 
 
-def _bridge_device(registry: RegistryName, row: Row[Any], body: dict[str, Any]) -> Device:
+def _bridge_device(
+    registry: RegistryName,
+    num_id: int,
+    device_id: str,
+    blocked: bool,
+    gateway_type: int,
+    body: dict[str, Any],
+) -> Device:
     return Device.model_validate(
         {
-            "id": row.device_id,
-            "name": device_name(registry, row.num_id),
-            "numId": row.num_id,
+            "id": device_id,
+            "name": device_name(registry, num_id),
+            "numId": num_id,
             "credentials": body["credentials"],
-            "blocked": row.blocked,
+            "blocked": blocked,
             "gatewayConfig": {
-                "gatewayType": row.gateway_type,
+                "gatewayType": gateway_type,
                 "gatewayAuthMethod": body["gatewayAuthMethod"],
             },
         },
