@@ -4,11 +4,9 @@ HTTP, real MQTT devices subscribed to their config, and their acknowledgements r
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 
 from ironcore import limits
 from tests.bridge.devices import (
@@ -22,17 +20,10 @@ from tests.bridge.devices import (
     make_jwt,
     new_key,
 )
-from tests.conftest import Database, Server, start_server, stop_server, wait_for
+from tests.conftest import Server, wait_for
 
 REG = "reg-fanout"
 DEVICES = [f"dev-{i}" for i in range(5)]
-
-
-@pytest.fixture
-def bridge(tmp_path, database: Database) -> Iterator[Server]:
-    server = start_server(tmp_path / "data", database)
-    yield server
-    stop_server(server)
 
 
 def bulk(server: Server, body: dict[str, Any], token: str | None = None) -> httpx.Response:

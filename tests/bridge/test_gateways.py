@@ -11,7 +11,6 @@ import base64
 import json
 import queue
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -28,18 +27,11 @@ from tests.bridge.devices import (
     make_jwt,
     new_key,
 )
-from tests.conftest import Database, Server, events_in_log, start_server, stop_server, wait_for
+from tests.conftest import Database, Server, events_in_log, wait_for
 
 REG = "reg-gw"
 GW = "gw-1"
 EPOCH = "1970-01-01T00:00:00Z"
-
-
-@pytest.fixture
-def bridge(tmp_path, database: Database) -> Iterator[Server]:
-    server = start_server(tmp_path / "data", database)
-    yield server
-    stop_server(server)
 
 
 class Gateway:

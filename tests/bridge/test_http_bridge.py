@@ -4,11 +4,8 @@ samples wrote it (requests-style calls, URL-safe base64, snake_case bodies)."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.bridge.devices import (
     LOCATION,
@@ -19,14 +16,7 @@ from tests.bridge.devices import (
     make_jwt,
     new_key,
 )
-from tests.conftest import Database, Server, events_in_log, start_server, stop_server
-
-
-@pytest.fixture
-def bridge(tmp_path: Path, database: Database) -> Iterator[Server]:
-    server = start_server(tmp_path / "data", database)
-    yield server
-    stop_server(server)
+from tests.conftest import Database, Server, events_in_log
 
 
 def device_url(server: Server, registry: str, device: str) -> str:

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
@@ -26,15 +23,8 @@ from tests.bridge.devices import (
     make_jwt,
     new_key,
 )
-from tests.conftest import Database, Server, events_in_log, start_server, stop_server
+from tests.conftest import Database, Server, events_in_log
 from tests.keys import PrivateKey, es256_key, public_pem
-
-
-@pytest.fixture
-def bridge(tmp_path: Path, database: Database) -> Iterator[Server]:
-    server = start_server(tmp_path / "data", database)
-    yield server
-    stop_server(server)
 
 
 def publish(

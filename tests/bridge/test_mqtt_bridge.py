@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import queue
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,15 +18,8 @@ from tests.bridge.devices import (
     make_jwt,
     new_key,
 )
-from tests.conftest import Database, Server, events_in_log, start_server, stop_server, wait_for
+from tests.conftest import Database, Server, events_in_log, wait_for
 from tests.keys import rsa_key
-
-
-@pytest.fixture
-def bridge(tmp_path, database: Database) -> Iterator[Server]:
-    server = start_server(tmp_path / "data", database)
-    yield server
-    stop_server(server)
 
 
 def test_device_round_trip(bridge: Server, database: Database) -> None:
