@@ -104,12 +104,9 @@ class Bookkeeper:
         """Record why a device was refused or disconnected (its lastErrorStatus); written behind
         like the times, since a fleet that drops off at once would otherwise queue thousands
         of write transactions."""
-        fields = self._pending.setdefault(num_id, {})
-        fields["last_error_code"] = code
-        fields["last_error_message"] = message[:1000]
-        fields["last_error_time"] = now_us
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="bookkeeping")
+        self.touch(num_id, "last_error_code", code)
+        self.touch(num_id, "last_error_message", message[:1000])
+        self.touch(num_id, "last_error_time", now_us)
 
     async def flush(self) -> None:
         batch, self._pending = self._pending, {}
