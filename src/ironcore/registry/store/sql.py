@@ -362,14 +362,13 @@ class Store:
         if row is None:
             return None
         body = json.loads(row.body) if isinstance(row.body, str) else row.body
-        rotation = body.get("keyRotation")
         return DeviceRecord(
             row.pk,
             _bridge_device(registry, row.num_id, row.device_id, row.blocked, row.gateway_type, body)
             if bridge_view
             else _device(registry, row),
             from_us(row.config_update_time),
-            rotating=bool(rotation and rotation.get("state") in ROTATION_ACTIVE),
+            rotating=_rotating(body),
         )
 
     def _bridge_device_record(
@@ -386,12 +385,11 @@ class Store:
             return None
         num, device, blocked, gateway_type, text, config_update_time, registry_pk = row
         body = json.loads(text)
-        rotation = body.get("keyRotation")
         return DeviceRecord(
             registry_pk,
             _bridge_device(registry, num, device, bool(blocked), gateway_type, body),
             from_us(config_update_time),
-            rotating=bool(rotation and rotation.get("state") in ROTATION_ACTIVE),
+            rotating=_rotating(body),
         )
 
     async def update_device(self, device: Device) -> None:
@@ -1135,6 +1133,12 @@ def _device_body(device: Device) -> dict[str, Any]:
         "logLevel": int(device.log_level),
         "gatewayAuthMethod": int(device.gateway_config.gateway_auth_method),
     }
+
+
+def _rotating(body: dict[str, Any]) -> bool:
+    """Whether the device body holds a key rotation under way."""
+    rotation = body.get("keyRotation")
+    return bool(rotation and rotation.get("state") in ROTATION_ACTIVE)
 
 
 def _bridge_device(
