@@ -9,6 +9,10 @@ from datetime import UTC, datetime
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, process: str = "") -> None:
+        super().__init__()
+        self.process = process
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
@@ -16,17 +20,23 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.process:
+            entry["process"] = self.process
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
 
 
-def configure(log_format: str, level: str) -> None:
+def configure(log_format: str, level: str, process: str = "") -> None:
+    """`process` names a process other than the main one (an MQTT worker) in every line."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(process))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        where = f" [{process}]" if process else ""
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)-7s %(name)s{where}: %(message)s")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Generator
-from contextlib import suppress
+from collections.abc import Generator
 
 import uvicorn
 from fastapi import FastAPI
 
 from ironcore import logs
 from ironcore.api.app import create_app
-from ironcore.bridge import tls
-from ironcore.bridge.bookkeeping import Bookkeeper
 from ironcore.bridge.changes import Changes, ForgettingRotationStore
 from ironcore.bridge.devices import (
     CONTEXT_CACHE_SECONDS,
@@ -28,10 +24,12 @@ from ironcore.bridge.devices import (
 )
 from ironcore.bridge.http import DeviceBridge
 from ironcore.bridge.hub import Hub
-from ironcore.bridge.mqtt.connection import Services
-from ironcore.bridge.mqtt.server import Listener, MqttBridge
+from ironcore.bridge.mqtt.server import MqttBridge
+from ironcore.bridge.process_hub import PrimaryHub
+from ironcore.bridge.workers import Workers
 from ironcore.firmware.rollout import Firmware
 from ironcore.identity.revocation import Revocations
+from ironcore.process import bridge_context, bridge_services, listeners, loop_factory, tune_gc
 from ironcore.registry.rotation import Rotations
 from ironcore.registry.service import DeviceManager
 from ironcore.registry.store import Store
@@ -63,32 +61,6 @@ async def ensure_admin_token(manager: DeviceManager, settings: Settings) -> None
     log.warning("created the first owner admin token in %s (mode 0600)", path)
 
 
-def bridge_services(
-    store: Store, hub: Hub, router: Router, authenticator: DeviceAuthenticator, rotations: Rotations
-) -> Services:
-    return Services(
-        authenticator=authenticator,
-        router=router,
-        rotations=rotations,
-        bookkeeper=Bookkeeper(store),
-        hub=hub,
-    )
-
-
-def mqtt_bridge(settings: Settings, services: Services) -> MqttBridge:
-    listeners = [
-        Listener(settings.mqtt_host, port, tls=True)
-        for port in (settings.mqtt_port, settings.mqtt_second_port)
-        if port
-    ]
-    if settings.insecure_mqtt_port:
-        listeners.append(Listener(settings.mqtt_host, settings.insecure_mqtt_port, tls=False))
-    context = None
-    if any(listener.tls for listener in listeners):
-        context = tls.server_context(*settings.bridge_tls_files())
-    return MqttBridge(services, listeners, context)
-
-
 class _Server(uvicorn.Server):
     """A uvicorn server that leaves signals to `serve`, which stops every listener at once."""
 
@@ -117,8 +89,9 @@ async def serve(settings: Settings) -> None:
     events = EventLog(store)
     sink = JetStreamSink(settings.nats_url) if settings.nats_url else None
     bridge: MqttBridge | None = None
+    workers: Workers | None = None
     try:
-        hub = Hub()
+        hub = PrimaryHub() if settings.mqtt_workers > 1 else Hub()
         if sink is not None:
             await sink.start()
         topics = PubSubStore(store)
@@ -134,19 +107,31 @@ async def serve(settings: Settings) -> None:
         revocations = Revocations(store, manager.clock, links)
         authenticator.revocations = revocations
         await revocations.refresh()
-        rotations = Rotations(ForgettingRotationStore(store, authenticator), manager.clock)
+        rotations = Rotations(
+            ForgettingRotationStore(store, authenticator.forget_device), manager.clock
+        )
         services = bridge_services(
             store, hub, Router(events, topics, sink), authenticator, rotations
         )
-        bridge = mqtt_bridge(settings, services)
+        listening = listeners(settings)
+        bridge = MqttBridge(
+            services,
+            listening,
+            bridge_context(settings, listening),
+            reuse_port=settings.mqtt_workers > 1,
+        )
         await bridge.start()
-        _tune_gc()
+        if isinstance(hub, PrimaryHub):
+            hub.forget = authenticator.forget_device
+            workers = Workers(settings, hub, bridge.bound(), settings.mqtt_workers)
+            await workers.start()
+        tune_gc()
         device_bridge = DeviceBridge(services.authenticator, services.router, services.bookkeeper)
         firmware = Firmware(FirmwareStore(store), manager, settings.data_dir / "firmware")
-        servers = []
+        apps = []
         if settings.device_http_port:
-            servers.append(
-                _http_server(
+            apps.append(
+                (
                     create_app(
                         manager,
                         device_bridge,
@@ -156,34 +141,33 @@ async def serve(settings: Settings) -> None:
                         firmware=firmware,
                         rotations=rotations,
                     ),
-                    settings.api_host,
                     settings.device_http_port,
                 )
             )
             log.info("HTTP device bridge on port %d", settings.device_http_port)
-            app = create_app(
-                manager,
-                pubsub=pubsub,
-                revocations=revocations,
-                firmware=firmware,
-                rotations=rotations,
+        apps.append(
+            (
+                create_app(
+                    manager,
+                    None if settings.device_http_port else device_bridge,
+                    pubsub=pubsub,
+                    revocations=revocations,
+                    firmware=firmware,
+                    rotations=rotations,
+                ),
+                settings.api_port,
             )
-            servers.append(_http_server(app, settings.api_host, settings.api_port))
-        else:
-            app = create_app(
-                manager,
-                device_bridge,
-                pubsub=pubsub,
-                revocations=revocations,
-                firmware=firmware,
-                rotations=rotations,
-            )
-            servers.append(_http_server(app, settings.api_host, settings.api_port))
+        )
+        if workers is not None:
+            for app, _ in apps:
+                app.state.worker_metrics = workers.metrics
+        servers = [_http_server(app, settings.api_host, port) for app, port in apps]
         loop = asyncio.get_running_loop()
-        reload = bridge.reload_tls
-        loop.add_signal_handler(signal.SIGHUP, lambda: reload(*settings.bridge_tls_files()))
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(settings, bridge, workers))
 
         def stop() -> None:
+            if workers is not None:
+                workers.stopping()
             for server in servers:
                 server.should_exit = True
 
@@ -206,6 +190,8 @@ async def serve(settings: Settings) -> None:
             rollouts.cancel()
             await push.stop()
     finally:
+        if workers is not None:
+            await workers.stop()
         if bridge is not None:
             await bridge.stop()
         await events.close()
@@ -213,6 +199,13 @@ async def serve(settings: Settings) -> None:
             await sink.close()
         await store.close()
     log.info("ironcore stopped")
+
+
+def _reload(settings: Settings, bridge: MqttBridge | None, workers: Workers | None) -> None:
+    if bridge is not None:
+        bridge.reload_tls(*settings.bridge_tls_files())
+    if workers is not None:
+        workers.reload_tls()
 
 
 async def _expire_events(pubsub: PubSub, days: float) -> None:
@@ -238,26 +231,7 @@ async def _evaluate_rollouts(firmware: Firmware) -> None:
             log.warning("could not evaluate firmware rollouts: %s", error)
 
 
-def _tune_gc() -> None:
-    """Every event allocates a few short-lived objects (a row, a future, attributes) while the
-    process holds many long-lived ones (connections, sessions, parsed keys). With the default
-    thresholds, generation-0 collections keep walking that heap: moving what start-up made to
-    the permanent generation and collecting less often measured +30-50 % QoS 1 events/s
-    (docs/benchmarks.md, MQTT finding 1). Reference cycles are still collected."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 1000)
-
-
 def run(settings: Settings) -> None:
     logs.configure(settings.log_format, settings.log_level)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         runner.run(serve(settings))
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    with suppress(ImportError):
-        import uvloop
-
-        return uvloop.new_event_loop
-    return None

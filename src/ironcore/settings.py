@@ -6,8 +6,9 @@ object, so there is one place that says what can be configured.
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ironcore.bridge.tls import local_certificates
@@ -45,6 +46,8 @@ class Settings:
     # The operator's own bridge certificate (chain) and key; empty = generate a local CA.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Processes accepting MQTT connections on the same ports (SO_REUSEPORT), this one included.
+    mqtt_workers: int = 1
 
     @property
     def tls_dir(self) -> Path:
@@ -63,3 +66,22 @@ class Settings:
     @property
     def admin_token_file(self) -> Path:
         return self.data_dir / "admin-token"
+
+    def to_json(self) -> str:
+        """For a worker process: the same settings, as text."""
+        return json.dumps(
+            {
+                f.name: str(value) if isinstance(value, Path) else value
+                for f in fields(self)
+                if (value := getattr(self, f.name)) is not None
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        values = json.loads(text)
+        for name in ("data_dir", "tls_cert", "tls_key"):
+            if name in values:
+                values[name] = Path(values[name])
+        values["mqtt_hostnames"] = tuple(values.get("mqtt_hostnames", ()))
+        return cls(**values)

@@ -136,7 +136,7 @@ async def test_the_manager_changes_reach_the_cache(manager: DeviceManager) -> No
 async def test_key_rotation_writes_reach_the_cache(manager: DeviceManager) -> None:
     key = new_key()
     authenticator, num_id = await setup(manager, key)
-    rotations = Rotations(ForgettingRotationStore(manager.store, authenticator))
+    rotations = Rotations(ForgettingRotationStore(manager.store, authenticator.forget_device))
     await rotations.start(num_id)
     assert authenticator.cache is not None and len(authenticator.cache) == 0
 

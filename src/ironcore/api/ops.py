@@ -12,6 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from sqlalchemy import text
 from starlette.routing import Match
 
+from ironcore.bridge import metrics as bridge_metrics
+
 router = APIRouter()
 
 REQUESTS = Counter(
@@ -107,5 +109,9 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request) -> Response:
+    worker_metrics = getattr(request.app.state, "worker_metrics", None)
+    if worker_metrics is None:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    merged = bridge_metrics.Merged(await worker_metrics())
+    return Response(generate_latest(merged), media_type=CONTENT_TYPE_LATEST)

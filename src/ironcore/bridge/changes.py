@@ -9,6 +9,7 @@ HTTP device) sees the change too. `DeviceManager`, `Revocations` and firmware ro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ironcore.bridge.devices import DeviceAuthenticator
@@ -52,11 +53,14 @@ class Changes:
 
 class ForgettingRotationStore(RotationStore):
     """A rotation adds, expires and removes credentials: each write drops the device's cached
-    context (whether or not the write won its compare-and-set, which costs one read at most)."""
+    context (whether or not the write won its compare-and-set, which costs one read at most).
 
-    def __init__(self, store: Store, authenticator: DeviceAuthenticator) -> None:
+    `forget` is the authenticator's `forget_device`, or in an MQTT worker process, that and a
+    word to the primary, which tells the other processes."""
+
+    def __init__(self, store: Store, forget: Callable[[int], None]) -> None:
         super().__init__(store)
-        self.authenticator = authenticator
+        self.forget = forget
 
     async def write(
         self,
@@ -68,4 +72,4 @@ class ForgettingRotationStore(RotationStore):
         try:
             return await super().write(num_id, expected_id, rotation, credentials)
         finally:
-            self.authenticator.forget_device(num_id)
+            self.forget(num_id)

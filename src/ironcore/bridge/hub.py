@@ -64,11 +64,17 @@ class Hub:
     def is_connected(self, num_id: int) -> bool:
         return num_id in self._links
 
+    def link(self, num_id: int) -> DeviceLink | None:
+        return self._links.get(num_id)
+
+    def deliver_command(self, num_id: int, subfolder: str, data: bytes) -> bool:
+        link = self._links.get(num_id)
+        return link is not None and link.deliver_command(num_id, subfolder, data)
+
     # What the device manager calls
 
     async def send_command(self, device: Device, data: bytes, subfolder: str) -> bool:
-        link = self._links.get(device.num_id)
-        return link is not None and link.deliver_command(device.num_id, subfolder, data)
+        return self.deliver_command(device.num_id, subfolder, data)
 
     async def config_changed(self, num_id: int, config: DeviceConfig) -> None:
         link = self._links.get(num_id)

@@ -126,6 +126,16 @@ def serve(
     tls_key: Annotated[
         Path | None, typer.Option(envvar="IRONCORE_TLS_KEY", help="Its private key (PEM)")
     ] = None,
+    mqtt_workers: Annotated[
+        int,
+        typer.Option(
+            envvar="IRONCORE_MQTT_WORKERS",
+            min=1,
+            max=64,
+            help="Processes accepting MQTT connections on the same ports (SO_REUSEPORT), "
+            "this one included",
+        ),
+    ] = 1,
 ) -> None:
     """Run ironcore: the admin API and the MQTT bridge."""
     if (tls_cert is None) != (tls_key is None):
@@ -157,6 +167,7 @@ def serve(
             mqtt_hostnames=tuple(mqtt_hostname or ()),
             tls_cert=tls_cert,
             tls_key=tls_key,
+            mqtt_workers=mqtt_workers,
         )
     )
 

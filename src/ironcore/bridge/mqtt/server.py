@@ -35,10 +35,15 @@ class MqttBridge:
         services: Services,
         listeners: list[Listener],
         tls_context: ssl.SSLContext | None,
+        *,
+        reuse_port: bool = False,
     ) -> None:
+        """`reuse_port`: the ports are shared with other processes of this server (SO_REUSEPORT),
+        which the kernel spreads new connections over."""
         self.services = services
         self.listeners = listeners
         self.tls_context = tls_context
+        self.reuse_port = reuse_port
         self._servers: list[asyncio.Server] = []
         self._ticker: asyncio.Task[None] | None = None
 
@@ -53,6 +58,7 @@ class MqttBridge:
                 listener.port,
                 backlog=BACKLOG,
                 reuse_address=True,
+                reuse_port=self.reuse_port,
             )
             for sock in server.sockets:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -78,6 +84,13 @@ class MqttBridge:
     @property
     def ports(self) -> list[int]:
         return [sock.getsockname()[1] for server in self._servers for sock in server.sockets]
+
+    def bound(self) -> list[Listener]:
+        """The listeners with the ports they got (a port 0 was chosen by the system)."""
+        return [
+            Listener(listener.host, server.sockets[0].getsockname()[1], listener.tls)
+            for listener, server in zip(self.listeners, self._servers, strict=True)
+        ]
 
     def reload_tls(self, cert_path: Path, key_path: Path) -> None:
         """New handshakes use the new certificate; connections already open keep theirs.

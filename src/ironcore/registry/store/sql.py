@@ -60,6 +60,7 @@ from ironcore.registry.store.schema import (
     registries,
     revoked_signers,
 )
+from ironcore.registry.store.writer_lock import WriterLock
 from ironcore.registry.wire import STORED
 
 log = logging.getLogger(__name__)
@@ -133,10 +134,17 @@ def database_url(url: str) -> str:
 
 
 class Store:
-    def __init__(self, engine: AsyncEngine, loop_reads: Engine | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        loop_reads: Engine | None = None,
+        writer_lock: WriterLock | None = None,
+    ) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._write_lock = asyncio.Lock()
+        # SQLite files only: writers of other processes queue on it (see writer_lock.py).
+        self._writer_lock = writer_lock
         # SQLite files only: reads run on the event loop's thread (see _LoopConnection).
         self._loop_reads = loop_reads
         # ...and the bridges' device lookup, once per device connection or request, goes
@@ -176,11 +184,16 @@ class Store:
                 connect_args={"check_same_thread": False},
             )
             event.listen(loop_reads, "connect", _sqlite_read_pragmas)
+            database = engine.url.database
+            assert database is not None
+            return cls(engine, loop_reads, WriterLock(Path(f"{database}-writer.lock")))
         return cls(engine, loop_reads)
 
     async def close(self) -> None:
         if self._device_reads is not None:
             self._device_reads.close()
+        if self._writer_lock is not None:
+            self._writer_lock.close()
         if self._loop_reads is not None:
             self._loop_reads.dispose()
         await self.engine.dispose()
@@ -189,8 +202,17 @@ class Store:
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction; on SQLite, writers take turns (one writer at a time)."""
         if self.is_sqlite:
-            async with self._write_lock, self.engine.begin() as conn:
-                yield conn
+            async with self._write_lock:
+                if self._writer_lock is None:
+                    async with self.engine.begin() as conn:
+                        yield conn
+                    return
+                await self._writer_lock.acquire()
+                try:
+                    async with self.engine.begin() as conn:
+                        yield conn
+                finally:
+                    self._writer_lock.release()
         else:
             async with self.engine.begin() as conn:
                 yield conn
