@@ -62,6 +62,20 @@ def raise_fd_limit(limit: int = FD_LIMIT) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as file:
+                    fields = file.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -174,6 +188,11 @@ class Ironcore:
         return self.process.pid
 
     @property
+    def pids(self) -> list[int]:
+        """The server's processes: the primary and its MQTT workers (`--mqtt-workers`)."""
+        return [self.pid, *children(self.pid)]
+
+    @property
     def tls_dir(self) -> Path:
         return self.data_dir / "tls"
 
@@ -183,6 +202,17 @@ class Ironcore:
 
     def stop(self) -> None:
         stop(self.process, 40)
+
+
+def wait_for_processes(server: Ironcore, count: int) -> list[int]:
+    """The server's pids once all `count` of its MQTT processes run (the workers start before
+    the primary is ready, so this is at once)."""
+    deadline = time.monotonic() + 10
+    while len(pids := server.pids) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"ironcore has {len(pids)} of {count} MQTT processes")
+        time.sleep(0.05)
+    return pids
 
 
 def start_ironcore(
