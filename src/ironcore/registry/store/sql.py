@@ -60,6 +60,7 @@ from ironcore.registry.store.schema import (
     registries,
     revoked_signers,
 )
+from ironcore.registry.store.sqlite_append import SqliteAppender
 from ironcore.registry.store.writer_lock import WriterLock
 from ironcore.registry.wire import STORED
 
@@ -139,12 +140,15 @@ class Store:
         engine: AsyncEngine,
         loop_reads: Engine | None = None,
         writer_lock: WriterLock | None = None,
+        appender: SqliteAppender | None = None,
     ) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._write_lock = asyncio.Lock()
         # SQLite files only: writers of other processes queue on it (see writer_lock.py).
         self._writer_lock = writer_lock
+        # ...and append events through a connection of their own (see sqlite_append.py).
+        self._appender = appender
         # SQLite files only: reads run on the event loop's thread (see _LoopConnection).
         self._loop_reads = loop_reads
         # ...and the bridges' device lookup, once per device connection or request, goes
@@ -186,7 +190,8 @@ class Store:
             event.listen(loop_reads, "connect", _sqlite_read_pragmas)
             database = engine.url.database
             assert database is not None
-            return cls(engine, loop_reads, WriterLock(Path(f"{database}-writer.lock")))
+            lock = WriterLock(Path(f"{database}-writer.lock"))
+            return cls(engine, loop_reads, lock, SqliteAppender(database, lock))
         return cls(engine, loop_reads)
 
     async def close(self) -> None:
@@ -194,6 +199,8 @@ class Store:
             self._device_reads.close()
         if self._writer_lock is not None:
             self._writer_lock.close()
+        if self._appender is not None:
+            self._appender.close()
         if self._loop_reads is not None:
             self._loop_reads.dispose()
         await self.engine.dispose()
@@ -202,20 +209,25 @@ class Store:
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction; on SQLite, writers take turns (one writer at a time)."""
         if self.is_sqlite:
-            async with self._write_lock:
-                if self._writer_lock is None:
-                    async with self.engine.begin() as conn:
-                        yield conn
-                    return
-                await self._writer_lock.acquire()
-                try:
-                    async with self.engine.begin() as conn:
-                        yield conn
-                finally:
-                    self._writer_lock.release()
+            async with self._sqlite_writer(), self.engine.begin() as conn:
+                yield conn
         else:
             async with self.engine.begin() as conn:
                 yield conn
+
+    @contextlib.asynccontextmanager
+    async def _sqlite_writer(self) -> AsyncIterator[None]:
+        """This process's turn to write, then (a file database) this process's turn among
+        every process writing to the file."""
+        async with self._write_lock:
+            if self._writer_lock is None:
+                yield
+                return
+            await self._writer_lock.acquire()
+            try:
+                yield
+            finally:
+                self._writer_lock.release()
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -773,6 +785,11 @@ class Store:
         Through the driver's own executemany: at tens of thousands of events a second,
         SQLAlchemy's per-row parameter processing cost more than SQLite's insert itself.
         """
+        if self._appender is not None:
+            # Shielded: this process's writers wait for the append's thread even if the caller
+            # stops waiting, since the thread goes on holding the lock.
+            await asyncio.shield(self._append_sqlite(rows))
+            return
         async with self.write() as conn:
             driver = (await conn.get_raw_connection()).driver_connection
             assert driver is not None
@@ -782,6 +799,11 @@ class Store:
                 # SQLAlchemy has not begun a transaction on the driver connection yet.
                 async with driver.transaction():
                     await driver.executemany(_APPEND_POSTGRESQL, rows)
+
+    async def _append_sqlite(self, rows: Sequence[tuple[str, bytes, str, int]]) -> None:
+        assert self._appender is not None
+        async with self._write_lock:
+            await self._appender.append(rows)
 
     async def update_device_times(self, updates: dict[int, dict[str, int | str]]) -> None:
         """Write batched bookkeeping (`last*` times in microseconds) for many devices."""

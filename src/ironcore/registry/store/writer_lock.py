@@ -35,6 +35,10 @@ class WriterLock:
             waiting.add_done_callback(self._release_if_acquired)
             raise
 
+    def hold(self) -> None:
+        """`acquire` for a thread of its own: blocks until the lock is this process's."""
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
     def release(self) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
 

@@ -1,8 +1,10 @@
-"""SQLite writers of several processes queue on `WriterLock` (an flock beside the database)."""
+"""SQLite writes across processes: writers queue on `WriterLock` (an flock beside the database),
+and the event log appends through `SqliteAppender`."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import sys
 import textwrap
 from pathlib import Path
@@ -84,4 +86,61 @@ async def test_processes_appending_at_once_lose_nothing(tmp_path: Path) -> None:
         for writer in writers:
             if writer.returncode is None:
                 writer.kill()
+        await store.close()
+
+
+@pytest.mark.parametrize("count", [1, 199, 200, 201, 450, 2000])
+async def test_appends_keep_every_row_in_order_across_statement_boundaries(
+    tmp_path: Path, count: int
+) -> None:
+    store = await Store.open(f"sqlite:///{tmp_path / 'ironcore.db'}")
+    try:
+        rows = [
+            (f"t{n % 3}", bytes([n % 256]) * (n % 7), f'{{"n":"{n}"}}', n) for n in range(count)
+        ]
+        await store.append_events(rows)
+        await store.append_events(rows[:1])
+        async with store.read() as conn:
+            query = text("SELECT topic, data, attributes, publish_time FROM events ORDER BY pk")
+            stored = [tuple(row) for row in (await conn.execute(query)).all()]
+        assert stored == [*rows, rows[0]]
+    finally:
+        await store.close()
+
+
+async def test_a_failed_append_writes_nothing_and_the_next_one_works(tmp_path: Path) -> None:
+    store = await Store.open(f"sqlite:///{tmp_path / 'ironcore.db'}")
+    try:
+        good = [("t", b"x", "{}", n) for n in range(450)]
+        bad = [*good[:300], (None, b"x", "{}", 0), *good[300:]]  # topic is NOT NULL
+        with pytest.raises(sqlite3.IntegrityError):
+            await store.append_events(bad)  # type: ignore[arg-type]
+        await store.append_events(good)
+        async with store.read() as conn:
+            count = (await conn.execute(text("SELECT count(*) FROM events"))).scalar()
+        assert count == 450
+        # The lock was given back: another writer of the file gets it at once.
+        other = WriterLock(tmp_path / "ironcore.db-writer.lock")
+        await asyncio.wait_for(other.acquire(), 1)
+        other.release()
+        other.close()
+    finally:
+        await store.close()
+
+
+async def test_the_wal_is_checkpointed_by_the_appender(tmp_path: Path) -> None:
+    from ironcore.registry.store.sqlite_append import CHECKPOINT_EVERY
+
+    database = tmp_path / "ironcore.db"
+    store = await Store.open(f"sqlite:///{database}")
+    try:
+        rows = [("t", b"x" * 200, "{}", n) for n in range(500)]
+        for _ in range(CHECKPOINT_EVERY - 1):
+            await store.append_events(rows)
+        # Until a checkpoint, the events are only in the WAL, not in the database file.
+        before = database.stat().st_size
+        assert before < 100_000
+        await store.append_events(rows)
+        assert database.stat().st_size > before + CHECKPOINT_EVERY * 500 * 200
+    finally:
         await store.close()
