@@ -122,9 +122,15 @@ async def serve(settings: Settings) -> None:
         )
         await bridge.start()
         if isinstance(hub, PrimaryHub):
-            hub.forget = authenticator.forget_device
-            workers = Workers(settings, hub, bridge.bound(), settings.mqtt_workers)
-            await workers.start()
+            if listening:
+                hub.forget = authenticator.forget_device
+                workers = Workers(settings, hub, bridge.bound(), settings.mqtt_workers)
+                await workers.start()
+            else:
+                log.warning(
+                    "--mqtt-workers %d: no MQTT port is open, so no worker is started",
+                    settings.mqtt_workers,
+                )
         tune_gc()
         device_bridge = DeviceBridge(services.authenticator, services.router, services.bookkeeper)
         firmware = Firmware(FirmwareStore(store), manager, settings.data_dir / "firmware")

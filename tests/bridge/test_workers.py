@@ -375,3 +375,12 @@ def test_the_port_is_shared_only_with_workers(tmp_path: Path) -> None:
                 probe.bind(("127.0.0.1", server.mqtt_port))
     finally:
         stop_server(server)
+
+
+def test_no_workers_without_an_mqtt_port(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data", None, ["--mqtt-workers", "3", "--mqtt-port", "0"])
+    try:
+        assert children(server.process.pid) == []
+        assert "no MQTT port is open, so no worker is started" in server.log.read_text()
+    finally:
+        assert stop_server(server) == 0

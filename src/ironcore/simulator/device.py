@@ -172,7 +172,10 @@ async def connect(
     stats: Stats,
     keep_alive: int = 60,
     subscribe: bool = True,
+    source: str | None = None,
 ) -> SimulatedDevice:
+    """`source`: the local address to connect from (a fleet larger than one address's
+    ephemeral ports, ~28,000 on Linux, spreads over 127.0.0.2, 127.0.0.3, ...)."""
     loop = asyncio.get_running_loop()
     _, device = await loop.create_connection(
         lambda: SimulatedDevice(client_id, device_id, stats),
@@ -180,6 +183,7 @@ async def connect(
         port,
         ssl=tls,
         server_hostname=host if tls is not None else None,
+        local_addr=(source, 0) if source else None,
     )
     try:
         await device.handshake(password, keep_alive, subscribe)
