@@ -155,13 +155,14 @@ async def connect_rate(
 
 
 async def idle_fleet(
-    name: str, tgt: Target, members: list[Member], pid: int, concurrency: int
+    name: str, tgt: Target, members: list[Member], pids: list[int], concurrency: int
 ) -> tuple[IdleRow, list[SimulatedDevice], Stats]:
+    """`pids`: every process of the broker (ironcore's MQTT workers too); RSS is their sum."""
     await asyncio.sleep(1.0)
-    rss_before = b.rss_kb(pid)
+    rss_before = sum(b.rss_kb(pid) for pid in pids)
     me_before = b.rss_kb(os.getpid())
     stats = Stats()
-    meter = b.CpuMeter([pid])
+    meter = b.CpuMeter(pids)
     devices = await b.connect_plain(tgt, members, stats, concurrency, subscribe=True)
     cpu = meter.stop()
     # Idle, not silent: like a real device, each sends PINGREQ within its 60 s keep-alive (a
@@ -175,7 +176,7 @@ async def idle_fleet(
         len(members),
         cpu.wall,
         rss_before,
-        b.rss_kb(pid),
+        sum(b.rss_kb(pid) for pid in pids),
         b.rss_kb(os.getpid()) - me_before,
         cpu,
         b.load_average(),
@@ -222,9 +223,12 @@ async def ironcore_fanout(
     concurrency: int,
     bulk: bool,
     version: int,
+    name: str,
+    pids: list[int],
 ) -> FanoutRow:
     """Give every device of the fleet config `version`: in one bulk request, or one request per
-    device; timed until all are received and all acknowledgements recorded."""
+    device; timed until all are received and all acknowledgements recorded. `pids`: every
+    process of the server, whose CPU is counted."""
     db = server.data_dir / "ironcore.db"
     base = stats.configs
     n = len(members)
@@ -258,7 +262,7 @@ async def ironcore_fanout(
             if r.status_code != 200 or r.json()["updatedDevices"] != n:
                 failures.append(f"{r.status_code} {r.text[:200]}")
 
-        meter = b.CpuMeter([server.pid])
+        meter = b.CpuMeter(pids)
         start = time.perf_counter()
         pushing = (
             asyncio.ensure_future(push_all())
@@ -298,7 +302,7 @@ async def ironcore_fanout(
         else f"{n:,} x ModifyCloudToDeviceConfig, {concurrency} in flight"
     )
     return FanoutRow(
-        "ironcore",
+        name,
         n,
         how,
         (pushed_at or float("nan")) - start,
@@ -381,7 +385,7 @@ def print_connects(rows: list[ConnectRow]) -> None:
         vs = r.rate / peer[r.round] if peer.get(r.round) else float("nan")
         target = (
             f"≥ {TARGET_CONNECT_RATIO:.1f}x ({'ok' if vs >= TARGET_CONNECT_RATIO else 'MISSED'})"
-            if r.broker == "ironcore"
+            if r.broker.startswith("ironcore")
             else "-"
         )
         per = 1000 * r.cpu.broker / r.connected if r.connected else float("nan")
@@ -438,7 +442,7 @@ def print_idle(rows: list[IdleRow]) -> None:
         target = (
             f"≤ {TARGET_RSS_KB:.0f} KB "
             f"({'ok' if r.per_connection_kb <= TARGET_RSS_KB else 'MISSED'})"
-            if r.broker == "ironcore"
+            if r.broker.startswith("ironcore")
             else "-"
         )
         print(
@@ -614,39 +618,51 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
         )
         idle_rows: list[IdleRow] = []
         fanout_rows: list[FanoutRow] = []
-        server = b.start_ironcore(data)
-        try:
-            row, devices, stats = await idle_fleet(
-                "ironcore", ic_target(server), members[:n], server.pid, args.idle_concurrency
-            )
-            idle_rows.append(row)
-            print(
-                f"  ironcore: {row.connected:,} connected, {row.per_connection_kb:.1f} KB each",
-                flush=True,
-            )
-            ways = args.fanout.split(",") if row.connected else []
-            for version, way in enumerate(ways, start=2):
-                if version > 2:
-                    await asyncio.sleep(1.5)  # a device's config changes at most once a second
-                spy.start(f"fan-out-{way}", server.pid, 5 if way == "bulk" else 10)
-                fanout_rows.append(
-                    await ironcore_fanout(
-                        server, members[:n], stats, args.api_concurrency, way == "bulk", version
-                    )
+        version = 1  # each server starts on the same database: config versions go on counting
+        for processes in args.workers:
+            name = f"ironcore, {processes} processes" if processes > 1 else "ironcore"
+            server = b.start_ironcore(data, extra=("--mqtt-workers", str(processes)))
+            try:
+                pids = b.wait_for_processes(server, processes)
+                row, devices, stats = await idle_fleet(
+                    name, ic_target(server), members[:n], pids, args.idle_concurrency
                 )
-                print(f"  ironcore fan-out ({way}): {fanout_rows[-1].acked_s:.2f} s", flush=True)
-            dropped = await close_fleet(devices)
-            if dropped:
-                print(f"  ironcore had closed {dropped:,} of the idle connections", flush=True)
-        finally:
-            server.stop()
+                idle_rows.append(row)
+                print(
+                    f"  {name}: {row.connected:,} connected, {row.per_connection_kb:.1f} KB each",
+                    flush=True,
+                )
+                ways = args.fanout.split(",") if row.connected else []
+                for way in ways:
+                    version += 1
+                    if version > 2:
+                        await asyncio.sleep(1.5)  # a device's config changes at most once a second
+                    spy.start(f"fan-out-{way}", server.pid, 5 if way == "bulk" else 10)
+                    fanout_rows.append(
+                        await ironcore_fanout(
+                            server,
+                            members[:n],
+                            stats,
+                            args.api_concurrency,
+                            way == "bulk",
+                            version,
+                            name,
+                            pids,
+                        )
+                    )
+                    print(f"  {name} fan-out ({way}): {fanout_rows[-1].acked_s:.2f} s", flush=True)
+                dropped = await close_fleet(devices)
+                if dropped:
+                    print(f"  {name} had closed {dropped:,} of the idle connections", flush=True)
+            finally:
+                server.stop()
         mosquitto = b.start_mosquitto(tmp / "mosquitto", tls_dir)
         try:
             row, devices, stats = await idle_fleet(
                 "mosquitto",
                 mq_target(mosquitto),
                 passwords[:n],
-                mosquitto.pid,
+                [mosquitto.pid],
                 args.idle_concurrency,
             )
             idle_rows.append(row)
