@@ -16,9 +16,11 @@ from ironcore.bridge.bookkeeping import Bookkeeper
 from ironcore.bridge.devices import DeviceAuthenticator
 from ironcore.bridge.hub import Hub
 from ironcore.bridge.mqtt.connection import Services
-from ironcore.bridge.mqtt.server import Listener
+from ironcore.bridge.mqtt.server import Listener, MqttBridge
 from ironcore.registry.rotation import Rotations
 from ironcore.registry.store import Store
+from ironcore.routing.log import EventLog
+from ironcore.routing.nats import JetStreamSink
 from ironcore.routing.router import Router
 from ironcore.settings import Settings
 
@@ -51,6 +53,19 @@ def bridge_context(settings: Settings, listening: list[Listener]) -> ssl.SSLCont
     if not any(listener.tls for listener in listening):
         return None
     return tls.server_context(*settings.bridge_tls_files())
+
+
+async def close(
+    bridge: MqttBridge | None, events: EventLog, sink: JetStreamSink | None, store: Store
+) -> None:
+    """The end of a process: devices told goodbye and their last acknowledgements written, then
+    the events still pending committed, then the connections let go of, in that order."""
+    if bridge is not None:
+        await bridge.stop()
+    await events.close()
+    if sink is not None:
+        await sink.close()
+    await store.close()
 
 
 def tune_gc() -> None:

@@ -29,7 +29,14 @@ from ironcore.bridge.process_hub import PrimaryHub
 from ironcore.bridge.workers import Workers
 from ironcore.firmware.rollout import Firmware
 from ironcore.identity.revocation import Revocations
-from ironcore.process import bridge_context, bridge_services, listeners, loop_factory, tune_gc
+from ironcore.process import (
+    bridge_context,
+    bridge_services,
+    close,
+    listeners,
+    loop_factory,
+    tune_gc,
+)
 from ironcore.registry.rotation import Rotations
 from ironcore.registry.service import DeviceManager
 from ironcore.registry.store import Store
@@ -198,12 +205,7 @@ async def serve(settings: Settings) -> None:
     finally:
         if workers is not None:
             await workers.stop()
-        if bridge is not None:
-            await bridge.stop()
-        await events.close()
-        if sink is not None:
-            await sink.close()
-        await store.close()
+        await close(bridge, events, sink, store)
     log.info("ironcore stopped")
 
 

@@ -31,7 +31,7 @@ from ironcore.bridge.ipc import Channel
 from ironcore.bridge.mqtt.server import Listener, MqttBridge
 from ironcore.bridge.process_hub import WorkerChanges, WorkerHub
 from ironcore.identity.revocation import Revocations
-from ironcore.process import bridge_context, bridge_services, loop_factory, tune_gc
+from ironcore.process import bridge_context, bridge_services, close, loop_factory, tune_gc
 from ironcore.registry.rotation import Rotations
 from ironcore.registry.store import Store
 from ironcore.registry.store.pubsub import PubSubStore
@@ -96,12 +96,7 @@ async def serve(
             log.error("the primary process is gone; MQTT worker %d stops", index)
         stopped.cancel()
     finally:
-        if bridge is not None:
-            await bridge.stop()
-        await events.close()
-        if sink is not None:
-            await sink.close()
-        await store.close()
+        await close(bridge, events, sink, store)
 
 
 def main() -> None:
