@@ -384,3 +384,21 @@ def test_no_workers_without_an_mqtt_port(tmp_path: Path) -> None:
         assert "no MQTT port is open, so no worker is started" in server.log.read_text()
     finally:
         assert stop_server(server) == 0
+
+
+def test_workers_stop_when_the_primary_is_killed(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data", None, ["--mqtt-workers", "3"])
+    try:
+        wait_for(lambda: len(processes(server)) == 3, what="the worker processes")
+        workers = children(server.process.pid)
+        server.process.kill()
+        server.process.wait(timeout=10)
+        wait_for(
+            lambda: not [pid for pid in workers if os.path.exists(f"/proc/{pid}")],
+            timeout=15,
+            what="the workers to exit",
+        )
+        assert "the primary process is gone" in server.log.read_text()
+    finally:
+        if server.process.poll() is None:
+            stop_server(server)

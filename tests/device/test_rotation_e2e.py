@@ -20,9 +20,12 @@ from tests.device.test_sdk_clients import element_pem, register
 ROTATION = f"/ironcore/v1/projects/{PROJECT}/locations/{LOCATION}/registries/reg-sdk/devices"
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    running = start_server(tmp_path / "data")
+@pytest.fixture(params=[1, 2], ids=["1-process", "2-processes"])
+def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
+    """With 2 processes (`--mqtt-workers 2`) the device lands on either at each connect, so the
+    rotation's steps cross processes (a rotation started through the primary, an offer taken
+    by a worker, the reconnect with the new key on either)."""
+    running = start_server(tmp_path / "data", None, ["--mqtt-workers", str(request.param)])
     create_registry(running, "reg-sdk")
     yield running
     stop_server(running)
