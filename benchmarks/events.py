@@ -546,7 +546,12 @@ def main() -> None:
         serve_as(sys.argv[2], sys.argv[3:])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--devices", type=int, default=500, help="MQTT publishing devices")
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=2000,
+        help="MQTT publishing devices (100 events/s each at most)",
+    )
     parser.add_argument("--window", type=int, default=16, help="QoS 1 events in flight each")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds counted")
