@@ -23,6 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ironcore.bridge.changes import Changes
 from ironcore.bridge.hub import DeviceLink, Hub
 from ironcore.bridge.ipc import Channel, ChannelClosed, RemoteError
 from ironcore.registry.names import RegistryName
@@ -188,7 +189,7 @@ class WorkerChanges:
     def __init__(
         self,
         hub: WorkerHub,
-        changes: Any,
+        changes: Changes,
         refresh_revocations: Callable[[], Awaitable[None]],
         metrics: Callable[[], list[Any]],
     ) -> None:

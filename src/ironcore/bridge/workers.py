@@ -48,10 +48,6 @@ class Workers:
         self._watchers: list[asyncio.Task[None]] = []
         self._stopping = False
 
-    @property
-    def pids(self) -> list[int]:
-        return [process.pid for process in self._processes.values()]
-
     async def start(self) -> None:
         """Start every worker and wait until each accepts connections."""
         await asyncio.gather(*(self._start(index) for index in range(1, self.count)))
