@@ -198,6 +198,17 @@ def test_devices_on_every_process_get_events_configs_commands_and_metrics(
 
             wait_for(acked, what=f"{device_id} acknowledging its config")
 
+        # Each process writes its own devices' bookkeeping behind (about a second late).
+        def booked() -> bool:
+            epoch = "1970-01-01T00:00:00Z"
+            with admin(workers) as api:
+                got = [api.get(f"/registries/{REG}/devices/{d}").json() for d in devices]
+            return all(
+                g["lastEventTime"] != epoch and g["lastConfigSendTime"] != epoch for g in got
+            )
+
+        wait_for(booked, what="lastEventTime and lastConfigSendTime of every device")
+
         # /metrics adds the worker's figures to the primary's.
         assert metric(workers, "ironcore_mqtt_connected_devices") == len(devices)
         assert metric(workers, "ironcore_mqtt_messages_in_total") >= len(devices)
