@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from ironcore import logs
 from ironcore.api.app import create_app
+from ironcore.bridge.bus_hub import BusHub, namespace
 from ironcore.bridge.changes import Changes, ForgettingRotationStore
 from ironcore.bridge.devices import (
     CONTEXT_CACHE_SECONDS,
@@ -97,8 +98,14 @@ async def serve(settings: Settings) -> None:
     sink = JetStreamSink(settings.nats_url) if settings.nats_url else None
     bridge: MqttBridge | None = None
     workers: Workers | None = None
+    bus: BusHub | None = None
     try:
-        hub = PrimaryHub() if settings.mqtt_workers > 1 else Hub()
+        hub: Hub
+        if settings.bus_url:
+            space = namespace(settings.effective_database_url, settings.database_schema)
+            hub = bus = BusHub(settings.bus_url, space)
+        else:
+            hub = PrimaryHub() if settings.mqtt_workers > 1 else Hub()
         if sink is not None:
             await sink.start()
         topics = PubSubStore(store)
@@ -117,6 +124,12 @@ async def serve(settings: Settings) -> None:
         rotations = Rotations(
             ForgettingRotationStore(store, authenticator.forget_device), manager.clock
         )
+        if isinstance(hub, PrimaryHub):
+            hub.forget = authenticator.forget_device
+        if bus is not None:
+            bus.forget_all = authenticator.forget_all
+            bus.refresh_revocations = revocations.refresh
+            await bus.start()
         services = bridge_services(
             store, hub, Router(events, topics, sink), authenticator, rotations
         )
@@ -128,9 +141,8 @@ async def serve(settings: Settings) -> None:
             reuse_port=settings.mqtt_workers > 1,
         )
         await bridge.start()
-        if isinstance(hub, PrimaryHub):
+        if isinstance(hub, PrimaryHub) and settings.mqtt_workers > 1:
             if listening:
-                hub.forget = authenticator.forget_device
                 workers = Workers(settings, hub, bridge.bound(), settings.mqtt_workers)
                 await workers.start()
             else:
@@ -206,6 +218,8 @@ async def serve(settings: Settings) -> None:
         if workers is not None:
             await workers.stop()
         await close(bridge, events, sink, store)
+        if bus is not None:
+            await bus.close()
     log.info("ironcore stopped")
 
 

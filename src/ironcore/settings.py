@@ -48,6 +48,8 @@ class Settings:
     tls_key: Path | None = None
     # Processes accepting MQTT connections on the same ports (SO_REUSEPORT), this one included.
     mqtt_workers: int = 1
+    # NATS joining the servers that share this database (nats://host:4222); empty = none.
+    bus_url: str = ""
 
     @property
     def tls_dir(self) -> Path:

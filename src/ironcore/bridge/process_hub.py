@@ -125,10 +125,14 @@ class PrimaryHub(Hub):
     # What the device manager calls
 
     async def send_command(self, device: Device, data: bytes, subfolder: str) -> bool:
-        if super().is_connected(device.num_id):
-            return await super().send_command(device, data, subfolder)
+        return await self.command(device.num_id, subfolder, data)
+
+    async def command(self, num_id: int, subfolder: str, data: bytes) -> bool:
+        """Deliver a command to a device this process or one of its workers serves."""
+        if super().is_connected(num_id):
+            return self.deliver_command(num_id, subfolder, data)
         encoded = base64.b64encode(data).decode()
-        return bool(await self._ask(device.num_id, "command", subfolder, encoded))
+        return bool(await self._ask(num_id, "command", subfolder, encoded))
 
     # Changes go to the workers first: they check their connections while this one does.
 

@@ -136,6 +136,14 @@ def serve(
             "this one included",
         ),
     ] = 1,
+    bus: Annotated[
+        str,
+        typer.Option(
+            envvar="IRONCORE_BUS",
+            help="NATS (nats://host:4222) joining the servers that share this database: "
+            "configs, commands, session takeover and live disconnects across servers",
+        ),
+    ] = "",
 ) -> None:
     """Run ironcore: the admin API and the MQTT bridge."""
     if (tls_cert is None) != (tls_key is None):
@@ -168,6 +176,7 @@ def serve(
             tls_cert=tls_cert,
             tls_key=tls_key,
             mqtt_workers=mqtt_workers,
+            bus_url=bus,
         )
     )
 

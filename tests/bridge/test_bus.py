@@ -1,0 +1,184 @@
+"""Two separate `ironcore serve` processes sharing one PostgreSQL database, joined over NATS
+(`--bus`): what an operator does through one server reaches devices connected to the other.
+
+Real PostgreSQL, real NATS, real TLS and paho-mqtt 2 devices. Each server has a data directory
+(and so a local CA) of its own; a device trusts the CA of the server it connects to.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.bridge.devices import (
+    Device,
+    admin,
+    connect,
+    create_device,
+    create_registry,
+    last_error,
+    make_jwt,
+    new_key,
+)
+from tests.conftest import (
+    PG_URL,
+    Database,
+    Server,
+    drop_schema,
+    need_service,
+    pg_host_port,
+    start_server,
+    stop_server,
+    wait_for,
+)
+from tests.keys import PrivateKey
+
+NATS_URL = "nats://127.0.0.1:4222"
+REG = "reg-bus"
+
+
+@pytest.fixture(params=[1, 2], ids=["b-1-process", "b-2-processes"])
+def servers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Server, Server]]:
+    """Servers a and b; b with `--mqtt-workers 2` too, where a device lands on either of its
+    processes (b's primary answers for its worker)."""
+    need_service("PostgreSQL", *pg_host_port())
+    need_service("NATS", "127.0.0.1", 4222)
+    database = Database(PG_URL, f"t_{uuid.uuid4().hex[:12]}")
+    first = start_server(tmp_path / "a", database, ["--bus", NATS_URL])
+    second: Server | None = None
+    try:
+        # The first server wrote the database's first admin token; the second uses it too.
+        (tmp_path / "b").mkdir()
+        shutil.copy(tmp_path / "a" / "admin-token", tmp_path / "b" / "admin-token")
+        workers = ["--mqtt-workers", str(request.param)]
+        second = start_server(tmp_path / "b", database, ["--bus", NATS_URL, *workers])
+        yield first, second
+    finally:
+        if second is not None:
+            stop_server(second)
+        stop_server(first)
+        drop_schema(database.schema or "")
+
+
+def online(server: Server, device_id: str, key: PrivateKey) -> Device:
+    device = connect(server, REG, device_id, make_jwt(key))
+    device.client.reconnect_delay_set(60, 120)  # these tests want to see it stay down
+    return device
+
+
+def command(server: Server, device_id: str, data: bytes) -> httpx.Response:
+    with admin(server) as api:
+        return api.post(
+            f"/registries/{REG}/devices/{device_id}:sendCommandToDevice",
+            json={"binaryData": base64.b64encode(data).decode()},
+        )
+
+
+def next_on(device: Device, part: str) -> Any:
+    while True:
+        message = device.next_message(timeout=5)
+        if part in message.topic:
+            return message
+
+
+def test_commands_and_configs_through_one_server_reach_devices_on_the_other(
+    servers: tuple[Server, Server],
+) -> None:
+    a, b = servers
+    create_registry(a, REG)
+    key = new_key()
+    create_device(a, REG, "dev", key)
+    create_device(a, REG, "offline", key)
+    device = online(b, "dev", key)
+    try:
+        assert next_on(device, "/config").payload == b""
+        # The connect reaches the other server over NATS a moment later; until then the
+        # command is refused (and not delivered), as for a device not connected yet.
+        wait_for(lambda: command(a, "dev", b"reboot").status_code == 200, what="delivery")
+        assert next_on(device, "/commands").payload == b"reboot"
+
+        r = command(a, "offline", b"reboot")
+        assert r.status_code == 400 and r.json()["error"]["status"] == "FAILED_PRECONDITION"
+
+        with admin(a) as api:
+            r = api.post(
+                f"/registries/{REG}/devices/dev:modifyCloudToDeviceConfig",
+                json={"binaryData": base64.b64encode(b"v2").decode()},
+            )
+        assert r.status_code == 200, r.text
+        assert next_on(device, "/config").payload == b"v2"
+    finally:
+        device.close()
+
+
+def test_a_device_connecting_to_the_other_server_closes_its_older_connection(
+    servers: tuple[Server, Server],
+) -> None:
+    a, b = servers
+    create_registry(a, REG)
+    key = new_key()
+    create_device(a, REG, "dev", key)
+    older = online(a, "dev", key)
+    newer: Device | None = None
+    try:
+        newer = online(b, "dev", key)
+        older.wait_disconnect(timeout=5)
+        last_error(a, REG, "dev", "another active connection with the same device ID")
+        newer.publish("/devices/dev/events", b"still here")
+        assert newer.disconnects.empty()
+        # The older connection closed when the first server heard of the newer one.
+        r = command(a, "dev", b"to the newer")
+        assert r.status_code == 200, r.text
+        assert next_on(newer, "/commands").payload == b"to the newer"
+    finally:
+        older.client.loop_stop()
+        if newer is not None:
+            newer.close()
+
+
+def test_blocking_and_disabling_through_one_server_disconnect_on_the_other(
+    servers: tuple[Server, Server],
+) -> None:
+    a, b = servers
+    create_registry(a, REG)
+    key = new_key()
+    create_device(a, REG, "blocked", key)
+    create_device(a, REG, "other", key)
+    blocked, other = online(b, "blocked", key), online(b, "other", key)
+    try:
+        with admin(a) as api:
+            started = time.monotonic()
+            r = api.patch(
+                f"/registries/{REG}/devices/blocked",
+                params={"updateMask": "blocked"},
+                json={"blocked": True},
+            )
+            assert r.status_code == 200, r.text
+            blocked.wait_disconnect(timeout=5)
+            assert time.monotonic() - started < 1.0
+            other.publish("/devices/other/events", b"not blocked")
+
+            started = time.monotonic()
+            r = api.patch(
+                f"/registries/{REG}",
+                params={"updateMask": "mqtt_config"},
+                json={"mqttConfig": {"mqttEnabledState": "MQTT_DISABLED"}},
+            )
+            assert r.status_code == 200, r.text
+            other.wait_disconnect(timeout=5)
+            assert time.monotonic() - started < 1.0
+        # The other server's cached registry was forgotten too: refused at once.
+        again = connect(b, REG, "other", make_jwt(key), wait=False)
+        assert again.wait_connack() == 5
+        again.client.loop_stop()
+    finally:
+        blocked.client.loop_stop()
+        other.client.loop_stop()
