@@ -12,6 +12,7 @@ from collections.abc import Generator
 
 import uvicorn
 from fastapi import FastAPI
+from nats.errors import Error as NatsError
 
 from ironcore import logs
 from ironcore.api.app import create_app
@@ -107,7 +108,12 @@ async def serve(settings: Settings) -> None:
         else:
             hub = PrimaryHub() if settings.mqtt_workers > 1 else Hub()
         if sink is not None:
-            await sink.start()
+            try:
+                await sink.start()
+            except (OSError, NatsError, TimeoutError) as error:
+                raise CannotStart(
+                    f"no NATS answers at --nats-url {settings.nats_url} ({error})"
+                ) from None
         topics = PubSubStore(store)
         pubsub = PubSub(topics, nats=sink)
         # The cached device contexts are safe because every change in this process goes
@@ -129,7 +135,12 @@ async def serve(settings: Settings) -> None:
         if bus is not None:
             bus.forget_all = authenticator.forget_all
             bus.refresh_revocations = revocations.refresh
-            await bus.start()
+            try:
+                await bus.start()
+            except (OSError, NatsError, TimeoutError) as error:
+                raise CannotStart(
+                    f"no NATS answers at --bus {settings.bus_url} ({error})"
+                ) from None
         services = bridge_services(
             store, hub, Router(events, topics, sink), authenticator, rotations
         )
@@ -253,7 +264,15 @@ async def _evaluate_rollouts(firmware: Firmware) -> None:
             log.warning("could not evaluate firmware rollouts: %s", error)
 
 
+class CannotStart(Exception):
+    """Something the server needs is not there; the message says what. Exit status 1."""
+
+
 def run(settings: Settings) -> None:
     logs.configure(settings.log_format, settings.log_level)
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(serve(settings))
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(serve(settings))
+    except CannotStart as error:
+        log.error("ironcore cannot start: %s", error)
+        raise SystemExit(1) from None

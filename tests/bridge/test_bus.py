@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,6 +35,7 @@ from tests.conftest import (
     Database,
     Server,
     drop_schema,
+    free_port,
     need_service,
     pg_host_port,
     start_server,
@@ -182,3 +185,28 @@ def test_blocking_and_disabling_through_one_server_disconnect_on_the_other(
     finally:
         blocked.client.loop_stop()
         other.client.loop_stop()
+
+
+@pytest.mark.parametrize("flag", ["--bus", "--nats-url"])
+def test_no_nats_at_start_is_a_clear_error(tmp_path: Path, flag: str) -> None:
+    dead = f"nats://127.0.0.1:{free_port()}"  # nothing listens there
+    ports = ["--api-port", str(free_port()), "--mqtt-port", str(free_port())]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ironcore",
+            "serve",
+            "--data-dir",
+            str(tmp_path),
+            flag,
+            dead,
+            *ports,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert f"ironcore cannot start: no NATS answers at {flag} {dead}" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -36,6 +36,7 @@ from ironcore.bridge.hub import DeviceLink
 from ironcore.bridge.process_hub import TAKEN_OVER, PrimaryHub
 from ironcore.registry.names import RegistryName
 from ironcore.registry.resources import Device, DeviceConfig
+from ironcore.routing.nats import reachable
 
 log = logging.getLogger(__name__)
 # How long a server waits for another to deliver a command or name a key.
@@ -65,6 +66,7 @@ class BusHub(PrimaryHub):
         self.refresh_revocations: Callable[[], Awaitable[None]] | None = None
 
     async def start(self) -> None:
+        await reachable(self.url)
         self._client = await nats.connect(
             self.url, name=f"ironcore-hub-{self.server_id}", max_reconnect_attempts=-1
         )
@@ -78,7 +80,10 @@ class BusHub(PrimaryHub):
         if self._sending:
             await asyncio.wait(self._sending, timeout=REQUEST_SECONDS)
         if self._client is not None:
-            await self._client.drain()
+            try:
+                await self._client.drain()
+            except NatsError as error:  # leaving anyway
+                log.warning("could not leave NATS cleanly: %s", error)
 
     # Telling the others
 

@@ -21,6 +21,7 @@ import json
 import logging
 import time
 from collections import deque
+from urllib.parse import urlsplit
 
 import nats
 from nats.aio.client import Client
@@ -37,6 +38,17 @@ PUBLISH_TIMEOUT_SECONDS = 5.0
 # until acknowledgements free room. nats.go's default for PublishAsync is 4,000.
 MAX_IN_FLIGHT = 4000
 _NO_RESPONDERS = "503"
+
+
+async def reachable(url: str, seconds: float = 2.0) -> None:
+    """OSError or TimeoutError unless the first server of `url` accepts a TCP connection.
+
+    Checked before `nats.connect`: with reconnects unlimited (what a running server wants),
+    nats-py also retries a failed first connect forever, and a server would hang at start."""
+    first = urlsplit(url.split(",")[0].strip())
+    async with asyncio.timeout(seconds):
+        _, writer = await asyncio.open_connection(first.hostname or "127.0.0.1", first.port or 4222)
+    writer.close()
 
 
 def _token(value: str) -> str:
@@ -118,6 +130,7 @@ class JetStreamSink:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        await reachable(self.url)
         self._client = await nats.connect(
             self.url,
             name="ironcore",
