@@ -170,3 +170,23 @@ def connect(
 
 def new_key() -> PrivateKey:
     return es256_key()
+
+
+def block_device(server: Server, registry_id: str, device_id: str) -> None:
+    with admin(server) as api:
+        r = api.patch(
+            f"/registries/{registry_id}/devices/{device_id}",
+            params={"updateMask": "blocked"},
+            json={"blocked": True},
+        )
+    assert r.status_code == 200, r.text
+
+
+def disable_mqtt(server: Server, registry_id: str) -> None:
+    with admin(server) as api:
+        r = api.patch(
+            f"/registries/{registry_id}",
+            params={"updateMask": "mqtt_config"},
+            json={"mqttConfig": {"mqttEnabledState": "MQTT_DISABLED"}},
+        )
+    assert r.status_code == 200, r.text

@@ -23,9 +23,11 @@ import pytest
 from tests.bridge.devices import (
     Device,
     admin,
+    block_device,
     connect,
     create_device,
     create_registry,
+    disable_mqtt,
     last_error,
     make_jwt,
     new_key,
@@ -157,27 +159,16 @@ def test_blocking_and_disabling_through_one_server_disconnect_on_the_other(
     create_device(a, REG, "other", key)
     blocked, other = online(b, "blocked", key), online(b, "other", key)
     try:
-        with admin(a) as api:
-            started = time.monotonic()
-            r = api.patch(
-                f"/registries/{REG}/devices/blocked",
-                params={"updateMask": "blocked"},
-                json={"blocked": True},
-            )
-            assert r.status_code == 200, r.text
-            blocked.wait_disconnect(timeout=5)
-            assert time.monotonic() - started < 1.0
-            other.publish("/devices/other/events", b"not blocked")
+        started = time.monotonic()
+        block_device(a, REG, "blocked")
+        blocked.wait_disconnect(timeout=5)
+        assert time.monotonic() - started < 1.0
+        other.publish("/devices/other/events", b"not blocked")
 
-            started = time.monotonic()
-            r = api.patch(
-                f"/registries/{REG}",
-                params={"updateMask": "mqtt_config"},
-                json={"mqttConfig": {"mqttEnabledState": "MQTT_DISABLED"}},
-            )
-            assert r.status_code == 200, r.text
-            other.wait_disconnect(timeout=5)
-            assert time.monotonic() - started < 1.0
+        started = time.monotonic()
+        disable_mqtt(a, REG)
+        other.wait_disconnect(timeout=5)
+        assert time.monotonic() - started < 1.0
         # The other server's cached registry was forgotten too: refused at once.
         again = connect(b, REG, "other", make_jwt(key), wait=False)
         assert again.wait_connack() == 5

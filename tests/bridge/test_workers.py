@@ -27,9 +27,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.bridge.devices import (
     Device,
     admin,
+    block_device,
     connect,
     create_device,
     create_registry,
+    disable_mqtt,
     last_error,
     make_jwt,
     new_key,
@@ -261,29 +263,18 @@ def test_blocking_and_disabling_mqtt_reach_devices_on_the_worker(workers: Server
     other = on_process(workers, "other", key, worker)
     primary = on_process(workers, "on-primary", key, workers.process.pid)
     try:
-        with admin(workers) as api:
-            started = time.monotonic()
-            r = api.patch(
-                f"/registries/{REG}/devices/blocked",
-                params={"updateMask": "blocked"},
-                json={"blocked": True},
-            )
-            assert r.status_code == 200, r.text
-            blocked.wait_disconnect(timeout=5)
-            assert time.monotonic() - started < 1.0
-            other.publish("/devices/other/events", b"not blocked")
+        started = time.monotonic()
+        block_device(workers, REG, "blocked")
+        blocked.wait_disconnect(timeout=5)
+        assert time.monotonic() - started < 1.0
+        other.publish("/devices/other/events", b"not blocked")
 
-            # The worker's cached registry is forgotten too: a device refused at once.
-            started = time.monotonic()
-            r = api.patch(
-                f"/registries/{REG}",
-                params={"updateMask": "mqtt_config"},
-                json={"mqttConfig": {"mqttEnabledState": "MQTT_DISABLED"}},
-            )
-            assert r.status_code == 200, r.text
-            other.wait_disconnect(timeout=5)
-            primary.wait_disconnect(timeout=5)
-            assert time.monotonic() - started < 1.0
+        # The worker's cached registry is forgotten too: a device refused at once.
+        started = time.monotonic()
+        disable_mqtt(workers, REG)
+        other.wait_disconnect(timeout=5)
+        primary.wait_disconnect(timeout=5)
+        assert time.monotonic() - started < 1.0
         for _ in range(6):  # some of these land on each process
             again = connect(workers, REG, "other", make_jwt(key), wait=False)
             assert again.wait_connack() == 5
