@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Generator
+from collections.abc import Awaitable, Callable, Generator
 
 import uvicorn
 from fastapi import FastAPI
@@ -108,12 +108,7 @@ async def serve(settings: Settings) -> None:
         else:
             hub = PrimaryHub() if settings.mqtt_workers > 1 else Hub()
         if sink is not None:
-            try:
-                await sink.start()
-            except (OSError, NatsError, TimeoutError) as error:
-                raise CannotStart(
-                    f"no NATS answers at --nats-url {settings.nats_url} ({error})"
-                ) from None
+            await _start_nats(sink.start, "--nats-url", settings.nats_url)
         topics = PubSubStore(store)
         pubsub = PubSub(topics, nats=sink)
         # The cached device contexts are safe because every change in this process goes
@@ -135,12 +130,7 @@ async def serve(settings: Settings) -> None:
         if bus is not None:
             bus.forget_all = authenticator.forget_all
             bus.refresh_revocations = revocations.refresh
-            try:
-                await bus.start()
-            except (OSError, NatsError, TimeoutError) as error:
-                raise CannotStart(
-                    f"no NATS answers at --bus {settings.bus_url} ({error})"
-                ) from None
+            await _start_nats(bus.start, "--bus", settings.bus_url)
         services = bridge_services(
             store, hub, Router(events, topics, sink), authenticator, rotations
         )
@@ -266,6 +256,13 @@ async def _evaluate_rollouts(firmware: Firmware) -> None:
 
 class CannotStart(Exception):
     """Something the server needs is not there; the message says what. Exit status 1."""
+
+
+async def _start_nats(start: Callable[[], Awaitable[None]], flag: str, url: str) -> None:
+    try:
+        await start()
+    except (OSError, NatsError, TimeoutError) as error:
+        raise CannotStart(f"no NATS answers at {flag} {url} ({error})") from None
 
 
 def run(settings: Settings) -> None:
