@@ -122,11 +122,12 @@ async def serve(settings: Settings) -> None:
         revocations = Revocations(store, manager.clock, links)
         authenticator.revocations = revocations
         await revocations.refresh()
-        rotations = Rotations(
-            ForgettingRotationStore(store, authenticator.forget_device), manager.clock
-        )
+        # A key rotation step made here is forgotten by every process (and server) too.
+        forget = authenticator.forget_device
         if isinstance(hub, PrimaryHub):
             hub.forget = authenticator.forget_device
+            forget = hub.forget_device
+        rotations = Rotations(ForgettingRotationStore(store, forget), manager.clock)
         if bus is not None:
             bus.forget_all = authenticator.forget_all
             bus.refresh_revocations = revocations.refresh

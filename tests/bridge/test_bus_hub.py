@@ -151,3 +151,12 @@ def test_servers_of_other_databases_never_share_subjects() -> None:
     assert namespace(url, "a") == namespace(url, "a")
     assert namespace(url, "a") != namespace(url, "b")
     assert namespace(url, "a") != namespace("postgresql://other/ironcore", "a")
+
+
+async def test_a_change_made_in_one_server_is_forgotten_by_the_other(
+    pair: tuple[Server, Server],
+) -> None:
+    a, b = pair
+    a.hub.forget_device(31)  # a key rotation step on one of a's connections
+    await until(lambda: b.forgotten == [31])
+    assert a.forgotten == [31]

@@ -231,3 +231,13 @@ async def test_an_unknown_message_is_answered_with_an_error() -> None:
     else:
         raise AssertionError("an unknown message was accepted")
     assert primary is not None
+
+
+async def test_a_change_made_in_the_primary_is_forgotten_by_every_worker() -> None:
+    primary, (one, two), _ = await joined(2)
+    forgotten: list[int] = []
+    primary.forget = forgotten.append
+    primary.forget_device(21)  # a key rotation step on one of the primary's own connections
+    await settle()
+    assert forgotten == [21]
+    assert one.authenticator.forgotten == [21] and two.authenticator.forgotten == [21]

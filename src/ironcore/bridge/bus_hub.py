@@ -111,6 +111,10 @@ class BusHub(PrimaryHub):
         if self._since.pop(num_id, None) is not None:
             self._tell("disconnected", num_id)
 
+    def forget_device(self, num_id: int) -> None:
+        super().forget_device(num_id)
+        self._tell("forget", num_id)
+
     def register(self, num_id: int, link: DeviceLink) -> None:
         super().register(num_id, link)
         self._connected_here(num_id)

@@ -78,6 +78,11 @@ class PrimaryHub(Hub):
 
         return handle
 
+    def forget_device(self, num_id: int) -> None:
+        """A change made in this process (a key rotation step): every process forgets."""
+        self.forget(num_id)
+        self._broadcast("forget", num_id)
+
     def _connected_elsewhere(self, num_id: int, index: int) -> None:
         local = self._links.pop(num_id, None)
         if local is not None:
