@@ -32,6 +32,7 @@ from tests.bridge.devices import (
     connect,
     create_device,
     create_registry,
+    disable_mqtt,
     last_error,
     make_jwt,
     new_key,
@@ -155,13 +156,7 @@ def test_disabling_mqtt_on_the_registry_disconnects_its_devices(bridge: Server) 
     bystander = connect(bridge, "reg-bystander", "dev-3", make_jwt(key))
     try:
         started = time.monotonic()
-        with admin(bridge) as api:
-            r = api.patch(
-                f"/registries/{REG}",
-                params={"updateMask": "mqttConfig"},
-                json={"mqttConfig": {"mqttEnabledState": "MQTT_DISABLED"}},
-            )
-            assert r.status_code == 200, r.text
+        disable_mqtt(bridge, REG)
         for device in devices:
             assert disconnected_after(device, started) < LIMIT
         last_error(bridge, REG, "dev-1", "MQTT was disabled")

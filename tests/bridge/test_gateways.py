@@ -20,6 +20,7 @@ from tests.bridge.devices import (
     PROJECT,
     Device,
     admin,
+    block_device,
     connect,
     create_device,
     create_registry,
@@ -334,13 +335,7 @@ def test_non_gateway_attach_disconnects_and_blocking_detaches(bridge: Server) ->
         gateway.attach("dev-1", "")
         gateway.publish("/devices/dev-1/events", b"before block")
         gateway.no_error()
-        with admin(bridge) as api:
-            r = api.patch(
-                f"/registries/{REG}/devices/dev-1",
-                params={"updateMask": "blocked"},
-                json={"blocked": True},
-            )
-            assert r.status_code == 200, r.text
+        block_device(bridge, REG, "dev-1")
         body = gateway.error(timeout=2)
         assert (body["error_type"], body["device_id"]) == (
             "GATEWAY_DETACHMENT_DEVICE_ERROR",
