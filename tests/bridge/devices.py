@@ -3,6 +3,7 @@ and real MQTT clients (paho-mqtt 2.x) over TLS."""
 
 from __future__ import annotations
 
+import base64
 import queue
 import ssl
 import time
@@ -190,3 +191,34 @@ def disable_mqtt(server: Server, registry_id: str) -> None:
             json={"mqttConfig": {"mqttEnabledState": "MQTT_DISABLED"}},
         )
     assert r.status_code == 200, r.text
+
+
+def online(
+    server: Server, registry_id: str, device_id: str, key: PrivateKey, subscribe: bool = True
+) -> Device:
+    """`connect` for tests that want to see a disconnect last: paho would reconnect on its own
+    after a second."""
+    device = connect(server, registry_id, device_id, make_jwt(key), subscribe=subscribe)
+    device.client.reconnect_delay_set(60, 120)
+    return device
+
+
+def send_command(
+    server: Server, registry_id: str, device_id: str, data: bytes, subfolder: str = ""
+) -> httpx.Response:
+    body = {"binaryData": base64.b64encode(data).decode()}
+    if subfolder:
+        body["subfolder"] = subfolder
+    with admin(server) as api:
+        return api.post(
+            f"/registries/{registry_id}/devices/{device_id}:sendCommandToDevice", json=body
+        )
+
+
+def next_on(device: Device, part: str) -> mqtt.MQTTMessage:
+    """The next message on a topic containing `part`, past the others (a subscription's
+    config comes first)."""
+    while True:
+        message = device.next_message(timeout=5)
+        if part in message.topic:
+            return message

@@ -15,9 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
 from tests.bridge.devices import (
@@ -31,6 +29,9 @@ from tests.bridge.devices import (
     last_error,
     make_jwt,
     new_key,
+    next_on,
+    online,
+    send_command,
 )
 from tests.conftest import (
     PG_URL,
@@ -44,7 +45,6 @@ from tests.conftest import (
     stop_server,
     wait_for,
 )
-from tests.keys import PrivateKey
 
 NATS_URL = "nats://127.0.0.1:4222"
 REG = "reg-bus"
@@ -73,27 +73,6 @@ def servers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Se
         drop_schema(database.schema or "")
 
 
-def online(server: Server, device_id: str, key: PrivateKey) -> Device:
-    device = connect(server, REG, device_id, make_jwt(key))
-    device.client.reconnect_delay_set(60, 120)  # these tests want to see it stay down
-    return device
-
-
-def command(server: Server, device_id: str, data: bytes) -> httpx.Response:
-    with admin(server) as api:
-        return api.post(
-            f"/registries/{REG}/devices/{device_id}:sendCommandToDevice",
-            json={"binaryData": base64.b64encode(data).decode()},
-        )
-
-
-def next_on(device: Device, part: str) -> Any:
-    while True:
-        message = device.next_message(timeout=5)
-        if part in message.topic:
-            return message
-
-
 def test_commands_and_configs_through_one_server_reach_devices_on_the_other(
     servers: tuple[Server, Server],
 ) -> None:
@@ -102,15 +81,15 @@ def test_commands_and_configs_through_one_server_reach_devices_on_the_other(
     key = new_key()
     create_device(a, REG, "dev", key)
     create_device(a, REG, "offline", key)
-    device = online(b, "dev", key)
+    device = online(b, REG, "dev", key)
     try:
         assert next_on(device, "/config").payload == b""
         # The connect reaches the other server over NATS a moment later; until then the
         # command is refused (and not delivered), as for a device not connected yet.
-        wait_for(lambda: command(a, "dev", b"reboot").status_code == 200, what="delivery")
+        wait_for(lambda: send_command(a, REG, "dev", b"reboot").status_code == 200, what="delivery")
         assert next_on(device, "/commands").payload == b"reboot"
 
-        r = command(a, "offline", b"reboot")
+        r = send_command(a, REG, "offline", b"reboot")
         assert r.status_code == 400 and r.json()["error"]["status"] == "FAILED_PRECONDITION"
 
         with admin(a) as api:
@@ -131,16 +110,16 @@ def test_a_device_connecting_to_the_other_server_closes_its_older_connection(
     create_registry(a, REG)
     key = new_key()
     create_device(a, REG, "dev", key)
-    older = online(a, "dev", key)
+    older = online(a, REG, "dev", key)
     newer: Device | None = None
     try:
-        newer = online(b, "dev", key)
+        newer = online(b, REG, "dev", key)
         older.wait_disconnect(timeout=5)
         last_error(a, REG, "dev", "another active connection with the same device ID")
         newer.publish("/devices/dev/events", b"still here")
         assert newer.disconnects.empty()
         # The older connection closed when the first server heard of the newer one.
-        r = command(a, "dev", b"to the newer")
+        r = send_command(a, REG, "dev", b"to the newer")
         assert r.status_code == 200, r.text
         assert next_on(newer, "/commands").payload == b"to the newer"
     finally:
@@ -157,7 +136,7 @@ def test_blocking_and_disabling_through_one_server_disconnect_on_the_other(
     key = new_key()
     create_device(a, REG, "blocked", key)
     create_device(a, REG, "other", key)
-    blocked, other = online(b, "blocked", key), online(b, "other", key)
+    blocked, other = online(b, REG, "blocked", key), online(b, REG, "other", key)
     try:
         started = time.monotonic()
         block_device(a, REG, "blocked")

@@ -36,6 +36,7 @@ from tests.bridge.devices import (
     last_error,
     make_jwt,
     new_key,
+    online,
 )
 from tests.conftest import Server, start_server, stop_server, wait_for
 from tests.keys import PrivateKey, public_pem
@@ -58,13 +59,6 @@ def credential(key: PrivateKey, expires: float | None = None) -> dict[str, Any]:
         when = dt.datetime.fromtimestamp(expires, dt.UTC)
         body["expirationTime"] = when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return body
-
-
-def online(server: Server, device_id: str, key: PrivateKey, subscribe: bool = True) -> Device:
-    device = connect(server, REG, device_id, make_jwt(key), subscribe=subscribe)
-    # paho would reconnect on its own after a second; these tests want to see it stay down.
-    device.client.reconnect_delay_set(60, 120)
-    return device
 
 
 def disconnected_after(device: Device, started: float, timeout: float = 5.0) -> float:
@@ -90,7 +84,7 @@ def test_removing_the_credential_in_use_disconnects(bridge: Server) -> None:
     create_registry(bridge, REG)
     used, other, replacement = new_key(), new_key(), new_key()
     create_device(bridge, REG, "dev", credentials=[credential(used), credential(other)])
-    device = online(bridge, "dev", used)
+    device = online(bridge, REG, "dev", used)
     try:
         # Swapping the other credential keeps the one the device connected with: it stays. The
         # PATCH answers once connections are revalidated, so a PUBACK now shows it stayed.
@@ -118,7 +112,7 @@ def test_credential_expiring_while_connected_disconnects(bridge: Server) -> None
     key = new_key()
     expires = time.time() + 2.5
     create_device(bridge, REG, "dev", credentials=[credential(key, expires)])
-    device = online(bridge, "dev", key)
+    device = online(bridge, REG, "dev", key)
     try:
         device.wait_disconnect(timeout=5)
         late = time.time() - expires
@@ -132,7 +126,7 @@ def test_expiry_set_on_a_connected_device_disconnects_it(bridge: Server) -> None
     create_registry(bridge, REG)
     key = new_key()
     create_device(bridge, REG, "dev", credentials=[credential(key)])
-    device = online(bridge, "dev", key)
+    device = online(bridge, REG, "dev", key)
     try:
         expires = time.time() + 2.0
         patch_device(bridge, "dev", "credentials", {"credentials": [credential(key, expires)]})
@@ -152,7 +146,7 @@ def test_disabling_mqtt_on_the_registry_disconnects_its_devices(bridge: Server) 
     for device_id in ("dev-1", "dev-2"):
         create_device(bridge, REG, device_id, key)
     create_device(bridge, "reg-bystander", "dev-3", key)
-    devices = [online(bridge, "dev-1", key), online(bridge, "dev-2", key)]
+    devices = [online(bridge, REG, "dev-1", key), online(bridge, REG, "dev-2", key)]
     bystander = connect(bridge, "reg-bystander", "dev-3", make_jwt(key))
     try:
         started = time.monotonic()
@@ -174,7 +168,7 @@ def test_deleting_the_device_disconnects_it(bridge: Server) -> None:
     create_registry(bridge, REG)
     key = new_key()
     create_device(bridge, REG, "dev", key)
-    device = online(bridge, "dev", key)
+    device = online(bridge, REG, "dev", key)
     try:
         started = time.monotonic()
         with admin(bridge) as api:
@@ -202,7 +196,7 @@ def test_send_command_needs_a_connected_subscribed_device(bridge: Server) -> Non
         assert r.status_code == 400, r.text
         assert r.json()["error"]["status"] == "FAILED_PRECONDITION"
 
-        device = online(bridge, "dev", key, subscribe=False)
+        device = online(bridge, REG, "dev", key, subscribe=False)
         try:
             r = send()
             assert r.status_code == 400, r.text
@@ -271,7 +265,7 @@ def test_sighup_reloads_the_certificate_without_dropping_devices(bridge: Server)
     create_registry(bridge, REG)
     key = new_key()
     create_device(bridge, REG, "dev", key)
-    device = online(bridge, "dev", key)
+    device = online(bridge, REG, "dev", key)
     try:
         old = served_serial(bridge)
         # A certificate without its key: the reload is refused and the old pair keeps serving.
@@ -305,7 +299,7 @@ def test_sigterm_disconnects_devices_flushes_bookkeeping_and_exits_0(tmp_path: P
         create_registry(server, REG)
         key = new_key()
         create_device(server, REG, "dev", key)
-        device = online(server, "dev", key)
+        device = online(server, REG, "dev", key)
         device.publish("/devices/dev/events", b"first")
         with admin(server) as api:
 

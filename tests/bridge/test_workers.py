@@ -35,6 +35,9 @@ from tests.bridge.devices import (
     last_error,
     make_jwt,
     new_key,
+    next_on,
+    online,
+    send_command,
 )
 from tests.bridge.test_enforcement import issue_server_certificate, served_serial
 from tests.conftest import Database, Server, events_in_log, start_server, stop_server, wait_for
@@ -98,16 +101,10 @@ def serving(server: Server, device: Device) -> int:
     raise AssertionError("no server process holds the device's connection")
 
 
-def online(server: Server, device_id: str, key: PrivateKey) -> Device:
-    device = connect(server, REG, device_id, make_jwt(key))
-    device.client.reconnect_delay_set(60, 120)  # these tests want to see it stay down
-    return device
-
-
 def on_process(server: Server, device_id: str, key: PrivateKey, pid: int) -> Device:
     """The device connected, on the process `pid` (connecting again until it lands there)."""
     for _ in range(SPREAD_ATTEMPTS):
-        device = online(server, device_id, key)
+        device = online(server, REG, device_id, key)
         if serving(server, device) == pid:
             return device
         device.close()
@@ -123,22 +120,6 @@ def metric(server: Server, name: str) -> float:
         for sample in family.samples
         if sample.name == name
     )
-
-
-def send_command(server: Server, device_id: str, data: bytes) -> httpx.Response:
-    with admin(server) as api:
-        return api.post(
-            f"/registries/{REG}/devices/{device_id}:sendCommandToDevice",
-            json={"binaryData": base64.b64encode(data).decode(), "subfolder": "ops"},
-        )
-
-
-def next_command(device: Device) -> Any:
-    """The next command the device receives (past the config every subscription brings)."""
-    while True:
-        message = device.next_message(timeout=5)
-        if "/commands" in message.topic:
-            return message
 
 
 def set_config(server: Server, device_id: str, data: bytes) -> dict[str, Any]:
@@ -163,7 +144,7 @@ def test_devices_on_every_process_get_events_configs_commands_and_metrics(
         for n in range(SPREAD_ATTEMPTS):
             device_id = f"dev-{n}"
             create_device(workers, REG, device_id, key)
-            devices[device_id] = online(workers, device_id, key)
+            devices[device_id] = online(workers, REG, device_id, key)
             pids.add(serving(workers, devices[device_id]))
             if len(pids) == 2 and len(devices) >= 6:
                 break
@@ -183,7 +164,8 @@ def test_devices_on_every_process_get_events_configs_commands_and_metrics(
                 f"/devices/{device_id}/config",
                 b"v2 " + device_id.encode(),
             )
-            response = send_command(workers, device_id, b"reboot " + device_id.encode())
+            data = b"reboot " + device_id.encode()
+            response = send_command(workers, REG, device_id, data, "ops")
             assert response.status_code == 200, response.text
             message = device.next_message()
             assert (message.topic, message.payload) == (
@@ -232,7 +214,7 @@ def test_a_device_connecting_to_the_other_process_closes_its_older_connection(
         newer: Device | None = None
         try:
             for _ in range(SPREAD_ATTEMPTS):
-                newer = online(workers, "dev", key)
+                newer = online(workers, REG, "dev", key)
                 if serving(workers, newer) == other:
                     break
                 # Same process: the plain hub already closed `older`; start over from `newer`.
@@ -244,8 +226,8 @@ def test_a_device_connecting_to_the_other_process_closes_its_older_connection(
             last_error(workers, REG, "dev", "another active connection with the same device ID")
             newer.publish("/devices/dev/events", b"still here")
             assert newer.disconnects.empty()
-            assert send_command(workers, "dev", b"to the newer").status_code == 200
-            assert next_command(newer).payload == b"to the newer"
+            assert send_command(workers, REG, "dev", b"to the newer", "ops").status_code == 200
+            assert next_on(newer, "/commands").payload == b"to the newer"
         finally:
             older.client.loop_stop()
             if newer is not None:
@@ -294,7 +276,7 @@ def test_a_worker_that_dies_is_started_again_and_its_devices_come_back(workers: 
         os.kill(worker, signal.SIGKILL)
         device.wait_disconnect(timeout=5)
         # The primary forgot the dead worker's devices: no command waits for it.
-        r = send_command(workers, "dev", b"anyone?")
+        r = send_command(workers, REG, "dev", b"anyone?", "ops")
         assert r.status_code == 400 and r.json()["error"]["status"] == "FAILED_PRECONDITION"
         restarted = wait_for(
             lambda: [pid for pid in processes(workers) if pid not in (workers.process.pid, worker)],
@@ -305,8 +287,8 @@ def test_a_worker_that_dies_is_started_again_and_its_devices_come_back(workers: 
         device.client.loop_stop()
         back = on_process(workers, "dev", key, restarted[0])
         try:
-            assert send_command(workers, "dev", b"welcome back").status_code == 200
-            assert next_command(back).payload == b"welcome back"
+            assert send_command(workers, REG, "dev", b"welcome back", "ops").status_code == 200
+            assert next_on(back, "/commands").payload == b"welcome back"
         finally:
             back.close()
     finally:
