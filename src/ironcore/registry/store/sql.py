@@ -60,7 +60,7 @@ from ironcore.registry.store.schema import (
     registries,
     revoked_signers,
 )
-from ironcore.registry.store.sqlite_append import SqliteAppender
+from ironcore.registry.store.sqlite_append import APPEND_ONE, SqliteAppender
 from ironcore.registry.store.writer_lock import WriterLock
 from ironcore.registry.wire import STORED
 
@@ -794,7 +794,7 @@ class Store:
             driver = (await conn.get_raw_connection()).driver_connection
             assert driver is not None
             if self.is_sqlite:
-                await driver.executemany(_APPEND_SQLITE, rows)
+                await driver.executemany(APPEND_ONE, rows)
             else:
                 # SQLAlchemy has not begun a transaction on the driver connection yet.
                 async with driver.transaction():
@@ -1134,7 +1134,6 @@ _BRIDGE_DEVICE = (
 )
 _BRIDGE_DEVICE_BY_ID = _BRIDGE_DEVICE + " AND d.device_id = ?"
 _BRIDGE_DEVICE_BY_NUM_ID = _BRIDGE_DEVICE + " AND d.num_id = ?"
-_APPEND_SQLITE = "INSERT INTO events (topic, data, attributes, publish_time) VALUES (?, ?, ?, ?)"
 _APPEND_POSTGRESQL = (
     "INSERT INTO events (topic, data, attributes, publish_time) VALUES ($1, $2, $3, $4)"
 )

@@ -26,10 +26,13 @@ from ironcore.registry.store.writer_lock import WriterLock
 log = logging.getLogger(__name__)
 
 Row = tuple[str, bytes, str, int]  # topic, data, attributes (JSON text), publish time (µs)
-_COLUMNS = "INSERT INTO events (topic, data, attributes, publish_time) VALUES "
 # 4 parameters a row: 800 in all, under SQLite's oldest limit of 999 per statement.
 ROWS_PER_STATEMENT = 200
 CHECKPOINT_EVERY = 8
+_COLUMNS = "INSERT INTO events (topic, data, attributes, publish_time) VALUES "
+# One row: also what an in-memory database (which has no appender) runs through aiosqlite.
+APPEND_ONE = _COLUMNS + "(?, ?, ?, ?)"
+_APPEND_MANY = _COLUMNS + ",".join(["(?, ?, ?, ?)"] * ROWS_PER_STATEMENT)
 
 
 class SqliteAppender:
@@ -40,8 +43,6 @@ class SqliteAppender:
         self._conn.execute("PRAGMA synchronous=FULL")  # acknowledged means durable
         self._conn.execute("PRAGMA busy_timeout=10000")
         self._conn.execute("PRAGMA wal_autocheckpoint=0")
-        self._many = _COLUMNS + ",".join(["(?, ?, ?, ?)"] * ROWS_PER_STATEMENT)
-        self._one = _COLUMNS + "(?, ?, ?, ?)"
         self._commits = 0
 
     async def append(self, rows: Sequence[Row]) -> None:
@@ -57,8 +58,8 @@ class SqliteAppender:
             try:
                 for start in range(0, whole, ROWS_PER_STATEMENT):
                     chunk = rows[start : start + ROWS_PER_STATEMENT]
-                    self._conn.execute(self._many, [value for row in chunk for value in row])
-                self._conn.executemany(self._one, rows[whole:])
+                    self._conn.execute(_APPEND_MANY, [value for row in chunk for value in row])
+                self._conn.executemany(APPEND_ONE, rows[whole:])
                 self._conn.execute("COMMIT")
             except BaseException:
                 if self._conn.in_transaction:
