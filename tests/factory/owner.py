@@ -16,8 +16,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ironcore.factory.manifest import TrustedSigner, signed_entry
 from ironcore.factory.reel import Reel, make_reel
 from ironcore.pki.ca import CaDirectory, KeySpec, pem
+from tests.vectors import MICROCHIP
 
-VECTORS = Path(__file__).resolve().parents[2] / ".." / "shared" / "vectors" / "microchip"
+VECTORS = MICROCHIP
 SPEC = KeySpec("file", passphrase=b"test passphrase")
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

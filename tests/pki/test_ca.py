@@ -17,9 +17,10 @@ from ironcore.errors import AlreadyExists, InvalidArgument, NotFound
 from ironcore.pki.ca import CaDirectory, KeySpec, device_certificate, key_id
 from ironcore.pki.keystore import curve_named
 from tests.softhsm import PIN, SoftHsm
+from tests.vectors import MICROCHIP
 
 NOW = datetime(2026, 3, 1, 12, 34, 56, tzinfo=UTC)
-VECTORS = Path(__file__).resolve().parents[2] / ".." / "shared" / "vectors" / "microchip"
+VECTORS = MICROCHIP
 FILE = KeySpec("file", passphrase=b"correct horse")
 
 
