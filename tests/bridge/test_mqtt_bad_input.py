@@ -413,6 +413,10 @@ def test_the_token_makers_are_right(bridge: Bridge) -> None:
 
 @pytest.mark.parametrize("case", BAD_TOKENS, ids=[case.name for case in BAD_TOKENS])
 def test_bad_tokens_get_connack_5_and_are_counted(bridge: Bridge, case: BadToken) -> None:
+    try_bad_token(bridge, case)
+
+
+def try_bad_token(bridge: Bridge, case: BadToken) -> None:
     before = auth_failures(bridge.server)
     sock = tls_socket(bridge.server)
     with sock:
@@ -500,6 +504,10 @@ PRE_CONNECT_CORPUS: dict[str, tuple[Callable[[], bytes], bytes]] = {
 
 @pytest.mark.parametrize("name", list(PRE_CONNECT_CORPUS))
 def test_malformed_streams_are_closed(bridge: Bridge, name: str) -> None:
+    try_malformed_stream(bridge, name)
+
+
+def try_malformed_stream(bridge: Bridge, name: str) -> None:
     make, expected = PRE_CONNECT_CORPUS[name]
     with plain_socket(bridge) as sock:
         sock.sendall(make())
@@ -539,6 +547,10 @@ AFTER_CONNECT_CORPUS: dict[str, bytes] = {
 
 @pytest.mark.parametrize("name", list(AFTER_CONNECT_CORPUS))
 def test_malformed_packets_after_connect_are_closed(bridge: Bridge, name: str) -> None:
+    try_malformed_packet_after_connect(bridge, name)
+
+
+def try_malformed_packet_after_connect(bridge: Bridge, name: str) -> None:
     with raw_connected(bridge) as sock:
         # The connection works until the bad packet...
         sock.sendall(encode(Publish(f"/devices/{RAW}/events", b"ok", qos=1, packet_id=9)))
@@ -565,14 +577,24 @@ def test_many_hostile_connections_at_once(bridge: Bridge) -> None:
             sock.close()
 
 
-def test_the_server_survived(bridge: Bridge) -> None:
+def test_the_server_survives_the_whole_corpus(bridge: Bridge) -> None:
+    """Every bad token and malformed stream in one go (this test does not rely on the others
+    having run before it), then: no PUBACK ever missed, the process healthy, every hostile
+    connection cleaned up and no traceback in the log."""
     server = bridge.server
+    acked_before = bridge.publisher.acked
+    for case in BAD_TOKENS:
+        try_bad_token(bridge, case)
+    for name in PRE_CONNECT_CORPUS:
+        try_malformed_stream(bridge, name)
+    for name in AFTER_CONNECT_CORPUS:
+        try_malformed_packet_after_connect(bridge, name)
     good_device_still_works(bridge, "the corpus")
     # The background publisher was never left without a PUBACK, whatever else was going on.
     deadline = time.monotonic() + TIMEOUT
-    while bridge.publisher.acked < 10 and time.monotonic() < deadline:
+    while bridge.publisher.acked < acked_before + 10 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert bridge.publisher.acked >= 10
+    assert bridge.publisher.acked >= acked_before + 10
     assert bridge.publisher.failures == []
     assert server.process.poll() is None
     assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200

@@ -92,15 +92,31 @@ def test_device_round_trip(bridge: Server, database: Database) -> None:
     assert by_payload[b"state-1"][0] == f"projects/{PROJECT}/topics/state"
 
 
-def test_rs256_device(bridge: Server) -> None:
+def test_rs256_device(bridge: Server, database: Database) -> None:
     create_registry(bridge, "reg-rsa")
     key = rsa_key()
-    create_device(bridge, "reg-rsa", "dev-rsa", key, key_format="RSA_PEM")
+    created = create_device(bridge, "reg-rsa", "dev-rsa", key, key_format="RSA_PEM")
     device = connect(bridge, "reg-rsa", "dev-rsa", make_jwt(key, alg="RS256"))
     try:
+        first = device.next_message()
+        assert (first.topic, first.payload) == ("/devices/dev-rsa/config", b"")
         device.publish("/devices/dev-rsa/events", b"hello")
     finally:
         device.close()
+    # PUBACKed means appended: the event is in the log, from this device.
+    assert events_in_log(bridge, database) == [
+        (
+            f"projects/{PROJECT}/topics/events",
+            b"hello",
+            {
+                "deviceId": "dev-rsa",
+                "deviceNumId": created["numId"],
+                "deviceRegistryId": "reg-rsa",
+                "deviceRegistryLocation": "us-central1",
+                "projectId": PROJECT,
+            },
+        )
+    ]
 
 
 def test_unknown_device_and_bad_token_get_connack_5(bridge: Server) -> None:

@@ -111,6 +111,9 @@ def refused(token: str | bytes, keys: list[ParsedKey], reason: str, now: float =
     assert reason in REASONS
 
 
+# What verifying a token minted from claims() gives.
+SAMPLE_CLAIMS = Claims(iat=NOW, exp=NOW + 20 * 60, aud=PROJECT)
+
 BOTH_ALGORITHMS = pytest.mark.parametrize(
     ("key", "keys"), [(EC_KEY, [EC]), (RSA_KEY, [RSA])], ids=["ES256", "RS256"]
 )
@@ -167,11 +170,13 @@ def test_padded_base64url_parts_are_accepted() -> None:
     [{"alg": "ES256"}, {"alg": "ES256", "typ": "JOSE"}, {"alg": "ES256", "kid": "k1", "x5t": "x"}],
 )
 def test_typ_and_other_harmless_header_fields_are_ignored(header: dict[str, str]) -> None:
-    verify_device_jwt(mint(EC_KEY, header=header), [EC], PROJECT, NOW)
+    assert verify_device_jwt(mint(EC_KEY, header=header), [EC], PROJECT, NOW) == SAMPLE_CLAIMS
 
 
 def test_nbf_is_ignored() -> None:
-    verify_device_jwt(mint(EC_KEY, claims(nbf=NOW + DAY)), [EC], PROJECT, NOW)
+    assert verify_device_jwt(mint(EC_KEY, claims(nbf=NOW + DAY)), [EC], PROJECT, NOW) == (
+        SAMPLE_CLAIMS
+    )
 
 
 def test_aud_as_a_one_element_list_is_accepted(pyjwt: ModuleType) -> None:
@@ -180,14 +185,23 @@ def test_aud_as_a_one_element_list_is_accepted(pyjwt: ModuleType) -> None:
 
 
 def test_the_second_key_may_be_the_one_that_verifies() -> None:
-    assert verify_device_jwt(mint(EC_KEY), [OTHER_EC, EC], PROJECT, NOW)
-    assert verify_device_jwt(mint(RSA_KEY), [OTHER_EC, OTHER_RSA, EC, RSA], PROJECT, NOW)
+    assert verify_device_jwt(mint(EC_KEY), [OTHER_EC, EC], PROJECT, NOW) == SAMPLE_CLAIMS
+    keys = [OTHER_EC, OTHER_RSA, EC, RSA]
+    assert verify_device_jwt(mint(RSA_KEY), keys, PROJECT, NOW) == SAMPLE_CLAIMS
 
 
-def test_time_boundaries_are_inclusive() -> None:
-    verify_device_jwt(mint(EC_KEY, claims(iat=NOW + SKEW, exp=NOW + SKEW + 60)), [EC], PROJECT, NOW)
-    verify_device_jwt(mint(EC_KEY, claims(iat=NOW - 60 - SKEW, exp=NOW - SKEW)), [EC], PROJECT, NOW)
-    verify_device_jwt(mint(EC_KEY, claims(iat=NOW, exp=NOW + DAY + SKEW)), [EC], PROJECT, NOW)
+@pytest.mark.parametrize(
+    ("iat", "exp"),
+    [
+        (NOW + SKEW, NOW + SKEW + 60),  # issued as far ahead as the skew allows
+        (NOW - 60 - SKEW, NOW - SKEW),  # expired as long ago as the skew allows
+        (NOW, NOW + DAY + SKEW),  # the longest lifetime
+    ],
+    ids=["iat-now-plus-skew", "exp-now-minus-skew", "lifetime-day-plus-skew"],
+)
+def test_time_boundaries_are_inclusive(iat: float, exp: float) -> None:
+    result = verify_device_jwt(mint(EC_KEY, claims(iat=iat, exp=exp)), [EC], PROJECT, NOW)
+    assert result == Claims(iat=iat, exp=exp, aud=PROJECT)
 
 
 def test_invalid_token_is_an_unauthenticated_ironcore_error() -> None:
@@ -432,7 +446,7 @@ def test_signed_payload_that_is_not_a_json_object(raw: bytes) -> None:
 
 def test_json_whitespace_around_the_payload_is_accepted() -> None:
     raw = b"\n " + json.dumps(claims()).encode() + b"\r\n"
-    verify_device_jwt(mint(EC_KEY, raw_payload=raw), [EC], PROJECT, NOW)
+    assert verify_device_jwt(mint(EC_KEY, raw_payload=raw), [EC], PROJECT, NOW) == SAMPLE_CLAIMS
 
 
 # Structure.
@@ -449,7 +463,7 @@ def test_token_at_the_size_limit_is_accepted() -> None:
     token = mint(EC_KEY, claims(padding=filler))
     token = mint(EC_KEY, claims(padding=filler + "x" * ((MAX_TOKEN_BYTES - len(token)) * 3 // 4)))
     assert MAX_TOKEN_BYTES - 4 <= len(token) <= MAX_TOKEN_BYTES
-    verify_device_jwt(token, [EC], PROJECT, NOW)
+    assert verify_device_jwt(token, [EC], PROJECT, NOW) == SAMPLE_CLAIMS
 
 
 @pytest.mark.parametrize(
@@ -551,7 +565,11 @@ def test_well_formed_headers_with_random_payload_and_signature(
 )
 def test_arbitrary_signed_claims_only_raise_invalid_token(payload: object) -> None:
     # Signed by the device: this reaches the claim checks with whatever JSON a buggy client sends.
-    verify_or_refuse(mint(EC_KEY, payload), [EC])
+    # (None mints claims(), the valid sample.)
+    result = verify_or_refuse(mint(EC_KEY, payload), [EC])
+    if result is not None:
+        assert payload is None or isinstance(payload, dict)
+        assert result.aud == PROJECT
 
 
 @settings(max_examples=300, deadline=None)
