@@ -1,6 +1,13 @@
 """Shared fixtures: a store on each database, a device manager, the API in process and as a
 real server process.
 
+The server fixtures, for every test module (define no other unless the server needs flags of
+its own):
+- `server` (alias `bridge`): a real `ironcore serve` per test, on each database; a module marked
+  `pytest.mark.databases("sqlite")` runs it (and every `database` fixture) on SQLite only;
+- `module_server`: one real `ironcore serve` on SQLite for a whole module, for tests that keep
+  out of each other's way (registries and devices of their own).
+
 PostgreSQL tests use the server at IRONCORE_TEST_DATABASE_URL (default 127.0.0.1:5432, database
 `test`), each test in a schema of its own. When the server is down they skip on a laptop and
 fail when IRONCORE_REQUIRE_SERVICES=1 (as CI sets).
@@ -65,6 +72,18 @@ class Database:
     @property
     def kind(self) -> str:
         return "sqlite" if self.url.startswith("sqlite") else "postgresql"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`pytest.mark.databases("sqlite")` on a test or module: its `database` (and so its
+    `server`) only on those kinds. Turned into a parametrize mark, which takes precedence over
+    the fixture's own params."""
+    marker = metafunc.definition.get_closest_marker("databases")
+    if marker is not None and "database" in metafunc.fixturenames:
+        kinds = list(marker.args)
+        assert kinds and set(kinds) <= {"sqlite", "postgresql"}, kinds
+        metafunc.definition.add_marker(pytest.mark.parametrize("database", kinds, indirect=True))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -218,6 +237,20 @@ def stop_server(server: Server) -> int:
 def server(tmp_path: Path, database: Database) -> Iterator[Server]:
     """A real `ironcore serve` process on the parametrized database."""
     running = start_server(tmp_path / "data", database)
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture
+def bridge(server: Server) -> Server:
+    """The same server, named for the tests that talk to its device bridges."""
+    return server
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One real `ironcore serve` process on SQLite, shared by the tests of a module."""
+    running = start_server(tmp_path_factory.mktemp("module") / "data")
     yield running
     stop_server(running)
 

@@ -16,7 +16,6 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +40,12 @@ from tests.bridge.devices import (
 from tests.conftest import Server, start_server, stop_server, wait_for
 from tests.keys import PrivateKey, public_pem
 
+# Timing against the live bridge; the database adds nothing the other bridge tests miss.
+pytestmark = pytest.mark.databases("sqlite")
+
 REG = "reg-enf"
 # What every disconnect must beat, from the admin change to the device seeing it.
 LIMIT = 1.0
-
-
-@pytest.fixture
-def bridge(tmp_path: Path) -> Iterator[Server]:
-    server = start_server(tmp_path / "data")
-    yield server
-    stop_server(server)
 
 
 def credential(key: PrivateKey, expires: float | None = None) -> dict[str, Any]:

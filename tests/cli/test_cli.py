@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import httpx
 import jwt
 import pytest
 
-from tests.conftest import Server, free_port, start_server, stop_server
+from tests.conftest import Server, free_port
 from tests.keys import es256_key, make_ca, public_pem
 
 
@@ -90,15 +89,8 @@ class Cli:
 
 
 @pytest.fixture(scope="module")
-def cli_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(tmp_path_factory.mktemp("cli") / "data")
-    yield running
-    stop_server(running)
-
-
-@pytest.fixture(scope="module")
-def cli(cli_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Cli:
-    return Cli(cli_server, tmp_path_factory.mktemp("home"))
+def cli(module_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    return Cli(module_server, tmp_path_factory.mktemp("home"))
 
 
 def unique(prefix: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,16 +17,15 @@ from ironcore.device.secure_element import public_key_from_raw
 from ironcore.device.software_element import SoftwareElement
 from ironcore.device.tokens import TokenSource, es256_jwt
 from tests.bridge.devices import LOCATION, PROJECT, admin, create_device, create_registry
-from tests.conftest import Server, start_server, stop_server
+from tests.conftest import Server
 from tests.keys import public_pem, rsa_key
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(tmp_path_factory.mktemp("sdk") / "data")
-    create_registry(running, "reg-sdk")
-    yield running
-    stop_server(running)
+def server(module_server: Server) -> Server:
+    """The module's server, with the registry its tests put their devices in."""
+    create_registry(module_server, "reg-sdk")
+    return module_server
 
 
 def element_pem(element: SoftwareElement, slot: int = 0) -> str:

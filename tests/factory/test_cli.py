@@ -7,22 +7,14 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from cryptography import x509
 
-from tests.conftest import Server, start_server, stop_server
+from tests.conftest import Server
 from tests.factory.owner import VECTORS
-
-
-@pytest.fixture
-def sqlite_server(tmp_path: Path) -> Iterator[Server]:
-    running = start_server(tmp_path / "data")
-    yield running
-    stop_server(running)
 
 
 def ironcore(server: Server | None, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -35,9 +27,10 @@ def ironcore(server: Server | None, home: Path, *args: str) -> subprocess.Comple
     )
 
 
-def test_manufacturing_story(sqlite_server: Server, tmp_path: Path) -> None:
+@pytest.mark.databases("sqlite")
+def test_manufacturing_story(server: Server, tmp_path: Path) -> None:
     pki = str(tmp_path / "pki")
-    run = lambda *a: ironcore(sqlite_server, tmp_path, *a)  # noqa: E731
+    run = lambda *a: ironcore(server, tmp_path, *a)  # noqa: E731
 
     made = run("ca", "init", "--dir", pki, "--org", "Acme", "--curve", "P-384")
     assert made.returncode == 0, made.stderr
@@ -92,14 +85,14 @@ def test_manufacturing_story(sqlite_server: Server, tmp_path: Path) -> None:
         "--reason",
         "keyCompromise",
         "--server",
-        sqlite_server.url,
+        server.url,
         "--dir",
         pki,
     )
     assert revoked.returncode == 0, revoked.stderr
     listed = httpx.get(
-        f"{sqlite_server.url}/ironcore/v1/revocations",
-        headers={"Authorization": f"Bearer {sqlite_server.token}"},
+        f"{server.url}/ironcore/v1/revocations",
+        headers={"Authorization": f"Bearer {server.token}"},
     ).json()["revokedSigners"]
     assert listed[0]["reason"] == "keyCompromise"
     assert listed[0]["subject"] == "CN=Acme Signer b1,O=Acme"

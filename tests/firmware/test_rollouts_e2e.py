@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,17 +27,16 @@ from ironcore.device.updater import Updater
 from ironcore.firmware.manifest import Manifest
 from ironcore.firmware.signing import sign
 from ironcore.pki.keystore import EncryptedFileKey, KeyStore
-from tests.conftest import Server, start_server, stop_server
+from tests.conftest import Server
 from tests.device.test_sdk_clients import element_pem
 
 PROJECT, LOCATION, MODEL = "fw-project", "us-central1", "sensor-x"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(tmp_path_factory.mktemp("rollouts") / "data")
-    yield running
-    stop_server(running)
+def server(module_server: Server) -> Server:
+    """One server for the module: each test makes a registry of its own."""
+    return module_server
 
 
 @pytest.fixture(scope="module")

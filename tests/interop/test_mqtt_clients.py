@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +38,12 @@ from tests.conftest import (
     Database,
     Server,
     events_in_log,
-    start_server,
-    stop_server,
     wait_for,
 )
 from tests.keys import PrivateKey, es256_key, rsa_key
+
+# What is under test is the clients; the database is the other bridge tests' business.
+pytestmark = pytest.mark.databases("sqlite")
 
 PAHO1 = Path(__file__).resolve().parents[2] / ".venv" / "paho1"
 REG = "reg-clients"
@@ -149,13 +150,6 @@ def paho1() -> Path:
 def mosquitto_clients() -> None:
     for tool in ("mosquitto_pub", "mosquitto_sub"):
         need(tool, shutil.which(tool) is not None, "apt-get install mosquitto-clients")
-
-
-@pytest.fixture
-def bridge(tmp_path: Path) -> Iterator[Server]:
-    server = start_server(tmp_path / "data")
-    yield server
-    stop_server(server)
 
 
 def sqlite(server: Server) -> Database:

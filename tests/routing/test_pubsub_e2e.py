@@ -6,21 +6,11 @@ import base64
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.bridge.devices import PROJECT, connect, create_device, create_registry, make_jwt, new_key
-from tests.conftest import Database, Server, start_server, stop_server
-
-
-@pytest.fixture
-def server(tmp_path: Path, database: Database) -> Iterator[Server]:
-    running = start_server(tmp_path / "data", database)
-    yield running
-    stop_server(running)
+from tests.conftest import Server
 
 
 def test_device_events_reach_subscription_and_tail(server: Server) -> None:

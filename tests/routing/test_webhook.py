@@ -8,16 +8,17 @@ import hmac
 import json
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.bridge.devices import PROJECT, create_device, create_registry, make_jwt, new_key
-from tests.conftest import Server, free_port, start_server, stop_server, wait_for
+from tests.conftest import Server, free_port, wait_for
+
+# What is under test is the push to the endpoint; the database plays no part in it.
+pytestmark = pytest.mark.databases("sqlite")
 
 
 class Receiver:
@@ -50,13 +51,6 @@ class Receiver:
 
     def close(self) -> None:
         self.server.shutdown()
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    running = start_server(tmp_path / "data")
-    yield running
-    stop_server(running)
 
 
 def publish_from_device(server: Server, registry: str, payload: bytes) -> None:
