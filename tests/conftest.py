@@ -255,7 +255,7 @@ def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     stop_server(running)
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 5.0, what: str = "condition") -> T:
+def wait_for(predicate: Callable[[], T | None], timeout: float = 5.0, what: str = "condition") -> T:
     """Poll `predicate` until it returns something true; that value, or AssertionError."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -90,12 +90,13 @@ def test_bad_bulk_requests_over_http_change_nothing(bridge: Server) -> None:
     create_registry(bridge, REG)
     create_device(bridge, REG, "dev-a")
     too_many = [f"dev-{i}" for i in range(limits.LIST_DEVICE_IDS_MAX + 1)]
-    for body, field in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"binaryData": b64(b"x")}, "device_ids"),
         ({"binaryData": b64(b"x" * (limits.CONFIG_BYTES + 1)), "allDevices": True}, "binary_data"),
         ({"binaryData": b64(b"x"), "deviceIds": too_many}, "device_ids"),
         ({"binaryData": b64(b"x"), "deviceIds": ["dev-a", "dev-a"]}, "device_ids"),
-    ]:
+    ]
+    for body, field in cases:
         response = bulk(bridge, body)
         assert response.status_code == 400, response.text
         error = response.json()["error"]

@@ -292,12 +292,17 @@ def _target(bridge: Bridge) -> PrivateKey:
     return bridge.keys[TARGET]
 
 
+def _unsigned(alg: str) -> Callable[[Bridge], bytes | None]:
+    return lambda bridge: unsigned(alg).encode()
+
+
+def _embedded_key(param: str) -> Callable[[Bridge], bytes | None]:
+    return lambda bridge: embedded_key_header(param, new_key()).encode()
+
+
 HOUR = 3600
 BAD_TOKENS = [
-    *[
-        BadToken(f"alg-{alg}", "alg", _token(lambda b, a=alg: unsigned(a)))
-        for alg in ("none", "None", "NONE", "nOnE")
-    ],
+    *[BadToken(f"alg-{alg}", "alg", _unsigned(alg)) for alg in ("none", "None", "NONE", "nOnE")],
     BadToken(
         "alg-none-with-the-devices-claims",
         "alg",
@@ -316,10 +321,7 @@ BAD_TOKENS = [
     BadToken(
         "hs256-keyed-with-public-pem", "alg", _token(lambda b: hs256_with_public_pem(_target(b)))
     ),
-    *[
-        BadToken(f"header-{p}", "header", _token(lambda b, p=p: embedded_key_header(p, new_key())))
-        for p in ("jwk", "jku", "x5u", "x5c")
-    ],
+    *[BadToken(f"header-{p}", "header", _embedded_key(p)) for p in ("jwk", "jku", "x5u", "x5c")],
     BadToken("es256-der-signature", "signature", _token(lambda b: der_signature(_target(b)))),
     BadToken(
         "es256-r-s-zero",

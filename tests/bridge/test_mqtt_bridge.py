@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import queue
 import time
+from typing import Any
 
 import pytest
 
@@ -54,7 +55,7 @@ def test_device_round_trip(bridge: Server, database: Database) -> None:
             command = device.next_message()
             assert (command.topic, command.payload) == ("/devices/dev-e2e/commands/sys", b"reboot")
 
-            def acked() -> dict | None:
+            def acked() -> dict[str, Any] | None:
                 versions = api.get("/registries/reg-e2e/devices/dev-e2e/configVersions").json()
                 newest = versions["deviceConfigs"][0]
                 return newest if "deviceAckTime" in newest else None
@@ -63,7 +64,7 @@ def test_device_round_trip(bridge: Server, database: Database) -> None:
             states = api.get("/registries/reg-e2e/devices/dev-e2e/states").json()["deviceStates"]
             assert base64.b64decode(states[0]["binaryData"]) == b"state-1"
 
-            def bookkept() -> dict | None:
+            def bookkept() -> dict[str, Any] | None:
                 got = api.get("/registries/reg-e2e/devices/dev-e2e").json()
                 return got if got["lastEventTime"] != "1970-01-01T00:00:00Z" else None
 

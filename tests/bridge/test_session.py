@@ -73,7 +73,7 @@ def feed(session: Session, *packets: Packet, now: float) -> None:
 
 def events(session: Session, now: float) -> list[Event]:
     """Every event available now (bounded, so a looping session fails instead of hanging)."""
-    out = []
+    out: list[Event] = []
     for _ in range(10_000):
         event = session.next_event(now)
         if event is None:

@@ -78,7 +78,7 @@ def processes(server: Server) -> list[int]:
 def serving(server: Server, device: Device) -> int:
     """The pid of the server process holding this device's connection."""
     sock = device.client.socket()
-    assert sock is not None
+    assert isinstance(sock, socket.socket)
     client_port = sock.getsockname()[1]
     inode = None
     with open("/proc/net/tcp") as file:

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ironcore.device.http import DeviceHttpClient, DeviceHttpError
 from ironcore.device.mqtt import DeviceClient, DeviceName, Endpoint
-from ironcore.device.secure_element import public_key_from_raw
+from ironcore.device.secure_element import SecureElement, public_key_from_raw
 from ironcore.device.software_element import SoftwareElement
 from ironcore.device.tokens import TokenSource, es256_jwt
 from tests.bridge.devices import LOCATION, PROJECT, admin, create_device, create_registry
@@ -28,7 +28,7 @@ def server(module_server: Server) -> Server:
     return module_server
 
 
-def element_pem(element: SoftwareElement, slot: int = 0) -> str:
+def element_pem(element: SecureElement, slot: int = 0) -> str:
     key = public_key_from_raw(element.get_pubkey(slot))
     return key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

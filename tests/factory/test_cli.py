@@ -30,7 +30,9 @@ def ironcore(server: Server | None, home: Path, *args: str) -> subprocess.Comple
 @pytest.mark.databases("sqlite")
 def test_manufacturing_story(server: Server, tmp_path: Path) -> None:
     pki = str(tmp_path / "pki")
-    run = lambda *a: ironcore(server, tmp_path, *a)  # noqa: E731
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return ironcore(server, tmp_path, *args)
 
     made = run("ca", "init", "--dir", pki, "--org", "Acme", "--curve", "P-384")
     assert made.returncode == 0, made.stderr

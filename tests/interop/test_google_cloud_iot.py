@@ -340,7 +340,7 @@ def test_iam_policies(client: iot_v1.DeviceManagerClient) -> None:
     assert list(missing.permissions) == []
 
 
-class StaticToken(Credentials):  # type: ignore[misc]
+class StaticToken(Credentials):
     """A token that never refreshes: on a 401 google-auth asks for a refresh, then gives up."""
 
     def refresh(self, request: object) -> None:

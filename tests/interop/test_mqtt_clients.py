@@ -187,9 +187,9 @@ class DeviceProcess:
         def matches(record: dict[str, Any]) -> bool:
             return record["event"] == event and all(record.get(k) == v for k, v in fields.items())
 
-        for record in self.records:
-            if matches(record):
-                return record
+        for seen in self.records:
+            if matches(seen):
+                return seen
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -80,7 +80,7 @@ async def test_processes_appending_at_once_lose_nothing(tmp_path: Path) -> None:
         assert [await writer.wait() for writer in writers] == [0, 0, 0]
         async with store.read() as conn:
             query = text("SELECT topic, count(*) FROM events GROUP BY topic")
-            rows = dict((await conn.execute(query)).all())
+            rows: dict[str, int] = dict((await conn.execute(query)).all())
         assert rows == {"primary": ours, "w0": 15_000, "w1": 15_000, "w2": 15_000}
     finally:
         for writer in writers:
