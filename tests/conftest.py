@@ -83,7 +83,7 @@ def drop_schema(schema: str) -> None:
         from sqlalchemy import text
         from sqlalchemy.ext.asyncio import create_async_engine
 
-        from ironcore.registry.store.sql import database_url
+        from ironcore.registry.store.database import database_url
 
         engine = create_async_engine(database_url(PG_URL))
         async with engine.begin() as conn:

@@ -16,7 +16,7 @@ from ironcore.registry.names import DeviceRef, LocationName, RegistryName
 from ironcore.registry.resources import Device, DeviceRegistry
 from ironcore.registry.service import DeviceManager
 from ironcore.registry.store import Store
-from ironcore.registry.store.sql import to_us
+from ironcore.registry.store.schema import to_us
 from tests.conftest import Clock
 
 LOCATION = LocationName.parse("p1", "us-central1")

@@ -45,7 +45,7 @@ from ironcore.errors import (
     Unauthenticated,
 )
 from ironcore.registry.names import DeviceRef, RegistryName
-from ironcore.registry.store.sql import to_us
+from ironcore.registry.store.schema import to_us
 from ironcore.registry.wire import Bytes, Message
 from ironcore.routing.router import Router
 

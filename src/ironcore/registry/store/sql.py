@@ -1,44 +1,30 @@
-"""The store: every SQL statement of ironcore, on SQLite (embedded) or PostgreSQL.
-
-SQLAlchemy Core, async. Each method is one transaction, so a request that fails changes
-nothing. SQLite allows one writer at a time; writes are serialized by a lock in the process
-instead of retrying on "database is locked".
+"""The Store: the database (database.py) with the SQL of registries, devices, admin tokens,
+the bridges' writes and revoked signers. Each method is one transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import (
     BigInteger,
-    Connection,
-    Engine,
     Row,
     bindparam,
     case,
-    create_engine,
     delete,
-    event,
     func,
     insert,
     literal,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ironcore.errors import AlreadyExists, FailedPrecondition, ResourceExhausted
 from ironcore.registry.names import LocationName, RegistryName, device_name
@@ -50,33 +36,22 @@ from ironcore.registry.resources import (
     GatewayType,
     Status,
 )
+from ironcore.registry.store.database import Database
+from ironcore.registry.store.rotation import ACTIVE as ROTATION_ACTIVE
 from ironcore.registry.store.schema import (
     admin_tokens,
     device_configs,
     device_states,
     devices,
+    from_us,
     gateway_bindings,
     iam_policies,
     registries,
     revoked_signers,
+    to_us,
 )
-from ironcore.registry.store.sqlite_append import APPEND_ONE, SqliteAppender
-from ironcore.registry.store.writer_lock import WriterLock
+from ironcore.registry.store.sqlite_append import APPEND_ONE
 from ironcore.registry.wire import STORED
-
-log = logging.getLogger(__name__)
-_MIGRATIONS = Path(__file__).parent / "migrations"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# Any constant works; it only has to be the same in every ironcore process sharing a database.
-_MIGRATION_LOCK_ID = 0x1C0E
-
-
-def to_us(value: datetime) -> int:
-    return int((value - _EPOCH).total_seconds() * 1_000_000) if value > _EPOCH else 0
-
-
-def from_us(value: int) -> datetime:
-    return datetime.fromtimestamp(value / 1_000_000, UTC) if value else _EPOCH
 
 
 @dataclass(frozen=True)
@@ -122,123 +97,7 @@ class TokenRecord:
     revoked: bool
 
 
-def database_url(url: str) -> str:
-    """Turn a user's database URL into the async driver's."""
-    for plain, driver in (
-        ("postgresql://", "postgresql+asyncpg://"),
-        ("postgres://", "postgresql+asyncpg://"),
-        ("sqlite://", "sqlite+aiosqlite://"),
-    ):
-        if url.startswith(plain):
-            return driver + url[len(plain) :]
-    return url
-
-
-class Store:
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        loop_reads: Engine | None = None,
-        writer_lock: WriterLock | None = None,
-        appender: SqliteAppender | None = None,
-    ) -> None:
-        self.engine = engine
-        self.is_sqlite = engine.dialect.name == "sqlite"
-        self._write_lock = asyncio.Lock()
-        # SQLite files only: writers of other processes queue on it (see writer_lock.py).
-        self._writer_lock = writer_lock
-        # ...and append events through a connection of their own (see sqlite_append.py).
-        self._appender = appender
-        # SQLite files only: reads run on the event loop's thread (see _LoopConnection).
-        self._loop_reads = loop_reads
-        # ...and the bridges' device lookup, once per device connection or request, goes
-        # straight to a driver connection of its own: through SQLAlchemy's Core the lookup cost
-        # four times SQLite's work.
-        self._device_reads = loop_reads.raw_connection() if loop_reads is not None else None
-
-    @classmethod
-    async def open(cls, url: str, schema: str | None = None) -> Store:
-        """Connect, bring the schema up to date, and return the store.
-
-        `schema` (PostgreSQL only) puts every table in that schema, which is created if it
-        does not exist; tests use it to keep runs apart.
-        """
-        url = database_url(url)
-        connect_args: dict[str, Any] = {}
-        if schema and url.startswith("postgresql"):
-            connect_args["server_settings"] = {"search_path": schema}
-        engine = create_async_engine(url, connect_args=connect_args, **_pool_options(url))
-        if engine.dialect.name == "sqlite":
-            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        elif schema:
-            async with engine.begin() as conn:
-                await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-        async with engine.begin() as conn:
-            await conn.run_sync(_migrate)
-        loop_reads = None
-        if engine.dialect.name == "sqlite" and "memory" not in url:
-            loop_reads = create_engine(
-                url.replace("sqlite+aiosqlite://", "sqlite://", 1),
-                # A read that never awaits anything but its own statements holds its
-                # connection without yielding, so one connection serves every read (and one
-                # the device lookups); more are opened only for a caller that awaits something
-                # else inside read().
-                pool_size=2,
-                max_overflow=-1,
-                connect_args={"check_same_thread": False},
-            )
-            event.listen(loop_reads, "connect", _sqlite_read_pragmas)
-            database = engine.url.database
-            assert database is not None
-            lock = WriterLock(Path(f"{database}-writer.lock"))
-            return cls(engine, loop_reads, lock, SqliteAppender(database, lock))
-        return cls(engine, loop_reads)
-
-    async def close(self) -> None:
-        if self._device_reads is not None:
-            self._device_reads.close()
-        if self._writer_lock is not None:
-            self._writer_lock.close()
-        if self._appender is not None:
-            self._appender.close()
-        if self._loop_reads is not None:
-            self._loop_reads.dispose()
-        await self.engine.dispose()
-
-    @contextlib.asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction; on SQLite, writers take turns (one writer at a time)."""
-        if self.is_sqlite:
-            async with self._sqlite_writer(), self.engine.begin() as conn:
-                yield conn
-        else:
-            async with self.engine.begin() as conn:
-                yield conn
-
-    @contextlib.asynccontextmanager
-    async def _sqlite_writer(self) -> AsyncIterator[None]:
-        """This process's turn to write, then (a file database) this process's turn among
-        every process writing to the file."""
-        async with self._write_lock:
-            if self._writer_lock is None:
-                yield
-                return
-            await self._writer_lock.acquire()
-            try:
-                yield
-            finally:
-                self._writer_lock.release()
-
-    @contextlib.asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reads (autocommit-free; nothing it does is committed)."""
-        if self._loop_reads is not None:
-            with self._loop_reads.connect() as sync_conn:
-                yield _LoopConnection(sync_conn)  # type: ignore[misc]
-            return
-        async with self.engine.connect() as conn:
-            yield conn
-
+class Store(Database):
     # Registries
 
     async def create_registry(
@@ -384,7 +243,7 @@ class Store:
     ) -> DeviceRecord | None:
         """The device; with `bridge_view`, only what a bridge keeps for a connection (identity,
         credentials, blocked, gateway settings), which is also cheaper to build."""
-        if bridge_view and self._device_reads is not None:
+        if bridge_view and self.device_reads is not None:
             return self._bridge_device_record(registry, device_id, num_id)
         params: dict[str, Any] = _registry_params(registry)
         if num_id is not None:
@@ -408,12 +267,12 @@ class Store:
     def _bridge_device_record(
         self, registry: RegistryName, device_id: str | None, num_id: int | None
     ) -> DeviceRecord | None:
-        assert self._device_reads is not None
+        assert self.device_reads is not None
         key = (registry.project, registry.location.location, registry.registry)
         if num_id is not None:
-            found = self._device_reads.execute(_BRIDGE_DEVICE_BY_NUM_ID, (*key, num_id))
+            found = self.device_reads.execute(_BRIDGE_DEVICE_BY_NUM_ID, (*key, num_id))
         else:
-            found = self._device_reads.execute(_BRIDGE_DEVICE_BY_ID, (*key, device_id))
+            found = self.device_reads.execute(_BRIDGE_DEVICE_BY_ID, (*key, device_id))
         row = found.fetchone()
         if row is None:
             return None
@@ -785,10 +644,10 @@ class Store:
         Through the driver's own executemany: at tens of thousands of events a second,
         SQLAlchemy's per-row parameter processing cost more than SQLite's insert itself.
         """
-        if self._appender is not None:
+        if self.appender is not None:
             # Shielded: this process's writers wait for the append's thread even if the caller
             # stops waiting, since the thread goes on holding the lock.
-            await asyncio.shield(self._append_sqlite(rows))
+            await asyncio.shield(self.append_sqlite(rows))
             return
         async with self.write() as conn:
             driver = (await conn.get_raw_connection()).driver_connection
@@ -799,11 +658,6 @@ class Store:
                 # SQLAlchemy has not begun a transaction on the driver connection yet.
                 async with driver.transaction():
                     await driver.executemany(_APPEND_POSTGRESQL, rows)
-
-    async def _append_sqlite(self, rows: Sequence[tuple[str, bytes, str, int]]) -> None:
-        assert self._appender is not None
-        async with self._write_lock:
-            await self._appender.append(rows)
 
     async def update_device_times(self, updates: dict[int, dict[str, int | str]]) -> None:
         """Write batched bookkeeping (`last*` times in microseconds) for many devices."""
@@ -1022,79 +876,12 @@ def _new_device_row(registry_pk: int, device: Device, now_us: int) -> dict[str, 
     }
 
 
-class _LoopConnection:
-    """The part of AsyncConnection that reads use, over a plain SQLite connection, run on the
-    event loop's thread.
-
-    A point read takes microseconds in SQLite (WAL readers never wait for the writer), far less
-    than handing the query to aiosqlite's thread and back: through SQLAlchemy that is five
-    hand-offs per query (cursor, execute, fetchall, close, rollback), each a futex wake-up and
-    a loop wake-up, and they were most of GetDevice's CPU time.
-    """
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-
-    async def execute(self, statement: Any, parameters: Any = None) -> Any:
-        return self._conn.execute(statement, parameters)
-
-    async def scalar(self, statement: Any, parameters: Any = None) -> Any:
-        return self._conn.scalar(statement, parameters)
-
-
-def _sqlite_read_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    # This connection only reads, and it runs on the event loop: never let it write, and
-    # never let it wait long for a lock (WAL readers only wait during recovery).
-    cursor.execute("PRAGMA query_only=ON")
-    cursor.execute("PRAGMA busy_timeout=1000")
-    cursor.close()
-
-
 class NumIdTaken(Exception):
     """The randomly drawn numeric id is in use; the caller draws another."""
 
 
 # Ids in one IN (...) list at most: SQLite allows 32,766 parameters in a statement, asyncpg 32,767.
 _IN_LIST_MAX = 5000
-# SQLite connections in the pool. Each aiosqlite connection is a thread; more of them only add
-# GIL contention, since the one writer is serialized anyway and reads take microseconds.
-_SQLITE_POOL_SIZE = 4
-
-
-def _pool_options(url: str) -> dict[str, Any]:
-    """Pool settings per database.
-
-    PostgreSQL: ping a connection before handing it out, so a restarted database costs one
-    failed ping instead of a failed request. SQLite (a file database): a fixed pool without
-    pre-ping or overflow. A file connection cannot go stale, and overflow connections were
-    opened and closed again under load (a new thread, PRAGMAs and schema read each time).
-    """
-    if not url.startswith("sqlite"):
-        return {"pool_pre_ping": True}
-    if ":memory:" in url or "mode=memory" in url:
-        return {}  # SQLAlchemy picks a static pool: one shared in-memory database
-    return {"pool_size": _SQLITE_POOL_SIZE, "max_overflow": 0}
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    # WAL lets readers run beside the one writer; FULL makes every commit survive power loss,
-    # because an acknowledged write must be durable.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()
-
-
-def _migrate(connection: Connection) -> None:
-    if connection.dialect.name == "postgresql":
-        connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
-    config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS))
-    config.attributes["connection"] = connection
-    command.upgrade(config, "head")
 
 
 def _fanout_where(where: DeviceFilter) -> list[Any]:
@@ -1124,9 +911,6 @@ _DEVICE = (
 _DEVICE_BY_ID = _DEVICE.where(devices.c.device_id == bindparam("device_id"))
 _DEVICE_BY_NUM_ID = _DEVICE.where(devices.c.num_id == bindparam("num_id"))
 
-
-# States in which a key rotation is under way (another cannot start).
-ROTATION_ACTIVE = ("requested", "key_added")
 _BRIDGE_DEVICE = (
     "SELECT d.num_id, d.device_id, d.blocked, d.gateway_type, d.body, d.config_update_time, r.pk"
     " FROM devices AS d JOIN registries AS r ON r.pk = d.registry_pk"
