@@ -190,7 +190,7 @@ class DeviceAuthenticator:
     async def load(self, ref: DeviceRef, registry: DeviceRegistry | None = None) -> DeviceContext:
         """The device and its registry (unless given), read now; NotFound if either is gone."""
         if registry is None:
-            record = await self.store.get_registry(ref.registry)
+            record = await self.store.registries.get_registry(ref.registry)
             if record is None:
                 raise NotFound(f"Registry {ref.registry} not found")
             registry = record.registry

@@ -128,7 +128,7 @@ async def import_manifest(
     The whole manifest is refused (ManifestError) only when it is not a JSON array of
     entries; any problem with one entry rejects that entry alone.
     """
-    record = await manager.store.get_registry(registry)
+    record = await manager.store.registries.get_registry(registry)
     if record is None:
         raise NotFound(f"Registry {registry} not found")
     _check_template(device_id_template)

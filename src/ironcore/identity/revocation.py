@@ -94,7 +94,7 @@ class Revocations:
         if not created:
             return self._snapshot[record.key_id], False
         if self.links is not None:
-            for name in await self.store.all_registry_names():
+            for name in await self.store.registries.all_registry_names():
                 await self.links.registry_changed(name)
         return record, True
 

@@ -151,7 +151,7 @@ class DeviceManager:
         name = RegistryName(parent, check_id(registry.id, "id"))
         self._check_registry(registry)
         await self._ensure_topics(registry)
-        record = await self.store.create_registry(
+        record = await self.store.registries.create_registry(
             name, registry, self.clock(), limits.REGISTRIES_PER_LOCATION
         )
         return record.registry
@@ -183,20 +183,22 @@ class DeviceManager:
             setattr(updated, top, getattr(patch, top))
         self._check_registry(updated)
         await self._ensure_topics(updated)
-        await self.store.update_registry(record.pk, name, updated)
+        await self.store.registries.update_registry(record.pk, name, updated)
         if self.links is not None:
             await self.links.registry_changed(name)
         return (await self._registry(name)).registry
 
     async def delete_registry(self, name: RegistryName) -> None:
-        if not await self.store.delete_registry(name):
+        if not await self.store.registries.delete_registry(name):
             raise NotFound(f"Registry {name} not found")
 
     async def list_registries(
         self, parent: LocationName, page_size: int, page_token: str
     ) -> Page[DeviceRegistry]:
         size = _page_size(page_size)
-        records = await self.store.list_registries(parent, _decode_token(page_token), size + 1)
+        records = await self.store.registries.list_registries(
+            parent, _decode_token(page_token), size + 1
+        )
         token = _encode_token(records[size - 1].pk) if len(records) > size else ""
         return Page([record.registry for record in records[:size]], token)
 
@@ -252,7 +254,7 @@ class DeviceManager:
             )
 
     async def _registry(self, name: RegistryName) -> RegistryRecord:
-        record = await self.store.get_registry(name)
+        record = await self.store.registries.get_registry(name)
         if record is None:
             raise NotFound(f"Registry {name} not found")
         return record
@@ -631,7 +633,7 @@ class DeviceManager:
 
     async def get_iam_policy(self, name: RegistryName) -> Policy:
         record = await self._registry(name)
-        stored = await self.store.get_policy(record.pk)
+        stored = await self.store.registries.get_policy(record.pk)
         if stored is None:
             return Policy(etag=EMPTY_POLICY_ETAG)
         policy, etag = stored
@@ -650,7 +652,7 @@ class DeviceManager:
         )
         body = fresh.to_wire()
         etag = body.pop("etag")
-        if not await self.store.set_policy(record.pk, body, etag, expected):
+        if not await self.store.registries.set_policy(record.pk, body, etag, expected):
             raise Aborted("The policy was changed by someone else (etag mismatch); read it again")
         return fresh
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Engine,
     Row,
     bindparam,
     case,
@@ -25,18 +26,19 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ironcore.errors import AlreadyExists, FailedPrecondition, ResourceExhausted
-from ironcore.registry.names import LocationName, RegistryName, device_name
+from ironcore.errors import AlreadyExists, FailedPrecondition
+from ironcore.registry.names import RegistryName, device_name
 from ironcore.registry.resources import (
     Device,
     DeviceConfig,
-    DeviceRegistry,
     DeviceState,
     GatewayType,
     Status,
 )
 from ironcore.registry.store.database import Database
+from ironcore.registry.store.registries import REGISTRY_WHERE, RegistryStore, registry_params
 from ironcore.registry.store.rotation import ACTIVE as ROTATION_ACTIVE
 from ironcore.registry.store.schema import (
     admin_tokens,
@@ -45,19 +47,13 @@ from ironcore.registry.store.schema import (
     devices,
     from_us,
     gateway_bindings,
-    iam_policies,
     registries,
     revoked_signers,
     to_us,
 )
-from ironcore.registry.store.sqlite_append import APPEND_ONE
+from ironcore.registry.store.sqlite_append import APPEND_ONE, SqliteAppender
+from ironcore.registry.store.writer_lock import WriterLock
 from ironcore.registry.wire import STORED
-
-
-@dataclass(frozen=True)
-class RegistryRecord:
-    pk: int
-    registry: DeviceRegistry
 
 
 @dataclass(frozen=True)
@@ -98,84 +94,15 @@ class TokenRecord:
 
 
 class Store(Database):
-    # Registries
-
-    async def create_registry(
-        self, name: RegistryName, registry: DeviceRegistry, now: datetime, max_per_location: int
-    ) -> RegistryRecord:
-        async with self.write() as conn:
-            count = await conn.scalar(
-                select(func.count()).where(
-                    registries.c.project == name.project,
-                    registries.c.location == name.location.location,
-                )
-            )
-            if (count or 0) >= max_per_location:
-                raise ResourceExhausted(
-                    f"{name.location} already has {max_per_location} registries, the limit"
-                )
-            try:
-                pk = await conn.scalar(
-                    insert(registries)
-                    .values(
-                        project=name.project,
-                        location=name.location.location,
-                        registry_id=name.registry,
-                        body=_registry_body(registry),
-                        created_at=to_us(now),
-                    )
-                    .returning(registries.c.pk)
-                )
-            except IntegrityError:
-                raise AlreadyExists(f"Registry {name} already exists") from None
-        assert pk is not None
-        return RegistryRecord(pk, _registry(name, _registry_body(registry)))
-
-    async def get_registry(self, name: RegistryName) -> RegistryRecord | None:
-        async with self.read() as conn:
-            row = (await conn.execute(_REGISTRY, _registry_params(name))).first()
-        return RegistryRecord(row.pk, _registry(name, row.body)) if row else None
-
-    async def update_registry(self, pk: int, name: RegistryName, registry: DeviceRegistry) -> None:
-        async with self.write() as conn:
-            await conn.execute(
-                update(registries)
-                .where(registries.c.pk == pk)
-                .values(body=_registry_body(registry))
-            )
-
-    async def delete_registry(self, name: RegistryName) -> bool:
-        """Delete an empty registry; False if there is no such registry."""
-        async with self.write() as conn:
-            pk = await conn.scalar(select(registries.c.pk).where(*_registry_where(name)))
-            if pk is None:
-                return False
-            if await conn.scalar(
-                select(devices.c.num_id).where(devices.c.registry_pk == pk).limit(1)
-            ):
-                raise FailedPrecondition(f"Registry {name} is not empty; delete its devices first")
-            await conn.execute(delete(iam_policies).where(iam_policies.c.registry_pk == pk))
-            await conn.execute(delete(registries).where(registries.c.pk == pk))
-        return True
-
-    async def list_registries(
-        self, location: LocationName, after: int, limit: int
-    ) -> list[RegistryRecord]:
-        async with self.read() as conn:
-            rows = await conn.execute(
-                select(registries.c.pk, registries.c.registry_id, registries.c.body)
-                .where(
-                    registries.c.project == location.project,
-                    registries.c.location == location.location,
-                    registries.c.pk > after,
-                )
-                .order_by(registries.c.pk)
-                .limit(limit)
-            )
-            return [
-                RegistryRecord(row.pk, _registry(RegistryName(location, row.registry_id), row.body))
-                for row in rows
-            ]
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        loop_reads: Engine | None = None,
+        writer_lock: WriterLock | None = None,
+        appender: SqliteAppender | None = None,
+    ) -> None:
+        super().__init__(engine, loop_reads, writer_lock, appender)
+        self.registries = RegistryStore(self)
 
     # Devices
 
@@ -245,7 +172,7 @@ class Store(Database):
         credentials, blocked, gateway settings), which is also cheaper to build."""
         if bridge_view and self.device_reads is not None:
             return self._bridge_device_record(registry, device_id, num_id)
-        params: dict[str, Any] = _registry_params(registry)
+        params: dict[str, Any] = registry_params(registry)
         if num_id is not None:
             query, params["num_id"] = _DEVICE_BY_NUM_ID, num_id
         else:
@@ -552,41 +479,6 @@ class Store(Database):
             )
             return bool(result.rowcount)
 
-    # IAM policies
-
-    async def get_policy(self, registry_pk: int) -> tuple[dict[str, Any], str] | None:
-        async with self.read() as conn:
-            row = (
-                await conn.execute(
-                    select(iam_policies.c.policy, iam_policies.c.etag).where(
-                        iam_policies.c.registry_pk == registry_pk
-                    )
-                )
-            ).first()
-        return (dict(row.policy), row.etag) if row else None
-
-    async def set_policy(
-        self, registry_pk: int, policy: dict[str, Any], etag: str, expected_etag: str | None
-    ) -> bool:
-        """Store a policy; with `expected_etag`, only if the stored one still has it."""
-        async with self.write() as conn:
-            current = await conn.scalar(
-                select(iam_policies.c.etag).where(iam_policies.c.registry_pk == registry_pk)
-            )
-            if expected_etag is not None and expected_etag != (current or ""):
-                return False
-            if current is None:
-                await conn.execute(
-                    insert(iam_policies).values(registry_pk=registry_pk, policy=policy, etag=etag)
-                )
-            else:
-                await conn.execute(
-                    update(iam_policies)
-                    .where(iam_policies.c.registry_pk == registry_pk)
-                    .values(policy=policy, etag=etag)
-                )
-        return True
-
     # Admin tokens
 
     async def add_token(
@@ -777,16 +669,6 @@ class Store(Database):
                 out.append((row.device_id, body["credentials"], body["metadata"]))
             return out
 
-    async def all_registry_names(self) -> list[RegistryName]:
-        async with self.read() as conn:
-            rows = await conn.execute(
-                select(registries.c.project, registries.c.location, registries.c.registry_id)
-            )
-            return [
-                RegistryName(LocationName(row.project, row.location), row.registry_id)
-                for row in rows
-            ]
-
     async def add_revoked_signer(self, signer: RevokedSignerRecord) -> bool:
         """Record a revoked signer; False when it was already revoked (nothing changes)."""
         async with self.write() as conn:
@@ -895,18 +777,10 @@ def _fanout_where(where: DeviceFilter) -> list[Any]:
     return []
 
 
-# The hottest reads (every device connection and HTTP request), built once: building a
-# statement costs SQLAlchemy more than running it on SQLite.
-_REGISTRY_WHERE = (
-    registries.c.project == bindparam("project"),
-    registries.c.location == bindparam("location"),
-    registries.c.registry_id == bindparam("registry_id"),
-)
-_REGISTRY = select(registries.c.pk, registries.c.body).where(*_REGISTRY_WHERE)
 _DEVICE = (
     select(devices, registries.c.pk)
     .join(registries, registries.c.pk == devices.c.registry_pk)
-    .where(*_REGISTRY_WHERE)
+    .where(*REGISTRY_WHERE)
 )
 _DEVICE_BY_ID = _DEVICE.where(devices.c.device_id == bindparam("device_id"))
 _DEVICE_BY_NUM_ID = _DEVICE.where(devices.c.num_id == bindparam("num_id"))
@@ -921,36 +795,6 @@ _BRIDGE_DEVICE_BY_NUM_ID = _BRIDGE_DEVICE + " AND d.num_id = ?"
 _APPEND_POSTGRESQL = (
     "INSERT INTO events (topic, data, attributes, publish_time) VALUES ($1, $2, $3, $4)"
 )
-
-
-def _registry_params(name: RegistryName) -> dict[str, Any]:
-    return {
-        "project": name.project,
-        "location": name.location.location,
-        "registry_id": name.registry,
-    }
-
-
-def _registry_where(name: RegistryName) -> list[Any]:
-    return [
-        registries.c.project == name.project,
-        registries.c.location == name.location.location,
-        registries.c.registry_id == name.registry,
-    ]
-
-
-def _registry_body(registry: DeviceRegistry) -> dict[str, Any]:
-    body = registry.to_wire()
-    body.pop("id", None)
-    body.pop("name", None)
-    return body
-
-
-def _registry(name: RegistryName, body: dict[str, Any] | str) -> DeviceRegistry:
-    data = json.loads(body) if isinstance(body, str) else dict(body)
-    return DeviceRegistry.model_validate(
-        {**data, "id": name.registry, "name": str(name)}, context=STORED
-    )
 
 
 def _device_body(device: Device) -> dict[str, Any]:
