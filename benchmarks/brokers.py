@@ -435,7 +435,7 @@ async def seed_devices(
             members.append(member_with_key(device_id, key, PROJECT))
         now = datetime.now(UTC)
         for start in range(0, len(devices), 2000):
-            await store.create_devices(record.pk, name, devices[start : start + 2000], now)
+            await store.devices.create_devices(record.pk, name, devices[start : start + 2000], now)
         return members
     finally:
         await store.close()

@@ -69,7 +69,7 @@ async def fleet(manager: DeviceManager, count: int, config: bytes = b"") -> list
 
 async def _ref(manager: DeviceManager, device_id: str) -> int:
     parent = RegistryName.parse(PROJECT, LOCATION, REGISTRY)
-    record = await manager.store.get_device(parent, device_id, None)
+    record = await manager.store.devices.get_device(parent, device_id, None)
     assert record is not None
     return record.device.num_id
 

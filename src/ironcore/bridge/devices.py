@@ -196,7 +196,7 @@ class DeviceAuthenticator:
             registry = record.registry
         # Without its config and state (read fresh where they are served), error status and
         # bookkeeping times: a connection holds its context for hours.
-        found = await self.store.get_device(
+        found = await self.store.devices.get_device(
             ref.registry, ref.device_id, ref.num_id, bridge_view=True
         )
         if found is None:

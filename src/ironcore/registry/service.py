@@ -50,8 +50,10 @@ from ironcore.registry.resources import (
     PublicKeyCertificateFormat,
     X509CertificateDetails,
 )
-from ironcore.registry.store import DeviceFilter, DeviceRecord, RegistryRecord, Store
-from ironcore.registry.store.sql import NumIdTaken, TokenRecord
+from ironcore.registry.store import Store
+from ironcore.registry.store.devices import DeviceFilter, DeviceRecord, NumIdTaken
+from ironcore.registry.store.registries import RegistryRecord
+from ironcore.registry.store.sql import TokenRecord
 
 DEVICE_UPDATABLE = frozenset(
     {"credentials", "blocked", "metadata", "log_level", "gateway_config.gateway_auth_method"}
@@ -294,7 +296,9 @@ class DeviceManager:
                 limits.NUM_ID_MAX - limits.NUM_ID_MIN
             )
             try:
-                return await self.store.create_device(record.pk, parent, fresh, self.clock())
+                return await self.store.devices.create_device(
+                    record.pk, parent, fresh, self.clock()
+                )
             except NumIdTaken:
                 continue
         raise AlreadyExists("could not draw a free numeric device id; try again")
@@ -307,7 +311,7 @@ class DeviceManager:
         return select_fields(wire, paths, GET_ALWAYS) if paths else wire
 
     async def device_record(self, ref: DeviceRef) -> DeviceRecord:
-        record = await self.store.get_device(ref.registry, ref.device_id, ref.num_id)
+        record = await self.store.devices.get_device(ref.registry, ref.device_id, ref.num_id)
         if record is None:
             raise NotFound(f"Device {ref} not found")
         return record
@@ -335,14 +339,14 @@ class DeviceManager:
             c for c in current.credentials if "credentials" not in paths or c in patch.credentials
         ]
         self._check_device(registry, updated, previous)
-        await self.store.update_device(updated)
+        await self.store.devices.update_device(updated)
         if self.links is not None:
             await self.links.device_changed(updated.num_id)
         return (await self.device_record(ref)).device
 
     async def delete_device(self, ref: DeviceRef) -> None:
         device = (await self.device_record(ref)).device
-        await self.store.delete_device(ref.registry, device.num_id)
+        await self.store.devices.delete_device(ref.registry, device.num_id)
         if self.links is not None:
             await self.links.device_changed(device.num_id)
 
@@ -395,7 +399,7 @@ class DeviceManager:
             else None,
         )
         size = _page_size(page_size)
-        devices = await self.store.list_devices(
+        devices = await self.store.devices.list_devices(
             record.pk, parent, where, _decode_token(page_token), size + 1
         )
         token = _encode_token(devices[size - 1].num_id) if len(devices) > size else ""
@@ -407,7 +411,7 @@ class DeviceManager:
     async def _num_id(self, registry: RegistryName, device: str, field: str) -> int:
         """The numeric id of a device named by either id; -1 (matches nothing) if absent."""
         ref = DeviceRef.parse(registry, device, field)
-        found = await self.store.get_device(registry, ref.device_id, ref.num_id)
+        found = await self.store.devices.get_device(registry, ref.device_id, ref.num_id)
         return found.device.num_id if found else -1
 
     def _check_device(
@@ -600,13 +604,13 @@ class DeviceManager:
 
     async def bind(self, parent: RegistryName, gateway_id: str, device_id: str) -> None:
         gateway, device = await self._binding_pair(parent, gateway_id, device_id)
-        await self.store.bind(
+        await self.store.devices.bind(
             gateway.num_id, device.num_id, limits.DEVICES_PER_GATEWAY, limits.GATEWAYS_PER_DEVICE
         )
 
     async def unbind(self, parent: RegistryName, gateway_id: str, device_id: str) -> None:
         gateway, device = await self._binding_pair(parent, gateway_id, device_id)
-        if not await self.store.unbind(gateway.num_id, device.num_id):
+        if not await self.store.devices.unbind(gateway.num_id, device.num_id):
             raise NotFound(f"Device {device_id} is not bound to gateway {gateway_id}")
 
     async def _binding_pair(

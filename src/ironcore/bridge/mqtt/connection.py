@@ -469,7 +469,7 @@ class MqttConnection(asyncio.Protocol):
             GatewayAuthMethod.ASSOCIATION_AND_DEVICE_AUTH_TOKEN,
         ):
             store = self.services.authenticator.store
-            if not await store.is_bound(gateway.device.num_id, context.device.num_id):
+            if not await store.devices.is_bound(gateway.device.num_id, context.device.num_id):
                 raise DeviceRefused(
                     "not_bound", f"device {event.device_id} is not bound to the gateway"
                 )
@@ -487,7 +487,9 @@ class MqttConnection(asyncio.Protocol):
         if context is None:
             return
         ref = DeviceRef(context.name, None, context.device.num_id)
-        record = await self.services.authenticator.store.get_device(ref.registry, None, ref.num_id)
+        record = await self.services.authenticator.store.devices.get_device(
+            ref.registry, None, ref.num_id
+        )
         if record is None or record.device.config is None:
             return
         config = record.device.config
