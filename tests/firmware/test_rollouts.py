@@ -63,7 +63,7 @@ async def fleet(manager: DeviceManager, count: int, config: bytes = b"") -> list
         await manager.create_device(parent, Device(id=device_id))
         if config:
             ref = await _ref(manager, device_id)
-            await manager.store.modify_config(ref, 1, config, manager.clock(), 10)
+            await manager.store.configs.modify_config(ref, 1, config, manager.clock(), 10)
     return ids
 
 
@@ -75,14 +75,14 @@ async def _ref(manager: DeviceManager, device_id: str) -> int:
 
 
 async def config_of(manager: DeviceManager, device_id: str) -> dict[str, Any]:
-    configs = await manager.store.list_configs(await _ref(manager, device_id), 1)
+    configs = await manager.store.configs.list_configs(await _ref(manager, device_id), 1)
     data = configs[0].binary_data
     return json.loads(data) if data else {}
 
 
 async def report(manager: DeviceManager, device_id: str, firmware: dict[str, Any]) -> None:
     data = json.dumps({"firmware": firmware}).encode()
-    await manager.store.add_state(await _ref(manager, device_id), data, manager.clock(), 10)
+    await manager.store.configs.add_state(await _ref(manager, device_id), data, manager.clock(), 10)
 
 
 async def upload(client: httpx.AsyncClient, image: bytes, manifest: Any, **extra: Any) -> Any:
@@ -291,7 +291,9 @@ async def test_devices_with_a_config_that_is_not_json_are_skipped(
 
 
 async def config_of_raw(manager: DeviceManager, device_id: str) -> bytes:
-    return (await manager.store.list_configs(await _ref(manager, device_id), 1))[0].binary_data
+    return (await manager.store.configs.list_configs(await _ref(manager, device_id), 1))[
+        0
+    ].binary_data
 
 
 async def test_an_operator_halts_and_a_device_list_targets_only_those(

@@ -195,7 +195,7 @@ async def set_state(bridge: DeviceBridge, request: Request, path: Match[str]) ->
         )
     bridge.check_state_rate(context.device.num_id)
     store = bridge.authenticator.store
-    await store.add_state(
+    await store.configs.add_state(
         context.device.num_id, data, bridge.authenticator.clock(), keep=limits.STATES_KEPT
     )
     await bridge.router.notify_state(context.name, context.registry, context.device, data)

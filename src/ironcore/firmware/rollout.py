@@ -437,7 +437,7 @@ class Firmware:
             return problem.message
         if not write:
             return ""
-        config = await self.manager.store.modify_config(
+        config = await self.manager.store.configs.modify_config(
             target.num_id,
             target.config_version,
             data,

@@ -484,7 +484,7 @@ class DeviceManager:
             raise ResourceExhausted(
                 "Configs of a device can be updated at most once per second; try again shortly"
             )
-        config = await self.store.modify_config(
+        config = await self.store.configs.modify_config(
             record.device.num_id, current, data, now, limits.CONFIG_VERSIONS_KEPT
         )
         if config is None:
@@ -543,7 +543,7 @@ class DeviceManager:
                 )
             where = DeviceFilter(bound_to_gateway=gateway.num_id)
         now = self.clock()
-        fanout = await self.store.modify_configs(
+        fanout = await self.store.configs.modify_configs(
             record.pk,
             where,
             data,
@@ -573,14 +573,14 @@ class DeviceManager:
             raise InvalidArgument.field("num_versions", "must not be negative")
         record = await self.device_record(ref)
         limit = min(num_versions or limits.CONFIG_VERSIONS_KEPT, limits.CONFIG_VERSIONS_KEPT)
-        return await self.store.list_configs(record.device.num_id, limit)
+        return await self.store.configs.list_configs(record.device.num_id, limit)
 
     async def list_states(self, ref: DeviceRef, num_states: int) -> list[DeviceState]:
         if num_states < 0:
             raise InvalidArgument.field("num_states", "must not be negative")
         record = await self.device_record(ref)
         limit = min(num_states or limits.STATES_KEPT, limits.STATES_KEPT)
-        return await self.store.list_states(record.device.num_id, limit)
+        return await self.store.configs.list_states(record.device.num_id, limit)
 
     async def send_command(self, ref: DeviceRef, data: bytes, subfolder: str) -> None:
         if len(data) > limits.COMMAND_BYTES:

@@ -416,7 +416,7 @@ class MqttConnection(asyncio.Protocol):
 
     async def _store_state(self, context: DeviceContext, payload: bytes) -> None:
         store = self.services.authenticator.store
-        await store.add_state(context.device.num_id, payload, _now(), keep=10)
+        await store.configs.add_state(context.device.num_id, payload, _now(), keep=10)
         await self.services.router.notify_state(
             context.name, context.registry, context.device, payload
         )
