@@ -60,7 +60,7 @@ ROLLOUT_EVALUATION_SECONDS = 5
 
 async def ensure_admin_token(manager: DeviceManager, settings: Settings) -> None:
     """On an empty database, create the first owner token and leave it in the data directory."""
-    if await manager.store.count_tokens():
+    if await manager.store.tokens.count_tokens():
         return
     token = await manager.create_token("owner", "created by the first `ironcore serve`")
     path = settings.admin_token_file

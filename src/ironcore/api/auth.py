@@ -78,7 +78,7 @@ class TokenAuthenticator:
         if cached is None or cached[1] < now:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            cached = (await self.manager.store.token_role(digest), now + _CACHE_SECONDS)
+            cached = (await self.manager.store.tokens.token_role(digest), now + _CACHE_SECONDS)
             self._cache[digest] = cached
         role = cached[0]
         if role is None:

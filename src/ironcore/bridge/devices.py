@@ -334,7 +334,7 @@ class DeviceAuthenticator:
     async def record_error(self, num_id: int, code: Code, message: str) -> None:
         """Write a device's lastErrorStatus; failures here are logged, never raised."""
         try:
-            await self.store.set_last_error(num_id, int(code), message, self.clock())
+            await self.store.bridge.set_last_error(num_id, int(code), message, self.clock())
         except Exception as error:  # bookkeeping must not break a connection's teardown
             log.warning("could not record the last error of device %s: %s", num_id, error)
 

@@ -140,7 +140,7 @@ async def import_manifest(
             for c in record.registry.credentials
             if c.public_key_certificate
         ),
-        revoked=frozenset(r.key_id for r in await manager.store.revoked_signers()),
+        revoked=frozenset(r.key_id for r in await manager.store.revocations.revoked_signers()),
     )
     entries = mf.read_manifest(data)
     if not entries:

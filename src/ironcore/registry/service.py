@@ -53,7 +53,7 @@ from ironcore.registry.resources import (
 from ironcore.registry.store import Store
 from ironcore.registry.store.devices import DeviceFilter, DeviceRecord, NumIdTaken
 from ironcore.registry.store.registries import RegistryRecord
-from ironcore.registry.store.sql import TokenRecord
+from ironcore.registry.store.tokens import TokenRecord
 
 DEVICE_UPDATABLE = frozenset(
     {"credentials", "blocked", "metadata", "log_level", "gateway_config.gateway_auth_method"}
@@ -671,16 +671,16 @@ class DeviceManager:
             raise InvalidArgument.field("name", f"at most {TOKEN_NAME_MAX} characters")
         token_id = secrets.token_hex(6)
         token = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
-        await self.store.add_token(token_id, name, role, hash_token(token), self.clock())
+        await self.store.tokens.add_token(token_id, name, role, hash_token(token), self.clock())
         return token
 
     async def list_tokens(self) -> list[TokenRecord]:
-        return await self.store.list_tokens()
+        return await self.store.tokens.list_tokens()
 
     async def revoke_token(self, token_id: str) -> None:
         # Ids are hex (see create_token); anything else names no token and stays out of SQL.
         valid = token_id.isascii() and token_id.isalnum()
-        if not valid or not await self.store.revoke_token(token_id, self.clock()):
+        if not valid or not await self.store.tokens.revoke_token(token_id, self.clock()):
             raise NotFound(f"No active admin token with id {token_id!r}")
 
 
