@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ironcore.access.tokens import AdminTokens
 from ironcore.api.app import create_app
 from ironcore.errors import FailedPrecondition
 from ironcore.firmware.manifest import Manifest
@@ -44,7 +45,7 @@ def key(tmp_path: Path) -> KeyStore:
 
 @pytest.fixture
 async def client(manager: DeviceManager, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    token = await manager.create_token("editor", "test editor")
+    token = await AdminTokens(manager.store, manager.clock).create("editor", "test editor")
     firmware = Firmware(FirmwareStore(manager.store), manager, tmp_path / "firmware")
     app = create_app(manager, firmware=firmware)
     async with httpx.AsyncClient(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import secrets
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -53,7 +52,6 @@ from ironcore.registry.resources import (
 from ironcore.registry.store import Store
 from ironcore.registry.store.devices import DeviceFilter, DeviceRecord, NumIdTaken
 from ironcore.registry.store.registries import RegistryRecord
-from ironcore.registry.store.tokens import TokenRecord
 
 DEVICE_UPDATABLE = frozenset(
     {"credentials", "blocked", "metadata", "log_level", "gateway_config.gateway_auth_method"}
@@ -77,10 +75,6 @@ GET_ALWAYS = ("id", "name", "numId")
 # Google's IAM answers an unset policy with this etag (base64 "ACAB").
 EMPTY_POLICY_ETAG = b"\x00\x20\x01"
 T = TypeVar("T")
-ROLES = ("viewer", "editor", "owner")
-# An admin token shows its id (to list and revoke it) and carries its secret after it.
-TOKEN_PREFIX = "ic_"
-TOKEN_NAME_MAX = 200
 
 
 class DeviceLinks(Protocol):
@@ -659,33 +653,6 @@ class DeviceManager:
         if not await self.store.registries.set_policy(record.pk, body, etag, expected):
             raise Aborted("The policy was changed by someone else (etag mismatch); read it again")
         return fresh
-
-    # Admin tokens
-
-    async def create_token(self, role: str, name: str) -> str:
-        """Create an admin token and return it; only its hash is kept."""
-        if role not in ROLES:
-            raise InvalidArgument.field("role", f"must be one of {', '.join(ROLES)}")
-        # Refused rather than cut, so the name shown at creation is the name listed later.
-        if len(name) > TOKEN_NAME_MAX:
-            raise InvalidArgument.field("name", f"at most {TOKEN_NAME_MAX} characters")
-        token_id = secrets.token_hex(6)
-        token = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
-        await self.store.tokens.add_token(token_id, name, role, hash_token(token), self.clock())
-        return token
-
-    async def list_tokens(self) -> list[TokenRecord]:
-        return await self.store.tokens.list_tokens()
-
-    async def revoke_token(self, token_id: str) -> None:
-        # Ids are hex (see create_token); anything else names no token and stays out of SQL.
-        valid = token_id.isascii() and token_id.isalnum()
-        if not valid or not await self.store.tokens.revoke_token(token_id, self.clock()):
-            raise NotFound(f"No active admin token with id {token_id!r}")
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _page_size(requested: int) -> int:
