@@ -111,6 +111,11 @@ class Database:
             self._loop_reads.dispose()
         await self.engine.dispose()
 
+    async def ping(self) -> None:
+        """Run a trivial query on a pool connection; raises when the database is unreachable."""
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction; on SQLite, writers take turns (one writer at a time)."""
