@@ -357,8 +357,8 @@ async def seed_devices(
 ) -> list[Member]:
     """Before the server first starts: create the registry (events to the embedded topic
     `<registry>-events`) and `count` devices with ES256 keys straight into the data directory's
-    SQLite database, through the store's bulk insert (`Store.create_devices`, the path manifest
-    import uses, 2,000 devices per transaction). Registering ten thousand devices one
+    SQLite database, through the store's bulk insert (`store.devices.create_devices`, the path
+    manifest import uses, 2,000 devices per transaction). Registering ten thousand devices one
     CreateDevice at a time takes a minute on this machine, more than the whole benchmark may.
 
     With `shared_key` every device gets the same key (generating and serializing 10,000 keys

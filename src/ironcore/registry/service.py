@@ -1,8 +1,11 @@
-"""DeviceManager: every business rule of the device manager.
+"""DeviceManager: the business rules of registries and devices, Cloud IoT Core's device manager.
 
-The REST API, the CLI and the bridges are adapters over this class; it checks ids, limits,
-credentials, versions and masks, and it is the only caller of the store for registry and device
-resources. Errors are `ironcore.errors` values with a google.rpc code.
+The REST API (and through it the CLI) is an adapter over this class; it checks ids, limits,
+credentials, versions and masks before the store writes. Other paths reach the same tables under
+rules of their own: the bridges read devices and write what devices report (bridge/), manifest
+import creates devices in bulk (factory/importer.py), firmware rollouts write configs
+(firmware/rollout.py) and key rotations credentials (registry/rotation.py). Admin tokens and
+roles are ironcore.access. Errors are `ironcore.errors` values with a google.rpc code.
 """
 
 from __future__ import annotations
