@@ -18,8 +18,7 @@ Pub/Sub), firmware.py (images and rollouts), rotation.py (key rotations).
 
 from __future__ import annotations
 
-from sqlalchemy import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine
+from typing import Any
 
 from ironcore.registry.store.bridge import BridgeStore
 from ironcore.registry.store.configs import ConfigStore
@@ -27,20 +26,13 @@ from ironcore.registry.store.database import Database
 from ironcore.registry.store.devices import DeviceStore
 from ironcore.registry.store.registries import RegistryStore
 from ironcore.registry.store.revocation import RevocationStore
-from ironcore.registry.store.sqlite_append import SqliteAppender
 from ironcore.registry.store.tokens import TokenStore
-from ironcore.registry.store.writer_lock import WriterLock
 
 
 class Store(Database):
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        loop_reads: Engine | None = None,
-        writer_lock: WriterLock | None = None,
-        appender: SqliteAppender | None = None,
-    ) -> None:
-        super().__init__(engine, loop_reads, writer_lock, appender)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Made by `Store.open`, with the Database's arguments."""
+        super().__init__(*args, **kwargs)
         self.registries = RegistryStore(self)
         self.devices = DeviceStore(self)
         self.configs = ConfigStore(self)
