@@ -357,8 +357,8 @@ async def seed_devices(
 ) -> list[Member]:
     """Before the server first starts: create the registry (events to the embedded topic
     `<registry>-events`) and `count` devices with ES256 keys straight into the data directory's
-    SQLite database, through the store's bulk insert (`Store.create_devices`, the path manifest
-    import uses, 2,000 devices per transaction). Registering ten thousand devices one
+    SQLite database, through the store's bulk insert (`store.devices.create_devices`, the path
+    manifest import uses, 2,000 devices per transaction). Registering ten thousand devices one
     CreateDevice at a time takes a minute on this machine, more than the whole benchmark may.
 
     With `shared_key` every device gets the same key (generating and serializing 10,000 keys
@@ -435,7 +435,7 @@ async def seed_devices(
             members.append(member_with_key(device_id, key, PROJECT))
         now = datetime.now(UTC)
         for start in range(0, len(devices), 2000):
-            await store.create_devices(record.pk, name, devices[start : start + 2000], now)
+            await store.devices.create_devices(record.pk, name, devices[start : start + 2000], now)
         return members
     finally:
         await store.close()

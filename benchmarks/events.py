@@ -9,7 +9,7 @@ first start with `--devices` devices (see `brokers.seed_devices`).
    `--window` events in flight (the fleet simulator as in benchmarks/mqtt.py), counted over
    `--duration` s after a warm-up. ironcore has no flag for a sink that does nothing, so the
    "null sink" server is the same CLI run through this module (`--as-server null`), which first
-   replaces `Store.append_events` (the one call the event log's group commit makes per batch)
+   replaces `BridgeStore.append_events` (the one call the event log's group commit makes per batch)
    with a no-op: the bridge, routing, batching and PUBACK ordering all run as usual, only the
    SQLite transaction is skipped. The ratio durable / null is what durability costs the bridge.
    The same comparison is also made in isolation, in this process, without MQTT:
@@ -77,12 +77,12 @@ class Row:
 def serve_as(variant: str, argv: list[str]) -> None:
     """Run the ironcore CLI (`argv` = `serve …`), after patching it for `variant`."""
     if variant == "null":
-        from ironcore.registry.store import Store
+        from ironcore.registry.store.bridge import BridgeStore
 
-        async def append_events(self: Store, rows: object) -> None:
+        async def append_events(self: BridgeStore, rows: object) -> None:
             return None
 
-        Store.append_events = append_events  # type: ignore[method-assign]
+        BridgeStore.append_events = append_events  # type: ignore[method-assign]
     elif variant != "stock":
         raise SystemExit(f"unknown server variant {variant!r}")
     sys.argv = ["ironcore", *argv]
@@ -113,7 +113,7 @@ async def isolated_log(
         async def nothing(rows: object) -> None:
             return None
 
-        store.append_events = nothing  # type: ignore[method-assign]
+        store.bridge.append_events = nothing  # type: ignore[method-assign]
     log = EventLog(store)
     # As the router hands them over: serialized once per device.
     attributes = json.dumps(

@@ -31,6 +31,7 @@ from typing import TypeVar
 import httpx
 import pytest
 
+from ironcore.access.tokens import AdminTokens
 from ironcore.api.app import create_app
 from ironcore.registry.service import DeviceManager
 from ironcore.registry.store import Store
@@ -102,7 +103,7 @@ def drop_schema(schema: str) -> None:
         from sqlalchemy import text
         from sqlalchemy.ext.asyncio import create_async_engine
 
-        from ironcore.registry.store.sql import database_url
+        from ironcore.registry.store.database import database_url
 
         engine = create_async_engine(database_url(PG_URL))
         async with engine.begin() as conn:
@@ -148,8 +149,12 @@ class Api:
     token: str
     manager: DeviceManager
 
+    @property
+    def tokens(self) -> AdminTokens:
+        return AdminTokens(self.manager.store, self.manager.clock)
+
     async def as_role(self, role: str) -> httpx.AsyncClient:
-        token = await self.manager.create_token(role, f"test {role}")
+        token = await self.tokens.create(role, f"test {role}")
         return httpx.AsyncClient(
             transport=self.client._transport,
             base_url="http://ironcore",
@@ -160,7 +165,7 @@ class Api:
 @pytest.fixture
 async def api(manager: DeviceManager) -> AsyncIterator[Api]:
     """The API in process (ASGI), with an owner token."""
-    token = await manager.create_token("owner", "test owner")
+    token = await AdminTokens(manager.store, manager.clock).create("owner", "test owner")
     transport = httpx.ASGITransport(app=create_app(manager))
     async with httpx.AsyncClient(
         transport=transport,

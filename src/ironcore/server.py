@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from nats.errors import Error as NatsError
 
 from ironcore import logs
+from ironcore.access.tokens import AdminTokens
 from ironcore.api.app import create_app
 from ironcore.bridge.bus_hub import BusHub, namespace
 from ironcore.bridge.changes import Changes, ForgettingRotationStore
@@ -58,11 +59,11 @@ DRAIN_SECONDS = 30
 ROLLOUT_EVALUATION_SECONDS = 5
 
 
-async def ensure_admin_token(manager: DeviceManager, settings: Settings) -> None:
+async def ensure_admin_token(tokens: AdminTokens, settings: Settings) -> None:
     """On an empty database, create the first owner token and leave it in the data directory."""
-    if await manager.store.count_tokens():
+    if await tokens.count():
         return
-    token = await manager.create_token("owner", "created by the first `ironcore serve`")
+    token = await tokens.create("owner", "created by the first `ironcore serve`")
     path = settings.admin_token_file
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as file:
@@ -118,7 +119,7 @@ async def serve(settings: Settings) -> None:
         )
         links = Changes(hub, authenticator)
         manager = DeviceManager(store, links=links, topics=pubsub)
-        await ensure_admin_token(manager, settings)
+        await ensure_admin_token(AdminTokens(store, manager.clock), settings)
         revocations = Revocations(store, manager.clock, links)
         authenticator.revocations = revocations
         await revocations.refresh()

@@ -245,10 +245,10 @@ async def test_a_token_revoked_elsewhere_stops_working_within_two_seconds(
     process's cache; the cached answer expires after 2 s."""
     clock = _Clock()
     monkeypatch.setattr("ironcore.api.auth.time", clock)
-    token = await api.manager.create_token("viewer", "elsewhere")
+    token = await api.tokens.create("viewer", "elsewhere")
     async with client(api, {"Authorization": f"Bearer {token}"}) as http:
         assert (await http.get(REGISTRIES)).status_code == 200
-        await api.manager.revoke_token(token.split("_")[1])
+        await api.tokens.revoke(token.split("_")[1])
         clock.now += 1.5
         assert (await http.get(REGISTRIES)).status_code == 200
         clock.now += 0.6

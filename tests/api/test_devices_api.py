@@ -1221,7 +1221,7 @@ async def test_ten_states_are_kept_newest_first(
     device = await created(api, {"id": "dev-st"})
     for i in range(12):
         clock.advance(2)
-        await manager.store.add_state(
+        await manager.store.configs.add_state(
             int(device["numId"]), f"state {i}".encode(), clock(), keep=limits.STATES_KEPT
         )
     listed = await states(api, "dev-st")

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ironcore.api.auth import PERMISSIONS
+from ironcore.access.roles import PERMISSIONS
 from ironcore.registry.names import LocationName
 from ironcore.registry.resources import DeviceRegistry
 from ironcore.registry.service import DeviceManager

@@ -16,7 +16,8 @@ from ironcore.registry.names import DeviceRef, LocationName, RegistryName
 from ironcore.registry.resources import Device, DeviceRegistry
 from ironcore.registry.service import DeviceManager
 from ironcore.registry.store import Store
-from ironcore.registry.store.sql import to_us
+from ironcore.registry.store.bridge import BridgeStore
+from ironcore.registry.store.schema import to_us
 from tests.conftest import Clock
 
 LOCATION = LocationName.parse("p1", "us-central1")
@@ -120,8 +121,9 @@ async def test_nothing_is_lost_across_batches(
         assert (await acked(manager, f"dev-{i}"))["last"] == f"2026-01-02T00:00:0{i}Z"
 
 
-class FailingOnce(Store):
-    """The real store, whose first acknowledgement commit fails as a lost database would."""
+class FailingOnce(BridgeStore):
+    """The real bridge writes, whose first acknowledgement commit fails as a lost database
+    would."""
 
     failed = 0
 
@@ -136,8 +138,8 @@ async def test_a_failed_commit_is_kept_and_written_later(
     manager: DeviceManager, store: Store
 ) -> None:
     num_ids = await make_devices(manager, 2)
-    failing = FailingOnce(store.engine)
-    acks = ConfigAcks(failing)
+    failing = store.bridge = FailingOnce(store)
+    acks = ConfigAcks(store)
     acks.record(num_ids[0], 1, at(1))
     for _ in range(200):
         if failing.failed:

@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ironcore.access.tokens import AdminTokens
 from ironcore.api.app import create_app
 from ironcore.errors import FailedPrecondition
 from ironcore.firmware.manifest import Manifest
@@ -44,7 +45,7 @@ def key(tmp_path: Path) -> KeyStore:
 
 @pytest.fixture
 async def client(manager: DeviceManager, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    token = await manager.create_token("editor", "test editor")
+    token = await AdminTokens(manager.store, manager.clock).create("editor", "test editor")
     firmware = Firmware(FirmwareStore(manager.store), manager, tmp_path / "firmware")
     app = create_app(manager, firmware=firmware)
     async with httpx.AsyncClient(
@@ -63,26 +64,26 @@ async def fleet(manager: DeviceManager, count: int, config: bytes = b"") -> list
         await manager.create_device(parent, Device(id=device_id))
         if config:
             ref = await _ref(manager, device_id)
-            await manager.store.modify_config(ref, 1, config, manager.clock(), 10)
+            await manager.store.configs.modify_config(ref, 1, config, manager.clock(), 10)
     return ids
 
 
 async def _ref(manager: DeviceManager, device_id: str) -> int:
     parent = RegistryName.parse(PROJECT, LOCATION, REGISTRY)
-    record = await manager.store.get_device(parent, device_id, None)
+    record = await manager.store.devices.get_device(parent, device_id, None)
     assert record is not None
     return record.device.num_id
 
 
 async def config_of(manager: DeviceManager, device_id: str) -> dict[str, Any]:
-    configs = await manager.store.list_configs(await _ref(manager, device_id), 1)
+    configs = await manager.store.configs.list_configs(await _ref(manager, device_id), 1)
     data = configs[0].binary_data
     return json.loads(data) if data else {}
 
 
 async def report(manager: DeviceManager, device_id: str, firmware: dict[str, Any]) -> None:
     data = json.dumps({"firmware": firmware}).encode()
-    await manager.store.add_state(await _ref(manager, device_id), data, manager.clock(), 10)
+    await manager.store.configs.add_state(await _ref(manager, device_id), data, manager.clock(), 10)
 
 
 async def upload(client: httpx.AsyncClient, image: bytes, manifest: Any, **extra: Any) -> Any:
@@ -291,7 +292,9 @@ async def test_devices_with_a_config_that_is_not_json_are_skipped(
 
 
 async def config_of_raw(manager: DeviceManager, device_id: str) -> bytes:
-    return (await manager.store.list_configs(await _ref(manager, device_id), 1))[0].binary_data
+    return (await manager.store.configs.list_configs(await _ref(manager, device_id), 1))[
+        0
+    ].binary_data
 
 
 async def test_an_operator_halts_and_a_device_list_targets_only_those(

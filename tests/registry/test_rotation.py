@@ -34,7 +34,7 @@ def proof(key: ec.EllipticCurvePrivateKey, rotation_id: str, nonce: str, pem: st
 
 
 async def device_with_key(manager: DeviceManager, pem: str, device_id: str = "dev-rot") -> int:
-    if await manager.store.get_registry(REGISTRY) is None:
+    if await manager.store.registries.get_registry(REGISTRY) is None:
         await manager.create_registry(REGISTRY.location, DeviceRegistry(id=REGISTRY.registry))
     device = Device.model_validate(
         {"id": device_id, "credentials": [{"publicKey": {"format": "ES256_PEM", "key": pem}}]}

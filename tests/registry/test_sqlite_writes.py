@@ -55,7 +55,7 @@ WRITER = textwrap.dedent(
         store = await Store.open(url)
         try:
             for n in range(batches):
-                await store.append_events([(tag, b"x", "{}", n) for _ in range(50)])
+                await store.bridge.append_events([(tag, b"x", "{}", n) for _ in range(50)])
         finally:
             await store.close()
 
@@ -75,7 +75,7 @@ async def test_processes_appending_at_once_lose_nothing(tmp_path: Path) -> None:
         ours = 0
         # This process keeps writing for as long as any other does.
         while any(writer.returncode is None for writer in writers):
-            await store.append_events([("primary", b"y", "{}", 0) for _ in range(50)])
+            await store.bridge.append_events([("primary", b"y", "{}", 0) for _ in range(50)])
             ours += 50
         assert [await writer.wait() for writer in writers] == [0, 0, 0]
         async with store.read() as conn:
@@ -98,8 +98,8 @@ async def test_appends_keep_every_row_in_order_across_statement_boundaries(
         rows = [
             (f"t{n % 3}", bytes([n % 256]) * (n % 7), f'{{"n":"{n}"}}', n) for n in range(count)
         ]
-        await store.append_events(rows)
-        await store.append_events(rows[:1])
+        await store.bridge.append_events(rows)
+        await store.bridge.append_events(rows[:1])
         async with store.read() as conn:
             query = text("SELECT topic, data, attributes, publish_time FROM events ORDER BY pk")
             stored = [tuple(row) for row in (await conn.execute(query)).all()]
@@ -114,8 +114,8 @@ async def test_a_failed_append_writes_nothing_and_the_next_one_works(tmp_path: P
         good = [("t", b"x", "{}", n) for n in range(450)]
         bad = [*good[:300], (None, b"x", "{}", 0), *good[300:]]  # topic is NOT NULL
         with pytest.raises(sqlite3.IntegrityError):
-            await store.append_events(bad)  # type: ignore[arg-type]
-        await store.append_events(good)
+            await store.bridge.append_events(bad)  # type: ignore[arg-type]
+        await store.bridge.append_events(good)
         async with store.read() as conn:
             count = (await conn.execute(text("SELECT count(*) FROM events"))).scalar()
         assert count == 450
@@ -136,11 +136,11 @@ async def test_the_wal_is_checkpointed_by_the_appender(tmp_path: Path) -> None:
     try:
         rows = [("t", b"x" * 200, "{}", n) for n in range(500)]
         for _ in range(CHECKPOINT_EVERY - 1):
-            await store.append_events(rows)
+            await store.bridge.append_events(rows)
         # Until a checkpoint, the events are only in the WAL, not in the database file.
         before = database.stat().st_size
         assert before < 100_000
-        await store.append_events(rows)
+        await store.bridge.append_events(rows)
         assert database.stat().st_size > before + CHECKPOINT_EVERY * 500 * 200
     finally:
         await store.close()

@@ -18,6 +18,7 @@ from pydantic.alias_generators import to_camel
 from starlette.exceptions import HTTPException
 
 from ironcore import __version__
+from ironcore.access.tokens import AdminTokens
 from ironcore.api import devices, manifests, ops, registries, rotation, tokens
 from ironcore.api import firmware as api_firmware
 from ironcore.api import pubsub as api_pubsub
@@ -74,7 +75,8 @@ def create_app(
         redoc_url=None,
     )
     app.state.manager = manager
-    app.state.auth = TokenAuthenticator(manager)
+    app.state.tokens = AdminTokens(manager.store, manager.clock)
+    app.state.auth = TokenAuthenticator(app.state.tokens)
     app.state.draining = False
     app.state.device_bridge = device_bridge
     app.state.pubsub = pubsub or PubSub(PubSubStore(manager.store))

@@ -1,4 +1,5 @@
-"""What every route needs: the device manager, the caller, and resource names from the path."""
+"""What every route needs: the device manager, the admin tokens, the caller, and resource
+names from the path."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 
-from ironcore.api.auth import Caller, require
+from ironcore.access.roles import Caller, require
+from ironcore.access.tokens import AdminTokens
 from ironcore.registry.names import DeviceRef, LocationName, RegistryName
 from ironcore.registry.service import DeviceManager
 
@@ -34,8 +36,14 @@ async def _caller(request: Request) -> Caller:
     return caller
 
 
+async def _tokens(request: Request) -> AdminTokens:
+    tokens: AdminTokens = request.app.state.tokens
+    return tokens
+
+
 Manager = Annotated[DeviceManager, Depends(_manager)]
 CallerDep = Annotated[Caller, Depends(_caller)]
+Tokens = Annotated[AdminTokens, Depends(_tokens)]
 
 
 def allowed(caller: Caller, permission: str) -> None:

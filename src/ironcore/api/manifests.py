@@ -12,7 +12,7 @@ from pydantic import Field
 from ironcore.api.deps import CallerDep, Manager, allowed, ok, registry_name
 from ironcore.factory.importer import DEFAULT_TEMPLATE, import_manifest
 from ironcore.identity.revocation import Revocations
-from ironcore.registry.store.sql import RevokedSignerRecord
+from ironcore.registry.store.revocation import RevokedSignerRecord
 from ironcore.registry.wire import Message, format_timestamp
 
 router = APIRouter()

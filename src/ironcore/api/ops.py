@@ -9,7 +9,6 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
-from sqlalchemy import text
 from starlette.routing import Match
 
 from ironcore.bridge import metrics as bridge_metrics
@@ -101,8 +100,7 @@ async def readyz(request: Request) -> JSONResponse:
     if getattr(request.app.state, "draining", False):
         return JSONResponse({"status": "draining"}, status_code=503)
     try:
-        async with request.app.state.manager.store.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        await request.app.state.manager.store.ping()
     except Exception as exc:  # any database failure means "not ready", with its reason
         return JSONResponse({"status": "database unavailable", "error": str(exc)}, status_code=503)
     return JSONResponse({"status": "ready"})

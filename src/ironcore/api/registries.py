@@ -8,7 +8,6 @@ from fastapi import APIRouter, Body, Query
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
-from ironcore.api.auth import PERMISSIONS
 from ironcore.api.deps import (
     REGISTRIES,
     REGISTRY,
@@ -182,7 +181,7 @@ async def test_iam_permissions(
     except NotFound:
         # Google answers an empty set, not NOT_FOUND, for a resource that does not exist.
         return ok({})
-    granted = [p for p in body.permissions if p in PERMISSIONS[caller.role]]
+    granted = [p for p in body.permissions if caller.may(p)]
     return ok({"permissions": granted} if granted else {})
 
 

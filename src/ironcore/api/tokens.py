@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from ironcore.api.deps import CallerDep, Manager, allowed, ok
+from ironcore.api.deps import CallerDep, Tokens, allowed, ok
 from ironcore.registry.wire import Message, format_timestamp
 
 router = APIRouter()
@@ -18,16 +18,14 @@ class CreateTokenRequest(Message):
 
 
 @router.post(TOKENS, name="CreateToken")
-async def create_token(
-    manager: Manager, caller: CallerDep, body: CreateTokenRequest
-) -> JSONResponse:
+async def create_token(tokens: Tokens, caller: CallerDep, body: CreateTokenRequest) -> JSONResponse:
     allowed(caller, "ironcore.tokens.manage")
-    token = await manager.create_token(body.role, body.name)
+    token = await tokens.create(body.role, body.name)
     return ok({"token": token, "role": body.role, "name": body.name})
 
 
 @router.get(TOKENS, name="ListTokens")
-async def list_tokens(manager: Manager, caller: CallerDep) -> JSONResponse:
+async def list_tokens(tokens: Tokens, caller: CallerDep) -> JSONResponse:
     allowed(caller, "ironcore.tokens.manage")
     return ok(
         {
@@ -39,7 +37,7 @@ async def list_tokens(manager: Manager, caller: CallerDep) -> JSONResponse:
                     "createTime": format_timestamp(t.created_at),
                     "revoked": t.revoked,
                 }
-                for t in await manager.list_tokens()
+                for t in await tokens.list_tokens()
             ]
         }
     )
@@ -47,9 +45,9 @@ async def list_tokens(manager: Manager, caller: CallerDep) -> JSONResponse:
 
 @router.delete(TOKENS + "/{token_id}", name="RevokeToken")
 async def revoke_token(
-    token_id: str, request: Request, manager: Manager, caller: CallerDep
+    token_id: str, request: Request, tokens: Tokens, caller: CallerDep
 ) -> JSONResponse:
     allowed(caller, "ironcore.tokens.manage")
-    await manager.revoke_token(token_id)
+    await tokens.revoke(token_id)
     request.app.state.auth.forget()
     return ok()

@@ -64,7 +64,7 @@ class ConfigAcks:
             keys = list(self._pending)[:ACK_BATCH_MAX]
             batch = {key: self._pending.pop(key) for key in keys}
             try:
-                await self.store.ack_configs([(n, v, at) for (n, v), at in batch.items()])
+                await self.store.bridge.ack_configs([(n, v, at) for (n, v), at in batch.items()])
             except Exception as error:  # the database is down: keep them for the next try
                 log.warning("could not record %d config acknowledgements: %s", len(batch), error)
                 for key, at in batch.items():
@@ -113,7 +113,7 @@ class Bookkeeper:
         if not batch:
             return
         try:
-            await self.store.update_device_times(batch)
+            await self.store.bridge.update_device_times(batch)
         except Exception as error:  # lost bookkeeping is logged; it never blocks devices
             log.warning("could not write bookkeeping for %d devices: %s", len(batch), error)
 

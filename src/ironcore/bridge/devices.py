@@ -190,13 +190,13 @@ class DeviceAuthenticator:
     async def load(self, ref: DeviceRef, registry: DeviceRegistry | None = None) -> DeviceContext:
         """The device and its registry (unless given), read now; NotFound if either is gone."""
         if registry is None:
-            record = await self.store.get_registry(ref.registry)
+            record = await self.store.registries.get_registry(ref.registry)
             if record is None:
                 raise NotFound(f"Registry {ref.registry} not found")
             registry = record.registry
         # Without its config and state (read fresh where they are served), error status and
         # bookkeeping times: a connection holds its context for hours.
-        found = await self.store.get_device(
+        found = await self.store.devices.get_device(
             ref.registry, ref.device_id, ref.num_id, bridge_view=True
         )
         if found is None:
@@ -334,7 +334,7 @@ class DeviceAuthenticator:
     async def record_error(self, num_id: int, code: Code, message: str) -> None:
         """Write a device's lastErrorStatus; failures here are logged, never raised."""
         try:
-            await self.store.set_last_error(num_id, int(code), message, self.clock())
+            await self.store.bridge.set_last_error(num_id, int(code), message, self.clock())
         except Exception as error:  # bookkeeping must not break a connection's teardown
             log.warning("could not record the last error of device %s: %s", num_id, error)
 

@@ -45,7 +45,7 @@ from ironcore.errors import (
     Unauthenticated,
 )
 from ironcore.registry.names import DeviceRef, RegistryName
-from ironcore.registry.store.sql import to_us
+from ironcore.registry.store.schema import to_us
 from ironcore.registry.wire import Bytes, Message
 from ironcore.routing.router import Router
 
@@ -141,7 +141,9 @@ class DeviceBridge:
     async def _check_binding(self, gateway: DeviceContext, device: DeviceContext) -> None:
         if not gateway.device.gateway_config.is_gateway:
             raise DeviceRefused("gateway", f"device {gateway.device.id} is not a gateway")
-        if not await self.authenticator.store.is_bound(gateway.device.num_id, device.device.num_id):
+        if not await self.authenticator.store.devices.is_bound(
+            gateway.device.num_id, device.device.num_id
+        ):
             raise DeviceRefused(
                 "not_bound",
                 f"device {device.device.id} is not bound to gateway {gateway.device.id}",
@@ -193,7 +195,7 @@ async def set_state(bridge: DeviceBridge, request: Request, path: Match[str]) ->
         )
     bridge.check_state_rate(context.device.num_id)
     store = bridge.authenticator.store
-    await store.add_state(
+    await store.configs.add_state(
         context.device.num_id, data, bridge.authenticator.clock(), keep=limits.STATES_KEPT
     )
     await bridge.router.notify_state(context.name, context.registry, context.device, data)
@@ -210,7 +212,9 @@ async def get_config(bridge: DeviceBridge, request: Request, path: Match[str]) -
     context = await bridge.authenticate(request, _ref(*path.group(1, 2, 3, 4)), gateway)
     # Read now rather than taken from the authenticator's cache: devices poll for their config
     # right after being told it changed, possibly by another process.
-    record = await bridge.authenticator.store.get_device(context.name, None, context.device.num_id)
+    record = await bridge.authenticator.store.devices.get_device(
+        context.name, None, context.device.num_id
+    )
     if record is None:
         raise NotFound(f"Device {context.device.id} not found")
     config = record.device.config

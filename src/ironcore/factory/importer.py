@@ -48,7 +48,7 @@ from ironcore.registry.resources import (
     PublicKeyFormat,
 )
 from ironcore.registry.service import DeviceManager
-from ironcore.registry.store.sql import NumIdTaken
+from ironcore.registry.store.devices import NumIdTaken
 
 DEFAULT_TEMPLATE = "d{SERIAL}"
 # Below this many entries a process pool costs more than it saves.
@@ -128,7 +128,7 @@ async def import_manifest(
     The whole manifest is refused (ManifestError) only when it is not a JSON array of
     entries; any problem with one entry rejects that entry alone.
     """
-    record = await manager.store.get_registry(registry)
+    record = await manager.store.registries.get_registry(registry)
     if record is None:
         raise NotFound(f"Registry {registry} not found")
     _check_template(device_id_template)
@@ -140,7 +140,7 @@ async def import_manifest(
             for c in record.registry.credentials
             if c.public_key_certificate
         ),
-        revoked=frozenset(r.key_id for r in await manager.store.revoked_signers()),
+        revoked=frozenset(r.key_id for r in await manager.store.revocations.revoked_signers()),
     )
     entries = mf.read_manifest(data)
     if not entries:
@@ -148,7 +148,7 @@ async def import_manifest(
     checked = await _verify_all(entries, material)
 
     report = ImportReport(dry_run)
-    existing = await manager.store.device_credentials(record.pk)
+    existing = await manager.store.devices.device_credentials(record.pk)
     by_id = {device_id: (_fingerprints(creds_), meta) for device_id, creds_, meta in existing}
     by_key = {fp: device_id for device_id, (fps, _) in by_id.items() for fp in fps}
     planned: dict[str, _Candidate] = {}
@@ -240,7 +240,9 @@ async def _create(
         for _, device in batch:
             device.num_id = _num_id()
         try:
-            await manager.store.create_devices(registry_pk, registry, [d for _, d in batch], now)
+            await manager.store.devices.create_devices(
+                registry_pk, registry, [d for _, d in batch], now
+            )
             continue
         except (NumIdTaken, AlreadyExists):
             pass
@@ -248,7 +250,7 @@ async def _create(
             for _ in range(8):
                 device.num_id = _num_id()
                 try:
-                    await manager.store.create_device(registry_pk, registry, device, now)
+                    await manager.store.devices.create_device(registry_pk, registry, device, now)
                     break
                 except NumIdTaken:
                     continue

@@ -44,7 +44,7 @@ from ironcore.registry.store.firmware import (
     RolloutRecord,
     TargetDevice,
 )
-from ironcore.registry.store.sql import RegistryRecord
+from ironcore.registry.store.registries import RegistryRecord
 from ironcore.registry.wire import format_timestamp
 
 log = logging.getLogger(__name__)
@@ -339,7 +339,7 @@ class Firmware:
             await self._evaluate(name, rollout, await self._image(name, rollout))
 
     async def _registry(self, name: RegistryName) -> RegistryRecord:
-        record = await self.manager.store.get_registry(name)
+        record = await self.manager.store.registries.get_registry(name)
         if record is None:
             raise NotFound(f"Registry {name} not found")
         return record
@@ -437,7 +437,7 @@ class Firmware:
             return problem.message
         if not write:
             return ""
-        config = await self.manager.store.modify_config(
+        config = await self.manager.store.configs.modify_config(
             target.num_id,
             target.config_version,
             data,

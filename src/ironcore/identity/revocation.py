@@ -25,7 +25,7 @@ from ironcore.errors import InvalidArgument
 from ironcore.identity import credentials as creds
 from ironcore.registry.service import DeviceLinks
 from ironcore.registry.store import Store
-from ironcore.registry.store.sql import RevokedSignerRecord
+from ironcore.registry.store.revocation import RevokedSignerRecord
 
 REASON_MAX = 1000
 
@@ -89,24 +89,24 @@ class Revocations:
             reason=reason or "unspecified",
             revoked_at=self.clock(),
         )
-        created = await self.store.add_revoked_signer(record)
+        created = await self.store.revocations.add_revoked_signer(record)
         await self.refresh()
         if not created:
             return self._snapshot[record.key_id], False
         if self.links is not None:
-            for name in await self.store.all_registry_names():
+            for name in await self.store.registries.all_registry_names():
                 await self.links.registry_changed(name)
         return record, True
 
     async def list(self) -> list[RevokedSignerRecord]:
-        return await self.store.revoked_signers()
+        return await self.store.revocations.revoked_signers()
 
     async def is_revoked(self, key_id_or_fingerprint: str) -> RevokedSignerRecord | None:
         """From the database: the revoked signer with this key id or fingerprint (hex)."""
-        return await self.store.revoked_signer(key_id_or_fingerprint)
+        return await self.store.revocations.revoked_signer(key_id_or_fingerprint)
 
     async def refresh(self) -> None:
-        records = await self.store.revoked_signers()
+        records = await self.store.revocations.revoked_signers()
         self._snapshot = {r.key_id: r for r in records} | {r.fingerprint: r for r in records}
         self._loaded_at = time.monotonic()
 

@@ -32,8 +32,7 @@ from ironcore import limits
 from ironcore.errors import Aborted, FailedPrecondition, InvalidArgument, IronCoreError, NotFound
 from ironcore.identity import credentials as creds
 from ironcore.registry.resources import DeviceCredential, PublicKeyCredential, PublicKeyFormat
-from ironcore.registry.store.rotation import RotationStore
-from ironcore.registry.store.sql import ROTATION_ACTIVE as ACTIVE
+from ironcore.registry.store.rotation import ACTIVE, RotationStore
 from ironcore.registry.wire import EPOCH, format_timestamp, parse_timestamp
 
 DEFAULT_GRACE_SECONDS = 24 * 3600

@@ -1,15 +1,17 @@
-"""DeviceManager: every business rule of the device manager.
+"""DeviceManager: the business rules of registries and devices, Cloud IoT Core's device manager.
 
-The REST API, the CLI and the bridges are adapters over this class; it checks ids, limits,
-credentials, versions and masks, and it is the only caller of the store for registry and device
-resources. Errors are `ironcore.errors` values with a google.rpc code.
+The REST API (and through it the CLI) is an adapter over this class; it checks ids, limits,
+credentials, versions and masks before the store writes. Other paths reach the same tables under
+rules of their own: the bridges read devices and write what devices report (bridge/), manifest
+import creates devices in bulk (factory/importer.py), firmware rollouts write configs
+(firmware/rollout.py) and key rotations credentials (registry/rotation.py). Admin tokens and
+roles are ironcore.access. Errors are `ironcore.errors` values with a google.rpc code.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import secrets
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -50,8 +52,9 @@ from ironcore.registry.resources import (
     PublicKeyCertificateFormat,
     X509CertificateDetails,
 )
-from ironcore.registry.store import DeviceFilter, DeviceRecord, RegistryRecord, Store
-from ironcore.registry.store.sql import NumIdTaken, TokenRecord
+from ironcore.registry.store import Store
+from ironcore.registry.store.devices import DeviceFilter, DeviceRecord, NumIdTaken
+from ironcore.registry.store.registries import RegistryRecord
 
 DEVICE_UPDATABLE = frozenset(
     {"credentials", "blocked", "metadata", "log_level", "gateway_config.gateway_auth_method"}
@@ -75,10 +78,6 @@ GET_ALWAYS = ("id", "name", "numId")
 # Google's IAM answers an unset policy with this etag (base64 "ACAB").
 EMPTY_POLICY_ETAG = b"\x00\x20\x01"
 T = TypeVar("T")
-ROLES = ("viewer", "editor", "owner")
-# An admin token shows its id (to list and revoke it) and carries its secret after it.
-TOKEN_PREFIX = "ic_"
-TOKEN_NAME_MAX = 200
 
 
 class DeviceLinks(Protocol):
@@ -151,7 +150,7 @@ class DeviceManager:
         name = RegistryName(parent, check_id(registry.id, "id"))
         self._check_registry(registry)
         await self._ensure_topics(registry)
-        record = await self.store.create_registry(
+        record = await self.store.registries.create_registry(
             name, registry, self.clock(), limits.REGISTRIES_PER_LOCATION
         )
         return record.registry
@@ -183,20 +182,22 @@ class DeviceManager:
             setattr(updated, top, getattr(patch, top))
         self._check_registry(updated)
         await self._ensure_topics(updated)
-        await self.store.update_registry(record.pk, name, updated)
+        await self.store.registries.update_registry(record.pk, name, updated)
         if self.links is not None:
             await self.links.registry_changed(name)
         return (await self._registry(name)).registry
 
     async def delete_registry(self, name: RegistryName) -> None:
-        if not await self.store.delete_registry(name):
+        if not await self.store.registries.delete_registry(name):
             raise NotFound(f"Registry {name} not found")
 
     async def list_registries(
         self, parent: LocationName, page_size: int, page_token: str
     ) -> Page[DeviceRegistry]:
         size = _page_size(page_size)
-        records = await self.store.list_registries(parent, _decode_token(page_token), size + 1)
+        records = await self.store.registries.list_registries(
+            parent, _decode_token(page_token), size + 1
+        )
         token = _encode_token(records[size - 1].pk) if len(records) > size else ""
         return Page([record.registry for record in records[:size]], token)
 
@@ -252,7 +253,7 @@ class DeviceManager:
             )
 
     async def _registry(self, name: RegistryName) -> RegistryRecord:
-        record = await self.store.get_registry(name)
+        record = await self.store.registries.get_registry(name)
         if record is None:
             raise NotFound(f"Registry {name} not found")
         return record
@@ -292,7 +293,9 @@ class DeviceManager:
                 limits.NUM_ID_MAX - limits.NUM_ID_MIN
             )
             try:
-                return await self.store.create_device(record.pk, parent, fresh, self.clock())
+                return await self.store.devices.create_device(
+                    record.pk, parent, fresh, self.clock()
+                )
             except NumIdTaken:
                 continue
         raise AlreadyExists("could not draw a free numeric device id; try again")
@@ -305,7 +308,7 @@ class DeviceManager:
         return select_fields(wire, paths, GET_ALWAYS) if paths else wire
 
     async def device_record(self, ref: DeviceRef) -> DeviceRecord:
-        record = await self.store.get_device(ref.registry, ref.device_id, ref.num_id)
+        record = await self.store.devices.get_device(ref.registry, ref.device_id, ref.num_id)
         if record is None:
             raise NotFound(f"Device {ref} not found")
         return record
@@ -333,14 +336,14 @@ class DeviceManager:
             c for c in current.credentials if "credentials" not in paths or c in patch.credentials
         ]
         self._check_device(registry, updated, previous)
-        await self.store.update_device(updated)
+        await self.store.devices.update_device(updated)
         if self.links is not None:
             await self.links.device_changed(updated.num_id)
         return (await self.device_record(ref)).device
 
     async def delete_device(self, ref: DeviceRef) -> None:
         device = (await self.device_record(ref)).device
-        await self.store.delete_device(ref.registry, device.num_id)
+        await self.store.devices.delete_device(ref.registry, device.num_id)
         if self.links is not None:
             await self.links.device_changed(device.num_id)
 
@@ -393,7 +396,7 @@ class DeviceManager:
             else None,
         )
         size = _page_size(page_size)
-        devices = await self.store.list_devices(
+        devices = await self.store.devices.list_devices(
             record.pk, parent, where, _decode_token(page_token), size + 1
         )
         token = _encode_token(devices[size - 1].num_id) if len(devices) > size else ""
@@ -405,7 +408,7 @@ class DeviceManager:
     async def _num_id(self, registry: RegistryName, device: str, field: str) -> int:
         """The numeric id of a device named by either id; -1 (matches nothing) if absent."""
         ref = DeviceRef.parse(registry, device, field)
-        found = await self.store.get_device(registry, ref.device_id, ref.num_id)
+        found = await self.store.devices.get_device(registry, ref.device_id, ref.num_id)
         return found.device.num_id if found else -1
 
     def _check_device(
@@ -478,7 +481,7 @@ class DeviceManager:
             raise ResourceExhausted(
                 "Configs of a device can be updated at most once per second; try again shortly"
             )
-        config = await self.store.modify_config(
+        config = await self.store.configs.modify_config(
             record.device.num_id, current, data, now, limits.CONFIG_VERSIONS_KEPT
         )
         if config is None:
@@ -537,7 +540,7 @@ class DeviceManager:
                 )
             where = DeviceFilter(bound_to_gateway=gateway.num_id)
         now = self.clock()
-        fanout = await self.store.modify_configs(
+        fanout = await self.store.configs.modify_configs(
             record.pk,
             where,
             data,
@@ -567,14 +570,14 @@ class DeviceManager:
             raise InvalidArgument.field("num_versions", "must not be negative")
         record = await self.device_record(ref)
         limit = min(num_versions or limits.CONFIG_VERSIONS_KEPT, limits.CONFIG_VERSIONS_KEPT)
-        return await self.store.list_configs(record.device.num_id, limit)
+        return await self.store.configs.list_configs(record.device.num_id, limit)
 
     async def list_states(self, ref: DeviceRef, num_states: int) -> list[DeviceState]:
         if num_states < 0:
             raise InvalidArgument.field("num_states", "must not be negative")
         record = await self.device_record(ref)
         limit = min(num_states or limits.STATES_KEPT, limits.STATES_KEPT)
-        return await self.store.list_states(record.device.num_id, limit)
+        return await self.store.configs.list_states(record.device.num_id, limit)
 
     async def send_command(self, ref: DeviceRef, data: bytes, subfolder: str) -> None:
         if len(data) > limits.COMMAND_BYTES:
@@ -598,13 +601,13 @@ class DeviceManager:
 
     async def bind(self, parent: RegistryName, gateway_id: str, device_id: str) -> None:
         gateway, device = await self._binding_pair(parent, gateway_id, device_id)
-        await self.store.bind(
+        await self.store.devices.bind(
             gateway.num_id, device.num_id, limits.DEVICES_PER_GATEWAY, limits.GATEWAYS_PER_DEVICE
         )
 
     async def unbind(self, parent: RegistryName, gateway_id: str, device_id: str) -> None:
         gateway, device = await self._binding_pair(parent, gateway_id, device_id)
-        if not await self.store.unbind(gateway.num_id, device.num_id):
+        if not await self.store.devices.unbind(gateway.num_id, device.num_id):
             raise NotFound(f"Device {device_id} is not bound to gateway {gateway_id}")
 
     async def _binding_pair(
@@ -631,7 +634,7 @@ class DeviceManager:
 
     async def get_iam_policy(self, name: RegistryName) -> Policy:
         record = await self._registry(name)
-        stored = await self.store.get_policy(record.pk)
+        stored = await self.store.registries.get_policy(record.pk)
         if stored is None:
             return Policy(etag=EMPTY_POLICY_ETAG)
         policy, etag = stored
@@ -650,36 +653,9 @@ class DeviceManager:
         )
         body = fresh.to_wire()
         etag = body.pop("etag")
-        if not await self.store.set_policy(record.pk, body, etag, expected):
+        if not await self.store.registries.set_policy(record.pk, body, etag, expected):
             raise Aborted("The policy was changed by someone else (etag mismatch); read it again")
         return fresh
-
-    # Admin tokens
-
-    async def create_token(self, role: str, name: str) -> str:
-        """Create an admin token and return it; only its hash is kept."""
-        if role not in ROLES:
-            raise InvalidArgument.field("role", f"must be one of {', '.join(ROLES)}")
-        # Refused rather than cut, so the name shown at creation is the name listed later.
-        if len(name) > TOKEN_NAME_MAX:
-            raise InvalidArgument.field("name", f"at most {TOKEN_NAME_MAX} characters")
-        token_id = secrets.token_hex(6)
-        token = f"{TOKEN_PREFIX}{token_id}_{secrets.token_urlsafe(32)}"
-        await self.store.add_token(token_id, name, role, hash_token(token), self.clock())
-        return token
-
-    async def list_tokens(self) -> list[TokenRecord]:
-        return await self.store.list_tokens()
-
-    async def revoke_token(self, token_id: str) -> None:
-        # Ids are hex (see create_token); anything else names no token and stays out of SQL.
-        valid = token_id.isascii() and token_id.isalnum()
-        if not valid or not await self.store.revoke_token(token_id, self.clock()):
-            raise NotFound(f"No active admin token with id {token_id!r}")
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _page_size(requested: int) -> int:

@@ -51,7 +51,7 @@ class EventLog:
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 try:
-                    await self.store.append_events([row for row, _ in batch])
+                    await self.store.bridge.append_events([row for row, _ in batch])
                 except Exception as error:  # the database failed: every waiter hears of it
                     log.error("event log commit of %d events failed: %s", len(batch), error)
                     for _, future in batch:

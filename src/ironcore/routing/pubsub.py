@@ -19,7 +19,7 @@ from ironcore import limits
 from ironcore.errors import FailedPrecondition, InvalidArgument, NotFound
 from ironcore.registry.names import is_valid_project
 from ironcore.registry.store.pubsub import Delivered, PubSubStore, Subscription, Topic
-from ironcore.registry.store.sql import from_us
+from ironcore.registry.store.schema import from_us
 from ironcore.registry.wire import format_timestamp
 from ironcore.routing.nats import JetStreamSink
 

@@ -416,7 +416,7 @@ class MqttConnection(asyncio.Protocol):
 
     async def _store_state(self, context: DeviceContext, payload: bytes) -> None:
         store = self.services.authenticator.store
-        await store.add_state(context.device.num_id, payload, _now(), keep=10)
+        await store.configs.add_state(context.device.num_id, payload, _now(), keep=10)
         await self.services.router.notify_state(
             context.name, context.registry, context.device, payload
         )
@@ -469,7 +469,7 @@ class MqttConnection(asyncio.Protocol):
             GatewayAuthMethod.ASSOCIATION_AND_DEVICE_AUTH_TOKEN,
         ):
             store = self.services.authenticator.store
-            if not await store.is_bound(gateway.device.num_id, context.device.num_id):
+            if not await store.devices.is_bound(gateway.device.num_id, context.device.num_id):
                 raise DeviceRefused(
                     "not_bound", f"device {event.device_id} is not bound to the gateway"
                 )
@@ -487,7 +487,9 @@ class MqttConnection(asyncio.Protocol):
         if context is None:
             return
         ref = DeviceRef(context.name, None, context.device.num_id)
-        record = await self.services.authenticator.store.get_device(ref.registry, None, ref.num_id)
+        record = await self.services.authenticator.store.devices.get_device(
+            ref.registry, None, ref.num_id
+        )
         if record is None or record.device.config is None:
             return
         config = record.device.config

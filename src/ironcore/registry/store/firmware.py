@@ -16,8 +16,15 @@ from sqlalchemy.exc import IntegrityError
 
 from ironcore.errors import AlreadyExists
 from ironcore.registry.names import LocationName, RegistryName
-from ironcore.registry.store.schema import devices, firmware_images, registries, rollouts
-from ironcore.registry.store.sql import Store, from_us, to_us
+from ironcore.registry.store.database import Database
+from ironcore.registry.store.schema import (
+    devices,
+    firmware_images,
+    from_us,
+    registries,
+    rollouts,
+    to_us,
+)
 
 
 @dataclass(frozen=True)
@@ -56,12 +63,12 @@ class TargetDevice:
 
 
 class FirmwareStore:
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     async def add_image(self, image: ImageRecord) -> ImageRecord:
         """Insert the image row; the same bytes uploaded again return the first row."""
-        async with self.store.write() as conn:
+        async with self.db.write() as conn:
             existing = (
                 await conn.execute(
                     select(firmware_images).where(
@@ -106,12 +113,12 @@ class FirmwareStore:
             query = query.where(
                 firmware_images.c.model == model, firmware_images.c.version == version
             )
-        async with self.store.read() as conn:
+        async with self.db.read() as conn:
             row = (await conn.execute(query)).first()
         return _image(row) if row is not None else None
 
     async def list_images(self, project: str) -> list[ImageRecord]:
-        async with self.store.read() as conn:
+        async with self.db.read() as conn:
             rows = await conn.execute(
                 select(firmware_images)
                 .where(firmware_images.c.project == project)
@@ -125,11 +132,11 @@ class FirmwareStore:
         """A new running rollout; None if the registry already has one running (two rollouts
         would overwrite each other's `firmware` config key)."""
         now_us = to_us(now)
-        async with self.store.write() as conn:
+        async with self.db.write() as conn:
             query = select(rollouts.c.pk).where(
                 rollouts.c.registry_pk == registry_pk, rollouts.c.state == RUNNING
             )
-            if not self.store.is_sqlite:
+            if not self.db.is_sqlite:
                 # Serializes concurrent starts on PostgreSQL; SQLite has one writer anyway.
                 query = query.with_for_update()
             if (await conn.execute(query)).first() is not None:
@@ -152,7 +159,7 @@ class FirmwareStore:
         return RolloutRecord(pk, registry_pk, sha256, spec, 0, RUNNING, "", now, now)
 
     async def get_rollout(self, registry_pk: int, rollout_id: int) -> RolloutRecord | None:
-        async with self.store.read() as conn:
+        async with self.db.read() as conn:
             row = (
                 await conn.execute(
                     select(rollouts).where(
@@ -163,7 +170,7 @@ class FirmwareStore:
         return _rollout(row) if row is not None else None
 
     async def list_rollouts(self, registry_pk: int) -> list[RolloutRecord]:
-        async with self.store.read() as conn:
+        async with self.db.read() as conn:
             rows = await conn.execute(
                 select(rollouts)
                 .where(rollouts.c.registry_pk == registry_pk)
@@ -179,7 +186,7 @@ class FirmwareStore:
             .where(rollouts.c.state == RUNNING)
             .order_by(rollouts.c.pk)
         )
-        async with self.store.read() as conn:
+        async with self.db.read() as conn:
             return [
                 (
                     RegistryName(LocationName(row.project, row.location), row.registry_id),
@@ -192,7 +199,7 @@ class FirmwareStore:
         self, rollout_id: int, from_stage: int, stage: int, state: str, reason: str, now: datetime
     ) -> bool:
         """Set stage, state and reason if the rollout is still running at `from_stage`."""
-        async with self.store.write() as conn:
+        async with self.db.write() as conn:
             result = await conn.execute(
                 update(rollouts)
                 .where(
@@ -217,7 +224,7 @@ class FirmwareStore:
         ).where(devices.c.registry_pk == registry_pk)
         if device_ids is not None:
             query = query.where(devices.c.device_id.in_(device_ids))
-        async with self.store.read() as conn:
+        async with self.db.read() as conn:
             rows = await conn.execute(query.order_by(devices.c.num_id))
             return [
                 TargetDevice(

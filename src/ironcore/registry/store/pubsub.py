@@ -16,8 +16,8 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ironcore.errors import AlreadyExists, NotFound
+from ironcore.registry.store.database import Database
 from ironcore.registry.store.schema import events, subscription_leases, subscriptions, topics
-from ironcore.registry.store.sql import Store
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,13 @@ class Delivered:
 
 
 class PubSubStore:
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     # Topics
 
     async def create_topic(self, name: str, backend: str, now_us: int) -> Topic:
-        async with self.store.write() as conn:
+        async with self.db.write() as conn:
             try:
                 await conn.execute(
                     insert(topics).values(name=name, backend=backend, created_at=now_us)
@@ -65,19 +65,19 @@ class PubSubStore:
 
     async def ensure_topic(self, name: str, backend: str, now_us: int) -> None:
         """Create the topic unless it exists (events name their topic before anyone created it)."""
-        async with self.store.write() as conn:
+        async with self.db.write() as conn:
             if await conn.scalar(select(topics.c.pk).where(topics.c.name == name)) is None:
                 await conn.execute(
                     insert(topics).values(name=name, backend=backend, created_at=now_us)
                 )
 
     async def get_topic(self, name: str) -> Topic | None:
-        async with self.store.read() as conn:
+        async with self.db.read() as conn:
             row = (await conn.execute(select(topics).where(topics.c.name == name))).first()
         return Topic(row.name, row.backend) if row else None
 
     async def list_topics(self, prefix: str) -> list[Topic]:
-        async with self.store.read() as conn:
+        async with self.db.read() as conn:
             rows = await conn.execute(
                 select(topics).where(topics.c.name.startswith(prefix)).order_by(topics.c.name)
             )
@@ -85,7 +85,7 @@ class PubSubStore:
 
     async def delete_topic(self, name: str) -> None:
         """Delete a topic; its subscriptions stay (as in Pub/Sub) but receive nothing new."""
-        async with self.store.write() as conn:
+        async with self.db.write() as conn:
             result = await conn.execute(delete(topics).where(topics.c.name == name))
             if not result.rowcount:
                 raise NotFound(f"Topic {name} not found")
@@ -94,7 +94,7 @@ class PubSubStore:
 
     async def create_subscription(self, subscription: Subscription, now_us: int) -> None:
         """Create a subscription that receives what is published from now on."""
-        async with self.store.write() as conn:
+        async with self.db.write() as conn:
             last = await conn.scalar(select(func.max(events.c.pk)))
             try:
                 await conn.execute(
@@ -114,14 +114,14 @@ class PubSubStore:
                 raise AlreadyExists(f"Subscription {subscription.name} already exists") from None
 
     async def get_subscription(self, name: str) -> Subscription | None:
-        async with self.store.read() as conn:
+        async with self.db.read() as conn:
             row = (
                 await conn.execute(select(subscriptions).where(subscriptions.c.name == name))
             ).first()
         return _subscription(row) if row else None
 
     async def list_subscriptions(self, prefix: str) -> list[Subscription]:
-        async with self.store.read() as conn:
+        async with self.db.read() as conn:
             rows = await conn.execute(
                 select(subscriptions)
                 .where(subscriptions.c.name.startswith(prefix))
@@ -130,7 +130,7 @@ class PubSubStore:
             return [_subscription(row) for row in rows]
 
     async def delete_subscription(self, name: str) -> None:
-        async with self.store.write() as conn:
+        async with self.db.write() as conn:
             pk = await conn.scalar(select(subscriptions.c.pk).where(subscriptions.c.name == name))
             if pk is None:
                 raise NotFound(f"Subscription {name} not found")
@@ -147,9 +147,9 @@ class PubSubStore:
         A message whose lease expired `max_delivery_attempts` times goes to the subscription's
         dead-letter topic instead of being delivered again.
         """
-        async with self.store.write() as conn:
+        async with self.db.write() as conn:
             query = select(subscriptions).where(subscriptions.c.name == name)
-            if not self.store.is_sqlite:
+            if not self.db.is_sqlite:
                 query = query.with_for_update()
             sub = (await conn.execute(query)).first()
             if sub is None:
@@ -256,7 +256,7 @@ class PubSubStore:
         )
 
     async def acknowledge(self, name: str, event_pks: Sequence[int]) -> None:
-        async with self.store.write() as conn:
+        async with self.db.write() as conn:
             pk = await conn.scalar(select(subscriptions.c.pk).where(subscriptions.c.name == name))
             if pk is None:
                 raise NotFound(f"Subscription {name} not found")
@@ -270,7 +270,7 @@ class PubSubStore:
     async def modify_ack_deadline(
         self, name: str, event_pks: Sequence[int], deadline_us: int
     ) -> None:
-        async with self.store.write() as conn:
+        async with self.db.write() as conn:
             pk = await conn.scalar(select(subscriptions.c.pk).where(subscriptions.c.name == name))
             if pk is None:
                 raise NotFound(f"Subscription {name} not found")
@@ -293,7 +293,7 @@ class PubSubStore:
             {"topic": topic, "data": data, "attributes": attributes, "publish_time": now_us}
             for data, attributes in messages
         ]
-        async with self.store.write() as conn:
+        async with self.db.write() as conn:
             # One statement for the batch (SQLAlchemy's "insertmanyvalues"), not a round trip
             # to the database thread per message; the ids come back in the messages' order.
             result = await conn.execute(
@@ -303,7 +303,7 @@ class PubSubStore:
 
     async def read_after(self, topic: str, after: int, limit: int) -> list[Delivered]:
         """Events of a topic after `after` (for live tails, which keep no cursor)."""
-        async with self.store.read() as conn:
+        async with self.db.read() as conn:
             rows = await conn.execute(
                 select(events)
                 .where(events.c.topic == topic, events.c.pk > after)
@@ -313,12 +313,12 @@ class PubSubStore:
             return [_delivered(row, 1) for row in rows]
 
     async def last_event_pk(self) -> int:
-        async with self.store.read() as conn:
+        async with self.db.read() as conn:
             return int(await conn.scalar(select(func.max(events.c.pk))) or 0)
 
     async def expire(self, before_us: int) -> int:
         """Delete events published before `before_us` (retention); returns how many."""
-        async with self.store.write() as conn:
+        async with self.db.write() as conn:
             result = await conn.execute(delete(events).where(events.c.publish_time < before_us))
             return int(result.rowcount or 0)
 

@@ -8,18 +8,20 @@ from typing import Any
 
 from sqlalchemy import bindparam, select, update
 
+from ironcore.registry.store.database import Database
 from ironcore.registry.store.schema import devices, registries
-from ironcore.registry.store.sql import ROTATION_ACTIVE as ACTIVE
-from ironcore.registry.store.sql import Store
+
+# States in which a key rotation is under way (another cannot start).
+ACTIVE = ("requested", "key_added")
 
 
 class RotationStore:
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     async def read(self, num_id: int) -> tuple[dict[str, Any] | None, list[dict[str, Any]]] | None:
         """The device's rotation (or None) and its credentials in wire form; None if no device."""
-        async with self.store.read() as conn:
+        async with self.db.read() as conn:
             body = await conn.scalar(_BODY, {"num_id": num_id})
         if body is None:
             return None
@@ -27,7 +29,7 @@ class RotationStore:
 
     async def registry_has_cas(self, num_id: int) -> bool:
         """Whether the device's registry holds CA certificates (then only X.509 credentials)."""
-        async with self.store.read() as conn:
+        async with self.db.read() as conn:
             body = await conn.scalar(
                 select(registries.c.body)
                 .join(devices, devices.c.registry_pk == registries.c.pk)
@@ -44,9 +46,9 @@ class RotationStore:
     ) -> bool:
         """Store `rotation` (and new `credentials`) if the device's current rotation still has id
         `expected_id` (None: no rotation, or a finished one); False when someone moved first."""
-        async with self.store.write() as conn:
+        async with self.db.write() as conn:
             query = select(devices.c.body).where(devices.c.num_id == num_id)
-            if not self.store.is_sqlite:
+            if not self.db.is_sqlite:
                 query = query.with_for_update()
             body = await conn.scalar(query)
             if body is None:
@@ -62,5 +64,5 @@ class RotationStore:
         return True
 
 
-# Read at every device connection: built once (see store.sql._DEVICE).
+# Read at every device connection: built once (see store.devices._DEVICE).
 _BODY = select(devices.c.body).where(devices.c.num_id == bindparam("num_id"))

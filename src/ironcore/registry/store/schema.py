@@ -5,6 +5,8 @@ Fields that are read and written as a whole (credentials, metadata, a registry's
 JSON; fields the bridges update alone (the `last*` times) have columns of their own.
 """
 
+from datetime import UTC, datetime
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -22,6 +24,17 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_us(value: datetime) -> int:
+    return int((value - _EPOCH).total_seconds() * 1_000_000) if value > _EPOCH else 0
+
+
+def from_us(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1_000_000, UTC) if value else _EPOCH
+
 
 metadata = MetaData()
 Json = JSON().with_variant(JSONB(), "postgresql")

@@ -4,8 +4,8 @@ SQLite's own busy handler polls: a writer that finds the database locked sleeps 
 and so on before it tries again. With several processes group-committing to one file (the MQTT
 bridge's worker processes appending events) most waits oversleep the commit they wait for. An
 `flock(2)` on a file beside the database queues the writers instead: the next one wakes the
-moment the lock is released. Within a process, `Store.write` already lets one writer at a time
-reach this lock.
+moment the lock is released. Within a process, `Database.write` already lets one writer at a
+time reach this lock.
 """
 
 from __future__ import annotations
