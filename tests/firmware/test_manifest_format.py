@@ -97,7 +97,7 @@ def head(**changes: Any) -> Mutation:
 
 
 MALFORMED: list[tuple[str, Mutation, str]] = [
-    ("not an object", lambda d: [d], "manifest must be a JSON object, not list"),
+    ("not an object", lambda d: [d], "manifest must be a JSON object, not a JSON array"),
     (
         "no signature",
         lambda d: {"payload": d["payload"], "protected": d["protected"]},

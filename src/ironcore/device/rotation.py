@@ -22,6 +22,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
+from ironcore import jose
 from ironcore.device.mqtt import DeviceClient, PublishError
 from ironcore.device.secure_element import (
     PERMANENT_SLOT,
@@ -30,7 +31,7 @@ from ironcore.device.secure_element import (
     SecureElementError,
     public_key_from_raw,
 )
-from ironcore.device.tokens import DEFAULT_LIFETIME_SECONDS, TokenSource, b64url, es256_jwt
+from ironcore.device.tokens import DEFAULT_LIFETIME_SECONDS, TokenSource, es256_jwt
 from ironcore.registry.rotation import proof_input
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,8 @@ class KeyRotator:
         signature = self.element.sign(
             slot, hashlib.sha256(proof_input(rotation, nonce, pem)).digest()
         )
-        self._publish({"rotation": rotation, "publicKey": pem, "proof": b64url(signature)})
+        proof = jose.b64url_encode(signature)
+        self._publish({"rotation": rotation, "publicKey": pem, "proof": proof})
 
     def _switch(self, rotation: str) -> None:
         assert self._client is not None

@@ -24,10 +24,10 @@ from __future__ import annotations
 import secrets
 from typing import Protocol
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
+
+from ironcore import jose
 
 SERIAL_BYTES = 9
 PERMANENT_SLOT = 0
@@ -172,17 +172,9 @@ def public_key_from_raw(xy: bytes) -> ec.EllipticCurvePublicKey:
 def verify_raw(digest: bytes, signature: bytes, public_key: bytes) -> bool:
     """verify_extern in software: r‖s over a prehashed digest."""
     check_digest(digest)
-    if len(signature) != 64:
+    if len(signature) != jose.ES256_SIGNATURE_BYTES:
         return False
-    key = public_key_from_raw(public_key)
-    der = encode_dss_signature(
-        int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-    )
-    try:
-        key.verify(der, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
-    except InvalidSignature:
-        return False
-    return True
+    return jose.es256_verify_digest(public_key_from_raw(public_key), signature, digest)
 
 
 def new_serial_number() -> bytes:

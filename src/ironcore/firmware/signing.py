@@ -12,18 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from ironcore.device.secure_element import raw_public_key, verify_raw
+from ironcore import jose
 from ironcore.errors import InvalidArgument
 from ironcore.firmware.manifest import (
     FirmwareRejected,
     Manifest,
     Reason,
     SignedManifest,
-    b64url,
     header,
     parse,
 )
@@ -49,8 +46,8 @@ class Image:
 
 
 def key_id(public_key: ec.EllipticCurvePublicKey) -> str:
-    """The manifest `kid`: SHA-1 of the uncompressed point, as Microchip and X.509 SKIs use."""
-    return x509.SubjectKeyIdentifier.from_public_key(public_key).digest.hex()
+    """The manifest `kid`: the key id (`jose.key_id`, as X.509 SKIs) in lowercase hex."""
+    return jose.key_id(public_key).hex()
 
 
 def check_p256(public_key: ec.EllipticCurvePublicKey) -> None:
@@ -65,16 +62,14 @@ def sign(key: KeyStore, manifest: Manifest) -> SignedManifest:
     check_p256(public)
     kid = key_id(public)
     protected = header(kid)
-    payload = b64url(manifest.claims())
-    r, s = decode_dss_signature(key.sign(f"{protected}.{payload}".encode()))
-    signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    payload = jose.b64url_encode(manifest.claims())
+    signature = jose.es256_signature(key.sign(jose.signing_input(protected, payload)))
     return SignedManifest(manifest, kid, protected, payload, signature)
 
 
 def software_verifier(public_key: ec.EllipticCurvePublicKey) -> Verifier:
     check_p256(public_key)
-    xy = raw_public_key(public_key)
-    return lambda digest, signature: verify_raw(digest, signature, xy)
+    return lambda digest, signature: jose.es256_verify_digest(public_key, signature, digest)
 
 
 def check(
