@@ -32,11 +32,9 @@ from ironcore.device.secure_element import (
     public_key_from_raw,
 )
 from ironcore.device.tokens import DEFAULT_LIFETIME_SECONDS, TokenSource, es256_jwt
-from ironcore.registry.rotation import proof_input
+from ironcore.formats import rotation as protocol
 
 log = logging.getLogger(__name__)
-COMMAND = "key-rotation"
-TOPIC = "ironcore/key-rotation"
 
 
 @dataclass
@@ -92,7 +90,7 @@ class KeyRotator:
     # and waits for acknowledgements that paho's thread delivers)
 
     def _on_command(self, name: str, payload: bytes) -> None:
-        if name != COMMAND:
+        if name != protocol.NAME:
             return
         try:
             message = json.loads(payload)
@@ -133,7 +131,7 @@ class KeyRotator:
         assert slot is not None
         pem = self.public_key_pem(slot)
         signature = self.element.sign(
-            slot, hashlib.sha256(proof_input(rotation, nonce, pem)).digest()
+            slot, hashlib.sha256(protocol.proof_input(rotation, nonce, pem)).digest()
         )
         proof = jose.b64url_encode(signature)
         self._publish({"rotation": rotation, "publicKey": pem, "proof": proof})
@@ -188,7 +186,7 @@ class KeyRotator:
 
     def _publish(self, body: dict[str, str]) -> None:
         assert self._client is not None
-        topic = f"/devices/{self._client.name.device_id}/{TOPIC}"
+        topic = f"/devices/{self._client.name.device_id}/{protocol.SUBFOLDER}"
         try:
             self._client.publish(topic, json.dumps(body).encode())
         except PublishError as error:

@@ -1,6 +1,7 @@
 """The secure element interface: what device code may ask of an ATECC608-class chip.
 
-It mirrors cryptoauthlib's `atcab_*` calls (see spec/microchip.md §3 and §6), so the same
+It mirrors the `atcab_*` calls of Microchip's cryptoauthlib (its Python package is
+`cryptoauthlib` on PyPI; `device.atecc608` drives a real chip with it), so the same
 device code runs on a software element in tests, on a PKCS#11 token (SoftHSM, an HSM, or
 cryptoauthlib's own PKCS#11 module) and on a real chip. The contract:
 
@@ -37,8 +38,9 @@ KEY_SLOTS = (PERMANENT_SLOT, *REGENERABLE_SLOTS)
 DEVICE_CERT_SLOT = 10
 SIGNER_CERT_SLOT = 12
 CERT_SLOTS = (DEVICE_CERT_SLOT, SIGNER_CERT_SLOT)
-# TrustFLEX parts keep the secure-boot public key in slot 15 (microchip.md §1.2); slots 13 and
-# 14 hold keys validated by a parent key, a scheme this interface does not model.
+# TrustFLEX parts keep the secure-boot public key in slot 15 (the slot map of Microchip's
+# ATECC608B-TFLXTLS datasheet); slots 13 and 14 hold keys validated by a parent key, a scheme
+# this interface does not model.
 SECURE_BOOT_KEY_SLOT = 15
 PUBLIC_KEY_SLOTS = (SECURE_BOOT_KEY_SLOT,)
 COUNTERS = (0, 1)

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ironcore import jose, limits
 from ironcore.errors import Aborted, FailedPrecondition, InvalidArgument, IronCoreError, NotFound
+from ironcore.formats.rotation import proof_input
 from ironcore.identity import credentials as creds
 from ironcore.registry.resources import DeviceCredential, PublicKeyCredential, PublicKeyFormat
 from ironcore.registry.store.rotation import RotationStore
@@ -62,11 +63,6 @@ class KeyRotation:
             "updateTime": self.updated,
             **({"reason": self.reason} if self.reason else {}),
         }
-
-
-def proof_input(rotation_id: str, nonce: str, public_key_pem: str) -> bytes:
-    """What the new key signs (ECDSA P-256, SHA-256) to prove the device holds it."""
-    return f"ironcore-key-rotation\n{rotation_id}\n{nonce}\n{public_key_pem}".encode()
 
 
 class Rotations:

@@ -1,4 +1,5 @@
-"""The signed firmware manifest: what an image is, and who says so (docs/firmware.md).
+"""The signed firmware manifest: what an image is, who says so, and whether an image may boot
+(docs/firmware.md).
 
 A manifest is a flattened JWS (RFC 7515 §7.2.2), the shape of the entries of Microchip's Trust
 Platform manifests (`ironcore.factory.manifest`):
@@ -13,8 +14,13 @@ config, say) cannot change what was signed, and no JSON canonicalization is need
 
 The parser trusts nothing: every member is checked for presence, type and range, unknown
 members are refused, and each error names the exact problem; base64url (unpadded) and JSON are
-read by `ironcore.jose`'s rules. It only reads; whether the signature is good is for `signing`
-(host) or the secure element (device) to say.
+read by `ironcore.jose`'s rules.
+
+`check` is the one statement of what makes an image bootable. The device
+(`ironcore.device.secure_boot`) calls it with a verifier that asks the secure element; the
+server (`ironcore firmware verify`, rollout uploads) with one that uses the public key in
+software. Signing, with a CA-style KeyStore, is the server's: `ironcore.firmware.signing`.
+This module is a wire format both sides read, so it imports nothing but `jose` and `errors`.
 """
 
 from __future__ import annotations
@@ -22,12 +28,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from ironcore import jose
-from ironcore.device.secure_element import COUNTER_MAX
 from ironcore.errors import FailedPrecondition, InvalidArgument
 
 FORMAT = "ironcore-firmware/1"
@@ -36,8 +45,9 @@ ALGORITHM = "ES256"
 # is checked small.
 MANIFEST_MAX_BYTES = 4096
 # Versions are compared with a monotonic counter of the secure element, which stops at
-# 2,097,151 on an ATECC608, so a version is an integer in that range.
-VERSION_MAX = COUNTER_MAX
+# 2,097,151 on an ATECC608 (`device.secure_element.COUNTER_MAX`; a test holds the two equal),
+# so a version is an integer in that range.
+VERSION_MAX = 2_097_151
 # Large enough for a gateway's root filesystem; an MCU image is far smaller.
 IMAGE_MAX_BYTES = 1 << 30
 MODEL_PATTERN = re.compile(r"[a-zA-Z0-9][-a-zA-Z0-9._]{0,63}")
@@ -222,3 +232,92 @@ def _members(value: dict[str, Any], expected: tuple[str, ...], what: str) -> Non
     unknown = sorted(set(value) - set(expected))
     if unknown:
         raise ManifestError(f"{what} has unknown member {unknown[0]!r}")
+
+
+# (digest of the signing input, raw r‖s) -> whether the trusted key made the signature.
+Verifier = Callable[[bytes, bytes], bool]
+
+
+@dataclass(frozen=True)
+class Image:
+    """What a manifest says about an image, measured from the image itself."""
+
+    size: int
+    sha256: bytes
+
+    @classmethod
+    def of_file(cls, path: Path) -> Image:
+        # Hashed in chunks: an image can be far larger than the memory a device can spare.
+        with path.open("rb") as image:
+            digest = hashlib.file_digest(image, "sha256").digest()
+        return cls(path.stat().st_size, digest)
+
+
+def kid(public_key: ec.EllipticCurvePublicKey) -> str:
+    """The `kid` of manifests signed by this key: its key id (`jose.key_id`) in lowercase hex."""
+    return jose.key_id(public_key).hex()
+
+
+def check_p256(public_key: ec.EllipticCurvePublicKey) -> None:
+    # The ATECC608 verifies P-256 only, so a firmware key on any other curve is useless.
+    if not isinstance(public_key.curve, ec.SECP256R1):
+        raise InvalidArgument(f"firmware keys are P-256; this one is {public_key.curve.name}")
+
+
+def software_verifier(public_key: ec.EllipticCurvePublicKey) -> Verifier:
+    check_p256(public_key)
+    return lambda digest, signature: jose.es256_verify_digest(public_key, signature, digest)
+
+
+def check(
+    document: bytes,
+    image: Image,
+    verifier: Verifier,
+    trusted_kid: str,
+    model: str | None,
+    floor: int,
+) -> SignedManifest:
+    """The manifest, if `image` may boot; otherwise FirmwareRejected (or ManifestError).
+
+    The key and signature are checked before any claim is believed; `model` None skips the
+    model check (the signer's own tools), and `floor` is the lowest version allowed.
+    """
+    signed = parse(document)
+    if signed.kid != trusted_kid:
+        raise FirmwareRejected(
+            Reason.UNKNOWN_KEY,
+            f"the manifest is signed by key {signed.kid}; the trusted firmware key is "
+            f"{trusted_kid}",
+        )
+    if not verifier(signed.digest, signed.signature):
+        raise FirmwareRejected(
+            Reason.BAD_SIGNATURE, "the manifest's signature does not verify with the firmware key"
+        )
+    manifest = signed.manifest
+    if model is not None and manifest.model != model:
+        raise FirmwareRejected(
+            Reason.WRONG_MODEL, f"the manifest is for model {manifest.model!r}, not {model!r}"
+        )
+    if manifest.version < floor:
+        raise FirmwareRejected(
+            Reason.DOWNGRADE,
+            f"version {manifest.version} is below the lowest version allowed, {floor}",
+        )
+    if image.size < manifest.size:
+        raise FirmwareRejected(
+            Reason.TRUNCATED_IMAGE,
+            f"the image has {image.size} of the manifest's {manifest.size} bytes "
+            "(truncated download?)",
+        )
+    if image.size > manifest.size:
+        raise FirmwareRejected(
+            Reason.OVERSIZED_IMAGE,
+            f"the image is {image.size} bytes; the manifest says {manifest.size}",
+        )
+    if image.sha256 != manifest.sha256:
+        raise FirmwareRejected(
+            Reason.DIGEST_MISMATCH,
+            f"the image's SHA-256 is {image.sha256.hex()}; the manifest says "
+            f"{manifest.sha256.hex()}",
+        )
+    return signed
