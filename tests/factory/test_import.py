@@ -20,7 +20,6 @@ from ironcore.bridge.devices import DeviceAuthenticator
 from ironcore.device.software_element import SoftwareElement
 from ironcore.factory.importer import import_manifest
 from ironcore.factory.manifest import ManifestError, PublicJwk
-from ironcore.identity.revocation import Revocations, signer_key_id
 from ironcore.pki.ca import ec_public_key
 from ironcore.registry.names import DeviceRef, LocationName, RegistryName
 from ironcore.registry.resources import (
@@ -29,6 +28,7 @@ from ironcore.registry.resources import (
     PublicKeyCertificate,
     RegistryCredential,
 )
+from ironcore.registry.revocation import Revocations, signer_key_id
 from ironcore.registry.service import DeviceManager
 from tests.factory.owner import VECTORS, Owner, decode, sign_with_dummy
 from tests.keys import es256_key, public_pem
