@@ -229,40 +229,35 @@ def es256_signature(der: bytes) -> bytes:
 
 def es256_verify(public_key: ec.EllipticCurvePublicKey, signature: bytes, data: bytes) -> bool:
     """Whether `signature` (r‖s) is the P-256 key's ES256 signature of `data`."""
-    der = _es256_der(public_key, signature)
-    if der is None:
-        return False
-    try:
-        public_key.verify(der, data, _ECDSA_SHA256)
-    except InvalidSignature:
-        return False
-    return True
+    return _es256_verify(public_key, signature, data, _ECDSA_SHA256)
 
 
 def es256_verify_digest(
     public_key: ec.EllipticCurvePublicKey, signature: bytes, digest: bytes
 ) -> bool:
     """`es256_verify` of data whose SHA-256 is `digest` (32 bytes), as a secure element checks."""
-    der = _es256_der(public_key, signature)
-    if der is None or len(digest) != 32:
-        return False
-    try:
-        public_key.verify(der, digest, _ECDSA_PREHASHED)
-    except InvalidSignature:
-        return False
-    return True
+    return len(digest) == 32 and _es256_verify(public_key, signature, digest, _ECDSA_PREHASHED)
 
 
-def _es256_der(public_key: ec.EllipticCurvePublicKey, signature: bytes) -> bytes | None:
+def _es256_verify(
+    public_key: ec.EllipticCurvePublicKey,
+    signature: bytes,
+    data: bytes,
+    algorithm: ec.EllipticCurveSignatureAlgorithm,
+) -> bool:
     # DER is what naive signers emit; it is refused like any other wrong-length signature. r
     # and s out of range cannot verify, so they are refused before any curve arithmetic.
     if not isinstance(public_key.curve, ec.SECP256R1) or len(signature) != ES256_SIGNATURE_BYTES:
-        return None
+        return False
     r = int.from_bytes(signature[:32], "big")
     s = int.from_bytes(signature[32:], "big")
     if not (0 < r < _P256_ORDER and 0 < s < _P256_ORDER):
-        return None
-    return encode_dss_signature(r, s)
+        return False
+    try:
+        public_key.verify(encode_dss_signature(r, s), data, algorithm)
+    except InvalidSignature:
+        return False
+    return True
 
 
 # JWS
