@@ -33,8 +33,8 @@ from benchmarks.brokers import (
     seed_devices,
     start_ironcore,
 )
-from ironcore.firmware.manifest import Manifest
 from ironcore.firmware.signing import sign
+from ironcore.formats.firmware import Manifest
 from ironcore.pki.keystore import EncryptedFileKey
 from ironcore.simulator.fleet import Member
 

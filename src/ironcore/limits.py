@@ -1,8 +1,12 @@
-"""Every limit and id rule of the Cloud IoT Core contract, in one place.
+"""The limits and id rules of the Cloud IoT Core contract, in one place.
 
-The numbers are Cloud IoT Core's published quotas and requirements (see the wire contract,
-spec/cloud-iot-core.md §2); existing device and admin code was written against them, so ironcore
-keeps them rather than inventing its own.
+The numbers are Cloud IoT Core's published quotas and requirements (Google's Cloud IoT Core
+documentation, "Quotas and limits", and the id rules of "Creating registries and devices";
+docs/api.md lists them as ironcore applies them). Existing device and admin code was written
+against them, so ironcore keeps them rather than inventing its own. Bounds that are ironcore's
+own rather than the contract's (the size of a device JWT, of a firmware manifest, the MQTT
+bridge's buffers, the device context cache) are defined beside the code they bound, each with
+the reason for its number.
 """
 
 import re

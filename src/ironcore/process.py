@@ -1,7 +1,7 @@
 """What every process of an ironcore server sets up the same way: its event loop, the garbage
 collector's tuning, and the MQTT bridge's services and TLS context. The primary (`server.py`)
-and the MQTT worker processes (`bridge/worker.py`) both use it; it imports nothing of the admin
-API, so a worker does not load it."""
+and the MQTT worker processes (`worker.py`) both use it; it imports nothing of the admin API, so
+a worker does not load it."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import gc
 import ssl
 from collections.abc import Callable
 from contextlib import suppress
+from pathlib import Path
 
-from ironcore.bridge import tls
+from ironcore.bridge import certificates
 from ironcore.bridge.bookkeeping import Bookkeeper
 from ironcore.bridge.devices import DeviceAuthenticator
 from ironcore.bridge.hub import Hub
@@ -52,7 +53,14 @@ def bridge_context(settings: Settings, listening: list[Listener]) -> ssl.SSLCont
     """The TLS context of the bridge's TLS listeners (None without any)."""
     if not any(listener.tls for listener in listening):
         return None
-    return tls.server_context(*settings.bridge_tls_files())
+    return certificates.server_context(*bridge_tls_files(settings))
+
+
+def bridge_tls_files(settings: Settings) -> tuple[Path, Path]:
+    """The bridge's certificate chain and key: the operator's, or generated ones."""
+    if settings.tls_cert and settings.tls_key:
+        return settings.tls_cert, settings.tls_key
+    return certificates.local_certificates(settings.tls_dir, settings.mqtt_hostnames)
 
 
 async def close(

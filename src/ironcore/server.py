@@ -17,6 +17,8 @@ from nats.errors import Error as NatsError
 from ironcore import logs
 from ironcore.access.tokens import AdminTokens
 from ironcore.api.app import create_app
+from ironcore.bridge import firmware as firmware_bridge
+from ironcore.bridge import http as http_bridge
 from ironcore.bridge.bus_hub import BusHub, namespace
 from ironcore.bridge.changes import Changes, ForgettingRotationStore
 from ironcore.bridge.devices import (
@@ -31,15 +33,16 @@ from ironcore.bridge.mqtt.server import MqttBridge
 from ironcore.bridge.process_hub import PrimaryHub
 from ironcore.bridge.workers import Workers
 from ironcore.firmware.rollout import Firmware
-from ironcore.identity.revocation import Revocations
 from ironcore.process import (
     bridge_context,
     bridge_services,
+    bridge_tls_files,
     close,
     listeners,
     loop_factory,
     tune_gc,
 )
+from ironcore.registry.revocation import Revocations
 from ironcore.registry.rotation import Rotations
 from ironcore.registry.service import DeviceManager
 from ironcore.registry.store import Store
@@ -146,7 +149,7 @@ async def serve(settings: Settings) -> None:
         await bridge.start()
         if isinstance(hub, PrimaryHub) and settings.mqtt_workers > 1:
             if listening:
-                workers = Workers(settings, hub, bridge.bound(), settings.mqtt_workers)
+                workers = Workers(settings.to_json(), hub, bridge.bound(), settings.mqtt_workers)
                 await workers.start()
             else:
                 log.warning(
@@ -156,36 +159,16 @@ async def serve(settings: Settings) -> None:
         tune_gc()
         device_bridge = DeviceBridge(services.authenticator, services.router, services.bookkeeper)
         firmware = Firmware(FirmwareStore(store), manager, settings.data_dir / "firmware")
+
+        def serving(device_bridge: DeviceBridge | None, admin: bool = True) -> FastAPI:
+            return http_app(manager, device_bridge, admin, pubsub, revocations, firmware, rotations)
+
         apps = []
         if settings.device_http_port:
-            apps.append(
-                (
-                    create_app(
-                        manager,
-                        device_bridge,
-                        admin=False,
-                        pubsub=pubsub,
-                        revocations=revocations,
-                        firmware=firmware,
-                        rotations=rotations,
-                    ),
-                    settings.device_http_port,
-                )
-            )
+            apps.append((serving(device_bridge, admin=False), settings.device_http_port))
             log.info("HTTP device bridge on port %d", settings.device_http_port)
-        apps.append(
-            (
-                create_app(
-                    manager,
-                    None if settings.device_http_port else device_bridge,
-                    pubsub=pubsub,
-                    revocations=revocations,
-                    firmware=firmware,
-                    rotations=rotations,
-                ),
-                settings.api_port,
-            )
-        )
+        admin_bridge = None if settings.device_http_port else device_bridge
+        apps.append((serving(admin_bridge), settings.api_port))
         if workers is not None:
             for app, _ in apps:
                 app.state.worker_metrics = workers.metrics
@@ -226,9 +209,39 @@ async def serve(settings: Settings) -> None:
     log.info("ironcore stopped")
 
 
+def http_app(
+    manager: DeviceManager,
+    device_bridge: DeviceBridge | None,
+    admin: bool,
+    pubsub: PubSub,
+    revocations: Revocations,
+    firmware: Firmware,
+    rotations: Rotations,
+) -> FastAPI:
+    """The admin API (`api.app.create_app`) and, with `device_bridge`, the HTTP device bridge
+    and firmware downloads served by the same app, in front of the API's middleware."""
+    app = create_app(
+        manager,
+        admin,
+        pubsub,
+        revocations,
+        firmware,
+        rotations,
+        self_authenticating=http_bridge.is_device_path,
+    )
+    app.state.device_bridge = device_bridge
+    if device_bridge is not None:
+        app.include_router(firmware_bridge.router)
+        # Outermost: device requests skip the admin API's middleware and routing.
+        app.add_middleware(
+            http_bridge.DeviceRoutes, bridge=device_bridge, handlers=app.exception_handlers
+        )
+    return app
+
+
 def _reload(settings: Settings, bridge: MqttBridge | None, workers: Workers | None) -> None:
     if bridge is not None:
-        bridge.reload_tls(*settings.bridge_tls_files())
+        bridge.reload_tls(*bridge_tls_files(settings))
     if workers is not None:
         workers.reload_tls()
 

@@ -11,8 +11,6 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ironcore.bridge.tls import local_certificates
-
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("IRONCORE_DATA_DIR") or Path.home() / ".ironcore")
@@ -54,12 +52,6 @@ class Settings:
     @property
     def tls_dir(self) -> Path:
         return self.data_dir / "tls"
-
-    def bridge_tls_files(self) -> tuple[Path, Path]:
-        """The bridge's certificate chain and key: the operator's, or generated ones."""
-        if self.tls_cert and self.tls_key:
-            return self.tls_cert, self.tls_key
-        return local_certificates(self.tls_dir, self.mqtt_hostnames)
 
     @property
     def effective_database_url(self) -> str:

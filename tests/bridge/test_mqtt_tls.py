@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ironcore.bridge import tls as certificates
+from ironcore.bridge import certificates
 from ironcore.bridge.mqtt import tls
 from ironcore.bridge.mqtt.tls import TlsConnection
 

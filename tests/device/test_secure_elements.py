@@ -14,7 +14,7 @@ from ironcore.device import secure_element as se
 from ironcore.device.pkcs11_element import Pkcs11Element, init_softhsm_token
 from ironcore.device.secure_element import SecureElement, SecureElementError
 from ironcore.device.software_element import SoftwareElement
-from ironcore.pki.keystore import pkcs11_session
+from ironcore.pkcs11_tokens import pkcs11_session
 from tests.softhsm import PIN, SoftHsm
 
 Reopen = Callable[[], SecureElement]

@@ -16,8 +16,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ironcore.errors import InvalidArgument
-from ironcore.firmware.manifest import Manifest, ManifestError, parse
-from ironcore.firmware.signing import Image, check, key_id, sign, software_verifier
+from ironcore.firmware.signing import sign
+from ironcore.formats.firmware import (
+    Image,
+    Manifest,
+    ManifestError,
+    check,
+    kid,
+    parse,
+    software_verifier,
+)
 from ironcore.pki.keystore import EncryptedFileKey, KeyStore
 
 IMAGE = b"\x7fELF firmware image " * 100
@@ -48,7 +56,7 @@ def unb64(text: str) -> Any:
 def test_round_trip_and_what_is_signed(key: KeyStore, document: dict[str, str]) -> None:
     signed = parse(json.dumps(document).encode())
     assert signed.manifest == Manifest.for_image("sensor-x", 7, IMAGE, 5)
-    assert signed.kid == key_id(key.public_key())
+    assert signed.kid == kid(key.public_key())
     assert unb64(document["protected"]) == {
         "alg": "ES256",
         "kid": signed.kid,
@@ -97,7 +105,7 @@ def head(**changes: Any) -> Mutation:
 
 
 MALFORMED: list[tuple[str, Mutation, str]] = [
-    ("not an object", lambda d: [d], "manifest must be a JSON object, not list"),
+    ("not an object", lambda d: [d], "manifest must be a JSON object, not a JSON array"),
     (
         "no signature",
         lambda d: {"payload": d["payload"], "protected": d["protected"]},

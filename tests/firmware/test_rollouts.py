@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ironcore.access.tokens import AdminTokens
 from ironcore.api.app import create_app
 from ironcore.errors import FailedPrecondition
-from ironcore.firmware.manifest import Manifest
 from ironcore.firmware.rollout import Firmware, bucket, merge_config, outcome, stage_members
 from ironcore.firmware.signing import sign
+from ironcore.formats.firmware import Manifest
 from ironcore.pki.keystore import EncryptedFileKey, KeyStore
 from ironcore.registry.names import RegistryName
 from ironcore.registry.resources import Device, DeviceRegistry

@@ -24,8 +24,8 @@ from ironcore.device.secure_boot import SecureBoot
 from ironcore.device.software_element import SoftwareElement
 from ironcore.device.tokens import TokenSource
 from ironcore.device.updater import Updater
-from ironcore.firmware.manifest import Manifest
 from ironcore.firmware.signing import sign
+from ironcore.formats.firmware import Manifest
 from ironcore.pki.keystore import EncryptedFileKey, KeyStore
 from tests.conftest import Server
 from tests.device.test_sdk_clients import element_pem

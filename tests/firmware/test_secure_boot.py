@@ -15,8 +15,8 @@ import pytest
 from ironcore.device import secure_element as se
 from ironcore.device.secure_boot import VERSION_COUNTER, SecureBoot, SecureBootError
 from ironcore.device.secure_element import SecureElement, SecureElementError
-from ironcore.firmware.manifest import Manifest, Reason
 from ironcore.firmware.signing import sign
+from ironcore.formats.firmware import VERSION_MAX, Manifest, Reason
 from ironcore.pki.keystore import KeyStore
 
 MODEL = "sensor-x"
@@ -224,3 +224,9 @@ def test_an_unlocked_key_slot_is_not_trusted(
     element.write_public_key(se.SECURE_BOOT_KEY_SLOT, se.raw_public_key(signing_key.public_key()))
     with pytest.raises(SecureBootError, match="slot 15 is not locked"):
         SecureBoot.open(element, tmp_path)
+
+
+def test_every_manifest_version_fits_the_elements_counter() -> None:
+    # The anti-rollback floor is a monotonic counter: a version above its maximum could never
+    # be recorded, so the manifest format may not allow one.
+    assert VERSION_MAX == se.COUNTER_MAX

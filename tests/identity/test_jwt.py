@@ -21,9 +21,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ironcore import limits
+from ironcore import jose, limits
 from ironcore.errors import Code, IronCoreError
-from ironcore.identity import jwt as jwt_module
 from ironcore.identity.credentials import Algorithm, ParsedKey
 from ironcore.identity.jwt import (
     MAX_TOKEN_BYTES,
@@ -312,7 +311,7 @@ def test_r_and_s_zero_are_refused_before_crypto(monkeypatch: pytest.MonkeyPatch)
     def must_not_be_called(r: int, s: int) -> bytes:
         raise AssertionError("r = s = 0 reached the signature check")
 
-    monkeypatch.setattr(jwt_module, "encode_dss_signature", must_not_be_called)
+    monkeypatch.setattr(jose, "encode_dss_signature", must_not_be_called)
     refused(mint(EC_KEY, sign=lambda data: bytes(64)), [EC], "signature")
 
 

@@ -13,8 +13,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ironcore import jose
 from ironcore.errors import AlreadyExists, InvalidArgument, NotFound
-from ironcore.pki.ca import CaDirectory, KeySpec, device_certificate, key_id
+from ironcore.pki.ca import CaDirectory, KeySpec, device_certificate, ec_public_key
 from ironcore.pki.keystore import curve_named
 from tests.softhsm import PIN, SoftHsm
 from tests.vectors import MICROCHIP
@@ -92,7 +93,7 @@ def test_revoke_signer_writes_a_crl(tmp_path: Path) -> None:
         x509.ReasonFlags.key_compromise
     )
     assert [r.batch for r in ca.revoked()] == ["b1"]
-    assert ca.revoked()[0].key_id == key_id(signer)
+    assert ca.revoked()[0].key_id == jose.key_id(ec_public_key(signer)).hex()
     # OpenSSL agrees with the chain and the CRL.
     (tmp_path / "chain.pem").write_bytes(
         root.public_bytes(serialization.Encoding.PEM) + (tmp_path / "crl.pem").read_bytes()

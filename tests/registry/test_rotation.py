@@ -10,10 +10,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from ironcore.errors import FailedPrecondition
+from ironcore.formats.rotation import proof_input
 from ironcore.identity.credentials import parse_device_key
 from ironcore.registry.names import DeviceRef, LocationName, RegistryName
 from ironcore.registry.resources import Device, DeviceRegistry
-from ironcore.registry.rotation import Rotations, proof_input
+from ironcore.registry.rotation import Rotations
 from ironcore.registry.service import DeviceManager
 from ironcore.registry.store.rotation import RotationStore
 from tests.conftest import Clock

@@ -2,7 +2,8 @@
 
 Routes are thin adapters over `DeviceManager`; this module wires them up with the pieces every
 request shares: bearer-token authentication, snake_case query parameters, the error envelope and
-metrics.
+metrics. The HTTP device bridge is served by the same app, but the API does not know it: the
+server adds it (`bridge.http.serve_devices`) and says which paths authenticate themselves.
 """
 
 from __future__ import annotations
@@ -25,12 +26,9 @@ from ironcore.api import pubsub as api_pubsub
 from ironcore.api.auth import TokenAuthenticator
 from ironcore.api.envelope import error_response
 from ironcore.api.ops import ASGIApp, MetricsMiddleware, Scope
-from ironcore.bridge import firmware as firmware_bridge
-from ironcore.bridge import http as http_bridge
-from ironcore.bridge.http import DeviceBridge
 from ironcore.errors import Code, FieldViolation, IronCoreError
 from ironcore.firmware.rollout import Firmware
-from ironcore.identity.revocation import Revocations
+from ironcore.registry.revocation import Revocations
 from ironcore.registry.rotation import Rotations
 from ironcore.registry.service import DeviceManager
 from ironcore.registry.store.firmware import FirmwareStore
@@ -55,17 +53,18 @@ _PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
 
 def create_app(
     manager: DeviceManager,
-    device_bridge: DeviceBridge | None = None,
     admin: bool = True,
     pubsub: PubSub | None = None,
     revocations: Revocations | None = None,
     firmware: Firmware | None = None,
     rotations: Rotations | None = None,
+    self_authenticating: Callable[[str], bool] = lambda path: False,
 ) -> FastAPI:
-    """The admin API, plus the HTTP device bridge when `device_bridge` is given.
+    """The admin API (with `admin=False` only health and metrics, for an app that serves the
+    device bridge alone on `--device-http-port`).
 
-    With `admin=False` the app serves only the device bridge (and health and metrics), for
-    `--device-http-port`.
+    `self_authenticating` tells the paths whose routes authenticate callers themselves (the
+    device bridge's, with device JWTs): those are let through without an admin token.
     """
     app = FastAPI(
         title="ironcore",
@@ -78,7 +77,6 @@ def create_app(
     app.state.tokens = AdminTokens(manager.store, manager.clock)
     app.state.auth = TokenAuthenticator(app.state.tokens)
     app.state.draining = False
-    app.state.device_bridge = device_bridge
     app.state.pubsub = pubsub or PubSub(PubSubStore(manager.store))
     app.state.rotations = rotations or Rotations(RotationStore(manager.store), manager.clock)
     app.state.revocations = revocations or Revocations(manager.store, manager.clock, manager.links)
@@ -86,21 +84,14 @@ def create_app(
     if admin:
         for module in (registries, devices, tokens, api_pubsub, manifests, rotation, api_firmware):
             app.include_router(module.router)
-    if device_bridge is not None:
-        app.include_router(firmware_bridge.router)
     app.include_router(ops.router)
     app.add_exception_handler(IronCoreError, _ironcore_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    app.add_middleware(AuthMiddleware)
+    app.add_middleware(AuthMiddleware, self_authenticating=self_authenticating)
     app.add_middleware(NormalizeRequestMiddleware)
     app.add_middleware(MetricsMiddleware)
-    if device_bridge is not None:
-        # Outermost: device requests skip the admin API's middleware and routing.
-        app.add_middleware(
-            http_bridge.DeviceRoutes, bridge=device_bridge, handlers=app.exception_handlers
-        )
     return app
 
 
@@ -108,8 +99,9 @@ class AuthMiddleware:
     """Authenticates every API request before routing, so a caller without a valid token gets
     401 whatever else is wrong with the request."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, self_authenticating: Callable[[str], bool]) -> None:
         self.app = app
+        self.self_authenticating = self_authenticating
 
     async def __call__(
         self,
@@ -120,7 +112,7 @@ class AuthMiddleware:
         if (
             scope["type"] != "http"
             or scope["path"].startswith(_PUBLIC_PATHS)
-            or http_bridge.is_device_path(scope["path"])
+            or self.self_authenticating(scope["path"])
         ):
             await self.app(scope, receive, send)
             return

@@ -1,6 +1,6 @@
 """Manifest import and signer revocation (ironcore's own routes, beside Cloud IoT Core's).
 
-Thin adapters: the rules are in `factory.importer` and `identity.revocation`.
+Thin adapters: the rules are in `factory.importer` and `registry.revocation`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pydantic import Field
 
 from ironcore.api.deps import CallerDep, Manager, allowed, ok, registry_name
 from ironcore.factory.importer import DEFAULT_TEMPLATE, import_manifest
-from ironcore.identity.revocation import Revocations
+from ironcore.registry.revocation import Revocations
 from ironcore.registry.store.revocation import RevokedSignerRecord
 from ironcore.registry.wire import Message, format_timestamp
 

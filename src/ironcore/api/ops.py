@@ -8,22 +8,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.routing import Match
 
-from ironcore.bridge import metrics as bridge_metrics
+from ironcore.metrics import LATENCY, REQUESTS, Merged
 
 router = APIRouter()
-
-REQUESTS = Counter(
-    "ironcore_api_requests_total", "Admin and device HTTP requests", ["method", "code"]
-)
-LATENCY = Histogram(
-    "ironcore_api_request_seconds",
-    "Admin and device HTTP request latency",
-    ["method"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-)
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[
@@ -111,5 +101,5 @@ async def metrics(request: Request) -> Response:
     worker_metrics = getattr(request.app.state, "worker_metrics", None)
     if worker_metrics is None:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-    merged = bridge_metrics.Merged(await worker_metrics())
+    merged = Merged(await worker_metrics())
     return Response(generate_latest(merged), media_type=CONTENT_TYPE_LATEST)

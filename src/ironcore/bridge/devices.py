@@ -28,9 +28,9 @@ from datetime import UTC, datetime
 from ironcore.errors import Code, InvalidArgument, NotFound
 from ironcore.identity import credentials as creds
 from ironcore.identity.jwt import Claims, InvalidToken, verify_device_jwt
-from ironcore.identity.revocation import Revocations
 from ironcore.registry.names import DeviceRef, RegistryName
 from ironcore.registry.resources import Device, DeviceCredential, DeviceRegistry
+from ironcore.registry.revocation import Revocations
 from ironcore.registry.store import Store
 from ironcore.registry.wire import EPOCH
 

@@ -31,7 +31,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ironcore import limits
-from ironcore.api import ops as api_metrics
 from ironcore.bridge import metrics
 from ironcore.bridge.bookkeeping import Bookkeeper
 from ironcore.bridge.devices import DeviceAuthenticator, DeviceContext, DeviceRefused
@@ -44,6 +43,7 @@ from ironcore.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
+from ironcore.metrics import LATENCY, REQUESTS
 from ironcore.registry.names import DeviceRef, RegistryName
 from ironcore.registry.store.schema import to_us
 from ironcore.registry.wire import Bytes, Message
@@ -365,12 +365,12 @@ class DeviceRoutes:
 
 @functools.cache
 def _requests(name: str, status: int) -> Counter:
-    return api_metrics.REQUESTS.labels(name, str(status))
+    return REQUESTS.labels(name, str(status))
 
 
 @functools.cache
 def _latency(name: str) -> Histogram:
-    return api_metrics.LATENCY.labels(name)
+    return LATENCY.labels(name)
 
 
 def is_device_path(path: str) -> bool:

@@ -1,7 +1,7 @@
 """The primary's MQTT worker processes (`ironcore serve --mqtt-workers N`): started, watched,
 restarted when they die, told of SIGHUP, drained on shutdown.
 
-A worker is `python -m ironcore.bridge.worker`, given the server's settings, the listeners the
+A worker is `python -m ironcore.worker`, given the server's settings, the listeners the
 primary bound (with their real ports, so port 0 works) and one end of a socket pair for its
 `ipc.Channel`. It binds the same ports with SO_REUSEPORT; the kernel spreads new connections
 over every process. The primary counts as the first of the N.
@@ -22,7 +22,6 @@ from typing import Any
 from ironcore.bridge.ipc import Channel, ChannelClosed, RemoteError
 from ironcore.bridge.mqtt.server import SHUTDOWN_SECONDS, Listener
 from ironcore.bridge.process_hub import PrimaryHub
-from ironcore.settings import Settings
 
 log = logging.getLogger(__name__)
 # How long a worker gets to open its store and bind its ports.
@@ -37,9 +36,10 @@ METRICS_SECONDS = 2.0
 
 class Workers:
     def __init__(
-        self, settings: Settings, hub: PrimaryHub, listeners: list[Listener], count: int
+        self, settings_json: str, hub: PrimaryHub, listeners: list[Listener], count: int
     ) -> None:
-        self.settings = settings
+        # The server's settings (`Settings.to_json()`), handed to every worker as they are.
+        self.settings_json = settings_json
         self.hub = hub
         self.listeners = listeners
         self.count = count
@@ -68,12 +68,12 @@ class Workers:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "ironcore.bridge.worker",
+                "ironcore.worker",
                 str(index),
                 str(theirs.fileno()),
                 json.dumps([asdict(listener) for listener in self.listeners]),
                 pass_fds=(theirs.fileno(),),
-                env={**os.environ, "IRONCORE_WORKER_SETTINGS": self.settings.to_json()},
+                env={**os.environ, "IRONCORE_WORKER_SETTINGS": self.settings_json},
             )
         channel = await Channel.open(ours, handle, f"MQTT worker {index}")
         self._processes[index] = process
@@ -131,7 +131,7 @@ class Workers:
                 process.send_signal(signal.SIGHUP)
 
     async def metrics(self) -> list[Any]:
-        """Every worker's metrics, as `bridge.metrics.snapshot()` gives them."""
+        """Every worker's metrics, as `ironcore.metrics.snapshot()` gives them."""
 
         async def one(index: int, channel: Channel) -> Any:
             try:

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from cryptography.hazmat.primitives import serialization
 
+from ironcore import jose
 from ironcore.cli import keys
 from ironcore.cli.client import Context, err, fail, out
 from ironcore.cli.keys import (
@@ -25,7 +26,7 @@ from ironcore.cli.keys import (
 )
 from ironcore.cli.keys import CaPassphraseFile as PassphraseFile
 from ironcore.errors import IronCoreError
-from ironcore.pki.ca import CaDirectory, KeySpec, key_id, pem
+from ironcore.pki.ca import CaDirectory, KeySpec, ec_public_key, pem
 from ironcore.pki.keystore import DEFAULT_PKCS11_MODULE, curve_named
 from ironcore.settings import default_data_dir
 
@@ -120,7 +121,7 @@ def signer_list(ctx: typer.Context, directory: Dir = None) -> None:
             {
                 "batch": batch,
                 "subject": certificate.subject.rfc4514_string(),
-                "keyId": key_id(certificate),
+                "keyId": jose.key_id(ec_public_key(certificate)).hex(),
                 "revoked": revoked[batch].reason if batch in revoked else "",
             }
         )
@@ -152,7 +153,8 @@ def signer_revoke(
         signer = ca.revoke_signer(batch, reason, spec.open(ca.root_path), now())
     except IronCoreError as error:
         fail(error.message)
-    out.print(f"revoked {signer.subject.rfc4514_string()} (key id {key_id(signer)}) in the CRL")
+    signer_id = jose.key_id(ec_public_key(signer)).hex()
+    out.print(f"revoked {signer.subject.rfc4514_string()} (key id {signer_id}) in the CRL")
     if server:
         c: Context = ctx.obj
         remote = Context(server, c.token, c.project, c.location, c.as_json)

@@ -29,8 +29,16 @@ from ironcore.cli.keys import (
 )
 from ironcore.cli.keys import FirmwarePassphraseFile as PassphraseFile
 from ironcore.errors import IronCoreError
-from ironcore.firmware.manifest import FirmwareRejected, Manifest, ManifestError
-from ironcore.firmware.signing import Image, check, key_id, sign, software_verifier
+from ironcore.firmware.signing import sign
+from ironcore.formats.firmware import (
+    FirmwareRejected,
+    Image,
+    Manifest,
+    ManifestError,
+    check,
+    kid,
+    software_verifier,
+)
 from ironcore.pki.keystore import DEFAULT_PKCS11_MODULE, KeyRef, KeyStore
 
 app = typer.Typer(help="Sign firmware, check manifests, roll images out.", no_args_is_help=True)
@@ -74,7 +82,7 @@ def keygen(
         )
     )
     where = key_file if key_store == "file" else f"PKCS#11 token {token_label!r}"
-    out.print(f"firmware key {key_id(public)} in {where}; reference {ref_file}")
+    out.print(f"firmware key {kid(public)} in {where}; reference {ref_file}")
     out.print(f"public key: {public_file} (provision it into slot 15 of each device)")
 
 
@@ -143,9 +151,7 @@ def verify(
     except OSError as exc:
         fail(f"cannot read {exc.filename}: {exc.strerror}")
     try:
-        signed = check(
-            document, measured, software_verifier(trusted), key_id(trusted), model, floor=0
-        )
+        signed = check(document, measured, software_verifier(trusted), kid(trusted), model, floor=0)
     except (ManifestError, FirmwareRejected) as refused:
         fail(f"{refused.reason}: {refused.message}")
     except IronCoreError as error:

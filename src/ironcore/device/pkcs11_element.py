@@ -25,7 +25,7 @@ from pkcs11.util.ec import encode_named_curve_parameters
 
 from ironcore.device import secure_element as se
 from ironcore.errors import IronCoreError
-from ironcore.pki.keystore import ec_public_key, pkcs11_session
+from ironcore.pkcs11_tokens import ec_public_key, pkcs11_session
 
 
 def init_softhsm_token(serial: bytes, pin: str, so_pin: str) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
+from ironcore import jose
 from ironcore.device.mqtt import DeviceClient, PublishError
 from ironcore.device.secure_element import (
     PERMANENT_SLOT,
@@ -30,12 +31,10 @@ from ironcore.device.secure_element import (
     SecureElementError,
     public_key_from_raw,
 )
-from ironcore.device.tokens import DEFAULT_LIFETIME_SECONDS, TokenSource, b64url, es256_jwt
-from ironcore.registry.rotation import proof_input
+from ironcore.device.tokens import DEFAULT_LIFETIME_SECONDS, TokenSource, es256_jwt
+from ironcore.formats import rotation as protocol
 
 log = logging.getLogger(__name__)
-COMMAND = "key-rotation"
-TOPIC = "ironcore/key-rotation"
 
 
 @dataclass
@@ -91,7 +90,7 @@ class KeyRotator:
     # and waits for acknowledgements that paho's thread delivers)
 
     def _on_command(self, name: str, payload: bytes) -> None:
-        if name != COMMAND:
+        if name != protocol.NAME:
             return
         try:
             message = json.loads(payload)
@@ -132,9 +131,10 @@ class KeyRotator:
         assert slot is not None
         pem = self.public_key_pem(slot)
         signature = self.element.sign(
-            slot, hashlib.sha256(proof_input(rotation, nonce, pem)).digest()
+            slot, hashlib.sha256(protocol.proof_input(rotation, nonce, pem)).digest()
         )
-        self._publish({"rotation": rotation, "publicKey": pem, "proof": b64url(signature)})
+        proof = jose.b64url_encode(signature)
+        self._publish({"rotation": rotation, "publicKey": pem, "proof": proof})
 
     def _switch(self, rotation: str) -> None:
         assert self._client is not None
@@ -186,7 +186,7 @@ class KeyRotator:
 
     def _publish(self, body: dict[str, str]) -> None:
         assert self._client is not None
-        topic = f"/devices/{self._client.name.device_id}/{TOPIC}"
+        topic = f"/devices/{self._client.name.device_id}/{protocol.SUBFOLDER}"
         try:
             self._client.publish(topic, json.dumps(body).encode())
         except PublishError as error:

@@ -29,17 +29,21 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ironcore.device import secure_element as se
 from ironcore.errors import FailedPrecondition
-from ironcore.firmware.manifest import (
+from ironcore.formats.firmware import (
     MODEL_PATTERN,
     FirmwareRejected,
+    Image,
     ManifestError,
     Reason,
     SignedManifest,
+    check,
+    check_p256,
+    kid,
 )
-from ironcore.firmware.signing import Image, check, check_p256, key_id
 
 FORMAT = "ironcore-secure-boot/1"
-# Counter 0 is left for keys bound to a counter (limited-use keys, microchip.md §4).
+# Counter 0 is left for keys bound to a counter (the ATECC608's limited-use keys, in
+# Microchip's ATECC608B datasheet).
 VERSION_COUNTER = 1
 SLOTS = ("a", "b")
 
@@ -78,7 +82,7 @@ class SecureBoot:
         self._element = element
         self._directory = directory
         self._state = state
-        self._kid = key_id(se.public_key_from_raw(element.read_public_key(se.SECURE_BOOT_KEY_SLOT)))
+        self._kid = kid(se.public_key_from_raw(element.read_public_key(se.SECURE_BOOT_KEY_SLOT)))
 
     @classmethod
     def provision(

@@ -1,6 +1,7 @@
 """The secure element interface: what device code may ask of an ATECC608-class chip.
 
-It mirrors cryptoauthlib's `atcab_*` calls (see spec/microchip.md §3 and §6), so the same
+It mirrors the `atcab_*` calls of Microchip's cryptoauthlib (its Python package is
+`cryptoauthlib` on PyPI; `device.atecc608` drives a real chip with it), so the same
 device code runs on a software element in tests, on a PKCS#11 token (SoftHSM, an HSM, or
 cryptoauthlib's own PKCS#11 module) and on a real chip. The contract:
 
@@ -24,10 +25,10 @@ from __future__ import annotations
 import secrets
 from typing import Protocol
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
+
+from ironcore import jose
 
 SERIAL_BYTES = 9
 PERMANENT_SLOT = 0
@@ -37,8 +38,9 @@ KEY_SLOTS = (PERMANENT_SLOT, *REGENERABLE_SLOTS)
 DEVICE_CERT_SLOT = 10
 SIGNER_CERT_SLOT = 12
 CERT_SLOTS = (DEVICE_CERT_SLOT, SIGNER_CERT_SLOT)
-# TrustFLEX parts keep the secure-boot public key in slot 15 (microchip.md §1.2); slots 13 and
-# 14 hold keys validated by a parent key, a scheme this interface does not model.
+# TrustFLEX parts keep the secure-boot public key in slot 15 (the slot map of Microchip's
+# ATECC608B-TFLXTLS datasheet); slots 13 and 14 hold keys validated by a parent key, a scheme
+# this interface does not model.
 SECURE_BOOT_KEY_SLOT = 15
 PUBLIC_KEY_SLOTS = (SECURE_BOOT_KEY_SLOT,)
 COUNTERS = (0, 1)
@@ -172,17 +174,9 @@ def public_key_from_raw(xy: bytes) -> ec.EllipticCurvePublicKey:
 def verify_raw(digest: bytes, signature: bytes, public_key: bytes) -> bool:
     """verify_extern in software: r‖s over a prehashed digest."""
     check_digest(digest)
-    if len(signature) != 64:
+    if len(signature) != jose.ES256_SIGNATURE_BYTES:
         return False
-    key = public_key_from_raw(public_key)
-    der = encode_dss_signature(
-        int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-    )
-    try:
-        key.verify(der, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
-    except InvalidSignature:
-        return False
-    return True
+    return jose.es256_verify_digest(public_key_from_raw(public_key), signature, digest)
 
 
 def new_serial_number() -> bytes:

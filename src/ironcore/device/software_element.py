@@ -19,8 +19,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
+from ironcore import jose
 from ironcore.device import secure_element as se
 
 FORMAT = "ironcore-software-element/1"
@@ -107,8 +108,7 @@ class SoftwareElement:
         se.check_key_slot(slot)
         se.check_digest(digest)
         der = self._key(slot).sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
-        r, s = decode_dss_signature(der)
-        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        return jose.es256_signature(der)
 
     def verify_extern(self, digest: bytes, signature: bytes, public_key: bytes) -> bool:
         return se.verify_raw(digest, signature, public_key)

@@ -8,9 +8,7 @@ current token and mints the next one before the current one expires.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +17,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from ironcore import limits
+from ironcore import jose, limits
 from ironcore.device.secure_element import SecureElement
 
 # Cloud IoT Core's MQTT sample used 20 minutes; shorter tokens limit what a stolen one is worth.
@@ -28,14 +26,9 @@ DEFAULT_LIFETIME_SECONDS = 20 * 60
 REFRESH_MARGIN_SECONDS = 60
 
 
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def _signing_input(alg: str, project: str, iat: int, exp: int) -> str:
-    header = b64url(json.dumps({"alg": alg, "typ": "JWT"}, separators=(",", ":")).encode())
-    claims = {"iat": iat, "exp": exp, "aud": project}
-    payload = b64url(json.dumps(claims, separators=(",", ":")).encode())
+    header = jose.b64url_json({"alg": alg, "typ": "JWT"})
+    payload = jose.b64url_json({"iat": iat, "exp": exp, "aud": project})
     return f"{header}.{payload}"
 
 
@@ -60,7 +53,7 @@ def es256_jwt_with(
     _check_lifetime(lifetime)
     signing_input = _signing_input("ES256", project, int(now), int(now + lifetime))
     signature = sign(hashlib.sha256(signing_input.encode()).digest())
-    return f"{signing_input}.{b64url(signature)}"
+    return f"{signing_input}.{jose.b64url_encode(signature)}"
 
 
 def rs256_jwt(
@@ -70,7 +63,7 @@ def rs256_jwt(
     _check_lifetime(lifetime)
     signing_input = _signing_input("RS256", project, int(now), int(now + lifetime))
     signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
-    return f"{signing_input}.{b64url(signature)}"
+    return f"{signing_input}.{jose.b64url_encode(signature)}"
 
 
 def _check_lifetime(lifetime: float) -> None:

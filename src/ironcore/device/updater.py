@@ -25,7 +25,7 @@ import httpx
 
 from ironcore.device.secure_boot import SecureBoot
 from ironcore.device.tokens import TokenSource
-from ironcore.firmware.manifest import ManifestError, Reason, parse
+from ironcore.formats.firmware import ManifestError, Reason, parse
 
 # Reported when the server would not hand the image over (404, 401, …): the rollout counts
 # it as a failure like a refusal, since the device cannot update either way.

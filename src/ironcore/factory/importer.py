@@ -35,10 +35,11 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ironcore import limits
+from ironcore import jose, limits
 from ironcore.errors import AlreadyExists, InvalidArgument, NotFound
 from ironcore.factory import manifest as mf
 from ironcore.identity import credentials as creds
+from ironcore.pki.ca import ec_public_key
 from ironcore.registry.names import RegistryName
 from ironcore.registry.resources import (
     Device,
@@ -339,7 +340,8 @@ def _candidate(verified: mf.VerifiedElement) -> _Candidate:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         metadata["certificateSigner"] = verified.certificate_signer.subject.rfc4514_string()
-        metadata["certificateSignerKeyId"] = mf.key_id(verified.certificate_signer).hex()
+        signer_key = ec_public_key(verified.certificate_signer)
+        metadata["certificateSignerKeyId"] = jose.key_id(signer_key).hex()
     elif (jwk := element.key(_AUTH_SLOT)) is not None:
         key_format = "ES256_PEM"
         public = jwk.public_key()

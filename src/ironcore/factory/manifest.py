@@ -4,10 +4,14 @@ A manifest is a JSON array of flattened JWS objects (RFC 7515 §7.2.2), one per 
 `protected`, `payload` and `signature` in base64url, and an unsigned `header.uniqueId` for
 plain-text search. The signature is ES256 as raw r‖s over the exact received
 `protected + "." + payload`, by a manifest signer found by `x5t#S256` (SHA-256 of its
-certificate) and checked against `kid` (its key id). See spec/microchip.md §2.
+certificate) and checked against `kid` (its key id). The format is Microchip's "Trust Platform
+Manifest File Format" user guide; docs/manufacturing.md says how ironcore imports it.
 
 Reading never raises anything but `ManifestError`, whatever the bytes: one entry's problem is
 that entry's error, and the whole file is refused only when it is not a JSON array at all.
+JSON, base64url and signatures are read by `ironcore.jose`'s rules: a member named twice, NaN
+or a non-canonical base64url text is refused; base64url may carry padding, as Microchip's
+tools accept it.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,17 +28,13 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature,
-    encode_dss_signature,
-)
 
+from ironcore import jose
 from ironcore.errors import InvalidArgument
 
 _UNIQUE_ID = re.compile(r"[0-9a-f]{18}")
-_ES256 = ec.ECDSA(hashes.SHA256())
 
 
 class ManifestError(InvalidArgument):
@@ -92,7 +91,10 @@ class TrustedSigner:
     @classmethod
     def of(cls, certificate: x509.Certificate) -> TrustedSigner:
         der = certificate.public_bytes(serialization.Encoding.DER)
-        return cls(certificate, b64url(hashlib.sha256(der).digest()), b64url(key_id(certificate)))
+        kid = jose.key_id(_ec_key(certificate))
+        return cls(
+            certificate, jose.b64url_encode(hashlib.sha256(der).digest()), jose.b64url_encode(kid)
+        )
 
     @property
     def name(self) -> str:
@@ -166,22 +168,17 @@ def read_manifest(data: bytes | str) -> list[object]:
             data = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ManifestError(f"the manifest is not UTF-8 text (byte {exc.start})") from None
-    if not data.strip():
+    text = data.strip()
+    if not text:
         raise ManifestError("the manifest is empty")
     try:
-        entries = json.loads(data)
-    except json.JSONDecodeError as exc:
-        text = data.strip()
+        entries = jose.loads(text, "the manifest")
+    except jose.JoseError as error:
         hint = " (the file looks truncated)" if text[:1] == "[" and text[-1:] != "]" else ""
-        raise ManifestError(
-            f"the manifest is not valid JSON: {exc.msg} (line {exc.lineno}, column "
-            f"{exc.colno}){hint}"
-        ) from None
-    except (ValueError, RecursionError) as exc:
-        raise ManifestError(f"the manifest is not valid JSON: {exc}") from None
+        raise ManifestError(f"{error.message}{hint}") from None
     if not isinstance(entries, list):
         raise ManifestError(
-            f"a manifest is a JSON array of signed entries, not a JSON {_kind(entries)}"
+            f"a manifest is a JSON array of signed entries, not a JSON {jose.json_kind(entries)}"
         )
     return entries
 
@@ -190,6 +187,8 @@ def verify_entry(raw: object, trust: Trust) -> VerifiedElement:
     """Check one entry completely; ManifestError names the first problem found."""
     try:
         return _verify_entry(raw, trust)
+    except jose.JoseError as error:
+        raise ManifestError(error.message) from None
     except (ValueError, TypeError, OverflowError, UnsupportedAlgorithm) as exc:
         # A certificate or key `cryptography` cannot take apart, deep inside an entry.
         raise ManifestError(f"malformed entry: {exc}") from None
@@ -197,7 +196,9 @@ def verify_entry(raw: object, trust: Trust) -> VerifiedElement:
 
 def _verify_entry(raw: object, trust: Trust) -> VerifiedElement:
     if not isinstance(raw, dict):
-        raise ManifestError(f"an entry is a JSON object (flattened JWS), not a {_kind(raw)}")
+        raise ManifestError(
+            f"an entry is a JSON object (flattened JWS), not a JSON {jose.json_kind(raw)}"
+        )
     protected = _member(raw, "protected")
     payload = _member(raw, "payload")
     signature_text = _member(raw, "signature")
@@ -206,7 +207,7 @@ def _verify_entry(raw: object, trust: Trust) -> VerifiedElement:
         raise ManifestError("header.uniqueId is missing (the unprotected header must name it)")
     header_id: str = header["uniqueId"]
 
-    fields = _json_object(_b64url(protected, "protected"), "protected header")
+    fields = jose.json_object(_b64url(protected, "protected"), "the protected header")
     if fields.get("alg") != "ES256":
         raise ManifestError(f"protected header alg is {fields.get('alg')!r}; only ES256 is used")
     x5t = fields.get("x5t#S256")
@@ -222,7 +223,7 @@ def _verify_entry(raw: object, trust: Trust) -> VerifiedElement:
         )
     _check_signature(signer, protected, payload, signature_text)
 
-    element = _parse_payload(_json_object(_b64url(payload, "payload"), "payload"))
+    element = _parse_payload(jose.json_object(_b64url(payload, "payload"), "the payload"))
     if header_id.lower() != element.unique_id:
         raise ManifestError(
             f"header.uniqueId {header_id[:40]!r} differs from the signed uniqueId "
@@ -241,18 +242,17 @@ def _verify_entry(raw: object, trust: Trust) -> VerifiedElement:
 
 def _check_signature(signer: TrustedSigner, protected: str, payload: str, text: str) -> None:
     raw = _b64url(text, "signature")
-    if len(raw) != 64:
+    if len(raw) != jose.ES256_SIGNATURE_BYTES:
         raise ManifestError(f"the ES256 signature must be 64 bytes r‖s, not {len(raw)}")
-    der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
-    key = signer.certificate.public_key()
-    assert isinstance(key, ec.EllipticCurvePublicKey)
     try:
-        key.verify(der, f"{protected}.{payload}".encode("ascii"), _ES256)
-    except (InvalidSignature, UnicodeEncodeError):
+        signed = jose.signing_input(protected, payload)
+    except jose.JoseError:
+        signed = None
+    if signed is None or not jose.es256_verify(_ec_key(signer.certificate), raw, signed):
         raise ManifestError(
             f"the signature does not verify with manifest signer {signer.name} "
             "(forged or altered entry)"
-        ) from None
+        )
 
 
 def _parse_payload(data: dict[str, Any]) -> SecureElementInfo:
@@ -299,7 +299,9 @@ def _parse_payload(data: dict[str, Any]) -> SecureElementInfo:
 def _parse_jwk(jwk: object) -> PublicJwk | None:
     """A slot's EC key; keys of other types (newer tooling, other products) are skipped."""
     if not isinstance(jwk, dict):
-        raise ManifestError(f"publicKeySet.keys holds a {_kind(jwk)}, not a JWK object")
+        raise ManifestError(
+            f"publicKeySet.keys holds a JSON {jose.json_kind(jwk)}, not a JWK object"
+        )
     kid = jwk.get("kid")
     if not isinstance(kid, str) or not kid.isascii() or not kid.isdigit() or len(kid) > 2:
         raise ManifestError(f"JWK kid {kid!r} is not a slot number")
@@ -362,7 +364,7 @@ def _check_chain(
         raise ManifestError("the slot 0 JWK is not the device certificate's key")
     if not _valid_at(issuer, when):
         raise ManifestError(f"certificate signer {_cn(issuer)} was not valid at provisioning")
-    issuer_id = key_id(issuer).hex()
+    issuer_id = jose.key_id(_ec_key(issuer)).hex()
     if issuer_id in trust.revoked:
         raise ManifestError(f"certificate signer {_cn(issuer)} (key id {issuer_id}) is revoked")
     anchor, in_registry = trust.chain_of(issuer, slot0.certificates[1])
@@ -414,25 +416,20 @@ def _cn(certificate: x509.Certificate) -> str:
 
 
 def _point(certificate: x509.Certificate) -> bytes:
+    return _point_of(_ec_key(certificate))
+
+
+def _ec_key(certificate: x509.Certificate) -> ec.EllipticCurvePublicKey:
     key = certificate.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise ManifestError(f"{_cn(certificate)} does not hold an EC key")
-    return _point_of(key)
+    return key
 
 
 def _point_of(key: ec.EllipticCurvePublicKey) -> bytes:
     return key.public_bytes(
         serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
     )
-
-
-def key_id(certificate: x509.Certificate) -> bytes:
-    """SHA-1 of the public point: the SubjectKeyIdentifier of Microchip's and ours alike,
-    computed rather than read because some device certificates' extensions do not parse."""
-    key = certificate.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise ManifestError(f"{_cn(certificate)} does not hold an EC key")
-    return x509.SubjectKeyIdentifier.from_public_key(key).digest
 
 
 def _member(raw: dict[str, Any], name: str) -> str:
@@ -445,7 +442,7 @@ def _member(raw: dict[str, Any], name: str) -> str:
 def _text(data: dict[str, Any], name: str, default: str | None = None) -> str:
     value = data.get(name, default)
     if not isinstance(value, str):
-        raise ManifestError(f"payload {name} must be a string, not {_kind(value)}")
+        raise ManifestError(f"payload {name} must be a string, not a JSON {jose.json_kind(value)}")
     return value
 
 
@@ -460,33 +457,9 @@ def _entity(data: dict[str, Any], name: str) -> EntityName | None:
     )
 
 
-def _json_object(raw: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise ManifestError(f"the {what} is not JSON") from None
-    if not isinstance(value, dict):
-        raise ManifestError(f"the {what} is a JSON {_kind(value)}, not an object")
-    return value
-
-
 def _b64url(text: str, what: str) -> bytes:
-    """base64url with or without padding; nothing else."""
-    if not text.isascii() or not re.fullmatch(r"[A-Za-z0-9_-]*={0,2}", text):
-        raise ManifestError(f"{what} is not base64url")
-    try:
-        return base64.urlsafe_b64decode(text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4))
-    except (binascii.Error, ValueError):
-        raise ManifestError(f"{what} is not base64url") from None
-
-
-def _kind(value: object) -> str:
-    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
-    return names.get(type(value), "number")
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    # Microchip's tools read base64url with or without padding; so does the importer.
+    return jose.b64url_decode(text, what, padding=True)
 
 
 # Writing
@@ -510,8 +483,8 @@ def element_payload(
             "kid": str(slot),
             "kty": "EC",
             "crv": "P-256",
-            "x": b64url(xy[:32]),
-            "y": b64url(xy[32:]),
+            "x": jose.b64url_encode(xy[:32]),
+            "y": jose.b64url_encode(xy[32:]),
         }
         if slot == 0 and certificates:
             jwk["x5c"] = [base64.b64encode(der).decode() for der in certificates]
@@ -537,17 +510,14 @@ def signed_entry(
     payload: dict[str, Any], signer: TrustedSigner, sign: Callable[[bytes], bytes]
 ) -> dict[str, Any]:
     """A flattened JWS of `payload`; `sign` returns a DER ECDSA P-256/SHA-256 signature."""
-    protected = b64url(
-        json.dumps(
-            {"typ": "JWT", "alg": "ES256", "kid": signer.kid, "x5t#S256": signer.x5t},
-            separators=(",", ":"),
-        ).encode()
+    protected = jose.b64url_json(
+        {"typ": "JWT", "alg": "ES256", "kid": signer.kid, "x5t#S256": signer.x5t}
     )
-    body = b64url(json.dumps(payload, separators=(",", ":")).encode())
-    r, s = decode_dss_signature(sign(f"{protected}.{body}".encode()))
+    body = jose.b64url_json(payload)
+    signature = jose.es256_signature(sign(jose.signing_input(protected, body)))
     return {
         "payload": body,
         "protected": protected,
         "header": {"uniqueId": payload["uniqueId"]},
-        "signature": b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big")),
+        "signature": jose.b64url_encode(signature),
     }

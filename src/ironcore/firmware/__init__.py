@@ -1,5 +1,6 @@
-"""Firmware signing and verification (docs/firmware.md).
+"""Firmware signing and rollouts (docs/firmware.md).
 
-`manifest` is the signed manifest format, `signing` signs it with a KeyStore and checks an
-image against it; the device side, secure boot with A/B slots, is `ironcore.device.secure_boot`.
+`signing` signs manifests with a KeyStore and `rollout` stages images to devices. The manifest
+format and the rule for what may boot are `ironcore.formats.firmware`, which the device side,
+secure boot with A/B slots (`ironcore.device.secure_boot`), reads as well.
 """

@@ -27,14 +27,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ironcore import limits
 from ironcore.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from ironcore.firmware.manifest import (
+from ironcore.formats.firmware import (
     MODEL_PATTERN,
     VERSION_MAX,
     FirmwareRejected,
+    Image,
     ManifestError,
+    check,
+    kid,
     parse,
+    software_verifier,
 )
-from ironcore.firmware.signing import Image, check, key_id, software_verifier
 from ironcore.registry.names import RegistryName, check_id, is_valid_project
 from ironcore.registry.service import DeviceManager
 from ironcore.registry.store.firmware import (
@@ -534,7 +537,7 @@ def _check_signature(manifest: bytes, image: Image, public_key_pem: str) -> None
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise InvalidArgument.field("public_key", "is not an EC (P-256) public key")
     try:
-        check(manifest, image, software_verifier(key), key_id(key), None, 0)
+        check(manifest, image, software_verifier(key), kid(key), None, 0)
     except (ManifestError, FirmwareRejected) as refused:
         raise InvalidArgument(f"{refused.reason}: {refused.message}") from None
 

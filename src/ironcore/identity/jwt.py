@@ -2,8 +2,9 @@
 
 A device proves who it is with a short-lived compact JWS signed by one of its registered keys
 (RS256 or ES256), with `aud` = the project id and `iat`/`exp` within Cloud IoT Core's rules
-(spec/cloud-iot-core.md §3.3). The function is pure: the caller passes the clock and the keys,
-so the bridges can cache ParsedKey objects and tests can pin time.
+(Google's Cloud IoT Core documentation, "Using JSON Web Tokens (JWTs)": exp at most 24 hours
+after iat, 10 minutes of clock skew, `limits.py`). The function is pure: the caller passes the
+clock and the keys, so the bridges can cache ParsedKey objects and tests can pin time.
 
 Every bridge connection runs this, so it is written against `cryptography` directly rather
 than through a general-purpose JWT library: it accepts exactly two algorithms, never reads a key
@@ -12,9 +13,6 @@ from the token, and does only the work those two need.
 
 from __future__ import annotations
 
-import binascii
-import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -22,9 +20,8 @@ from typing import Any, Literal, get_args
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from ironcore import limits
+from ironcore import jose, limits
 from ironcore.errors import Unauthenticated
 from ironcore.identity.credentials import Algorithm, ParsedKey
 
@@ -47,10 +44,6 @@ REASONS: frozenset[str] = frozenset(get_args(Reason))
 # make the bridge do, and matches the header-size limits of common HTTP front ends.
 MAX_TOKEN_BYTES = 8 * 1024
 
-# Google was lenient about base64url details (spec §3.3): padding is optional, but the alphabet
-# is base64url's. One anchored match splits the three parts and checks the alphabet in C.
-_PART = rb"([A-Za-z0-9_-]*)={0,2}"
-_COMPACT_JWS = re.compile(rb"\.".join([_PART] * 3))
 
 # Header parameters that carry a key or a URL to fetch one. A verifier that used them would let
 # the token choose the key it is checked against; we only ever use the device's registered keys,
@@ -59,16 +52,9 @@ _COMPACT_JWS = re.compile(rb"\.".join([_PART] * 3))
 # the operator should see. `crit` names extensions we must understand, and we understand none.
 _FORBIDDEN_HEADER_PARAMS = ("jwk", "jku", "x5u", "x5c", "crit")
 
-_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
-
 _ALGORITHMS = {"RS256": Algorithm.RS256, "ES256": Algorithm.ES256}
 
-# Order of the P-256 group: r and s of a valid ECDSA signature lie in [1, n-1].
-_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-_ES256_SIG_BYTES = 64
-
 # Immutable parameter objects, shared by every call.
-_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 _PKCS1V15 = padding.PKCS1v15()
 _SHA256 = hashes.SHA256()
 
@@ -111,10 +97,16 @@ def verify_device_jwt(
             token = token.encode("ascii")
         except UnicodeEncodeError:
             raise InvalidToken("malformed", "token is not ASCII") from None
-    parts = _COMPACT_JWS.fullmatch(token)
-    if parts is None:
-        raise InvalidToken("malformed", "token is not three base64url parts joined by '.'")
-    header = _json_object(_b64decode(parts[1], "header"), "header")
+    try:
+        header_part, payload_part, signature_part = jose.split_compact(token)
+        # Cloud IoT Core took padded parts too (Google was lenient about base64url details).
+        header = jose.json_object(
+            jose.b64url_decode(header_part, "the header", padding=True), "the header"
+        )
+        payload = jose.b64url_decode(payload_part, "the payload", padding=True)
+        signature = jose.b64url_decode(signature_part, "the signature", padding=True)
+    except jose.JoseError as error:
+        raise InvalidToken("malformed", error.message) from None
     for param in _FORBIDDEN_HEADER_PARAMS:
         if param in header:
             raise InvalidToken("header", f"header parameter {param!r} is not accepted")
@@ -126,33 +118,25 @@ def verify_device_jwt(
     if not candidates:
         raise InvalidToken("no_key", f"the device has no {alg} key")
 
-    payload = _b64decode(parts[2], "payload")
-    signature = _b64decode(parts[3], "signature")
     # The signature covers the parts exactly as sent, padding included.
-    signing_input = token[: parts.start(3) - 1]
+    signing_input = token[: len(header_part) + 1 + len(payload_part)]
     verify = _verify_es256 if algorithm is Algorithm.ES256 else _verify_rs256
     if not any(verify(key, signature, signing_input) for key in candidates):
         raise InvalidToken("signature", f"the signature matches none of the device's {alg} keys")
 
     # The payload JSON is only parsed once it is known to come from the device.
-    return _check_claims(_json_object(payload, "payload"), project, now)
+    try:
+        claims = jose.json_object(payload, "the payload")
+    except jose.JoseError as error:
+        raise InvalidToken("malformed", error.message) from None
+    return _check_claims(claims, project, now)
 
 
 def _verify_es256(key: ParsedKey, signature: bytes, signing_input: bytes) -> bool:
     public_key = key.public_key
-    # JWS ES256 signatures are raw r||s (RFC 7518 §3.4); DER is what naive signers emit and
-    # is refused like any other wrong-length signature.
-    if not isinstance(public_key, ec.EllipticCurvePublicKey) or len(signature) != _ES256_SIG_BYTES:
-        return False
-    r = int.from_bytes(signature[:32])
-    s = int.from_bytes(signature[32:])
-    if not (0 < r < _P256_ORDER and 0 < s < _P256_ORDER):
-        return False
-    try:
-        public_key.verify(encode_dss_signature(r, s), signing_input, _ECDSA_SHA256)
-    except InvalidSignature:
-        return False
-    return True
+    return isinstance(public_key, ec.EllipticCurvePublicKey) and jose.es256_verify(
+        public_key, signature, signing_input
+    )
 
 
 def _verify_rs256(key: ParsedKey, signature: bytes, signing_input: bytes) -> bool:
@@ -186,7 +170,7 @@ def _check_claims(claims: dict[str, Any], project: str, now: float) -> Claims:
     if exp <= iat:
         raise InvalidToken("lifetime", "exp is not after iat")
     # Both times come from the device's clock, so no skew is needed to absorb clock error here.
-    # It is allowed anyway: the contract says so (spec §3.3: exp <= iat + 24 h + skew), and a
+    # It is allowed anyway: Cloud IoT Core allowed exp <= iat + 24 h + skew, and a
     # client that back-dates iat to absorb skew and still asks for 24 h must not be refused.
     # No subtraction: exp - iat of a float and a 400-digit int raises OverflowError.
     if exp > iat + limits.JWT_MAX_LIFETIME_SECONDS + skew:
@@ -201,41 +185,7 @@ def _check_claims(claims: dict[str, Any], project: str, now: float) -> Claims:
 def _numeric_date(claims: dict[str, Any], name: str) -> int | float:
     value = claims.get(name)
     # bool is an int subclass, and true is not a date. Non-finite numbers cannot get here:
-    # _json_object refuses NaN and Infinity.
+    # jose.json_object refuses NaN and Infinity.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidToken("malformed", f"the {name} claim must be a number")
     return value
-
-
-def _b64decode(part: bytes, what: str) -> bytes:
-    # A length of 1 mod 4 cannot be base64 of anything; the rest decodes once re-padded. The
-    # alphabet was checked by _COMPACT_JWS, so translating to standard base64 is exact.
-    if len(part) % 4 == 1:
-        raise InvalidToken("malformed", f"the {what} is not valid base64url")
-    return binascii.a2b_base64(part.translate(_FROM_URLSAFE) + b"=" * (-len(part) % 4))
-
-
-def _json_object(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        text = data.decode("utf-8").strip(_JSON_WHITESPACE)
-        value, end = _JSON.raw_decode(text)
-    # RecursionError: deeply nested arrays fit within the size cap.
-    except (ValueError, RecursionError):
-        raise InvalidToken("malformed", f"the {what} is not valid JSON") from None
-    if end != len(text):
-        raise InvalidToken("malformed", f"the {what} has data after its JSON value")
-    if not isinstance(value, dict):
-        raise InvalidToken("malformed", f"the {what} is not a JSON object")
-    return value
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number")
-
-
-# NaN compares false with everything, so a NaN iat would pass every time check. One decoder for
-# all calls, used through raw_decode: json.loads builds a new decoder whenever it is given an
-# option, and that and its extra whitespace scans were a quarter of the time spent outside the
-# signature check. Duplicate names keep the last value, as RFC 7515 §4 allows.
-_JSON = json.JSONDecoder(parse_constant=_no_constant)
-_JSON_WHITESPACE = " \t\n\r"

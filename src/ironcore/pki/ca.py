@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from ironcore import jose
 from ironcore.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ironcore.pki.keystore import (
     EncryptedFileKey,
@@ -206,7 +207,7 @@ class CaDirectory:
                 Revoked(
                     batch,
                     signer.serial_number,
-                    key_id(signer),
+                    jose.key_id(ec_public_key(signer)).hex(),
                     now.isoformat(),
                     reason or "unspecified",
                 )
@@ -279,11 +280,6 @@ _DEVICE_USAGE = x509.KeyUsage(
     encipher_only=False,
     decipher_only=False,
 )
-
-
-def key_id(certificate: x509.Certificate) -> str:
-    """A certificate's key id as hex: its SubjectKeyIdentifier (SHA-1 of the point)."""
-    return x509.SubjectKeyIdentifier.from_public_key(ec_public_key(certificate)).digest.hex()
 
 
 def ec_public_key(certificate: x509.Certificate) -> ec.EllipticCurvePublicKey:

@@ -25,11 +25,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
-from pkcs11.exceptions import NoSuchKey, NoSuchToken, PinIncorrect, PKCS11Error
+from pkcs11.exceptions import NoSuchKey
 from pkcs11.types import SignMixin
-from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
+from pkcs11.util.ec import encode_named_curve_parameters
 
 from ironcore.errors import FailedPrecondition, InvalidArgument
+from ironcore.pkcs11_tokens import ec_public_key, pkcs11_session
 
 CURVES: dict[str, ec.EllipticCurve] = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1()}
 _HASHES: dict[str, type[hashes.SHA256 | hashes.SHA384]] = {
@@ -227,57 +228,10 @@ class Pkcs11Key:
         return x509.load_der_x509_crl(der)
 
 
-def pkcs11_token(module: str, token_label: str) -> pkcs11.Token:
-    """The token with this label; FailedPrecondition naming what is missing."""
-    try:
-        lib = pkcs11.lib(module)
-    except (OSError, RuntimeError, PKCS11Error) as exc:
-        raise FailedPrecondition(f"cannot load PKCS#11 module {module}: {exc}") from None
-    try:
-        token = lib.get_token(token_label=token_label)
-    except NoSuchToken:
-        # Tokens created since the module was loaded appear only after a re-scan.
-        lib.reinitialize()
-        try:
-            token = lib.get_token(token_label=token_label)
-        except NoSuchToken:
-            raise FailedPrecondition(f"no PKCS#11 token labelled {token_label!r}") from None
-    return token
-
-
-# PKCS#11 logs in per token and application: a second login while the first session lives
-# fails, so each token gets one session per process, reused.
-_sessions: dict[tuple[str, str], tuple[pkcs11.Session, str]] = {}
-
-
-def pkcs11_session(module: str, token_label: str, pin: str) -> pkcs11.Session:
-    """A logged-in read-write session on the token, shared within this process."""
-    cached = _sessions.get((module, token_label))
-    if cached is not None:
-        if cached[1] != pin:
-            raise InvalidArgument(f"wrong PIN for PKCS#11 token {token_label!r}")
-        return cached[0]
-    token = pkcs11_token(module, token_label)
-    try:
-        session = token.open(user_pin=pin, rw=True)
-    except PinIncorrect:
-        raise InvalidArgument(f"wrong PIN for PKCS#11 token {token_label!r}") from None
-    _sessions[(module, token_label)] = (session, pin)
-    return session
-
-
 def _signing(private: pkcs11.Key) -> SignMixin:
     if not isinstance(private, SignMixin):
         raise FailedPrecondition("the PKCS#11 private key cannot sign")
     return private
-
-
-def ec_public_key(public: pkcs11.PublicKey) -> ec.EllipticCurvePublicKey:
-    """A token's EC public key as a `cryptography` key (CKA_EC_POINT wrapped or not)."""
-    key = serialization.load_der_public_key(encode_ec_public_key(public))
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise FailedPrecondition("the PKCS#11 key is not an EC key")
-    return key
 
 
 def _assemble(

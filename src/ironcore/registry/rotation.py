@@ -15,7 +15,6 @@ completes, which removes the new key (unless the device is using it).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import secrets
 from collections.abc import Callable
@@ -23,13 +22,11 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from ironcore import limits
+from ironcore import jose, limits
 from ironcore.errors import Aborted, FailedPrecondition, InvalidArgument, IronCoreError, NotFound
+from ironcore.formats.rotation import proof_input
 from ironcore.identity import credentials as creds
 from ironcore.registry.resources import DeviceCredential, PublicKeyCredential, PublicKeyFormat
 from ironcore.registry.store.rotation import ACTIVE, RotationStore
@@ -65,11 +62,6 @@ class KeyRotation:
             "updateTime": self.updated,
             **({"reason": self.reason} if self.reason else {}),
         }
-
-
-def proof_input(rotation_id: str, nonce: str, public_key_pem: str) -> bytes:
-    """What the new key signs (ECDSA P-256, SHA-256) to prove the device holds it."""
-    return f"ironcore-key-rotation\n{rotation_id}\n{nonce}\n{public_key_pem}".encode()
 
 
 class Rotations:
@@ -235,16 +227,13 @@ def _moved(rotation: KeyRotation, now: str, **changes: str) -> KeyRotation:
 
 def _check_proof(key: creds.PublicKey, proof: str, signed: bytes) -> None:
     try:
-        signature = base64.urlsafe_b64decode(proof + "=" * (-len(proof) % 4))
-    except ValueError:
-        raise InvalidArgument.field("proof", "is not base64url") from None
+        signature = jose.b64url_decode(proof, "proof", padding=True)
+    except jose.JoseError as error:
+        raise InvalidArgument.field("proof", error.message) from None
     if not isinstance(key, ec.EllipticCurvePublicKey) or len(signature) != 64:
         raise InvalidArgument.field("proof", "must be a 64-byte ES256 signature (r‖s)")
-    der = encode_dss_signature(int.from_bytes(signature[:32]), int.from_bytes(signature[32:]))
-    try:
-        key.verify(der, signed, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        raise InvalidArgument.field("proof", "does not verify with the offered key") from None
+    if not jose.es256_verify(key, signature, signed):
+        raise InvalidArgument.field("proof", "does not verify with the offered key")
 
 
 def _fingerprint(credential: dict[str, Any]) -> str:

@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
+from ironcore import jose
 from ironcore.device.software_element import SoftwareElement
 from ironcore.device.tokens import DEFAULT_LIFETIME_SECONDS, es256_jwt, es256_jwt_with
 from ironcore.simulator.fleet import Member, Target
@@ -23,8 +24,7 @@ from ironcore.simulator.fleet import Member, Target
 
 def _raw_signer(key: ec.EllipticCurvePrivateKey) -> Callable[[bytes], bytes]:
     def sign(digest: bytes) -> bytes:
-        r, s = decode_dss_signature(key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256()))))
-        return r.to_bytes(32) + s.to_bytes(32)
+        return jose.es256_signature(key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256()))))
 
     return sign
 

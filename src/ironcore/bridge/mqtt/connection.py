@@ -29,6 +29,7 @@ from ironcore.bridge.devices import (
 from ironcore.bridge.hub import Hub
 from ironcore.bridge.mqtt import session as s
 from ironcore.errors import Code, InvalidArgument, IronCoreError, NotFound
+from ironcore.formats import rotation as rotation_protocol
 from ironcore.identity.credentials import ParsedKey
 from ironcore.registry.names import DeviceRef, RegistryName
 from ironcore.registry.resources import DeviceConfig, GatewayAuthMethod
@@ -44,9 +45,6 @@ PUBACK_LATENCY = metrics.PUBACK_LATENCY
 _TIMER_WINDOW_SECONDS = 2.0
 # A connection's registry until its device authenticates (one object, not one each).
 _UNSET = RegistryName.parse("unset", "unset", "unset")
-# ironcore's key rotation messages: commands to the device, offers from it (docs/rotation.md).
-ROTATION_COMMAND = "ironcore/key-rotation"
-ROTATION_TOPIC = "key-rotation"
 
 
 @dataclass
@@ -199,7 +197,7 @@ class MqttConnection(asyncio.Protocol):
         if rotation.reason:
             body["reason"] = rotation.reason
         if self.session.publish_command(
-            self.session.device_id, ROTATION_COMMAND, json.dumps(body).encode()
+            self.session.device_id, rotation_protocol.SUBFOLDER, json.dumps(body).encode()
         ):
             self._flush()
 
@@ -208,7 +206,7 @@ class MqttConnection(asyncio.Protocol):
         primary = self._contexts[self.session.device_id]
         rotations = self.services.rotations
         try:
-            if event.name != ROTATION_TOPIC or rotations is None:
+            if event.name != rotation_protocol.NAME or rotations is None:
                 raise InvalidArgument(f"unknown ironcore topic {event.name!r}")
             offer = json.loads(event.payload)
             if not isinstance(offer, dict):

@@ -1,4 +1,4 @@
-"""SQL of revoked batch signers (the rules are ironcore.identity.revocation)."""
+"""SQL of revoked batch signers (the rules are ironcore.registry.revocation)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""The signed firmware manifest: what an image is, and who says so (docs/firmware.md).
+"""The signed firmware manifest: what an image is, who says so, and whether an image may boot
+(docs/firmware.md).
 
-A manifest is a flattened JWS (RFC 7515 §7.2.2), the shape of Microchip's own manifest
-entries (spec/microchip.md §2):
+A manifest is a flattened JWS (RFC 7515 §7.2.2), the shape of the entries of Microchip's Trust
+Platform manifests (`ironcore.factory.manifest`):
 
     {"protected": b64url(header), "payload": b64url(claims), "signature": b64url(r‖s)}
 
@@ -12,22 +13,30 @@ in the document: whoever re-serializes the outer object (a rollout embedding it 
 config, say) cannot change what was signed, and no JSON canonicalization is needed to verify.
 
 The parser trusts nothing: every member is checked for presence, type and range, unknown
-members are refused, and each error names the exact problem. It only reads; whether the
-signature is good is for `signing` (host) or the secure element (device) to say.
+members are refused, and each error names the exact problem; base64url (unpadded) and JSON are
+read by `ironcore.jose`'s rules.
+
+`check` is the one statement of what makes an image bootable. The device
+(`ironcore.device.secure_boot`) calls it with a verifier that asks the secure element; the
+server (`ironcore firmware verify`, rollout uploads) with one that uses the public key in
+software. Signing, with a CA-style KeyStore, is the server's: `ironcore.firmware.signing`.
+This module is a wire format both sides read, so it imports nothing but `jose` and `errors`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
-from ironcore.device.secure_element import COUNTER_MAX
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ironcore import jose
 from ironcore.errors import FailedPrecondition, InvalidArgument
 
 FORMAT = "ironcore-firmware/1"
@@ -36,15 +45,15 @@ ALGORITHM = "ES256"
 # is checked small.
 MANIFEST_MAX_BYTES = 4096
 # Versions are compared with a monotonic counter of the secure element, which stops at
-# 2,097,151 on an ATECC608, so a version is an integer in that range.
-VERSION_MAX = COUNTER_MAX
+# 2,097,151 on an ATECC608 (`device.secure_element.COUNTER_MAX`; a test holds the two equal),
+# so a version is an integer in that range.
+VERSION_MAX = 2_097_151
 # Large enough for a gateway's root filesystem; an MCU image is far smaller.
 IMAGE_MAX_BYTES = 1 << 30
 MODEL_PATTERN = re.compile(r"[a-zA-Z0-9][-a-zA-Z0-9._]{0,63}")
 SIGNATURE_BYTES = 64
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 _DOCUMENT_MEMBERS = ("payload", "protected", "signature")
 _HEADER_MEMBERS = ("alg", "kid", "typ")
 _CLAIMS = ("minVersion", "model", "sha256", "size", "version")
@@ -142,7 +151,7 @@ class SignedManifest:
         return {
             "protected": self.protected,
             "payload": self.payload,
-            "signature": b64url(self.signature),
+            "signature": jose.b64url_encode(self.signature),
         }
 
     def encode(self) -> bytes:
@@ -156,28 +165,33 @@ def header(kid: str) -> str:
     text = json.dumps(
         {"alg": ALGORITHM, "kid": kid, "typ": FORMAT}, sort_keys=True, separators=(",", ":")
     )
-    return b64url(text.encode())
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    return jose.b64url_encode(text.encode())
 
 
 def parse(data: bytes) -> SignedManifest:
     """Read a manifest document; ManifestError names the first problem found."""
     if len(data) > MANIFEST_MAX_BYTES:
         raise ManifestError(f"manifest is {len(data)} bytes; at most {MANIFEST_MAX_BYTES}")
-    document = _json_object(data, "manifest")
+    try:
+        return _parse(data)
+    except jose.JoseError as error:
+        raise ManifestError(error.message) from None
+
+
+def _parse(data: bytes) -> SignedManifest:
+    document = jose.json_object(data, "manifest")
     _members(document, _DOCUMENT_MEMBERS, "manifest")
     for name in _DOCUMENT_MEMBERS:
         if not isinstance(document[name], str):
             raise ManifestError(f"manifest member {name!r} must be a string")
-    signature = _unb64url(document["signature"], "signature")
+    signature = jose.b64url_decode(document["signature"], "signature")
     if len(signature) != SIGNATURE_BYTES:
         raise ManifestError(
             f"signature is {len(signature)} bytes; ES256 is {SIGNATURE_BYTES} bytes r‖s"
         )
-    head = _json_object(_unb64url(document["protected"], "protected"), "protected header")
+    head = jose.json_object(
+        jose.b64url_decode(document["protected"], "protected"), "protected header"
+    )
     _members(head, _HEADER_MEMBERS, "protected header")
     if head["alg"] != ALGORITHM:
         raise ManifestError(f"alg is {head['alg']!r}; firmware manifests are {ALGORITHM}")
@@ -185,7 +199,7 @@ def parse(data: bytes) -> SignedManifest:
         raise ManifestError(f"typ is {head['typ']!r}, not {FORMAT!r}")
     if not isinstance(head["kid"], str) or not _HEX40.fullmatch(head["kid"]):
         raise ManifestError("kid must be 40 lowercase hex digits (SHA-1 of the key's point)")
-    claims = _json_object(_unb64url(document["payload"], "payload"), "payload")
+    claims = jose.json_object(jose.b64url_decode(document["payload"], "payload"), "payload")
     _members(claims, _CLAIMS, "payload")
     if not isinstance(claims["model"], str):
         raise ManifestError("model must be a string")
@@ -211,36 +225,6 @@ def _check_int(name: str, value: object, maximum: int) -> None:
         raise ManifestError(f"{name} {value} is out of range 0-{maximum}")
 
 
-def _json_object(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(
-            data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant
-        )
-    except UnicodeDecodeError:
-        raise ManifestError(f"{what} is not UTF-8 text") from None
-    except RecursionError:
-        raise ManifestError(f"{what} is nested too deeply") from None
-    except ValueError as exc:
-        raise ManifestError(f"{what} is not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ManifestError(f"{what} must be a JSON object, not {type(value).__name__}")
-    return value
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Two readers could pick different copies of a duplicated member; refuse to choose.
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"member {key!r} appears twice")
-        result[key] = value
-    return result
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def _members(value: dict[str, Any], expected: tuple[str, ...], what: str) -> None:
     for name in expected:
         if name not in value:
@@ -250,10 +234,90 @@ def _members(value: dict[str, Any], expected: tuple[str, ...], what: str) -> Non
         raise ManifestError(f"{what} has unknown member {unknown[0]!r}")
 
 
-def _unb64url(text: str, name: str) -> bytes:
-    if not _BASE64URL.fullmatch(text) or len(text) % 4 == 1:
-        raise ManifestError(f"{name} is not base64url (unpadded, RFC 7515 §2)")
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except binascii.Error:
-        raise ManifestError(f"{name} is not base64url (unpadded, RFC 7515 §2)") from None
+# (digest of the signing input, raw r‖s) -> whether the trusted key made the signature.
+Verifier = Callable[[bytes, bytes], bool]
+
+
+@dataclass(frozen=True)
+class Image:
+    """What a manifest says about an image, measured from the image itself."""
+
+    size: int
+    sha256: bytes
+
+    @classmethod
+    def of_file(cls, path: Path) -> Image:
+        # Hashed in chunks: an image can be far larger than the memory a device can spare.
+        with path.open("rb") as image:
+            digest = hashlib.file_digest(image, "sha256").digest()
+        return cls(path.stat().st_size, digest)
+
+
+def kid(public_key: ec.EllipticCurvePublicKey) -> str:
+    """The `kid` of manifests signed by this key: its key id (`jose.key_id`) in lowercase hex."""
+    return jose.key_id(public_key).hex()
+
+
+def check_p256(public_key: ec.EllipticCurvePublicKey) -> None:
+    # The ATECC608 verifies P-256 only, so a firmware key on any other curve is useless.
+    if not isinstance(public_key.curve, ec.SECP256R1):
+        raise InvalidArgument(f"firmware keys are P-256; this one is {public_key.curve.name}")
+
+
+def software_verifier(public_key: ec.EllipticCurvePublicKey) -> Verifier:
+    check_p256(public_key)
+    return lambda digest, signature: jose.es256_verify_digest(public_key, signature, digest)
+
+
+def check(
+    document: bytes,
+    image: Image,
+    verifier: Verifier,
+    trusted_kid: str,
+    model: str | None,
+    floor: int,
+) -> SignedManifest:
+    """The manifest, if `image` may boot; otherwise FirmwareRejected (or ManifestError).
+
+    The key and signature are checked before any claim is believed; `model` None skips the
+    model check (the signer's own tools), and `floor` is the lowest version allowed.
+    """
+    signed = parse(document)
+    if signed.kid != trusted_kid:
+        raise FirmwareRejected(
+            Reason.UNKNOWN_KEY,
+            f"the manifest is signed by key {signed.kid}; the trusted firmware key is "
+            f"{trusted_kid}",
+        )
+    if not verifier(signed.digest, signed.signature):
+        raise FirmwareRejected(
+            Reason.BAD_SIGNATURE, "the manifest's signature does not verify with the firmware key"
+        )
+    manifest = signed.manifest
+    if model is not None and manifest.model != model:
+        raise FirmwareRejected(
+            Reason.WRONG_MODEL, f"the manifest is for model {manifest.model!r}, not {model!r}"
+        )
+    if manifest.version < floor:
+        raise FirmwareRejected(
+            Reason.DOWNGRADE,
+            f"version {manifest.version} is below the lowest version allowed, {floor}",
+        )
+    if image.size < manifest.size:
+        raise FirmwareRejected(
+            Reason.TRUNCATED_IMAGE,
+            f"the image has {image.size} of the manifest's {manifest.size} bytes "
+            "(truncated download?)",
+        )
+    if image.size > manifest.size:
+        raise FirmwareRejected(
+            Reason.OVERSIZED_IMAGE,
+            f"the image is {image.size} bytes; the manifest says {manifest.size}",
+        )
+    if image.sha256 != manifest.sha256:
+        raise FirmwareRejected(
+            Reason.DIGEST_MISMATCH,
+            f"the image's SHA-256 is {image.sha256.hex()}; the manifest says "
+            f"{manifest.sha256.hex()}",
+        )
+    return signed

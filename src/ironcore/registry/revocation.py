@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ironcore import jose
 from ironcore.errors import InvalidArgument
 from ironcore.identity import credentials as creds
 from ironcore.registry.service import DeviceLinks
@@ -82,7 +83,7 @@ class Revocations:
         if not isinstance(key, ec.EllipticCurvePublicKey):
             raise InvalidArgument.field("certificate", "batch signer CAs hold EC keys")
         record = RevokedSignerRecord(
-            key_id=x509.SubjectKeyIdentifier.from_public_key(key).digest.hex(),
+            key_id=jose.key_id(key).hex(),
             fingerprint=certificate.fingerprint(hashes.SHA256()).hex(),
             subject=certificate.subject.rfc4514_string(),
             certificate=certificate_pem.strip() + "\n",

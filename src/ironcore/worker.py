@@ -1,6 +1,6 @@
 """An MQTT worker process of `ironcore serve --mqtt-workers N` (see `bridge.workers`).
 
-`python -m ironcore.bridge.worker <index> <channel fd> <listeners as JSON>`, with the server's
+`python -m ironcore.worker <index> <channel fd> <listeners as JSON>`, with the server's
 settings in IRONCORE_WORKER_SETTINGS. It serves MQTT connections on the primary's ports and
 nothing else: its own store connections, event log, context cache and bookkeeping; the primary
 tells it of changes (`process_hub.WorkerChanges`). It drains on SIGTERM or SIGINT, reloads its
@@ -18,8 +18,7 @@ import socket
 import sys
 from typing import Any
 
-from ironcore import logs
-from ironcore.bridge import metrics
+from ironcore import logs, metrics
 from ironcore.bridge.changes import Changes, ForgettingRotationStore
 from ironcore.bridge.devices import (
     CONTEXT_CACHE_SECONDS,
@@ -30,8 +29,15 @@ from ironcore.bridge.devices import (
 from ironcore.bridge.ipc import Channel
 from ironcore.bridge.mqtt.server import Listener, MqttBridge
 from ironcore.bridge.process_hub import WorkerChanges, WorkerHub
-from ironcore.identity.revocation import Revocations
-from ironcore.process import bridge_context, bridge_services, close, loop_factory, tune_gc
+from ironcore.process import (
+    bridge_context,
+    bridge_services,
+    bridge_tls_files,
+    close,
+    loop_factory,
+    tune_gc,
+)
+from ironcore.registry.revocation import Revocations
 from ironcore.registry.rotation import Rotations
 from ironcore.registry.store import Store
 from ironcore.registry.store.pubsub import PubSubStore
@@ -87,7 +93,7 @@ async def serve(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         loop.add_signal_handler(
-            signal.SIGHUP, lambda: running.reload_tls(*settings.bridge_tls_files())
+            signal.SIGHUP, lambda: running.reload_tls(*bridge_tls_files(settings))
         )
         hub.channel.send("ready")
         stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
