@@ -18,6 +18,8 @@ from ironcore.bridge.cluster.messages import (
     Command,
     ConfigChanged,
     Connected,
+    Disconnected,
+    Forget,
     Message,
     MessageError,
     Metrics,
@@ -65,7 +67,7 @@ def built(cls: type[Message]) -> st.SearchStrategy[Message]:
 messages = st.one_of(*(built(cls) for cls in MESSAGES))
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
-    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    lambda inner: st.one_of(st.lists(inner), st.dictionaries(st.text(), inner)),
     max_leaves=10,
 )
 
@@ -154,3 +156,9 @@ def test_keys_a_later_version_adds_are_ignored() -> None:
 def test_metrics_keep_their_shape() -> None:
     families = [["ironcore_x", "counter", "help", [["ironcore_x_total", {"k": "v"}, 2.0]]]]
     assert decode(encode(Metrics(families))) == Metrics(families)
+
+
+def test_kinds_with_the_same_fields_are_told_apart() -> None:
+    assert Disconnected("s", 7) != Forget("s", 7)
+    assert decode(encode(Forget("s", 7))) == Forget("s", 7)
+    assert type(decode(encode(Disconnected("s", 7)))) is Disconnected

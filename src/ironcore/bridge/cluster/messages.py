@@ -34,132 +34,130 @@ class MessageError(ValueError):
 
 @dataclass(frozen=True)
 class Message:
+    """A message of one kind. A kind that adds no field to its base is a plain subclass; the
+    dataclass's equality still tells kinds apart."""
+
     kind: ClassVar[str]
+
+
+@dataclass(frozen=True)
+class AboutDevice(Message):
+    """What `origin` says about one device (each kind below says what)."""
+
+    origin: str
+    num_id: int
+
+
+@dataclass(frozen=True)
+class ForDevice(Message):
+    """A word for the process that serves one device."""
+
+    num_id: int
 
 
 # Who serves which device (`cluster.directory`).
 
 
 @dataclass(frozen=True)
-class Connected(Message):
-    """A device connected to `origin` (or to one of its workers) at `at`."""
+class Connected(AboutDevice):
+    """The device connected to `origin` (or to one of its workers) at `at`."""
 
-    kind: ClassVar[str] = "connected"
-    origin: str
-    num_id: int
+    kind = "connected"
     at: float
 
 
-@dataclass(frozen=True)
-class Disconnected(Message):
+class Disconnected(AboutDevice):
     """The device `origin` served is gone from it."""
 
-    kind: ClassVar[str] = "disconnected"
-    origin: str
-    num_id: int
+    kind = "disconnected"
 
 
-@dataclass(frozen=True)
-class Kick(Message):
+class Kick(ForDevice):
     """From a primary to the worker serving the device: another connection took it over."""
 
-    kind: ClassVar[str] = "kick"
-    num_id: int
+    kind = "kick"
 
 
 # Changes: each process forgets what it cached, and its connection of the device acts.
 
 
 @dataclass(frozen=True)
-class ConfigChanged(Message):
-    kind: ClassVar[str] = "config_changed"
-    origin: str
-    num_id: int
+class ConfigChanged(AboutDevice):
+    kind = "config_changed"
     version: int
     data: bytes
 
 
-@dataclass(frozen=True)
-class DeviceChanged(Message):
+class DeviceChanged(AboutDevice):
     """Check the device's connection again (blocked, deleted, credentials changed)."""
 
-    kind: ClassVar[str] = "device_changed"
-    origin: str
-    num_id: int
+    kind = "device_changed"
 
 
-@dataclass(frozen=True)
-class RotationChanged(Message):
+class RotationChanged(AboutDevice):
     """The device's key rotation started or moved on: tell the device."""
 
-    kind: ClassVar[str] = "rotation_changed"
-    origin: str
-    num_id: int
+    kind = "rotation_changed"
 
 
 @dataclass(frozen=True)
 class RegistryChanged(Message):
     """Check every connection of the registry's devices again (after the signers revoked)."""
 
-    kind: ClassVar[str] = "registry_changed"
+    kind = "registry_changed"
     origin: str
     registry: RegistryName
 
 
-@dataclass(frozen=True)
-class Forget(Message):
+class Forget(AboutDevice):
     """The device's cached context is stale (a key rotation step wrote its credentials)."""
 
-    kind: ClassVar[str] = "forget"
-    origin: str
-    num_id: int
+    kind = "forget"
 
 
 # Requests, each answered by one message, and the answers.
 
 
 @dataclass(frozen=True)
-class Command(Message):
+class Command(ForDevice):
     """Deliver a command to the device; answered by `Delivered`."""
 
-    kind: ClassVar[str] = "command"
-    num_id: int
+    kind = "command"
     subfolder: str
     data: bytes
 
 
-@dataclass(frozen=True)
-class KeyInUse(Message):
+class KeyInUse(ForDevice):
     """Which key did the device authenticate with? Answered by `Fingerprint`."""
 
-    kind: ClassVar[str] = "key_in_use"
-    num_id: int
+    kind = "key_in_use"
 
 
-@dataclass(frozen=True)
 class CollectMetrics(Message):
     """From a primary to a worker: answered by `Metrics`."""
 
-    kind: ClassVar[str] = "collect_metrics"
+    kind = "collect_metrics"
 
 
 @dataclass(frozen=True)
 class Delivered(Message):
-    kind: ClassVar[str] = "delivered"
+    kind = "delivered"
     delivered: bool
 
 
 @dataclass(frozen=True)
 class Fingerprint(Message):
-    """None: the device is not connected here, or is behind a gateway."""
+    """None: the device is not connected there, or is behind a gateway."""
 
-    kind: ClassVar[str] = "fingerprint"
+    kind = "fingerprint"
     fingerprint: str | None
 
 
 @dataclass(frozen=True)
 class Metrics(Message):
-    kind: ClassVar[str] = "metrics"
+    """`bridge.metrics.snapshot()` of the process."""
+
+    kind = "metrics"
     families: Snapshot
 
 
@@ -167,7 +165,7 @@ class Metrics(Message):
 class Failed(Message):
     """The answer to a request whose handling failed, saying how."""
 
-    kind: ClassVar[str] = "failed"
+    kind = "failed"
     error: str
 
 
@@ -178,7 +176,7 @@ class Failed(Message):
 class Ready(Message):
     """From a worker to its primary: it accepts connections."""
 
-    kind: ClassVar[str] = "ready"
+    kind = "ready"
     origin: str
 
 
@@ -357,8 +355,9 @@ def decode(data: bytes) -> Message:
 
 def about(message: Message) -> str:
     """The message in a few words, for a log line (never its data)."""
-    num_id = getattr(message, "num_id", None)
-    return message.kind if num_id is None else f"{message.kind} for device {num_id}"
+    if isinstance(message, AboutDevice | ForDevice):
+        return f"{message.kind} for device {message.num_id}"
+    return message.kind
 
 
 def _no_constant(name: str) -> None:
