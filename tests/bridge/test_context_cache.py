@@ -154,6 +154,6 @@ async def test_a_refusal_is_checked_against_the_database(manager: DeviceManager)
             public_key=PublicKeyCredential(format=PublicKeyFormat.ES256_PEM, key=public_pem(added))
         )
     )
-    await manager.store.update_device(device)  # no DeviceLinks call, as in another process
+    await manager.store.update_device(device)  # no ConnectedDevices call, as in another process
     authenticated = await authenticator.authenticate(by_id("dev-a"), make_jwt(added), "http")
     assert len(authenticated.context.device.credentials) == 2
