@@ -18,8 +18,13 @@ from ironcore.bridge.cluster.bus import Bus, namespace
 from ironcore.bridge.cluster.hub import new_server_id
 from ironcore.bridge.cluster.messages import Connected, Failed, decode, encode
 from ironcore.bridge.hub import TAKEN_OVER
-from ironcore.registry.resources import Device, DeviceConfig
-from tests.bridge.test_process_hub import REGISTRY, Connection, Process
+from ironcore.registry.resources import DeviceConfig
+from tests.bridge.test_process_hub import (
+    REGISTRY,
+    Connection,
+    Process,
+    commands_and_key_questions_reach,
+)
 from tests.conftest import need_service
 
 NATS_URL = "nats://127.0.0.1:4222"
@@ -50,10 +55,6 @@ async def until(predicate: object, seconds: float = 5.0) -> None:
     async with asyncio.timeout(seconds):
         while not predicate():  # type: ignore[operator]  # noqa: ASYNC110 (a plain predicate)
             await asyncio.sleep(0.01)
-
-
-def device(num_id: int) -> Device:
-    return Device(id=f"d{num_id}", num_id=num_id)
 
 
 async def test_a_device_connecting_to_another_server_closes_the_older_connection(
@@ -93,16 +94,10 @@ async def test_commands_and_key_questions_go_to_the_serving_server(
     pair: tuple[Server, Server],
 ) -> None:
     a, b = pair
-    link = Connection(fingerprint="abc")
-    b.hub.register(7, link)
+    connection = Connection(fingerprint="abc")
+    b.hub.register(7, connection)
     await until(lambda: a.hub.is_connected(7))
-    assert await a.hub.send_command(device(7), b"\x00binary", "ops") is True
-    assert link.commands == [(7, "ops", b"\x00binary")]
-    assert await a.hub.key_in_use(7) == "abc"
-    link.subscribed = False
-    assert await a.hub.send_command(device(7), b"x", "") is False
-    assert await a.hub.send_command(device(8), b"x", "") is False  # nobody serves 8
-    assert await a.hub.key_in_use(8) is None
+    await commands_and_key_questions_reach(a.hub, connection, 7)
 
 
 async def test_changes_are_applied_by_the_other_server_and_not_passed_back(

@@ -123,6 +123,21 @@ def device(num_id: int) -> Device:
     return Device(id=f"d{num_id}", num_id=num_id)
 
 
+async def commands_and_key_questions_reach(
+    asker: ClusterHub, served: Connection, num_id: int
+) -> None:
+    """`served`, in another process, serves the device: `asker` reaches it; nobody serves
+    `num_id + 1`."""
+    assert await asker.send_command(device(num_id), b"\x00\xffbinary", "sys") is True
+    assert served.commands == [(num_id, "sys", b"\x00\xffbinary")]
+    assert await asker.key_in_use(num_id) == served.fingerprint
+
+    served.subscribed = False
+    assert await asker.send_command(device(num_id), b"x", "") is False
+    assert await asker.send_command(device(num_id + 1), b"x", "") is False
+    assert await asker.key_in_use(num_id + 1) is None
+
+
 async def test_a_device_moving_between_processes_closes_the_older_connection() -> None:
     primary, (one, two), _ = await joined(2)
     on_one, on_two, on_primary, on_one_again = (Connection() for _ in range(4))
@@ -166,14 +181,7 @@ async def test_commands_and_key_questions_go_to_the_process_serving_the_device()
     connection = Connection(fingerprint="abc")
     two.hub.register(9, connection)
     await settle()
-    assert await primary.hub.send_command(device(9), b"\x00\xffbinary", "sys") is True
-    assert connection.commands == [(9, "sys", b"\x00\xffbinary")]
-    assert await primary.hub.key_in_use(9) == "abc"
-
-    connection.subscribed = False
-    assert await primary.hub.send_command(device(9), b"x", "") is False
-    assert await primary.hub.send_command(device(10), b"x", "") is False  # nobody serves 10
-    assert await primary.hub.key_in_use(10) is None
+    await commands_and_key_questions_reach(primary.hub, connection, 9)
 
 
 async def test_changes_reach_every_worker_and_the_serving_one_acts() -> None:
