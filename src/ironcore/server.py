@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Generator
+from functools import partial
 
 import uvicorn
 from fastapi import FastAPI
@@ -19,8 +20,9 @@ from ironcore.access.tokens import AdminTokens
 from ironcore.api.app import create_app
 from ironcore.bridge import firmware as firmware_bridge
 from ironcore.bridge import http as http_bridge
-from ironcore.bridge.bus_hub import BusHub, namespace
-from ironcore.bridge.changes import Changes, ForgettingRotationStore
+from ironcore.bridge.cluster.bus import Bus, namespace
+from ironcore.bridge.cluster.forgetting import ForgettingRotationStore
+from ironcore.bridge.cluster.hub import ClusterHub, new_server_id
 from ironcore.bridge.devices import (
     CONTEXT_CACHE_SECONDS,
     CONTEXT_CACHE_SIZE,
@@ -28,9 +30,7 @@ from ironcore.bridge.devices import (
     DeviceAuthenticator,
 )
 from ironcore.bridge.http import DeviceBridge
-from ironcore.bridge.hub import Hub
 from ironcore.bridge.mqtt.server import MqttBridge
-from ironcore.bridge.process_hub import PrimaryHub
 from ironcore.bridge.workers import Workers
 from ironcore.firmware.rollout import Firmware
 from ironcore.process import (
@@ -103,39 +103,30 @@ async def serve(settings: Settings) -> None:
     sink = JetStreamSink(settings.nats_url) if settings.nats_url else None
     bridge: MqttBridge | None = None
     workers: Workers | None = None
-    bus: BusHub | None = None
+    bus: Bus | None = None
     try:
-        hub: Hub
-        if settings.bus_url:
-            space = namespace(settings.effective_database_url, settings.database_schema)
-            hub = bus = BusHub(settings.bus_url, space)
-        else:
-            hub = PrimaryHub() if settings.mqtt_workers > 1 else Hub()
         if sink is not None:
             await _start_nats(sink.start, "--nats-url", settings.nats_url)
         topics = PubSubStore(store)
         pubsub = PubSub(topics, nats=sink)
         # The cached device contexts are safe because every change in this process goes
-        # through `links` (or the rotation store that forgets) and reaches the cache.
+        # through the hub (or the rotation store that tells it) and reaches the cache.
         authenticator = DeviceAuthenticator(
             store, cache=ContextCache(CONTEXT_CACHE_SIZE, CONTEXT_CACHE_SECONDS)
         )
-        links = Changes(hub, authenticator)
-        manager = DeviceManager(store, links=links, topics=pubsub)
+        hub = ClusterHub(new_server_id(), authenticator)
+        manager = DeviceManager(store, links=hub, topics=pubsub)
         await ensure_admin_token(AdminTokens(store, manager.clock), settings)
-        revocations = Revocations(store, manager.clock, links)
+        revocations = Revocations(store, manager.clock, hub)
         authenticator.revocations = revocations
+        hub.refresh_revocations = revocations.refresh
         await revocations.refresh()
-        # A key rotation step made here is forgotten by every process (and server) too.
-        forget = authenticator.forget_device
-        if isinstance(hub, PrimaryHub):
-            hub.forget = authenticator.forget_device
-            forget = hub.forget_device
-        rotations = Rotations(ForgettingRotationStore(store, forget), manager.clock)
-        if bus is not None:
-            bus.forget_all = authenticator.forget_all
-            bus.refresh_revocations = revocations.refresh
-            await _start_nats(bus.start, "--bus", settings.bus_url)
+        rotations = Rotations(ForgettingRotationStore(store, hub.forget_device), manager.clock)
+        if settings.bus_url:
+            space = namespace(settings.effective_database_url, settings.database_schema)
+            bus = Bus(settings.bus_url, space, hub.origin)
+            hub.attach(bus)
+            await _start_nats(partial(bus.start, hub.receive), "--bus", settings.bus_url)
         services = bridge_services(
             store, hub, Router(events, topics, sink), authenticator, rotations
         )
@@ -147,7 +138,7 @@ async def serve(settings: Settings) -> None:
             reuse_port=settings.mqtt_workers > 1,
         )
         await bridge.start()
-        if isinstance(hub, PrimaryHub) and settings.mqtt_workers > 1:
+        if settings.mqtt_workers > 1:
             if listening:
                 workers = Workers(settings.to_json(), hub, bridge.bound(), settings.mqtt_workers)
                 await workers.start()

@@ -1,42 +1,42 @@
-"""`BusHub`s of two "servers" in one event loop, joined over the real NATS.
+"""The `ClusterHub`s of two "servers" in one event loop, joined by `Bus`es over the real NATS.
 
-The links are the recorders of test_process_hub.py (the real servers are in test_bus.py): what
-is tested here is what each server hears and does, including the races a test with real
+The connections are the recorders of test_process_hub.py (the real servers are in test_bus.py):
+what is tested here is what each server hears and does, including the races a test with real
 devices cannot arrange (two connections at nearly the same moment).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator
 
 import nats
 import pytest
 
-from ironcore.bridge.bus_hub import BusHub, namespace
-from ironcore.bridge.process_hub import TAKEN_OVER
-from ironcore.registry.resources import Device, DeviceConfig
-from tests.bridge.test_process_hub import REGISTRY, Link
+from ironcore.bridge.cluster.bus import Bus, namespace
+from ironcore.bridge.cluster.hub import new_server_id
+from ironcore.bridge.cluster.messages import Connected, Failed, decode, encode
+from ironcore.bridge.hub import TAKEN_OVER
+from ironcore.registry.resources import DeviceConfig
+from tests.bridge.test_process_hub import (
+    REGISTRY,
+    Connection,
+    Process,
+    commands_and_key_questions_reach,
+)
 from tests.conftest import need_service
 
 NATS_URL = "nats://127.0.0.1:4222"
 
 
-class Server:
-    """A BusHub with what the server would give it, recorded."""
+class Server(Process):
+    """A primary's hub joined to the bus, with what the server would give it, recorded."""
 
     def __init__(self, space: str) -> None:
-        self.hub = BusHub(NATS_URL, space)
-        self.forgotten: list[int | str] = []
-        self.refreshes = 0
-        self.hub.forget = self.forgotten.append
-        self.hub.forget_all = lambda: self.forgotten.append("all")
-        self.hub.refresh_revocations = self._refresh
-
-    async def _refresh(self) -> None:
-        self.refreshes += 1
+        super().__init__(new_server_id())
+        self.bus = Bus(NATS_URL, space, self.hub.origin)
+        self.hub.attach(self.bus)
 
 
 @pytest.fixture
@@ -44,11 +44,11 @@ async def pair() -> AsyncIterator[tuple[Server, Server]]:
     need_service("NATS", "127.0.0.1", 4222)
     space = uuid.uuid4().hex[:16]
     a, b = Server(space), Server(space)
-    await a.hub.start()
-    await b.hub.start()
+    await a.bus.start(a.hub.receive)
+    await b.bus.start(b.hub.receive)
     yield a, b
-    await a.hub.close()
-    await b.hub.close()
+    await a.bus.close()
+    await b.bus.close()
 
 
 async def until(predicate: object, seconds: float = 5.0) -> None:
@@ -57,25 +57,21 @@ async def until(predicate: object, seconds: float = 5.0) -> None:
             await asyncio.sleep(0.01)
 
 
-def device(num_id: int) -> Device:
-    return Device(id=f"d{num_id}", num_id=num_id)
-
-
 async def test_a_device_connecting_to_another_server_closes_the_older_connection(
     pair: tuple[Server, Server],
 ) -> None:
     a, b = pair
-    older, newer = Link(), Link()
+    older, newer = Connection(), Connection()
     a.hub.register(5, older)
     await until(lambda: b.hub.is_connected(5))
     b.hub.register(5, newer)
     await until(lambda: older.kicked == [(5, TAKEN_OVER)])
-    assert a.hub.link(5) is None and a.hub.is_connected(5)  # now served by b
+    assert a.hub.local.get(5) is None and a.hub.is_connected(5)  # now served by b
     assert newer.kicked == []
     # The kicked connection going away later tells nobody anything that matters.
     a.hub.unregister(5, older)
     await asyncio.sleep(0.1)
-    assert b.hub.link(5) is newer and a.hub.is_connected(5)
+    assert b.hub.local.get(5) is newer and a.hub.is_connected(5)
     b.hub.unregister(5, newer)
     await until(lambda: not a.hub.is_connected(5))
 
@@ -84,37 +80,31 @@ async def test_of_two_connections_at_nearly_the_same_moment_the_newer_wins(
     pair: tuple[Server, Server],
 ) -> None:
     a, b = pair
-    first, second = Link(), Link()
+    first, second = Connection(), Connection()
     # Both register before either hears of the other.
     a.hub.register(6, first)
     b.hub.register(6, second)
     await until(lambda: first.kicked or second.kicked)
     await asyncio.sleep(0.2)
     assert first.kicked == [(6, TAKEN_OVER)] and second.kicked == []
-    assert b.hub.link(6) is second
+    assert b.hub.local.get(6) is second
 
 
 async def test_commands_and_key_questions_go_to_the_serving_server(
     pair: tuple[Server, Server],
 ) -> None:
     a, b = pair
-    link = Link(fingerprint="abc")
-    b.hub.register(7, link)
+    connection = Connection(fingerprint="abc")
+    b.hub.register(7, connection)
     await until(lambda: a.hub.is_connected(7))
-    assert await a.hub.send_command(device(7), b"\x00binary", "ops") is True
-    assert link.commands == [(7, "ops", b"\x00binary")]
-    assert await a.hub.key_in_use(7) == "abc"
-    link.subscribed = False
-    assert await a.hub.send_command(device(7), b"x", "") is False
-    assert await a.hub.send_command(device(8), b"x", "") is False  # nobody serves 8
-    assert await a.hub.key_in_use(8) is None
+    await commands_and_key_questions_reach(a.hub, connection, 7)
 
 
 async def test_changes_are_applied_by_the_other_server_and_not_passed_back(
     pair: tuple[Server, Server],
 ) -> None:
     a, b = pair
-    link = Link()
+    link = Connection()
     b.hub.register(9, link)
     await until(lambda: a.hub.is_connected(9))
     await a.hub.config_changed(9, DeviceConfig(version=4, binary_data=b"\x01cfg"))
@@ -126,24 +116,34 @@ async def test_changes_are_applied_by_the_other_server_and_not_passed_back(
     assert link.revalidated == [9, None] and link.rotations == [9]
     assert b.forgotten == [9, 9, 9, "all"] and b.refreshes == 1
     await asyncio.sleep(0.1)
-    assert a.forgotten == [] and a.refreshes == 0  # a's own changes: its Changes forgot them
+    assert a.forgotten == [9, 9, 9, "all"]  # a's own changes, forgotten once: not passed back
+    assert a.refreshes == 0
 
 
 async def test_malformed_messages_are_ignored(pair: tuple[Server, Server]) -> None:
     a, b = pair
+    held = Connection()
+    a.hub.register(4, held)
     client = await nats.connect(NATS_URL)
     try:
-        subject = a.hub._all
-        for body in (b"not json", b"{}", json.dumps(["connected", "x", "not a number"]).encode()):
-            await client.publish(subject, body)
+        for body in (
+            b"not json",
+            b"{}",
+            b'{"kind": "connected", "origin": "x", "num_id": 4, "at": "not a number"}',
+            b'{"kind": "kick", "num_id": 4}',  # says no sender: never sent on this subject
+        ):
+            await client.publish(a.bus.all_subject, body)
         await client.flush()
-        reply = await client.request(f"{a.hub._prefix}{a.hub.server_id}", b"junk", 2)
-        assert json.loads(reply.data) is None  # answered, so the asker does not wait
+        server = a.bus.server_prefix + a.hub.origin
+        for body in (b"junk", encode(Connected("x", 4, 0.0))):
+            reply = await client.request(server, body, 2)
+            assert isinstance(decode(reply.data), Failed)  # answered, so the asker does not wait
     finally:
         await client.close()
-    link = Link()
+    link = Connection()
     b.hub.register(3, link)
     await until(lambda: a.hub.is_connected(3))  # still listening
+    assert held.kicked == [] and a.hub.local.get(4) is held
 
 
 def test_servers_of_other_databases_never_share_subjects() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ironcore.bridge.changes import Changes, ForgettingRotationStore
+from ironcore.bridge.cluster.forgetting import ForgettingRotationStore
+from ironcore.bridge.cluster.hub import ClusterHub
 from ironcore.bridge.devices import ContextCache, DeviceAuthenticator, DeviceContext, DeviceRefused
-from ironcore.bridge.hub import Hub
 from ironcore.registry.names import DeviceRef, LocationName, RegistryName
 from ironcore.registry.resources import (
     Device,
@@ -96,7 +96,7 @@ def test_a_size_of_zero_caches_nothing() -> None:
 
 async def setup(manager: DeviceManager, key: PrivateKey) -> tuple[DeviceAuthenticator, int]:
     authenticator = DeviceAuthenticator(manager.store, cache=ContextCache(100, 60))
-    manager.links = Changes(Hub(), authenticator)
+    manager.links = ClusterHub("server", authenticator)
     await manager.create_registry(NAME.location, DeviceRegistry(id="reg"))
     created = await manager.create_device(
         NAME,
@@ -136,7 +136,8 @@ async def test_the_manager_changes_reach_the_cache(manager: DeviceManager) -> No
 async def test_key_rotation_writes_reach_the_cache(manager: DeviceManager) -> None:
     key = new_key()
     authenticator, num_id = await setup(manager, key)
-    rotations = Rotations(ForgettingRotationStore(manager.store, authenticator.forget_device))
+    hub = ClusterHub("server", authenticator)  # as the server wires it
+    rotations = Rotations(ForgettingRotationStore(manager.store, hub.forget_device))
     await rotations.start(num_id)
     assert authenticator.cache is not None and len(authenticator.cache) == 0
 
@@ -153,6 +154,7 @@ async def test_a_refusal_is_checked_against_the_database(manager: DeviceManager)
             public_key=PublicKeyCredential(format=PublicKeyFormat.ES256_PEM, key=public_pem(added))
         )
     )
-    await manager.store.devices.update_device(device)  # no DeviceLinks call, as in another process
+    # No ConnectedDevices call, as in another process.
+    await manager.store.devices.update_device(device)
     authenticated = await authenticator.authenticate(by_id("dev-a"), make_jwt(added), "http")
     assert len(authenticated.context.device.credentials) == 2

@@ -1,9 +1,9 @@
-"""`PrimaryHub` and `WorkerHub` joined by real `ipc.Channel`s in one event loop.
+"""The `ClusterHub`s of a primary and its workers joined by real `ipc.Channel`s in one event loop.
 
-The links are recorders standing in for MQTT connections (the real connections across real
-processes are tested in test_workers.py); what is tested here is the directory: who is told to
-close an older connection, where commands and key questions go, who hears of changes, and what
-the primary forgets when a worker goes away.
+The connections are recorders standing in for MQTT connections (the real connections across
+real processes are tested in test_workers.py); what is tested here is the directory: who is told
+to close an older connection, where commands and key questions go, who hears of changes and
+forgets, and what the primary forgets when a worker goes away.
 """
 
 from __future__ import annotations
@@ -12,16 +12,28 @@ import asyncio
 import socket
 from dataclasses import dataclass, field
 
-from ironcore.bridge.ipc import Channel
-from ironcore.bridge.process_hub import TAKEN_OVER, PrimaryHub, WorkerChanges, WorkerHub
+import pytest
+
+from ironcore.bridge.cluster.hub import ClusterHub, worker_id
+from ironcore.bridge.cluster.messages import (
+    CollectMetrics,
+    Forget,
+    Message,
+    Metrics,
+    Ready,
+)
+from ironcore.bridge.cluster.transport import ChannelTransport, Peers, Transport
+from ironcore.bridge.hub import TAKEN_OVER
+from ironcore.bridge.ipc import Reply
 from ironcore.registry.names import RegistryName
 from ironcore.registry.resources import Device, DeviceConfig
 
 REGISTRY = RegistryName.parse("project", "us-central1", "registry")
+SERVER = "server"
 
 
 @dataclass
-class Link:
+class Connection:
     """Records what the hub asks of a connection."""
 
     registry_name: RegistryName = REGISTRY
@@ -54,11 +66,15 @@ class Link:
         return self.fingerprint
 
 
-class Forgetting:
-    """A worker's authenticator, as far as `Changes` uses it."""
+class Process:
+    """A process's hub, with what the process would give it recorded: its cache (an
+    authenticator, as far as the hub uses one) and its revocations."""
 
-    def __init__(self) -> None:
+    def __init__(self, origin: str) -> None:
         self.forgotten: list[int | str] = []
+        self.refreshes = 0
+        self.hub = ClusterHub(origin, self)
+        self.hub.refresh_revocations = self._refresh
 
     def forget_device(self, num_id: int) -> None:
         self.forgotten.append(num_id)
@@ -66,37 +82,35 @@ class Forgetting:
     def forget_all(self) -> None:
         self.forgotten.append("all")
 
-
-class WorkerSide:
-    def __init__(self) -> None:
-        from ironcore.bridge.changes import Changes
-
-        self.hub = WorkerHub()
-        self.authenticator = Forgetting()
-        self.revocation_refreshes = 0
-        self.changes = WorkerChanges(
-            self.hub,
-            Changes(self.hub, self.authenticator),  # type: ignore[arg-type]
-            self._refresh,
-            lambda: [["ironcore_test", "counter", "help", []]],
-        )
-
     async def _refresh(self) -> None:
-        self.revocation_refreshes += 1
+        self.refreshes += 1
 
 
-async def joined(count: int) -> tuple[PrimaryHub, list[WorkerSide], list[Channel]]:
-    primary = PrimaryHub()
-    workers, channels = [], []
+class Worker(Process):
+    def __init__(self, index: int) -> None:
+        super().__init__(worker_id(SERVER, index))
+        self.primary = ChannelTransport(Peers.PRIMARY, SERVER, "the primary")
+        self.hub.attach(self.primary)
+
+    def receive(self, message: Message, via: Transport) -> Reply:
+        if isinstance(message, CollectMetrics):
+            return Metrics([["ironcore_test", "counter", "help", []]])
+        return self.hub.receive(message, via)
+
+
+async def joined(count: int) -> tuple[Process, list[Worker], list[ChannelTransport]]:
+    primary = Process(SERVER)
+    workers, links = [], []
     for index in range(1, count + 1):
         ours, theirs = socket.socketpair()
-        worker = WorkerSide()
-        channel = await Channel.open(ours, primary.handler(index), f"worker {index}")
-        primary.attach(index, channel)
-        worker.hub.channel = await Channel.open(theirs, worker.changes.handle, "primary")
+        worker = Worker(index)
+        link = ChannelTransport(Peers.WORKER, worker_id(SERVER, index), f"MQTT worker {index}")
+        await link.open(ours, primary.hub.receive)
+        primary.hub.attach(link)
+        await worker.primary.open(theirs, worker.receive)
         workers.append(worker)
-        channels.append(channel)
-    return primary, workers, channels
+        links.append(link)
+    return primary, workers, links
 
 
 async def settle() -> None:
@@ -109,135 +123,136 @@ def device(num_id: int) -> Device:
     return Device(id=f"d{num_id}", num_id=num_id)
 
 
+async def commands_and_key_questions_reach(
+    asker: ClusterHub, served: Connection, num_id: int
+) -> None:
+    """`served`, in another process, serves the device: `asker` reaches it; nobody serves
+    `num_id + 1`."""
+    assert await asker.send_command(device(num_id), b"\x00\xffbinary", "sys") is True
+    assert served.commands == [(num_id, "sys", b"\x00\xffbinary")]
+    assert await asker.key_in_use(num_id) == served.fingerprint
+
+    served.subscribed = False
+    assert await asker.send_command(device(num_id), b"x", "") is False
+    assert await asker.send_command(device(num_id + 1), b"x", "") is False
+    assert await asker.key_in_use(num_id + 1) is None
+
+
 async def test_a_device_moving_between_processes_closes_the_older_connection() -> None:
     primary, (one, two), _ = await joined(2)
-    on_one, on_two, on_primary, on_one_again = Link(), Link(), Link(), Link()
+    on_one, on_two, on_primary, on_one_again = (Connection() for _ in range(4))
 
     one.hub.register(7, on_one)
     await settle()
-    assert primary.is_connected(7)
+    assert primary.hub.is_connected(7)
     two.hub.register(7, on_two)
     await settle()
     assert on_one.kicked == [(7, TAKEN_OVER)]
     assert not one.hub.is_connected(7) and two.hub.is_connected(7)
 
-    primary.register(7, on_primary)  # the primary's own listener
+    primary.hub.register(7, on_primary)  # the primary's own listener
     await settle()
     assert on_two.kicked == [(7, TAKEN_OVER)] and not two.hub.is_connected(7)
 
     one.hub.register(7, on_one_again)
     await settle()
-    assert on_primary.kicked == [(7, TAKEN_OVER)] and not primary.link(7)
+    assert on_primary.kicked == [(7, TAKEN_OVER)] and not primary.hub.local.get(7)
     assert on_one.kicked == [(7, TAKEN_OVER)]  # the first connection was not told twice
-    assert len(primary) == 1
+    assert len(primary.hub.directory) == 1
 
 
 async def test_a_kicked_connection_going_away_late_does_not_unregister_the_new_one() -> None:
     primary, (one, two), _ = await joined(2)
-    old, new = Link(), Link()
+    old, new = Connection(), Connection()
     one.hub.register(3, old)
     await settle()
     two.hub.register(3, new)
     await settle()
     one.hub.unregister(3, old)  # the kicked connection closing: nothing left to report
     await settle()
-    assert primary.is_connected(3)
+    assert primary.hub.is_connected(3)
     two.hub.unregister(3, new)
     await settle()
-    assert not primary.is_connected(3) and len(primary) == 0
+    assert not primary.hub.is_connected(3) and len(primary.hub.directory) == 0
 
 
 async def test_commands_and_key_questions_go_to_the_process_serving_the_device() -> None:
     primary, (_, two), _ = await joined(2)
-    link = Link(fingerprint="abc")
-    two.hub.register(9, link)
+    connection = Connection(fingerprint="abc")
+    two.hub.register(9, connection)
     await settle()
-    assert await primary.send_command(device(9), b"\x00\xffbinary", "sys") is True
-    assert link.commands == [(9, "sys", b"\x00\xffbinary")]
-    assert await primary.key_in_use(9) == "abc"
-
-    link.subscribed = False
-    assert await primary.send_command(device(9), b"x", "") is False
-    assert await primary.send_command(device(10), b"x", "") is False  # nobody serves 10
-    assert await primary.key_in_use(10) is None
+    await commands_and_key_questions_reach(primary.hub, connection, 9)
 
 
 async def test_changes_reach_every_worker_and_the_serving_one_acts() -> None:
     primary, (one, two), _ = await joined(2)
-    link = Link()
-    two.hub.register(4, link)
+    connection = Connection()
+    two.hub.register(4, connection)
     await settle()
 
-    await primary.config_changed(4, DeviceConfig(version=3, binary_data=b"\x01cfg"))
-    await primary.device_changed(4)
-    await primary.rotation_changed(4)
-    await primary.registry_changed(REGISTRY)
+    await primary.hub.config_changed(4, DeviceConfig(version=3, binary_data=b"\x01cfg"))
+    await primary.hub.device_changed(4)
+    await primary.hub.rotation_changed(4)
+    await primary.hub.registry_changed(REGISTRY)
     await settle()
-    assert link.configs == [(4, 3, b"\x01cfg")]
-    assert link.revalidated == [4, None]
-    assert link.rotations == [4]
-    for worker in (one, two):
-        # Each worker forgets what it cached, whether or not it serves the device.
-        assert worker.authenticator.forgotten == [4, 4, 4, "all"]
-        assert worker.revocation_refreshes == 1
+    assert connection.configs == [(4, 3, b"\x01cfg")]
+    assert connection.revalidated == [4, None]
+    assert connection.rotations == [4]
+    for process in (primary, one, two):
+        # Each process forgets what it cached, whether or not it serves the device.
+        assert process.forgotten == [4, 4, 4, "all"]
+    # A registry heard of from elsewhere may be a signer revoked there: refreshed first.
+    assert (primary.refreshes, one.refreshes, two.refreshes) == (0, 1, 1)
 
 
 async def test_a_workers_own_change_is_forgotten_everywhere_else() -> None:
     primary, (one, two), _ = await joined(2)
-    forgotten: list[int] = []
-    primary.forget = forgotten.append
-    assert one.hub.channel is not None
-    one.hub.channel.send("forget", 12)
+    one.hub.forget_device(12)  # a key rotation step on one of the worker's connections
     await settle()
-    assert forgotten == [12]
-    assert two.authenticator.forgotten == [12] and one.authenticator.forgotten == []
+    assert primary.forgotten == [12] and two.forgotten == [12]
+    assert one.forgotten == [12]  # once, not told back
 
 
 async def test_a_worker_that_goes_away_takes_its_devices_with_it() -> None:
-    primary, (one, two), channels = await joined(2)
-    one.hub.register(1, Link())
-    two.hub.register(2, Link())
+    primary, (one, two), links = await joined(2)
+    one.hub.register(1, Connection())
+    two.hub.register(2, Connection())
     await settle()
-    assert len(primary) == 2
-    primary.detach(1)
-    channels[0].close()
-    assert not primary.is_connected(1) and primary.is_connected(2)
-    assert await primary.send_command(device(1), b"x", "") is False
-    await primary.device_changed(2)  # the others are still told
+    assert len(primary.hub.directory) == 2
+    primary.hub.detach(links[0])
+    primary.hub.detach(links[0])  # as a restart that failed does: nothing more
+    links[0].close()
+    assert not primary.hub.is_connected(1) and primary.hub.is_connected(2)
+    assert await primary.hub.send_command(device(1), b"x", "") is False
+    await primary.hub.device_changed(2)  # the others are still told
     await settle()
-    assert two.authenticator.forgotten == [2]
+    assert two.forgotten == [2] and one.forgotten == []
 
 
 async def test_metrics_are_asked_of_a_worker() -> None:
-    _, _, channels = await joined(1)
-    assert await channels[0].request("metrics") == [["ironcore_test", "counter", "help", []]]
+    _, _, links = await joined(1)
+    answer = await links[0].ask(links[0].peer, CollectMetrics())
+    assert answer == Metrics([["ironcore_test", "counter", "help", []]])
 
 
-async def test_an_unknown_message_is_answered_with_an_error() -> None:
+async def test_a_message_the_other_side_does_not_take_is_answered_with_an_error() -> None:
     from ironcore.bridge.ipc import RemoteError
 
-    primary, (one,), channels = await joined(1)
-    try:
-        await channels[0].request("no-such-thing")
-    except RemoteError as error:
-        assert "unknown message 'no-such-thing'" in str(error)
-    else:
-        raise AssertionError("an unknown message was accepted")
-    assert one.hub.channel is not None
-    try:
-        await one.hub.channel.request("nonsense")
-    except RemoteError as error:
-        assert "unknown message 'nonsense' from worker 1" in str(error)
-    else:
-        raise AssertionError("an unknown message was accepted")
-    assert primary is not None
+    _, (one,), links = await joined(1)
+    assert links[0].channel is not None and one.primary.channel is not None
+    with pytest.raises(RemoteError, match="ready from the primary is not for the hub"):
+        await links[0].channel.request(Ready(SERVER))
+    with pytest.raises(RemoteError, match="collect_metrics from MQTT worker 1 is not for the hub"):
+        await one.primary.channel.request(CollectMetrics())
+    # Both channels live on.
+    one.primary.send(Forget(one.hub.origin, 5))
+    await settle()
+    assert one.primary.channel.closed.done() is False
 
 
 async def test_a_change_made_in_the_primary_is_forgotten_by_every_worker() -> None:
     primary, (one, two), _ = await joined(2)
-    forgotten: list[int] = []
-    primary.forget = forgotten.append
-    primary.forget_device(21)  # a key rotation step on one of the primary's own connections
+    primary.hub.forget_device(21)  # a key rotation step on one of the primary's own connections
     await settle()
-    assert forgotten == [21]
-    assert one.authenticator.forgotten == [21] and two.authenticator.forgotten == [21]
+    assert primary.forgotten == [21]
+    assert one.forgotten == [21] and two.forgotten == [21]

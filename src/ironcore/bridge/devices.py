@@ -8,11 +8,11 @@ cached, keyed by the credential's text, so the hot path does no PEM parsing.
 Device contexts (the registry and the device) can be cached too, so that a device that sends
 request after request is not read from the database each time. Whoever changes a device or a
 registry in this process must then tell the authenticator (`forget_device`, `forget_all`; the
-server wires this through `bridge.changes`). A changed entry is dropped, never patched; entries
-also expire after `cache_seconds`, which bounds how long a change made by another process
-sharing the database goes unseen. A refusal is never decided from the cache: a device refused
-on its cached context is loaded again and checked once more, so a key, an unblocking or a
-re-enabled bridge made anywhere applies at once. Unknown devices are not cached.
+server's hub does, in `bridge.cluster.forgetting`). A changed entry is dropped, never patched;
+entries also expire after `cache_seconds`, which bounds how long a change made by another
+process sharing the database goes unseen. A refusal is never decided from the cache: a device
+refused on its cached context is loaded again and checked once more, so a key, an unblocking or
+a re-enabled bridge made anywhere applies at once. Unknown devices are not cached.
 """
 
 from __future__ import annotations

@@ -1,23 +1,24 @@
-"""The hub: which device is connected where, and how to reach it.
+"""The hub as connections see it, and this process's live connections by device.
 
-The device manager tells the hub what changed (a config, a device, a registry) and asks it to
-deliver commands; the hub finds the connection that serves the device (directly or through a
-gateway) and hands it over. The interface is narrow on purpose so that a NATS-backed hub can
-replace this in-process one when ironcore runs as several processes.
+A connection that authenticated a device (or attached one behind a gateway) registers it with
+the `Hub` and unregisters it when it goes. The hub a server runs is `cluster.hub.ClusterHub`:
+this `LocalHub`, joined to the server's other processes and to the other servers.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Protocol
 
 from ironcore.registry.names import RegistryName
-from ironcore.registry.resources import Device, DeviceConfig
+from ironcore.registry.resources import DeviceConfig
 
-log = logging.getLogger(__name__)
+TAKEN_OVER = (
+    "SERVER: The connection was closed because there is another active connection "
+    "with the same device ID."
+)
 
 
-class DeviceLink(Protocol):
+class LiveConnection(Protocol):
     """A live connection that serves one or more devices (a gateway serves several)."""
 
     registry_name: RegistryName
@@ -39,63 +40,73 @@ class DeviceLink(Protocol):
         """The fingerprint of the key the device authenticated with (None behind a gateway)."""
 
 
-class Hub:
+class Hub(Protocol):
+    """What a connection tells the hub."""
+
+    def register(self, num_id: int, connection: LiveConnection) -> None:
+        """`connection` now serves the device; an older connection for it is told to go."""
+
+    def unregister(self, num_id: int, connection: LiveConnection) -> None:
+        """`connection` no longer serves the device (nothing, if another took it over)."""
+
+
+class LocalHub:
+    """The connections of this process, by device."""
+
     def __init__(self) -> None:
-        self._links: dict[int, DeviceLink] = {}
+        self._connections: dict[int, LiveConnection] = {}
 
     def __len__(self) -> int:
-        return len(self._links)
+        return len(self._connections)
 
-    def register(self, num_id: int, link: DeviceLink) -> None:
-        """`link` now serves the device; an older connection for it is told to go."""
-        previous = self._links.get(num_id)
-        self._links[num_id] = link
-        if previous is not None and previous is not link:
-            previous.kick(
-                num_id,
-                "SERVER: The connection was closed because there is another active connection "
-                "with the same device ID.",
-            )
+    def get(self, num_id: int) -> LiveConnection | None:
+        return self._connections.get(num_id)
 
-    def unregister(self, num_id: int, link: DeviceLink) -> None:
-        if self._links.get(num_id) is link:
-            del self._links[num_id]
+    def register(self, num_id: int, connection: LiveConnection) -> None:
+        previous = self._connections.get(num_id)
+        self._connections[num_id] = connection
+        if previous is not None and previous is not connection:
+            previous.kick(num_id, TAKEN_OVER)
 
-    def is_connected(self, num_id: int) -> bool:
-        return num_id in self._links
+    def unregister(self, num_id: int, connection: LiveConnection) -> bool:
+        """False if another connection serves the device now."""
+        if self._connections.get(num_id) is not connection:
+            return False
+        del self._connections[num_id]
+        return True
 
-    def link(self, num_id: int) -> DeviceLink | None:
-        return self._links.get(num_id)
+    def kick(self, num_id: int) -> bool:
+        """The device connected elsewhere: its connection here is told to go."""
+        connection = self._connections.pop(num_id, None)
+        if connection is not None:
+            connection.kick(num_id, TAKEN_OVER)
+        return connection is not None
+
+    def deliver_config(self, num_id: int, config: DeviceConfig) -> None:
+        connection = self._connections.get(num_id)
+        if connection is not None:
+            connection.deliver_config(num_id, config)
 
     def deliver_command(self, num_id: int, subfolder: str, data: bytes) -> bool:
-        link = self._links.get(num_id)
-        return link is not None and link.deliver_command(num_id, subfolder, data)
+        connection = self._connections.get(num_id)
+        return connection is not None and connection.deliver_command(num_id, subfolder, data)
 
-    # What the device manager calls
+    def key_in_use(self, num_id: int) -> str | None:
+        connection = self._connections.get(num_id)
+        return connection.key_in_use(num_id) if connection is not None else None
 
-    async def send_command(self, device: Device, data: bytes, subfolder: str) -> bool:
-        return self.deliver_command(device.num_id, subfolder, data)
-
-    async def config_changed(self, num_id: int, config: DeviceConfig) -> None:
-        link = self._links.get(num_id)
-        if link is not None:
-            link.deliver_config(num_id, config)
-
-    async def device_changed(self, num_id: int) -> None:
-        link = self._links.get(num_id)
-        if link is not None:
-            await link.revalidate(num_id)
+    async def revalidate(self, num_id: int) -> None:
+        connection = self._connections.get(num_id)
+        if connection is not None:
+            await connection.revalidate(num_id)
 
     async def rotation_changed(self, num_id: int) -> None:
-        link = self._links.get(num_id)
-        if link is not None:
-            await link.rotation_changed(num_id)
-
-    async def key_in_use(self, num_id: int) -> str | None:
-        link = self._links.get(num_id)
-        return link.key_in_use(num_id) if link is not None else None
+        connection = self._connections.get(num_id)
+        if connection is not None:
+            await connection.rotation_changed(num_id)
 
     async def registry_changed(self, name: RegistryName) -> None:
-        links = {id(link): link for link in self._links.values() if link.registry_name == name}
-        for link in links.values():
-            await link.revalidate(None)
+        """Every connection serving a device of the registry checks all its devices again."""
+        found = {id(c): c for c in self._connections.values() if c.registry_name == name}
+        for connection in found.values():
+            await connection.revalidate(None)

@@ -1,36 +1,41 @@
-"""Messages between the processes of one ironcore server: the primary and its MQTT workers.
+"""Frames between the processes of one ironcore server: the primary and its MQTT workers.
 
 Each worker holds one end of a Unix socket pair whose other end the primary keeps. A frame is a
-4-byte big-endian length and a JSON array `[kind, request id, *arguments]`; request id 0 asks
-for no answer, any other id is answered by a `["reply", id, value]` (or `["error", id,
-message]`) frame. JSON rather than pickle: a frame carries data, never code. Bytes travel as
-base64 text, chosen by the message's sender.
+4-byte big-endian length, then what it counts: a 1-byte frame type, a 4-byte request id and a
+message of the cluster protocol as `cluster.messages.encode` writes it (the same bytes the
+servers send each other over NATS: data, never code). A one-way message has request id 0; a
+request has an id of its own and is answered by an answer frame with that id, whose message is
+the answer (`cluster.messages.Failed` if handling the request failed).
 
 Messages are handled in the order they arrive; a handler that must wait (a database read) runs
-as a task of its own and answers when it is done.
+as a task of its own and answers when it is done. A frame that breaks these rules means the
+other process is broken: the channel closes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import struct
 from collections.abc import Awaitable, Callable
-from typing import Any
+
+from ironcore.bridge.cluster.messages import Failed, Message, MessageError, decode, encode
 
 log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct(">I")
+_HEAD = struct.Struct(">BI")  # frame type, request id
+_ONE_WAY, _REQUEST, _ANSWER = 0, 1, 2
 # A frame at most: a config (64 KiB, base64) with room to spare; larger means a broken peer.
 MAX_FRAME = 1 << 20
 # How long a request waits for its answer before it fails.
 REQUEST_SECONDS = 5.0
 
-# Called with a message's kind and arguments; what it returns (or what the awaitable it returns
-# resolves to) answers a request.
-Handler = Callable[[str, list[Any]], Any]
+# What a handler returns: a request's answer, or an awaitable of it (or of nothing, for a message).
+Reply = Message | Awaitable[Message | None] | None
+# Called with each message that is not an answer.
+Handler = Callable[[Message], Reply]
 
 
 class ChannelClosed(Exception):
@@ -41,6 +46,10 @@ class RemoteError(Exception):
     """The other process failed to handle a request; the message says how."""
 
 
+class FrameError(ValueError):
+    """A frame that breaks the rules above."""
+
+
 class Channel(asyncio.Protocol):
     def __init__(self, handler: Handler, name: str) -> None:
         self.handler = handler
@@ -49,7 +58,7 @@ class Channel(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._next_id = 0
-        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._waiting: dict[int, asyncio.Future[Message]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -60,36 +69,44 @@ class Channel(asyncio.Protocol):
 
     # Sending
 
-    def send(self, kind: str, *arguments: Any) -> None:
+    def send(self, message: Message) -> None:
         """A message that needs no answer; dropped (and logged) if the other side is gone."""
-        if self._transport is None or self._transport.is_closing():
-            log.debug("%s: dropped %s, the channel is closed", self.name, kind)
+        if not self._open():
+            log.debug("%s: dropped %s, the channel is closed", self.name, message.kind)
             return
-        self._write([kind, 0, *arguments])
+        self._write(_ONE_WAY, 0, message)
 
-    async def request(self, kind: str, *arguments: Any, seconds: float = REQUEST_SECONDS) -> Any:
-        """Send a message and wait `seconds` at most for its answer (TimeoutError)."""
-        if self._transport is None or self._transport.is_closing():
+    async def request(self, message: Message, seconds: float = REQUEST_SECONDS) -> Message:
+        """Send a request and wait `seconds` at most for its answer (TimeoutError); a `Failed`
+        answer raises RemoteError."""
+        if not self._open():
             raise ChannelClosed(f"{self.name} is gone")
         self._next_id += 1
         request_id = self._next_id
-        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = answer
         try:
-            self._write([kind, request_id, *arguments])
+            self._write(_REQUEST, request_id, message)
             async with asyncio.timeout(seconds):
-                return await answer
+                received = await answer
         finally:
             self._waiting.pop(request_id, None)
+        if isinstance(received, Failed):
+            raise RemoteError(received.error)
+        return received
 
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
 
-    def _write(self, message: list[Any]) -> None:
+    def _open(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+    def _write(self, frame_type: int, request_id: int, message: Message) -> None:
         assert self._transport is not None
-        body = json.dumps(message, separators=(",", ":")).encode()
-        self._transport.write(_LENGTH.pack(len(body)) + body)
+        body = encode(message)
+        length = _HEAD.size + len(body)
+        self._transport.write(_LENGTH.pack(length) + _HEAD.pack(frame_type, request_id) + body)
 
     # asyncio.Protocol
 
@@ -106,15 +123,18 @@ class Channel(asyncio.Protocol):
                 return
             if len(self._buffer) < _LENGTH.size + length:
                 return
-            body = bytes(self._buffer[_LENGTH.size : _LENGTH.size + length])
+            frame = bytes(self._buffer[_LENGTH.size : _LENGTH.size + length])
             del self._buffer[: _LENGTH.size + length]
             try:
-                kind, request_id, arguments = _parse(body)
-            except ValueError as error:
+                frame_type, request_id, message = _parse(frame)
+            except ValueError as error:  # FrameError or MessageError
                 log.error("%s sent a malformed frame (%s); closing the channel", self.name, error)
                 self.close()
                 return
-            self._dispatch(kind, request_id, arguments)
+            if frame_type == _ANSWER:
+                self._answered(request_id, message)
+            else:
+                self._handle(request_id, message)
 
     def connection_lost(self, exc: Exception | None) -> None:
         for answer in self._waiting.values():
@@ -123,51 +143,60 @@ class Channel(asyncio.Protocol):
         if not self.closed.done():
             self.closed.set_result(None)
 
-    def _dispatch(self, kind: str, request_id: int, arguments: list[Any]) -> None:
-        if kind in ("reply", "error"):
-            answer = self._waiting.get(request_id)
-            if answer is not None and not answer.done():
-                if kind == "reply":
-                    answer.set_result(arguments[0])
-                else:
-                    answer.set_exception(RemoteError(arguments[0]))
-            return
+    def _answered(self, request_id: int, message: Message) -> None:
+        answer = self._waiting.get(request_id)
+        if answer is not None and not answer.done():
+            answer.set_result(message)
+
+    def _handle(self, request_id: int, message: Message) -> None:
         try:
-            result = self.handler(kind, arguments)
+            result = self.handler(message)
         except Exception as error:  # a handler's failure is answered, never fatal to the channel
-            log.exception("%s: handling %s failed", self.name, kind)
-            if request_id:
-                self._write(["error", request_id, f"{type(error).__name__}: {error}"])
+            log.exception("%s: handling %s failed", self.name, message.kind)
+            self._answer(request_id, _failed(error))
             return
         if isinstance(result, Awaitable):
-            task = asyncio.ensure_future(self._answer_later(kind, request_id, result))
+            task = asyncio.ensure_future(self._answer_later(request_id, message, result))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        elif request_id:
-            self._write(["reply", request_id, result])
+        else:
+            self._answer(request_id, result)
 
-    async def _answer_later(self, kind: str, request_id: int, result: Awaitable[Any]) -> None:
+    async def _answer_later(
+        self, request_id: int, message: Message, result: Awaitable[Message | None]
+    ) -> None:
         try:
-            value = await result
+            answer = await result
         except Exception as error:  # as above
-            log.exception("%s: handling %s failed", self.name, kind)
-            if request_id and self._transport is not None and not self._transport.is_closing():
-                self._write(["error", request_id, f"{type(error).__name__}: {error}"])
+            log.exception("%s: handling %s failed", self.name, message.kind)
+            answer = _failed(error)
+        self._answer(request_id, answer)
+
+    def _answer(self, request_id: int, answer: Message | None) -> None:
+        if not request_id or not self._open():
             return
-        if request_id and self._transport is not None and not self._transport.is_closing():
-            self._write(["reply", request_id, value])
+        if answer is None:
+            answer = Failed("the request was handled without an answer")
+        try:
+            self._write(_ANSWER, request_id, answer)
+        except ValueError as error:  # a float JSON cannot carry (NaN) in the answer
+            log.exception("%s: could not send the answer %s", self.name, answer.kind)
+            self._write(_ANSWER, request_id, _failed(error))
 
 
-def _parse(body: bytes) -> tuple[str, int, list[Any]]:
-    message = json.loads(body)  # a JSONDecodeError is a ValueError
-    if (
-        not isinstance(message, list)
-        or len(message) < 2
-        or not isinstance(message[0], str)
-        or type(message[1]) is not int
-    ):
-        raise ValueError("not an array of a kind, a request id and arguments")
-    kind, request_id, *arguments = message
-    if kind in ("reply", "error") and len(arguments) != 1:
-        raise ValueError(f"a {kind} carries exactly one value")
-    return kind, request_id, arguments
+def _failed(error: Exception) -> Failed:
+    return Failed(f"{type(error).__name__}: {error}")
+
+
+def _parse(frame: bytes) -> tuple[int, int, Message]:
+    if len(frame) < _HEAD.size:
+        raise FrameError(f"a frame of {len(frame)} bytes has no type and request id")
+    frame_type, request_id = _HEAD.unpack_from(frame)
+    if frame_type not in (_ONE_WAY, _REQUEST, _ANSWER):
+        raise FrameError(f"no frame type {frame_type}")
+    if (frame_type == _ONE_WAY) != (request_id == 0):
+        raise FrameError("a request or answer without a request id, or a message with one")
+    try:
+        return frame_type, request_id, decode(frame[_HEAD.size :])
+    except MessageError as error:
+        raise FrameError(str(error)) from None

@@ -2,9 +2,10 @@
 restarted when they die, told of SIGHUP, drained on shutdown.
 
 A worker is `python -m ironcore.worker`, given the server's settings, the listeners the
-primary bound (with their real ports, so port 0 works) and one end of a socket pair for its
-`ipc.Channel`. It binds the same ports with SO_REUSEPORT; the kernel spreads new connections
-over every process. The primary counts as the first of the N.
+primary bound (with their real ports, so port 0 works), the server's id and one end of a socket
+pair for its `ipc.Channel` (the transport between the hubs of both, `cluster.transport`). It
+binds the same ports with SO_REUSEPORT; the kernel spreads new connections over every process.
+The primary counts as the first of the N.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from ironcore.bridge.ipc import Channel, ChannelClosed, RemoteError
+from ironcore.bridge.cluster.hub import ClusterHub, worker_id
+from ironcore.bridge.cluster.messages import CollectMetrics, Message, Metrics, Ready
+from ironcore.bridge.cluster.transport import ChannelTransport, Peers, Transport
+from ironcore.bridge.ipc import Reply
 from ironcore.bridge.mqtt.server import SHUTDOWN_SECONDS, Listener
-from ironcore.bridge.process_hub import PrimaryHub
+from ironcore.metrics import Snapshot
 
 log = logging.getLogger(__name__)
 # How long a worker gets to open its store and bind its ports.
@@ -36,7 +40,7 @@ METRICS_SECONDS = 2.0
 
 class Workers:
     def __init__(
-        self, settings_json: str, hub: PrimaryHub, listeners: list[Listener], count: int
+        self, settings_json: str, hub: ClusterHub, listeners: list[Listener], count: int
     ) -> None:
         # The server's settings (`Settings.to_json()`), handed to every worker as they are.
         self.settings_json = settings_json
@@ -44,7 +48,7 @@ class Workers:
         self.listeners = listeners
         self.count = count
         self._processes: dict[int, asyncio.subprocess.Process] = {}
-        self._channels: dict[int, Channel] = {}
+        self._links: dict[int, ChannelTransport] = {}
         self._watchers: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -57,12 +61,16 @@ class Workers:
     async def _start(self, index: int) -> None:
         ours, theirs = socket.socketpair()
         ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        relay = self.hub.handler(index)
+        link = ChannelTransport(
+            Peers.WORKER, worker_id(self.hub.origin, index), f"MQTT worker {index}"
+        )
 
-        def handle(kind: str, arguments: list[Any]) -> Any:
-            if kind == "ready" and not ready.done():
-                ready.set_result(None)
-            return relay(kind, arguments)
+        def receive(message: Message, via: Transport) -> Reply:
+            if isinstance(message, Ready):
+                if not ready.done():
+                    ready.set_result(None)
+                return None
+            return self.hub.receive(message, via)
 
         with theirs:
             process = await asyncio.create_subprocess_exec(
@@ -72,13 +80,14 @@ class Workers:
                 str(index),
                 str(theirs.fileno()),
                 json.dumps([asdict(listener) for listener in self.listeners]),
+                self.hub.origin,
                 pass_fds=(theirs.fileno(),),
                 env={**os.environ, "IRONCORE_WORKER_SETTINGS": self.settings_json},
             )
-        channel = await Channel.open(ours, handle, f"MQTT worker {index}")
+        await link.open(ours, receive)
         self._processes[index] = process
-        self._channels[index] = channel
-        self.hub.attach(index, channel)
+        self._links[index] = link
+        self.hub.attach(link)
         exited = asyncio.ensure_future(process.wait())
         done, _ = await asyncio.wait(
             {ready, exited}, timeout=START_SECONDS, return_when="FIRST_COMPLETED"
@@ -88,7 +97,7 @@ class Workers:
             if process.returncode is None:
                 process.kill()
                 await process.wait()
-            self.hub.detach(index)
+            self.hub.detach(link)
             raise RuntimeError(
                 f"MQTT worker {index} did not start (exit status {process.returncode}); "
                 "its log lines above say why"
@@ -100,8 +109,8 @@ class Workers:
         while True:
             process = self._processes[index]
             status = await process.wait()
-            self.hub.detach(index)
-            self._channels[index].close()
+            self.hub.detach(self._links[index])
+            self._links[index].close()
             if self._stopping:
                 return
             log.error(
@@ -130,17 +139,14 @@ class Workers:
             if process.returncode is None:
                 process.send_signal(signal.SIGHUP)
 
-    async def metrics(self) -> list[Any]:
+    async def metrics(self) -> list[Snapshot]:
         """Every worker's metrics, as `ironcore.metrics.snapshot()` gives them."""
 
-        async def one(index: int, channel: Channel) -> Any:
-            try:
-                return await channel.request("metrics", seconds=METRICS_SECONDS)
-            except (ChannelClosed, RemoteError, TimeoutError) as error:
-                log.warning("MQTT worker %d gave no metrics: %s", index, error)
-                return []
+        async def one(link: ChannelTransport) -> Snapshot:
+            answer = await link.ask(link.peer, CollectMetrics(), seconds=METRICS_SECONDS)
+            return answer.families if isinstance(answer, Metrics) else []
 
-        return list(await asyncio.gather(*(one(i, c) for i, c in self._channels.items())))
+        return list(await asyncio.gather(*(one(link) for link in self._links.values())))
 
     async def stop(self) -> None:
         """Each worker says goodbye to its devices and flushes what it holds, then exits."""

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ironcore import jose
 from ironcore.errors import InvalidArgument
 from ironcore.identity import credentials as creds
-from ironcore.registry.service import DeviceLinks
+from ironcore.registry.service import ConnectedDevices
 from ironcore.registry.store import Store
 from ironcore.registry.store.revocation import RevokedSignerRecord
 
@@ -58,7 +58,7 @@ class Revocations:
         self,
         store: Store,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        links: DeviceLinks | None = None,
+        links: ConnectedDevices | None = None,
         refresh_seconds: float = 2.0,
     ) -> None:
         self.store = store

@@ -80,9 +80,10 @@ EMPTY_POLICY_ETAG = b"\x00\x20\x01"
 T = TypeVar("T")
 
 
-class DeviceLinks(Protocol):
-    """Whoever reaches connected devices (the bridges' hub): it delivers commands and configs
-    and disconnects devices that a change no longer allows."""
+class ConnectedDevices(Protocol):
+    """Whoever reaches connected devices (the bridges' hub): it delivers commands and configs,
+    disconnects devices that a change no longer allows and makes the bridges forget what they
+    cached of what changed."""
 
     async def send_command(self, device: Device, data: bytes, subfolder: str) -> bool:
         """Deliver a command; False when the device is not connected and subscribed."""
@@ -132,7 +133,7 @@ class DeviceManager:
         self,
         store: Store,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        links: DeviceLinks | None = None,
+        links: ConnectedDevices | None = None,
         topics: TopicCatalog | None = None,
     ) -> None:
         self.store = store
