@@ -153,7 +153,7 @@ async def serve(settings: Settings) -> None:
                     settings.mqtt_workers,
                 )
         tune_gc()
-        device_bridge = DeviceBridge(services.authenticator, services.router, services.bookkeeper)
+        device_bridge = DeviceBridge(services.channel)
         firmware = Firmware(FirmwareStore(store), manager, settings.data_dir / "firmware")
         apps = []
         if settings.device_http_port:
