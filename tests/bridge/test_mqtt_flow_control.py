@@ -11,7 +11,6 @@ is dropped by its keep-alive.
 from __future__ import annotations
 
 import base64
-import re
 import socket
 import ssl
 import threading
@@ -40,6 +39,7 @@ from tests.bridge.devices import (
     make_jwt,
     new_key,
 )
+from tests.bridge.test_mqtt_bad_input import gauge
 from tests.conftest import Server, start_server, stop_server, wait_for
 
 REGISTRY, DEVICE = "reg-slow", "dev-slow"
@@ -116,13 +116,6 @@ def send_command(server: Server, data: bytes) -> httpx.Response:
             f"/registries/{REGISTRY}/devices/{DEVICE}:sendCommandToDevice",
             json={"binaryData": base64.b64encode(data).decode()},
         )
-
-
-def gauge(server: Server, name: str) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    match = re.search(rf"^{name} (\S+)$", text, re.M)
-    assert match, f"{name} is not exported"
-    return float(match[1])
 
 
 def test_a_device_that_does_not_read_is_sent_no_more(server: Server) -> None:

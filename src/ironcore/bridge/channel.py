@@ -113,14 +113,11 @@ class DeviceChannel:
         to which it must be bound. DeviceRefused when it may not (give it to `refused`)."""
         caller = (await self.authenticator.authenticate(ref, token, bridge)).context
         if delegated_device_id:
-            device = await self._load(ref.registry, delegated_device_id)
-            await self._check_relay(caller, device, bound=True)
-            self._relayed(device, caller.device.id)
-            return device
+            device = await self._load(_device_ref(ref.registry, delegated_device_id))
+            return await self._relay(caller, device, bound=True)
         if gateway_id:
-            gateway = await self._load(ref.registry, gateway_id)
-            await self._check_relay(gateway, caller, bound=True)
-            self._relayed(caller, gateway.device.id)
+            gateway = await self._load(_device_ref(ref.registry, gateway_id))
+            await self._relay(gateway, caller, bound=True)
         return caller
 
     async def attach(self, gateway: DeviceContext, device_id: str, token: str) -> DeviceContext:
@@ -141,28 +138,27 @@ class DeviceChannel:
                     )
                 device = (await self.authenticator.authenticate(ref, token, "mqtt")).context
             else:
-                device = await self._load(gateway.name, device_id)
-            await self._check_relay(gateway, device, bound=method in _ASSOCIATION_METHODS)
+                device = await self._load(ref)
+            return await self._relay(gateway, device, bound=method in _ASSOCIATION_METHODS)
         except DeviceRefused as refused:
             metrics.AUTH_FAILURES.labels("gateway", refused.reason).inc()
             raise
-        self._relayed(device, gateway.device.id)
-        return device
 
-    async def _load(self, registry: RegistryName, device_id: str) -> DeviceContext:
+    async def _load(self, ref: DeviceRef) -> DeviceContext:
         """A device a gateway names: it exists and is not blocked."""
         try:
-            context = await self.authenticator.load(_device_ref(registry, device_id))
+            context = await self.authenticator.load(ref)
         except NotFound as error:
             raise DeviceRefused("unknown_device", error.message) from None
         if context.device.blocked:
-            raise DeviceRefused("blocked", f"device {device_id} is blocked", context.device.num_id)
+            raise DeviceRefused("blocked", f"device {ref} is blocked", context.device.num_id)
         return context
 
-    async def _check_relay(
+    async def _relay(
         self, gateway: DeviceContext, device: DeviceContext, bound: bool
-    ) -> None:
-        """`device` may act through `gateway`: a gateway, not one itself, bound if `bound`."""
+    ) -> DeviceContext:
+        """`device`, reached through `gateway`, once it may be: `gateway` is a gateway and
+        `device` is not, and with `bound` the device is bound to it."""
         if not gateway.device.gateway_config.is_gateway:
             raise DeviceRefused("gateway", f"device {gateway.device.id} is not a gateway")
         if device.device.gateway_config.is_gateway:
@@ -174,6 +170,8 @@ class DeviceChannel:
                 "not_bound",
                 f"device {device.device.id} is not bound to gateway {gateway.device.id}",
             )
+        self._relayed(device, gateway.device.id)
+        return device
 
     def refused(self, refused: DeviceRefused, bridge: str) -> IronCoreError:
         """Count a refused device and record why in its lastErrorStatus; the refusal as an

@@ -264,6 +264,10 @@ class MqttConnection(asyncio.Protocol):
             delay = max(deadline - now, 0.0) + 0.01
             self._deadline_timer = asyncio.get_running_loop().call_later(delay, self._tick_now)
 
+    def _gateway_of(self, device_id: str) -> str:
+        """The gateway a device's messages come through ("" for the connected device's own)."""
+        return "" if device_id == self.session.device_id else self.session.device_id
+
     def _find(self, num_id: int) -> tuple[str, DeviceContext] | None:
         for device_id, context in self._contexts.items():
             if context.device.num_id == num_id:
@@ -294,7 +298,10 @@ class MqttConnection(asyncio.Protocol):
                 if isinstance(event, s.Closed):
                     await self._closed(event)
                     return
-                await self._handle(event, now)
+                try:
+                    await self._handle(event, now)
+                except IronCoreError as error:  # the device's message broke a rule
+                    self.session.close(f"mqtt: {error.message}", error.code, "rejected")
         except Exception:
             log.exception("MQTT connection for %r failed", self.session.device_id)
             await self._closed(s.Closed("mqtt: internal error", Code.INTERNAL, "internal"))
@@ -324,31 +331,21 @@ class MqttConnection(asyncio.Protocol):
                 await self._connect(event)
             case s.EventPublished():
                 self._events_in += 1
-                gateway = self.session.device_id
-                try:
-                    work = self.channel.submit_event(
-                        self._contexts[event.device_id],
-                        event.subfolder,
-                        event.payload,
-                        "" if event.device_id == gateway else gateway,
-                    )
-                except IronCoreError as error:
-                    self.session.close(f"mqtt: {error.message}", error.code, "rejected")
-                    return
+                work = self.channel.submit_event(
+                    self._contexts[event.device_id],
+                    event.subfolder,
+                    event.payload,
+                    self._gateway_of(event.device_id),
+                )
                 self._acknowledge(event.packet_id, now, work)
             case s.StatePublished():
                 metrics.MESSAGES_IN.labels("state").inc()
-                gateway = self.session.device_id
-                try:
-                    # Waits while the device's state rate is spent (bridge/channel.py).
-                    stored = await self.channel.write_state(
-                        self._contexts[event.device_id],
-                        event.payload,
-                        "" if event.device_id == gateway else gateway,
-                    )
-                except IronCoreError as error:
-                    self.session.close(f"mqtt: {error.message}", error.code, "rejected")
-                    return
+                # Waits while the device's state rate is spent (bridge/channel.py).
+                stored = await self.channel.write_state(
+                    self._contexts[event.device_id],
+                    event.payload,
+                    self._gateway_of(event.device_id),
+                )
                 self._acknowledge(event.packet_id, now, stored)
             case s.AttachRequested():
                 metrics.MESSAGES_IN.labels("attach").inc()
