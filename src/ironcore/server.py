@@ -148,7 +148,7 @@ async def serve(settings: Settings) -> None:
                     settings.mqtt_workers,
                 )
         tune_gc()
-        device_bridge = DeviceBridge(services.authenticator, services.router, services.bookkeeper)
+        device_bridge = DeviceBridge(services.channel)
         firmware = Firmware(FirmwareStore(store), manager, settings.data_dir / "firmware")
 
         def serving(device_bridge: DeviceBridge | None, admin: bool = True) -> FastAPI:

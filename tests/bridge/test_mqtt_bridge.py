@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from ironcore.registry.wire import parse_timestamp
 from tests.bridge.devices import (
     PROJECT,
     admin,
@@ -37,6 +38,9 @@ def test_device_round_trip(bridge: Server, database: Database) -> None:
         device.publish("/devices/dev-e2e/events/alerts", b"fire")
         device.publish("/devices/dev-e2e/events/other/deep", b"x")
         device.publish("/devices/dev-e2e/state", b"state-1")
+        # A second state within the second waits for its turn, then is acknowledged and stored
+        # (the same rule as the HTTP bridge's, bridge/channel.py).
+        device.publish("/devices/dev-e2e/state", b"state-2")
 
         with admin(bridge) as api:
             r = api.post(
@@ -62,7 +66,10 @@ def test_device_round_trip(bridge: Server, database: Database) -> None:
 
             assert wait_for(acked, what="config ack")["version"] == "2"
             states = api.get("/registries/reg-e2e/devices/dev-e2e/states").json()["deviceStates"]
-            assert base64.b64decode(states[0]["binaryData"]) == b"state-1"
+            assert [base64.b64decode(s["binaryData"]) for s in states] == [b"state-2", b"state-1"]
+            # Stored a second apart (less the first write's own latency, hence the margin).
+            newer, older = (parse_timestamp(s["updateTime"]) for s in states)
+            assert (newer - older).total_seconds() > 0.9
 
             def bookkept() -> dict[str, Any] | None:
                 got = api.get("/registries/reg-e2e/devices/dev-e2e").json()

@@ -1,5 +1,5 @@
-"""Device bookkeeping written behind: the `last*` times and the `lastErrorStatus` the MQTT
-bridge maintains, and the devices' config acknowledgements.
+"""Device bookkeeping written behind: the `last*` times and the `lastErrorStatus` the device
+bridges maintain, and the devices' config acknowledgements.
 
 A PINGREQ or an event must not wait for a database write, and ten thousand devices must not
 cost ten thousand transactions a second; updates are merged in memory (latest wins per device

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from ironcore.errors import Code, InvalidArgument, NotFound
+from ironcore.errors import InvalidArgument, NotFound
 from ironcore.identity import credentials as creds
 from ironcore.identity.jwt import Claims, InvalidToken, verify_device_jwt
 from ironcore.registry.names import DeviceRef, RegistryName
@@ -330,13 +330,6 @@ class DeviceAuthenticator:
                     return credential.expiration_time.timestamp()
                 break
         return float("inf")
-
-    async def record_error(self, num_id: int, code: Code, message: str) -> None:
-        """Write a device's lastErrorStatus; failures here are logged, never raised."""
-        try:
-            await self.store.bridge.set_last_error(num_id, int(code), message, self.clock())
-        except Exception as error:  # bookkeeping must not break a connection's teardown
-            log.warning("could not record the last error of device %s: %s", num_id, error)
 
 
 def _unexpired(credential: DeviceCredential, now: datetime) -> bool:

@@ -1,8 +1,9 @@
 """The HTTP device bridge (Cloud IoT Core's `cloudiotdevice` v1): publishEvent, setState and
 getConfig, each authenticated by the device's JWT as a bearer token.
 
-The routes are thin: authentication is `bridge.devices`, routing is `routing.router`, both
-shared with the MQTT bridge, so a device is held to the same rules whichever bridge it uses.
+The routes are thin: what a device may do (its JWT, gateways, state and its rate, configs) is
+the device channel's (`bridge.channel`), shared with the MQTT bridge, so a device is held to the
+same rules whichever bridge it uses; this module translates requests and answers.
 Every success answers 200 with `{}` (the official samples treat anything else, 204 included,
 as a failure). `DeviceRoutes` serves them in front of the admin API's FastAPI stack, with the
 same error envelope and metrics.
@@ -16,7 +17,7 @@ import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from re import Match
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
@@ -30,24 +31,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ironcore import limits
-from ironcore.bridge import metrics
-from ironcore.bridge.bookkeeping import Bookkeeper
-from ironcore.bridge.devices import DeviceAuthenticator, DeviceContext, DeviceRefused
-from ironcore.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    OutOfRange,
-    PermissionDenied,
-    ResourceExhausted,
-    Unauthenticated,
-)
+from ironcore.bridge.channel import DeviceChannel
+from ironcore.bridge.devices import DeviceContext, DeviceRefused
+from ironcore.errors import FailedPrecondition, InvalidArgument, OutOfRange
 from ironcore.metrics import LATENCY, REQUESTS
 from ironcore.registry.names import DeviceRef, RegistryName
-from ironcore.registry.store.schema import to_us
 from ironcore.registry.wire import Bytes, Message
-from ironcore.routing.router import Router
 
 # The device bridge's paths, which carry a device JWT instead of an admin token.
 DEVICE_PATHS = re.compile(
@@ -58,7 +47,6 @@ DEVICE_PATHS = re.compile(
 FIRMWARE_PATHS = re.compile(
     r"/ironcore/v1/projects/[^/]+/locations/[^/]+/registries/[^/]+/devices/[^/]+/firmware/[^/]+"
 )
-_FORBIDDEN = {"blocked", "http_disabled", "not_bound", "gateway"}
 
 
 class GatewayInfo(Message):
@@ -89,78 +77,28 @@ class SetStateRequest(Message):
 
 @dataclass
 class DeviceBridge:
-    authenticator: DeviceAuthenticator
-    router: Router
-    bookkeeper: Bookkeeper
-    _last_state: dict[int, float] = field(default_factory=dict)
+    channel: DeviceChannel
 
     async def authenticate(
         self, request: Request, ref: DeviceRef, gateway: GatewayInfo | None
     ) -> DeviceContext:
-        """The device a request speaks for, after checking its JWT and any gateway rules."""
+        """The device a request speaks for: its bearer JWT, and any gateway, checked by the
+        device channel; a refusal as the error its code says."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            metrics.AUTH_FAILURES.labels("http", "no_token").inc()
-            raise Unauthenticated("Request is missing 'Authorization: Bearer <device JWT>'")
         try:
-            caller = (await self.authenticator.authenticate(ref, token.strip(), "http")).context
-            if gateway is None or not (gateway.gateway_id or gateway.delegated_device_id):
-                return caller
-            if gateway.delegated_device_id:
-                device = await self._load(ref.registry, gateway.delegated_device_id)
-                await self._check_binding(caller, device)
-                self._touch_gateway(device, caller.device.id)
-                return device
-            gateway_context = await self._load(ref.registry, gateway.gateway_id)
-            await self._check_binding(gateway_context, caller)
-            self._touch_gateway(caller, gateway_context.device.id)
-            return caller
-        except DeviceRefused as refused:
-            metrics.AUTH_FAILURES.labels("http", refused.reason).inc()
-            if refused.num_id is not None:
-                await self.authenticator.record_error(
-                    refused.num_id, Unauthenticated.code, f"http: {refused.message}"
+            if scheme.lower() != "bearer" or not token.strip():
+                raise DeviceRefused(
+                    "no_token", "Request is missing 'Authorization: Bearer <device JWT>'"
                 )
-            if refused.reason == "unknown_device":
-                raise NotFound(refused.message) from None
-            if refused.reason in _FORBIDDEN:
-                raise PermissionDenied(refused.message) from None
-            raise Unauthenticated(refused.message) from None
-
-    async def _load(self, registry: RegistryName, device_id: str) -> DeviceContext:
-        try:
-            context = await self.authenticator.load(
-                DeviceRef.parse(registry, device_id, "gateway_info")
+            return await self.channel.request(
+                ref,
+                token.strip(),
+                "http",
+                gateway_id=gateway.gateway_id if gateway is not None else "",
+                delegated_device_id=gateway.delegated_device_id if gateway is not None else "",
             )
-        except (NotFound, InvalidArgument) as error:
-            raise DeviceRefused("unknown_device", error.message) from None
-        if context.device.blocked:
-            raise DeviceRefused("blocked", f"device {device_id} is blocked", context.device.num_id)
-        return context
-
-    async def _check_binding(self, gateway: DeviceContext, device: DeviceContext) -> None:
-        if not gateway.device.gateway_config.is_gateway:
-            raise DeviceRefused("gateway", f"device {gateway.device.id} is not a gateway")
-        if not await self.authenticator.store.devices.is_bound(
-            gateway.device.num_id, device.device.num_id
-        ):
-            raise DeviceRefused(
-                "not_bound",
-                f"device {device.device.id} is not bound to gateway {gateway.device.id}",
-            )
-
-    def _touch_gateway(self, device: DeviceContext, gateway_id: str) -> None:
-        now = to_us(self.authenticator.clock())
-        self.bookkeeper.touch(device.device.num_id, "last_gateway_id", gateway_id)
-        self.bookkeeper.touch(device.device.num_id, "last_gateway_time", now)
-
-    def check_state_rate(self, num_id: int) -> None:
-        now = time.monotonic()
-        if now - self._last_state.get(num_id, -1e9) < limits.STATE_UPDATE_INTERVAL_SECONDS:
-            raise ResourceExhausted("A device's state can be updated at most once per second")
-        if len(self._last_state) > 100_000:
-            self._last_state.clear()
-        self._last_state[num_id] = now
+        except DeviceRefused as refused:
+            raise self.channel.refused(refused, "http") from None
 
 
 def _ref(project: str, location: str, registry: str, device: str) -> DeviceRef:
@@ -170,35 +108,20 @@ def _ref(project: str, location: str, registry: str, device: str) -> DeviceRef:
 async def publish_event(bridge: DeviceBridge, request: Request, path: Match[str]) -> Response:
     body = await _body(request, PublishEventRequest)
     context = await bridge.authenticate(request, _ref(*path.group(1, 2, 3, 4)), body.gateway_info)
-    if len(body.binary_data) > limits.EVENT_BYTES:
-        raise InvalidArgument.field("binary_data", f"is larger than {limits.EVENT_BYTES} bytes")
     try:
-        await bridge.router.publish_event(
-            context.name, context.registry, context.device, body.sub_folder, body.binary_data
-        )
+        await bridge.channel.submit_event(context, body.sub_folder, body.binary_data)
     except FailedPrecondition as error:
         # Cloud IoT Core answered INVALID_ARGUMENT when a registry had no event topic.
         raise InvalidArgument(error.message) from None
-    bridge.bookkeeper.touch(
-        context.device.num_id, "last_event_time", to_us(bridge.authenticator.clock())
-    )
     return JSONResponse({})
 
 
 async def set_state(bridge: DeviceBridge, request: Request, path: Match[str]) -> Response:
     body = await _body(request, SetStateRequest)
     context = await bridge.authenticate(request, _ref(*path.group(1, 2, 3, 4)), body.gateway_info)
-    data = body.state.binary_data
-    if len(data) > limits.STATE_BYTES:
-        raise InvalidArgument.field(
-            "state.binary_data", f"is larger than {limits.STATE_BYTES} bytes"
-        )
-    bridge.check_state_rate(context.device.num_id)
-    store = bridge.authenticator.store
-    await store.configs.add_state(
-        context.device.num_id, data, bridge.authenticator.clock(), keep=limits.STATES_KEPT
-    )
-    await bridge.router.notify_state(context.name, context.registry, context.device, data)
+    # Waits while the device's state rate is spent (bridge/channel.py).
+    stored = await bridge.channel.write_state(context, body.state.binary_data)
+    await stored
     return JSONResponse({})
 
 
@@ -210,14 +133,7 @@ async def get_config(bridge: DeviceBridge, request: Request, path: Match[str]) -
         delegated_device_id=query.get("gatewayInfo.delegatedDeviceId", ""),
     )
     context = await bridge.authenticate(request, _ref(*path.group(1, 2, 3, 4)), gateway)
-    # Read now rather than taken from the authenticator's cache: devices poll for their config
-    # right after being told it changed, possibly by another process.
-    record = await bridge.authenticator.store.devices.get_device(
-        context.name, None, context.device.num_id
-    )
-    if record is None:
-        raise NotFound(f"Device {context.device.id} not found")
-    config = record.device.config
+    config = await bridge.channel.current_config(context)
     current = config.version if config is not None else 0
     if local_version < 0:
         raise InvalidArgument.field("local_version", "must not be negative")
@@ -230,9 +146,7 @@ async def get_config(bridge: DeviceBridge, request: Request, path: Match[str]) -
         out = config.to_wire()
         out.pop("deviceAckTime", None)
         out["version"] = str(current)
-    bridge.bookkeeper.touch(
-        context.device.num_id, "last_config_send_time", to_us(bridge.authenticator.clock())
-    )
+    bridge.channel.config_sent(context)
     return JSONResponse(out)
 
 

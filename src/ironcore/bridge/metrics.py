@@ -25,4 +25,9 @@ PUBACK_LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
 )
 CONFIG_ACKS = Counter("ironcore_mqtt_config_acks_total", "Config versions acknowledged by devices")
+WRITE_PAUSED = Gauge(
+    "ironcore_mqtt_write_paused_connections",
+    "MQTT connections holding back what they send: the device does not read it (the "
+    "transport's buffer is past its high-water mark)",
+)
 DISCONNECTS = Counter("ironcore_mqtt_disconnects_total", "MQTT disconnects by reason", ["reason"])

@@ -1,10 +1,18 @@
 """One MQTT connection: the asyncio adapter around a sans-IO `Session`.
 
 Bytes from the transport go into the session; a pump task takes the session's events in order
-and does what they need (authenticate, append, store, look up configs), then writes what the
-session queued. QoS 1 messages are acknowledged in the order they arrived, each only once what
-it carries is durable; while acknowledgements are outstanding the session holds further
-packets and the transport stops reading (back-pressure instead of loss).
+and hands them to the device channel (`bridge.channel`, where the rules are), then writes what
+the session queued. Flow control runs both ways:
+
+- Reading. QoS 1 messages are acknowledged in the order they arrived, each only once what it
+  carries is durable; while acknowledgements are outstanding (or the connection is over its
+  message rate) the session holds further packets and the transport stops reading.
+- Writing. When the transport's buffer passes its high-water mark (the device does not read
+  what it is sent), the connection stops producing until it drains: the pump takes no more
+  packets and reading stops, so nothing new is answered; what the session queues stays there;
+  a config waits (only the newest per device) and a command is refused (sendCommand answers
+  FAILED_PRECONDITION, as for a full outbound window). A device that never reads again is
+  dropped by its keep-alive.
 """
 
 from __future__ import annotations
@@ -15,11 +23,11 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import cast
 
 from ironcore.bridge import metrics
 from ironcore.bridge.bookkeeping import Bookkeeper
+from ironcore.bridge.channel import ROTATION_COMMAND, DeviceChannel
 from ironcore.bridge.devices import (
     DeviceAuthenticator,
     DeviceContext,
@@ -28,11 +36,10 @@ from ironcore.bridge.devices import (
 )
 from ironcore.bridge.hub import Hub
 from ironcore.bridge.mqtt import session as s
-from ironcore.errors import Code, InvalidArgument, IronCoreError, NotFound
-from ironcore.formats import rotation as rotation_protocol
+from ironcore.errors import Code, IronCoreError, NotFound
 from ironcore.identity.credentials import ParsedKey
-from ironcore.registry.names import DeviceRef, RegistryName
-from ironcore.registry.resources import DeviceConfig, GatewayAuthMethod
+from ironcore.registry.names import RegistryName
+from ironcore.registry.resources import DeviceConfig
 from ironcore.registry.rotation import KeyRotation, Rotations
 from ironcore.routing.router import Router
 
@@ -58,17 +65,25 @@ class Services:
     rotations: Rotations | None = None
     limits: s.SessionLimits = field(default_factory=s.SessionLimits)
     connections: set[MqttConnection] = field(default_factory=set)
+    channel: DeviceChannel = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.channel = DeviceChannel(
+            self.authenticator, self.router, self.bookkeeper, self.rotations
+        )
 
 
 class MqttConnection(asyncio.Protocol):
     def __init__(self, services: Services) -> None:
         self.services = services
+        self.channel = services.channel
         self.session = s.Session(now=time.time(), limits=services.limits)
         self.registry_name = _UNSET
         self.transport: asyncio.Transport | None = None
         # The pump sleeps on a bare future: an asyncio.Event costs a deque per connection.
         self._waiter: asyncio.Future[None] | None = None
         self._woken = False
+        # By the device id the session knows it by (a gateway may attach a numeric id).
         self._contexts: dict[str, DeviceContext] = {}
         self._key: ParsedKey | None = None
         # The JWT's own deadline; the session's is the earlier of it and the credential's expiry.
@@ -78,7 +93,9 @@ class MqttConnection(asyncio.Protocol):
         self._acker: asyncio.Task[None] | None = None
         self._pump: asyncio.Task[None] | None = None
         self._reading = True
-        self._last_state: dict[str, float] = {}
+        self._writing = True
+        # Configs waiting for the transport to drain, the newest per device (None: none).
+        self._held: dict[int, DeviceConfig] | None = None
         self._rotation: KeyRotation | None = None
         self._events_in = 0
 
@@ -106,6 +123,22 @@ class MqttConnection(asyncio.Protocol):
         )
         self._wake()
 
+    def pause_writing(self) -> None:
+        if self._writing:
+            self._writing = False
+            metrics.WRITE_PAUSED.inc()
+
+    def resume_writing(self) -> None:
+        if self._writing:
+            return
+        self._writing = True
+        metrics.WRITE_PAUSED.dec()
+        held, self._held = self._held, None
+        for num_id, config in (held or {}).items():
+            self.deliver_config(num_id, config)
+        self._flush()
+        self._wake()
+
     @property
     def finished(self) -> asyncio.Task[None] | None:
         """The task that ends when the connection is closed and cleaned up."""
@@ -124,7 +157,7 @@ class MqttConnection(asyncio.Protocol):
     # What the hub and the server call
 
     def tick(self, now: float) -> None:
-        self.session.check_timers(now)
+        self.session.check_timers(now, redeliver=self._writing)
         self._arm_deadline(now)
         self._wake()
 
@@ -132,17 +165,25 @@ class MqttConnection(asyncio.Protocol):
         self.tick(time.time())
 
     def deliver_config(self, num_id: int, config: DeviceConfig) -> None:
-        device_id = self._device_id(num_id)
-        if device_id and self.session.publish_config(
-            device_id, config.version, config.binary_data, time.time()
+        if not self._writing:
+            self._held = self._held or {}
+            self._held[num_id] = config
+            return
+        found = self._find(num_id)
+        if found is not None and self.session.publish_config(
+            found[0], config.version, config.binary_data, time.time()
         ):
             metrics.MESSAGES_OUT.labels("config").inc()
-            self.services.bookkeeper.touch(num_id, "last_config_send_time", _now_us())
+            self.channel.config_sent(found[1])
             self._flush()
 
     def deliver_command(self, num_id: int, subfolder: str, data: bytes) -> bool:
-        device_id = self._device_id(num_id)
-        if not device_id or not self.session.publish_command(device_id, subfolder, data):
+        found = self._find(num_id)
+        if (
+            found is None
+            or not self._writing
+            or not self.session.publish_command(found[0], subfolder, data)
+        ):
             return False
         metrics.MESSAGES_OUT.labels("command").inc()
         self._flush()
@@ -152,29 +193,19 @@ class MqttConnection(asyncio.Protocol):
         for device_id, context in list(self._contexts.items()):
             if num_id is not None and context.device.num_id != num_id:
                 continue
-            ref = DeviceRef(context.name, None, context.device.num_id)
-            try:
-                fresh: DeviceContext | None = await self.services.authenticator.load(ref)
-            except NotFound:
-                fresh = None
+            primary = device_id == self.session.device_id
+            fingerprint = self._fingerprint if primary else ""
+            fresh, why = await self.channel.recheck(context, fingerprint, "mqtt")
             if self._contexts.get(device_id) is not context:
                 continue  # detached, attached again or disconnected while it was loading
-            if fresh is None:
-                self._drop(device_id, "the device was deleted")
-                continue
-            self._contexts[device_id] = fresh
-            if device_id == self.session.device_id:
-                why = self.services.authenticator.still_valid(fresh, self._fingerprint, "mqtt")
-                if why is None:
-                    # The credential's expirationTime may have been set or moved.
-                    expires = self.services.authenticator.credential_deadline(
-                        fresh, self._fingerprint
-                    )
-                    self._set_deadline(min(self._token_deadline, expires))
-            else:
-                why = "the device was blocked" if fresh.device.blocked else None
+            if fresh is not None:
+                self._contexts[device_id] = fresh
             if why is not None:
                 self._drop(device_id, why)
+            elif primary and fresh is not None:
+                # The credential's expirationTime may have been set or moved.
+                expires = self.channel.credential_deadline(fresh, fingerprint)
+                self._set_deadline(min(self._token_deadline, expires))
 
     def key_in_use(self, num_id: int) -> str | None:
         primary = self._contexts.get(self.session.device_id)
@@ -184,60 +215,26 @@ class MqttConnection(asyncio.Protocol):
 
     async def rotation_changed(self, num_id: int) -> None:
         primary = self._contexts.get(self.session.device_id)
-        if primary is not None and primary.device.num_id == num_id and self.services.rotations:
-            self._tell_rotation(await self.services.rotations.current(num_id))
+        if primary is not None and primary.device.num_id == num_id:
+            self._tell_rotation(await self.channel.rotation(num_id))
 
     def _tell_rotation(self, rotation: KeyRotation | None) -> None:
         """Send the device its rotation's state as the command `ironcore/key-rotation`."""
-        if rotation is None or rotation.state == "rolled_back":
-            return
-        body: dict[str, object] = {"rotation": rotation.id, "state": rotation.state.upper()}
-        if rotation.state == "requested":
-            body["nonce"] = rotation.nonce
-        if rotation.reason:
-            body["reason"] = rotation.reason
-        if self.session.publish_command(
-            self.session.device_id, rotation_protocol.SUBFOLDER, json.dumps(body).encode()
+        body = self.channel.rotation_command(rotation)
+        if body is not None and self.session.publish_command(
+            self.session.device_id, ROTATION_COMMAND, body
         ):
             self._flush()
 
-    async def _key_offered(self, event: s.ControlPublished, now: float) -> None:
-        """The device offers a new key for its rotation (docs/rotation.md)."""
-        primary = self._contexts[self.session.device_id]
-        rotations = self.services.rotations
-        try:
-            if event.name != rotation_protocol.NAME or rotations is None:
-                raise InvalidArgument(f"unknown ironcore topic {event.name!r}")
-            offer = json.loads(event.payload)
-            if not isinstance(offer, dict):
-                raise InvalidArgument("a key offer is a JSON object")
-            if "error" in offer:
-                rotation = await rotations.fail(
-                    primary.device.num_id, str(offer.get("rotation", "")), str(offer["error"])
-                )
-            else:
-                rotation = await rotations.offer(
-                    primary.device.num_id,
-                    str(offer.get("rotation", "")),
-                    str(offer.get("publicKey", "")),
-                    str(offer.get("proof", "")),
-                    self._fingerprint,
-                )
-        except (ValueError, IronCoreError) as error:
-            message = error.message if isinstance(error, IronCoreError) else str(error)
-            self.session.close(f"mqtt: bad key offer: {message}", Code.INVALID_ARGUMENT, "rotation")
-            self._wake()
-            return
-        self._acknowledge(event.packet_id, now, None)
-        self._tell_rotation(rotation)
-
     def kick(self, num_id: int, reason: str) -> None:
-        device_id = self._device_id(num_id)
-        if device_id == self.session.device_id:
+        found = self._find(num_id)
+        if found is None:
+            return
+        if found[0] == self.session.device_id:
             self.session.close(f"mqtt: {reason}", Code.FAILED_PRECONDITION, "takeover")
             self._wake()
-        elif device_id:
-            self._detach(device_id)
+        else:
+            self._detach(found[0])
 
     def _drop(self, device_id: str, why: str) -> None:
         if device_id == self.session.device_id:
@@ -267,10 +264,14 @@ class MqttConnection(asyncio.Protocol):
             delay = max(deadline - now, 0.0) + 0.01
             self._deadline_timer = asyncio.get_running_loop().call_later(delay, self._tick_now)
 
-    def _device_id(self, num_id: int) -> str | None:
+    def _gateway_of(self, device_id: str) -> str:
+        """The gateway a device's messages come through ("" for the connected device's own)."""
+        return "" if device_id == self.session.device_id else self.session.device_id
+
+    def _find(self, num_id: int) -> tuple[str, DeviceContext] | None:
         for device_id, context in self._contexts.items():
             if context.device.num_id == num_id:
-                return device_id
+                return device_id, context
         return None
 
     # The pump
@@ -279,7 +280,11 @@ class MqttConnection(asyncio.Protocol):
         try:
             while True:
                 now = time.time()
-                event = self.session.next_event(now)
+                # While the device does not read, no more packets are taken: each is answered.
+                if self._writing or self.session.state is s.State.CLOSED:
+                    event = self.session.next_event(now)
+                else:
+                    event = None
                 if event is None:
                     self._count_events()
                     self._flush()
@@ -293,7 +298,10 @@ class MqttConnection(asyncio.Protocol):
                 if isinstance(event, s.Closed):
                     await self._closed(event)
                     return
-                await self._handle(event, now)
+                try:
+                    await self._handle(event, now)
+                except IronCoreError as error:  # the device's message broke a rule
+                    self.session.close(f"mqtt: {error.message}", error.code, "rejected")
         except Exception:
             log.exception("MQTT connection for %r failed", self.session.device_id)
             await self._closed(s.Closed("mqtt: internal error", Code.INTERNAL, "internal"))
@@ -301,7 +309,7 @@ class MqttConnection(asyncio.Protocol):
     def _flow_control(self, now: float) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        wants = self.session.wants_data(now)
+        wants = self._writing and self.session.wants_data(now)
         if wants and not self._reading:
             self.transport.resume_reading()
         elif not wants and self._reading:
@@ -311,6 +319,8 @@ class MqttConnection(asyncio.Protocol):
         self._reading = wants
 
     def _flush(self) -> None:
+        if not self._writing:
+            return  # held in the session until the transport drains (resume_writing)
         data = self.session.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
@@ -321,23 +331,22 @@ class MqttConnection(asyncio.Protocol):
                 await self._connect(event)
             case s.EventPublished():
                 self._events_in += 1
-                context = self._contexts[event.device_id]
-                self._touch(context, "last_event_time")
-                try:
-                    work = self.services.router.submit_event(
-                        context.name,
-                        context.registry,
-                        context.device,
-                        event.subfolder,
-                        event.payload,
-                    )
-                except IronCoreError as error:
-                    self.session.close(f"mqtt: {error.message}", error.code, "rejected")
-                    return
+                work = self.channel.submit_event(
+                    self._contexts[event.device_id],
+                    event.subfolder,
+                    event.payload,
+                    self._gateway_of(event.device_id),
+                )
                 self._acknowledge(event.packet_id, now, work)
             case s.StatePublished():
                 metrics.MESSAGES_IN.labels("state").inc()
-                await self._state(event, now)
+                # Waits while the device's state rate is spent (bridge/channel.py).
+                stored = await self.channel.write_state(
+                    self._contexts[event.device_id],
+                    event.payload,
+                    self._gateway_of(event.device_id),
+                )
+                self._acknowledge(event.packet_id, now, stored)
             case s.AttachRequested():
                 metrics.MESSAGES_IN.labels("attach").inc()
                 await self._attach(event)
@@ -352,34 +361,23 @@ class MqttConnection(asyncio.Protocol):
                 metrics.CONFIG_ACKS.inc()
                 acked = self._contexts.get(event.device_id)
                 if acked is not None:
-                    self.services.bookkeeper.config_acked(
-                        acked.device.num_id, event.version, _now_us()
-                    )
+                    self.channel.config_acked(acked, event.version)
             case s.Heartbeat():
-                self._touch(self._contexts[self.session.device_id], "last_heartbeat_time")
+                self.channel.heartbeat(self._contexts[self.session.device_id])
             case s.CommandsSubscribed():
                 if event.device_id == self.session.device_id:
                     self._tell_rotation(self._rotation)
             case s.ControlPublished():
-                await self._key_offered(event, now)
+                await self._control(event, now)
 
     async def _connect(self, event: s.ConnectRequested) -> None:
         try:
             ref = parse_client_id(event.client_id)
-            auth = await self.services.authenticator.authenticate(
-                ref, event.password or b"", "mqtt"
-            )
+            auth = await self.channel.connect(ref, event.password or b"", "mqtt")
         except DeviceRefused as refused:
+            self.channel.refused(refused, "mqtt")
             metrics.CONNECTS.labels("refused").inc()
-            metrics.AUTH_FAILURES.labels("mqtt", refused.reason).inc()
             log.info("MQTT connect refused for %r: %s", event.client_id[:200], refused.message)
-            if refused.num_id is not None:
-                self.services.bookkeeper.error(
-                    refused.num_id,
-                    int(Code.UNAUTHENTICATED),
-                    f"mqtt: {refused.message}",
-                    _now_us(),
-                )
             self.session.refuse(f"mqtt: {refused.message}", refused.reason)
             return
         context = auth.context
@@ -391,87 +389,26 @@ class MqttConnection(asyncio.Protocol):
         self.session.accept(device.id, device.gateway_config.is_gateway, auth.deadline)
         self._set_deadline(auth.deadline)
         self.services.hub.register(device.num_id, self)
-        if self.services.rotations is not None and context.rotating:
-            # Connecting with the new key completes a rotation; the device hears of it (or of a
-            # rotation still waiting for it) once it subscribes to commands.
-            self._rotation = await self.services.rotations.connected(
-                device.num_id, self._fingerprint
-            )
+        # Connecting with the new key completes a rotation; the device hears of it (or of a
+        # rotation still waiting for it) once it subscribes to commands.
+        self._rotation = await self.channel.connected(auth)
         metrics.CONNECTS.labels("accepted").inc()
         metrics.CONNECTED.inc()
         log.debug("MQTT device %s connected", event.client_id)
 
-    async def _state(self, event: s.StatePublished, now: float) -> None:
-        context = self._contexts[event.device_id]
-        # One state update per second per device: wait rather than drop (back-pressure).
-        wait = self._last_state.get(event.device_id, 0.0) + 1.0 - now
-        if wait > 0:
-            await asyncio.sleep(wait)
-        self._last_state[event.device_id] = time.time()
-        self._touch(context, None)
-        task = asyncio.ensure_future(self._store_state(context, event.payload))
-        self._acknowledge(event.packet_id, now, task)
-
-    async def _store_state(self, context: DeviceContext, payload: bytes) -> None:
-        store = self.services.authenticator.store
-        await store.configs.add_state(context.device.num_id, payload, _now(), keep=10)
-        await self.services.router.notify_state(
-            context.name, context.registry, context.device, payload
-        )
-
     async def _attach(self, event: s.AttachRequested) -> None:
         gateway = self._contexts[self.session.device_id]
         try:
-            context = await self._check_attach(gateway, event)
+            context = await self.channel.attach(
+                gateway, event.device_id, _attach_token(event.payload)
+            )
         except DeviceRefused as refused:
-            metrics.AUTH_FAILURES.labels("gateway", refused.reason).inc()
             self.session.gateway_error("GATEWAY_ATTACHMENT_ERROR", refused.message, event.device_id)
             return
         self._contexts[event.device_id] = context
         self.session.attach(event.device_id)
         self.services.hub.register(context.device.num_id, self)
-        self._touch(context, None)
         metrics.CONNECTED.inc()
-
-    async def _check_attach(
-        self, gateway: DeviceContext, event: s.AttachRequested
-    ) -> DeviceContext:
-        """Apply the gateway's `gatewayAuthMethod`; DeviceRefused says which rule failed."""
-        method = gateway.device.gateway_config.gateway_auth_method
-        if method == GatewayAuthMethod.GATEWAY_AUTH_METHOD_UNSPECIFIED:
-            raise DeviceRefused(
-                "gateway_auth", "the gateway has no gatewayAuthMethod; no device may attach"
-            )
-        token = _attach_token(event.payload)
-        ref = DeviceRef.parse(gateway.name, event.device_id) if _is_id(event.device_id) else None
-        if ref is None:
-            raise DeviceRefused("unknown_device", f"invalid device id {event.device_id[:100]!r}")
-        if method in (
-            GatewayAuthMethod.DEVICE_AUTH_TOKEN_ONLY,
-            GatewayAuthMethod.ASSOCIATION_AND_DEVICE_AUTH_TOKEN,
-        ):
-            if not token:
-                raise DeviceRefused("no_token", "the gateway's auth method needs the device's JWT")
-            context = (await self.services.authenticator.authenticate(ref, token, "mqtt")).context
-        else:
-            try:
-                context = await self.services.authenticator.load(ref)
-            except NotFound as error:
-                raise DeviceRefused("unknown_device", error.message) from None
-            if context.device.blocked:
-                raise DeviceRefused("blocked", "the device is blocked")
-        if context.device.gateway_config.is_gateway:
-            raise DeviceRefused("gateway", "a gateway cannot be attached to another gateway")
-        if method in (
-            GatewayAuthMethod.ASSOCIATION_ONLY,
-            GatewayAuthMethod.ASSOCIATION_AND_DEVICE_AUTH_TOKEN,
-        ):
-            store = self.services.authenticator.store
-            if not await store.devices.is_bound(gateway.device.num_id, context.device.num_id):
-                raise DeviceRefused(
-                    "not_bound", f"device {event.device_id} is not bound to the gateway"
-                )
-        return context
 
     def _detach(self, device_id: str) -> None:
         context = self._contexts.pop(device_id, None)
@@ -484,28 +421,30 @@ class MqttConnection(asyncio.Protocol):
         context = self._contexts.get(device_id)
         if context is None:
             return
-        ref = DeviceRef(context.name, None, context.device.num_id)
-        record = await self.services.authenticator.store.devices.get_device(
-            ref.registry, None, ref.num_id
-        )
-        if record is None or record.device.config is None:
-            return
-        config = record.device.config
-        if self.session.publish_config(device_id, config.version, config.binary_data, time.time()):
+        try:
+            config = await self.channel.current_config(context)
+        except NotFound:
+            return  # deleted: the hub has it dropped
+        if config is not None and self.session.publish_config(
+            device_id, config.version, config.binary_data, time.time()
+        ):
             metrics.MESSAGES_OUT.labels("config").inc()
-            self.services.bookkeeper.touch(
-                context.device.num_id, "last_config_send_time", _now_us()
-            )
+            self.channel.config_sent(context)
 
-    def _touch(self, context: DeviceContext, field: str | None) -> None:
-        now_us = _now_us()
-        num_id = context.device.num_id
-        if field is not None:
-            self.services.bookkeeper.touch(num_id, field, now_us)
-        if context.device.id != self.session.device_id:
-            gateway = self.session.device_id
-            self.services.bookkeeper.touch(num_id, "last_gateway_time", now_us)
-            self.services.bookkeeper.touch(num_id, "last_gateway_id", gateway)
+    async def _control(self, event: s.ControlPublished, now: float) -> None:
+        """A message on ironcore's own topic: the device offers a key for its rotation."""
+        primary = self._contexts[self.session.device_id]
+        try:
+            rotation = await self.channel.control(
+                primary, self._fingerprint, event.name, event.payload
+            )
+        except IronCoreError as error:
+            self.session.close(
+                f"mqtt: bad key offer: {error.message}", Code.INVALID_ARGUMENT, "rotation"
+            )
+            return
+        self._acknowledge(event.packet_id, now, None)
+        self._tell_rotation(rotation)
 
     # Ordered acknowledgements
 
@@ -555,6 +494,10 @@ class MqttConnection(asyncio.Protocol):
 
     async def _closed(self, event: s.Closed) -> None:
         self._count_events()
+        if not self._writing:  # the goodbye goes out behind what the transport holds
+            self._writing = True
+            self._held = None
+            metrics.WRITE_PAUSED.dec()
         self._flush()
         if self.transport is not None:
             self.transport.close()
@@ -574,9 +517,7 @@ class MqttConnection(asyncio.Protocol):
         metrics.CONNECTED.dec()
         self.services.hub.unregister(primary.device.num_id, self)
         if event.code != Code.OK:
-            self.services.bookkeeper.error(
-                primary.device.num_id, int(event.code), event.reason, _now_us()
-            )
+            self.channel.disconnected(primary.device.num_id, event.code, event.reason)
         log.debug("MQTT device %s disconnected: %s", primary.device.id, event.reason)
 
 
@@ -594,21 +535,6 @@ def _attach_token(payload: bytes) -> str:
         return ""
     token = body.get("authorization", "") if isinstance(body, dict) else ""
     return token if isinstance(token, str) else ""
-
-
-def _is_id(device_id: str) -> bool:
-    from ironcore import limits
-
-    return limits.is_valid_id(device_id) or device_id.isdigit()
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _now_us() -> int:
-    """Now in the store's microseconds, without a datetime (this runs for every event)."""
-    return time.time_ns() // 1000
 
 
 def _done() -> asyncio.Future[None]:

@@ -529,7 +529,9 @@ class Session:
         """End the session from the server's side (device blocked, taken over, shutdown, …)."""
         self._close(reason, code, metric)
 
-    def check_timers(self, now: float) -> None:
+    def check_timers(self, now: float, redeliver: bool = True) -> None:
+        """Apply the connection's deadlines; with `redeliver`, send unacknowledged configs
+        again (the caller passes False while the client is not reading what it is sent)."""
         if self.state is State.CLOSED:
             return
         if self.state is State.AWAIT_CONNECT:
@@ -559,7 +561,7 @@ class Session:
                 Code.UNAUTHENTICATED,
                 "credentials_expired",
             )
-        else:
+        elif redeliver:
             for device_id, config in self._configs.items():
                 if now - config.sent_at >= self.limits.config_redelivery_seconds:
                     config.sent_at = now
