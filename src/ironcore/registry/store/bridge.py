@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import datetime
 
 from sqlalchemy import bindparam, case, update
 
 from ironcore.registry.store.database import Database
-from ironcore.registry.store.schema import device_configs, devices, to_us
+from ironcore.registry.store.schema import device_configs, devices
 from ironcore.registry.store.sqlite_append import APPEND_ONE
 
 
@@ -53,18 +52,6 @@ class BridgeStore:
                     .values({name: bindparam(name) for name in names})
                 )
                 await conn.execute(statement, rows)
-
-    async def set_last_error(self, num_id: int, code: int, message: str, now: datetime) -> None:
-        async with self.db.write() as conn:
-            await conn.execute(
-                update(devices)
-                .where(devices.c.num_id == num_id)
-                .values(
-                    last_error_code=code,
-                    last_error_message=message[:1000],
-                    last_error_time=to_us(now),
-                )
-            )
 
     async def ack_configs(self, acks: Sequence[tuple[int, int, int]]) -> None:
         """Record config acknowledgements (num_id, version, time in µs) in one transaction.
