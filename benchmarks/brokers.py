@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from benchmarks import profile
-from benchmarks.loadgen import machine_busy_seconds, process_cpu_seconds, self_cpu_seconds
+from benchmarks.loadgen import machine_busy_seconds, self_cpu_seconds
 from ironcore.bridge.mqtt import codec
 from ironcore.simulator.device import SimulatedDevice, Stats
 from ironcore.simulator.device import connect as device_connect
@@ -40,6 +40,7 @@ from ironcore.simulator.provision import member_with_key
 PROJECT = "bench-project"
 LOCATION = "us-central1"
 FD_LIMIT = 65536
+_TICK = os.sysconf("SC_CLK_TCK")
 MOSQUITTO = "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
 # The one Mosquitto account every simulated device logs in with (the simulator sends the
@@ -99,27 +100,95 @@ def load_average() -> str:
     return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
 
 
+def _stat_fields(pid: int) -> list[bytes] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            stat = file.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(b")") + 2 :].split()
+
+
+def process_tree_cpu(roots: Sequence[int]) -> dict[int, float]:
+    """CPU seconds (utime + stime, every thread) of `roots` and all their live descendants, by
+    pid; each root's entry also holds the CPU of its children that have exited and been waited
+    for (cutime + cstime), so a worker that ends inside a window still counts."""
+    parents: dict[int, int] = {}
+    own: dict[int, float] = {}
+    reaped: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _stat_fields(int(entry))
+        if fields is None:
+            continue  # gone meanwhile
+        pid = int(entry)
+        parents[pid] = int(fields[1])
+        own[pid] = (int(fields[11]) + int(fields[12])) / _TICK
+        reaped[pid] = (int(fields[13]) + int(fields[14])) / _TICK
+    wanted = {pid for pid in roots if pid in own}
+    grew = True
+    while grew:  # descendants, any depth (a forkserver's workers are grandchildren)
+        more = {pid for pid, parent in parents.items() if parent in wanted} - wanted
+        wanted |= more
+        grew = bool(more)
+    return {pid: own[pid] + (reaped[pid] if pid in roots else 0.0) for pid in wanted}
+
+
+def tree_delta(start: dict[int, float], end: dict[int, float]) -> float:
+    """CPU between two `process_tree_cpu` samples: a process born in between counts from 0; one
+    that ended was waited for by its parent (a root), whose cutime now holds all of it."""
+    return sum(end.values()) - sum(start.values())
+
+
 @dataclass
 class Cpu:
-    """CPU used over a window: ours (the load generator), the broker's, and the machine's."""
+    """CPU used over a window: the load generator's, the broker's (every process of it), and
+    the machine's. `loadgen_peak` is the busiest generator process's CPU seconds: a generator
+    process at >= 90 % of a core holds the rate to its own, not the broker's."""
 
     wall: float
     loadgen: float
     broker: float
     machine: float  # % of all cores
+    loadgen_peak: float = -1.0  # -1: one generator process, the same as `loadgen`
+    loadgen_processes: int = 1
 
     def pct(self, seconds: float) -> float:
         return 100 * seconds / self.wall if self.wall else 0.0
 
+    @property
+    def peak(self) -> float:
+        return self.loadgen if self.loadgen_peak < 0 else self.loadgen_peak
+
+    @property
+    def generator_bound(self) -> bool:
+        return self.pct(self.peak) >= GENERATOR_BOUND_PCT
+
+    def generator(self) -> str:
+        """The load generator's CPU as a table cell: % of one core (busiest process), and a
+        flag when it was saturated."""
+        text = f"{self.pct(self.loadgen):.0f}"
+        if self.loadgen_processes > 1:
+            text += f" ({self.loadgen_processes} procs, busiest {self.pct(self.peak):.0f})"
+        return text + (" **generator-bound**" if self.generator_bound else "")
+
+
+# A load generator process at this % of one core or more is saturated: the row measures it.
+GENERATOR_BOUND_PCT = 90.0
+
 
 class CpuMeter:
+    """CPU of the broker's processes (and their descendants, from /proc), of this process
+    (the load generator, os.times) and of the machine, between construction and `stop`."""
+
     def __init__(self, pids: Sequence[int]) -> None:
         self.pids = list(pids)
         self._start = self._take()
 
-    def _take(self) -> tuple[float, float, float, float, float]:
+    def _take(self) -> tuple[float, float, dict[int, float], float, float]:
         busy, total = machine_busy_seconds()
-        broker = sum(process_cpu_seconds(pid) for pid in self.pids)
+        broker = process_tree_cpu(self.pids) if self.pids else {}
         return time.perf_counter(), self_cpu_seconds(), broker, busy, total
 
     def stop(self) -> Cpu:
@@ -129,7 +198,7 @@ class CpuMeter:
         return Cpu(
             end[0] - start[0],
             end[1] - start[1],
-            end[2] - start[2],
+            tree_delta(start[2], end[2]),
             100 * (end[3] - start[3]) / total if total else 0.0,
         )
 
@@ -216,15 +285,20 @@ def wait_for_processes(server: Ironcore, count: int) -> list[int]:
 
 
 def start_ironcore(
-    data_dir: Path, extra: Sequence[str] = (), module: Sequence[str] = ("-m", "ironcore")
+    data_dir: Path,
+    extra: Sequence[str] = (),
+    module: Sequence[str] = ("-m", "ironcore"),
+    python: str | None = None,
 ) -> Ironcore:
     """A fresh `python -m ironcore serve` (TLS MQTT and a plaintext MQTT listener), ready.
 
     `module` replaces `-m ironcore` for a wrapper that patches the server before running the
-    same CLI (the events benchmark's null sink)."""
+    same CLI (the events benchmark's null sink). `python` is the interpreter that runs the
+    server, ours by default: another checkout's `.venv/bin/python` measures that checkout's
+    server with this harness (before/after comparisons)."""
     api, mqtt, insecure = free_port(), free_port(), free_port()
     log = data_dir.parent / f"{data_dir.name}-server.log"
-    args = [sys.executable, *module, "serve", "--data-dir", str(data_dir)]
+    args = [python or sys.executable, *module, "serve", "--data-dir", str(data_dir)]
     args += ["--api-host", "127.0.0.1", "--api-port", str(api), "--log-level", "warning"]
     args += ["--mqtt-host", "127.0.0.1", "--mqtt-port", str(mqtt)]
     args += ["--insecure-mqtt-port", str(insecure), *extra]
