@@ -30,7 +30,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from benchmarks import profile
-from benchmarks.loadgen import machine_busy_seconds, self_cpu_seconds
+from benchmarks.loadgen import (
+    machine_busy_seconds,
+    process_tree_cpu,
+    self_cpu_seconds,
+    tree_delta,
+)
 from ironcore.bridge.mqtt import codec
 from ironcore.simulator.device import SimulatedDevice, Stats
 from ironcore.simulator.device import connect as device_connect
@@ -40,7 +45,6 @@ from ironcore.simulator.provision import member_with_key
 PROJECT = "bench-project"
 LOCATION = "us-central1"
 FD_LIMIT = 65536
-_TICK = os.sysconf("SC_CLK_TCK")
 MOSQUITTO = "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
 # The one Mosquitto account every simulated device logs in with (the simulator sends the
@@ -98,47 +102,6 @@ def rss_kb(pid: int) -> int:
 def load_average() -> str:
     one, five, fifteen = os.getloadavg()
     return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
-
-
-def _stat_fields(pid: int) -> list[bytes] | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            stat = file.read()
-    except OSError:
-        return None
-    return stat[stat.rindex(b")") + 2 :].split()
-
-
-def process_tree_cpu(roots: Sequence[int]) -> dict[int, float]:
-    """CPU seconds (utime + stime, every thread) of `roots` and all their live descendants, by
-    pid; each root's entry also holds the CPU of its children that have exited and been waited
-    for (cutime + cstime), so a worker that ends inside a window still counts."""
-    parents: dict[int, int] = {}
-    own: dict[int, float] = {}
-    reaped: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        fields = _stat_fields(int(entry))
-        if fields is None:
-            continue  # gone meanwhile
-        pid = int(entry)
-        parents[pid] = int(fields[1])
-        own[pid] = (int(fields[11]) + int(fields[12])) / _TICK
-        reaped[pid] = (int(fields[13]) + int(fields[14])) / _TICK
-    wanted = {pid for pid in roots if pid in own}
-    grew = True
-    while grew:  # descendants, any depth (a forkserver's workers are grandchildren)
-        more = {pid for pid, parent in parents.items() if parent in wanted} - wanted
-        wanted |= more
-        grew = bool(more)
-    return {pid: own[pid] + (reaped[pid] if pid in roots else 0.0) for pid in wanted}
-
-
-def tree_delta(start: dict[int, float], end: dict[int, float]) -> float:
-    """CPU between two `process_tree_cpu` samples: a process born in between counts from 0; one
-    that ended was waited for by its parent (a root), whose cutime now holds all of it."""
-    return sum(end.values()) - sum(start.values())
 
 
 @dataclass

@@ -24,8 +24,13 @@ from contextlib import suppress
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from benchmarks.brokers import Cpu, process_tree_cpu, tree_delta
-from benchmarks.loadgen import machine_busy_seconds, self_cpu_seconds
+from benchmarks.brokers import Cpu
+from benchmarks.loadgen import (
+    machine_busy_seconds,
+    process_tree_cpu,
+    self_cpu_seconds,
+    tree_delta,
+)
 from ironcore.bridge.mqtt import codec
 from ironcore.simulator.fleet import Member, Target
 

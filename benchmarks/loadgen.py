@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -34,6 +34,47 @@ def process_cpu_seconds(pid: int) -> float:
     # The command name is in parentheses and may contain spaces; fields follow the last ')'.
     fields = stat[stat.rindex(b")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            stat = file.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(b")") + 2 :].split()
+
+
+def process_tree_cpu(roots: Sequence[int]) -> dict[int, float]:
+    """CPU seconds (utime + stime, every thread) of `roots` and all their live descendants, by
+    pid; each root's entry also holds the CPU of its children that have exited and been waited
+    for (cutime + cstime), so a worker that ends inside a window still counts."""
+    parents: dict[int, int] = {}
+    own: dict[int, float] = {}
+    reaped: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _stat_fields(int(entry))
+        if fields is None:
+            continue  # gone meanwhile
+        pid = int(entry)
+        parents[pid] = int(fields[1])
+        own[pid] = (int(fields[11]) + int(fields[12])) / _TICK
+        reaped[pid] = (int(fields[13]) + int(fields[14])) / _TICK
+    wanted = {pid for pid in roots if pid in own}
+    grew = True
+    while grew:  # descendants, any depth (a forkserver's workers are grandchildren)
+        more = {pid for pid, parent in parents.items() if parent in wanted} - wanted
+        wanted |= more
+        grew = bool(more)
+    return {pid: own[pid] + (reaped[pid] if pid in roots else 0.0) for pid in wanted}
+
+
+def tree_delta(start: dict[int, float], end: dict[int, float]) -> float:
+    """CPU between two `process_tree_cpu` samples: a process born in between counts from 0; one
+    that ended was waited for by its parent (a root), whose cutime now holds all of it."""
+    return sum(end.values()) - sum(start.values())
 
 
 def processes_named(name: str) -> list[int]:
