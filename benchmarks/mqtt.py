@@ -462,9 +462,7 @@ def print_throughput(rows: list[b.Throughput], window: int) -> None:
         if r.name.startswith("ironcore"):
             ok_m = "ok" if vs_m >= TARGET_VS_MOSQUITTO else "MISSED"
             ok_a = "ok" if vs_a >= TARGET_VS_AMQTT else "MISSED"
-            target = f"≥ 0.5x Mosquitto ({ok_m})" + (
-                f", ≥ 5x amqtt ({ok_a})" if amqtt else ""
-            )
+            target = f"≥ 0.5x Mosquitto ({ok_m})" + (f", ≥ 5x amqtt ({ok_a})" if amqtt else "")
             after = "SQLite commit (WAL, sync FULL)"
         elif r.name.startswith("mosquitto"):
             target, after = "-", "receipt (persistence false)"
@@ -474,7 +472,8 @@ def print_throughput(rows: list[b.Throughput], window: int) -> None:
         per_event = 1e6 * r.cpu.broker / r.acknowledged if r.acknowledged else float("nan")
         print(
             f"| {broker} | {listener} | {after} | {r.devices} | {r.rate:,.0f} | {vs_m:.2f}x "
-            f"| {f'{vs_a:.1f}x' if amqtt else '-'} | {target} | {r.latency_ms(0.5):.0f} / {r.latency_ms(0.99):.0f} "
+            f"| {f'{vs_a:.1f}x' if amqtt else '-'} | {target} "
+            f"| {r.latency_ms(0.5):.0f} / {r.latency_ms(0.99):.0f} "
             f"| {r.errors} | {r.cpu.generator()} | {r.cpu.pct(r.cpu.broker):.0f} "
             f"| {per_event:.1f} | {r.cpu.machine:.0f} | {r.load} |"
         )
