@@ -32,11 +32,11 @@ import httpx
 import pytest
 
 from ironcore.access.tokens import AdminTokens
-from ironcore.api.app import create_app
 from ironcore.registry.service import DeviceManager
 from ironcore.registry.store import Store
 from ironcore.registry.store.pubsub import PubSubStore
 from ironcore.routing.pubsub import PubSub
+from ironcore.runtime.inprocess import admin_api
 
 T = TypeVar("T")
 PG_URL = os.environ.get("IRONCORE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -166,7 +166,7 @@ class Api:
 async def api(manager: DeviceManager) -> AsyncIterator[Api]:
     """The API in process (ASGI), with an owner token."""
     token = await AdminTokens(manager.store, manager.clock).create("owner", "test owner")
-    transport = httpx.ASGITransport(app=create_app(manager))
+    transport = httpx.ASGITransport(app=admin_api(manager))
     async with httpx.AsyncClient(
         transport=transport,
         base_url="http://ironcore",

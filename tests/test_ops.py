@@ -20,7 +20,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ironcore.server import DRAIN_SECONDS
+from ironcore.runtime.primary import DRAIN_SECONDS
 from tests.conftest import Database, Server, free_port, start_server, stop_server
 
 DEVICES = "/v1/projects/ops/locations/us-central1/registries/{registry}/devices"

@@ -25,14 +25,14 @@ from schemathesis import Case, GenerationMode
 from schemathesis.core.result import Err
 from schemathesis.schemas import APIOperation
 
-from ironcore.api.app import create_app
 from ironcore.errors import Code
 from ironcore.registry.service import DeviceManager
 from ironcore.registry.store import Store
+from ironcore.runtime.inprocess import admin_api
 from tests.conftest import Server
 
 # The document does not touch the store, so a manager without one can describe the app.
-OPENAPI = create_app(DeviceManager(cast(Store, None))).openapi()
+OPENAPI = admin_api(DeviceManager(cast(Store, None))).openapi()
 SCHEMA = schemathesis.openapi.from_dict(OPENAPI)
 Operation = APIOperation[Any, Any, Any, Any]
 

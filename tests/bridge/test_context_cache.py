@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
 from ironcore.bridge.cluster.forgetting import ForgettingRotationStore
@@ -94,9 +96,21 @@ def test_a_size_of_zero_caches_nothing() -> None:
     assert cache.get(by_id("dev-a")) is None
 
 
-async def setup(manager: DeviceManager, key: PrivateKey) -> tuple[DeviceAuthenticator, int]:
-    authenticator = DeviceAuthenticator(manager.store, cache=ContextCache(100, 60))
-    manager.links = ClusterHub("server", authenticator)
+@dataclass
+class Wired:
+    """A manager, authenticator and hub joined as `runtime.parts` joins them."""
+
+    manager: DeviceManager
+    authenticator: DeviceAuthenticator
+    hub: ClusterHub
+    num_id: int
+
+
+async def setup(unwired: DeviceManager, key: PrivateKey) -> Wired:
+    """dev-a, with one key, authenticated once (so cached)."""
+    authenticator = DeviceAuthenticator(unwired.store, cache=ContextCache(100, 60))
+    hub = ClusterHub("server", authenticator)
+    manager = DeviceManager(unwired.store, unwired.clock, links=hub, topics=unwired.topics)
     await manager.create_registry(NAME.location, DeviceRegistry(id="reg"))
     created = await manager.create_device(
         NAME,
@@ -113,12 +127,13 @@ async def setup(manager: DeviceManager, key: PrivateKey) -> tuple[DeviceAuthenti
     )
     await authenticator.authenticate(by_id("dev-a"), make_jwt(key), "http")
     assert authenticator.cache is not None and len(authenticator.cache) == 1
-    return authenticator, created.num_id
+    return Wired(manager, authenticator, hub, created.num_id)
 
 
 async def test_the_manager_changes_reach_the_cache(manager: DeviceManager) -> None:
     key = new_key()
-    authenticator, _ = await setup(manager, key)
+    wired = await setup(manager, key)
+    manager, authenticator = wired.manager, wired.authenticator
     await manager.update_device(by_id("dev-a"), Device(blocked=True), "blocked")
     with pytest.raises(DeviceRefused) as refused:
         await authenticator.authenticate(by_id("dev-a"), make_jwt(key), "http")
@@ -135,18 +150,18 @@ async def test_the_manager_changes_reach_the_cache(manager: DeviceManager) -> No
 
 async def test_key_rotation_writes_reach_the_cache(manager: DeviceManager) -> None:
     key = new_key()
-    authenticator, num_id = await setup(manager, key)
-    hub = ClusterHub("server", authenticator)  # as the server wires it
-    rotations = Rotations(ForgettingRotationStore(manager.store, hub.forget_device))
-    await rotations.start(num_id)
-    assert authenticator.cache is not None and len(authenticator.cache) == 0
+    wired = await setup(manager, key)
+    # As `runtime.parts.device_side` builds them.
+    rotations = Rotations(ForgettingRotationStore(manager.store, wired.hub.forget_device))
+    await rotations.start(wired.num_id)
+    assert wired.authenticator.cache is not None and len(wired.authenticator.cache) == 0
 
 
 async def test_a_refusal_is_checked_against_the_database(manager: DeviceManager) -> None:
     """A key added where this process does not hear of it (another process) is accepted at
     once: a cached context that refuses is read again before the device is refused."""
     key, added = new_key(), new_key()
-    authenticator, _ = await setup(manager, key)
+    authenticator = (await setup(manager, key)).authenticator
     record = await manager.device_record(by_id("dev-a"))
     device = record.device.model_copy(deep=True)
     device.credentials.append(

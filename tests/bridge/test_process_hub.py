@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -70,11 +71,12 @@ class Process:
     """A process's hub, with what the process would give it recorded: its cache (an
     authenticator, as far as the hub uses one) and its revocations."""
 
-    def __init__(self, origin: str) -> None:
+    def __init__(self, origin: str, transports: Sequence[Transport] = ()) -> None:
         self.forgotten: list[int | str] = []
         self.refreshes = 0
-        self.hub = ClusterHub(origin, self)
-        self.hub.refresh_revocations = self._refresh
+        self.hub = ClusterHub(
+            origin, self, refresh_revocations=self._refresh, transports=transports
+        )
 
     def forget_device(self, num_id: int) -> None:
         self.forgotten.append(num_id)
@@ -88,9 +90,8 @@ class Process:
 
 class Worker(Process):
     def __init__(self, index: int) -> None:
-        super().__init__(worker_id(SERVER, index))
         self.primary = ChannelTransport(Peers.PRIMARY, SERVER, "the primary")
-        self.hub.attach(self.primary)
+        super().__init__(worker_id(SERVER, index), [self.primary])
 
     def receive(self, message: Message, via: Transport) -> Reply:
         if isinstance(message, CollectMetrics):

@@ -28,7 +28,7 @@ from ironcore.registry.resources import (
     PublicKeyCertificate,
     RegistryCredential,
 )
-from ironcore.registry.revocation import Revocations, signer_key_id
+from ironcore.registry.revocation import Revocations, RevokedSigners, signer_key_id
 from ironcore.registry.service import DeviceManager
 from tests.factory.owner import VECTORS, Owner, decode, sign_with_dummy
 from tests.keys import es256_key, public_pem
@@ -159,7 +159,8 @@ async def test_revoked_signer(manager: DeviceManager, tmp_path: Path) -> None:
     owner = Owner.create(tmp_path / "pki")
     reel = owner.reel(tmp_path / "reel", 2)
     registry = await _registry(manager, ca_pems=(owner.root_pem,))
-    revocations = Revocations(manager.store, manager.clock)
+    signers = RevokedSigners(manager.store)
+    revocations = Revocations(manager.store, signers, manager.clock)
     record, created = await revocations.revoke_signer(owner.signer_pem(), "keyCompromise")
     assert created and record.key_id == jose.key_id(ec_public_key(owner.ca.signer("b1"))).hex()
     _, again = await revocations.revoke_signer(owner.signer_pem(), "keyCompromise")
@@ -172,9 +173,9 @@ async def test_revoked_signer(manager: DeviceManager, tmp_path: Path) -> None:
     payload = decode(json.loads(reel.manifest.read_text())[0]["payload"])
     device_der = base64.b64decode(payload["publicKeySet"]["keys"][0]["x5c"][0])
     certificate = x509.load_der_x509_certificate(device_der)
-    assert revocations.revoked_signer_of(certificate) == record
+    assert signers.revoked_signer_of(certificate) == record
     assert await revocations.is_revoked(record.fingerprint) == record
-    assert await revocations.check(certificate) == record
+    assert await signers.check(certificate) == record
     with pytest.raises(Exception, match="not a CA certificate"):
         await revocations.revoke_signer(
             certificate.public_bytes(serialization.Encoding.PEM).decode(), ""

@@ -15,7 +15,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ironcore.access.tokens import AdminTokens
-from ironcore.api.app import create_app
 from ironcore.errors import FailedPrecondition
 from ironcore.firmware.rollout import Firmware, bucket, merge_config, outcome, stage_members
 from ironcore.firmware.signing import sign
@@ -25,6 +24,7 @@ from ironcore.registry.names import RegistryName
 from ironcore.registry.resources import Device, DeviceRegistry
 from ironcore.registry.service import DeviceManager
 from ironcore.registry.store.firmware import FirmwareStore
+from ironcore.runtime.inprocess import admin_api
 
 MODEL = "sensor-x"
 PROJECT, LOCATION, REGISTRY = "p1", "us-central1", "reg-1"
@@ -47,7 +47,7 @@ def key(tmp_path: Path) -> KeyStore:
 async def client(manager: DeviceManager, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     token = await AdminTokens(manager.store, manager.clock).create("editor", "test editor")
     firmware = Firmware(FirmwareStore(manager.store), manager, tmp_path / "firmware")
-    app = create_app(manager, firmware=firmware)
+    app = admin_api(manager, firmware)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app),
         base_url="http://ironcore",

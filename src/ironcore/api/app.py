@@ -2,8 +2,10 @@
 
 Routes are thin adapters over `DeviceManager`; this module wires them up with the pieces every
 request shares: bearer-token authentication, snake_case query parameters, the error envelope and
-metrics. The HTTP device bridge is served by the same app, but the API does not know it: the
-server adds it (`bridge.http.serve_devices`) and says which paths authenticate themselves.
+metrics. Every service it calls is given to `create_app`, built once per process by the
+composition root (`ironcore.runtime`). The HTTP device bridge is served by the same app, but the
+API does not know it: the runtime puts it in front (`runtime.primary.http_app`) and says which
+paths authenticate themselves.
 """
 
 from __future__ import annotations
@@ -20,20 +22,19 @@ from starlette.exceptions import HTTPException
 
 from ironcore import __version__
 from ironcore.access.tokens import AdminTokens
-from ironcore.api import devices, manifests, ops, registries, rotation, tokens
+from ironcore.api import devices, manifests, ops, registries, rotation
 from ironcore.api import firmware as api_firmware
 from ironcore.api import pubsub as api_pubsub
+from ironcore.api import tokens as api_tokens
 from ironcore.api.auth import TokenAuthenticator
 from ironcore.api.envelope import error_response
 from ironcore.api.ops import ASGIApp, MetricsMiddleware, Scope
 from ironcore.errors import Code, FieldViolation, IronCoreError
 from ironcore.firmware.rollout import Firmware
+from ironcore.metrics import Snapshot
 from ironcore.registry.revocation import Revocations
 from ironcore.registry.rotation import Rotations
 from ironcore.registry.service import DeviceManager
-from ironcore.registry.store.firmware import FirmwareStore
-from ironcore.registry.store.pubsub import PubSubStore
-from ironcore.registry.store.rotation import RotationStore
 from ironcore.routing.pubsub import PubSub
 
 log = logging.getLogger(__name__)
@@ -53,18 +54,24 @@ _PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
 
 def create_app(
     manager: DeviceManager,
+    tokens: AdminTokens,
+    pubsub: PubSub,
+    revocations: Revocations,
+    rotations: Rotations,
+    firmware: Firmware,
+    *,
     admin: bool = True,
-    pubsub: PubSub | None = None,
-    revocations: Revocations | None = None,
-    firmware: Firmware | None = None,
-    rotations: Rotations | None = None,
+    worker_metrics: Callable[[], Awaitable[list[Snapshot]]] | None = None,
     self_authenticating: Callable[[str], bool] = lambda path: False,
 ) -> FastAPI:
-    """The admin API (with `admin=False` only health and metrics, for an app that serves the
-    device bridge alone on `--device-http-port`).
+    """The admin API over the services the process built (`ironcore.runtime`); with
+    `admin=False` only health and metrics, for an app that serves the device bridge alone on
+    `--device-http-port`.
 
-    `self_authenticating` tells the paths whose routes authenticate callers themselves (the
-    device bridge's, with device JWTs): those are let through without an admin token.
+    `worker_metrics` gathers the MQTT worker processes' metrics, which /metrics merges into
+    this process's. `self_authenticating` tells the paths whose routes authenticate callers
+    themselves (the device bridge's, with device JWTs): those are let through without an admin
+    token.
     """
     app = FastAPI(
         title="ironcore",
@@ -74,15 +81,24 @@ def create_app(
         redoc_url=None,
     )
     app.state.manager = manager
-    app.state.tokens = AdminTokens(manager.store, manager.clock)
-    app.state.auth = TokenAuthenticator(app.state.tokens)
+    app.state.tokens = tokens
+    app.state.auth = TokenAuthenticator(tokens)
     app.state.draining = False
-    app.state.pubsub = pubsub or PubSub(PubSubStore(manager.store))
-    app.state.rotations = rotations or Rotations(RotationStore(manager.store), manager.clock)
-    app.state.revocations = revocations or Revocations(manager.store, manager.clock, manager.links)
-    app.state.firmware = firmware or Firmware(FirmwareStore(manager.store), manager, None)
+    app.state.pubsub = pubsub
+    app.state.rotations = rotations
+    app.state.revocations = revocations
+    app.state.firmware = firmware
+    app.state.worker_metrics = worker_metrics
     if admin:
-        for module in (registries, devices, tokens, api_pubsub, manifests, rotation, api_firmware):
+        for module in (
+            registries,
+            devices,
+            api_tokens,
+            api_pubsub,
+            manifests,
+            rotation,
+            api_firmware,
+        ):
             app.include_router(module.router)
     app.include_router(ops.router)
     app.add_exception_handler(IronCoreError, _ironcore_error)

@@ -69,9 +69,10 @@ async def revoke_signer(
 
 
 @router.get(REVOCATIONS, name="ListRevocations")
-async def list_revocations(manager: Manager, caller: CallerDep) -> JSONResponse:
+async def list_revocations(request: Request, caller: CallerDep) -> JSONResponse:
     allowed(caller, "cloudiot.registries.get")
-    records = await Revocations(manager.store).list()
+    revocations: Revocations = request.app.state.revocations
+    records = await revocations.list()
     return ok({"revokedSigners": [_wire(record) for record in records]})
 
 

@@ -30,7 +30,7 @@ from ironcore.identity import credentials as creds
 from ironcore.identity.jwt import Claims, InvalidToken, verify_device_jwt
 from ironcore.registry.names import DeviceRef, RegistryName
 from ironcore.registry.resources import Device, DeviceCredential, DeviceRegistry
-from ironcore.registry.revocation import Revocations
+from ironcore.registry.revocation import RevokedSigners
 from ironcore.registry.store import Store
 from ironcore.registry.wire import EPOCH
 
@@ -176,14 +176,15 @@ class DeviceAuthenticator:
         self,
         store: Store,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        revocations: Revocations | None = None,
+        revoked: RevokedSigners | None = None,
         cache: ContextCache | None = None,
     ):
-        """Without `cache` every authentication reads the device: give one only where every
-        change to devices and registries reaches `forget_device` / `forget_all`."""
+        """`revoked`: the revoked signers device certificates are checked against (none
+        without it). Without `cache` every authentication reads the device: give one only
+        where every change to devices and registries reaches `forget_device` / `forget_all`."""
         self.store = store
         self.clock = clock
-        self.revocations = revocations
+        self.revoked = revoked
         self.cache = cache
         self._keys: OrderedDict[tuple[str, str], creds.ParsedKey] = OrderedDict()
 
@@ -267,12 +268,12 @@ class DeviceAuthenticator:
                     ) from None
                 first = first or error
                 continue
-            if key.certificate is not None and self.revocations is not None:
-                revoked = await self.revocations.check(key.certificate)
-                if revoked is not None:
+            if key.certificate is not None and self.revoked is not None:
+                signer = await self.revoked.check(key.certificate)
+                if signer is not None:
                     raise DeviceRefused(
                         "signer_revoked",
-                        f"the certificate's signer {revoked.subject} was revoked: {revoked.reason}",
+                        f"the certificate's signer {signer.subject} was revoked: {signer.reason}",
                         device.num_id,
                     )
             deadline = claims.deadline
@@ -314,10 +315,10 @@ class DeviceAuthenticator:
                 continue
             if not _unexpired(credential, now):
                 return "the credential the device connected with expired"
-            if key.certificate is not None and self.revocations is not None:
-                revoked = self.revocations.revoked_signer_of(key.certificate)
-                if revoked is not None:
-                    return f"the signer of its certificate ({revoked.subject}) was revoked"
+            if key.certificate is not None and self.revoked is not None:
+                signer = self.revoked.revoked_signer_of(key.certificate)
+                if signer is not None:
+                    return f"the signer of its certificate ({signer.subject}) was revoked"
             return None
         return "the credential the device connected with was removed"
 

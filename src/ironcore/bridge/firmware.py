@@ -16,25 +16,28 @@ from ironcore.bridge.http import DeviceBridge
 from ironcore.firmware.rollout import Firmware
 from ironcore.registry.names import DeviceRef, RegistryName
 
-router = APIRouter()
 IMAGE = (
     "/ironcore/v1/projects/{project}/locations/{location}/registries/{registry}"
     "/devices/{device}/firmware/{sha256}"
 )
 
 
-@router.get(IMAGE, name="DownloadFirmware")
-async def download(
-    project: str, location: str, registry: str, device: str, sha256: str, request: Request
-) -> FileResponse:
-    bridge: DeviceBridge = request.app.state.device_bridge
-    firmware: Firmware = request.app.state.firmware
-    ref = DeviceRef.parse(RegistryName.parse(project, location, registry), device)
-    await bridge.authenticate(request, ref, None)
-    path = await firmware.image_file(project, sha256)
-    # The name is content-addressed, so a cache may keep it for good.
-    return FileResponse(
-        path,
-        media_type="application/octet-stream",
-        headers={"Cache-Control": "private, max-age=31536000, immutable"},
-    )
+def router(bridge: DeviceBridge, firmware: Firmware) -> APIRouter:
+    """The download route, answering with `firmware`'s images to devices `bridge` admits."""
+    routes = APIRouter()
+
+    @routes.get(IMAGE, name="DownloadFirmware")
+    async def download(
+        project: str, location: str, registry: str, device: str, sha256: str, request: Request
+    ) -> FileResponse:
+        ref = DeviceRef.parse(RegistryName.parse(project, location, registry), device)
+        await bridge.authenticate(request, ref, None)
+        path = await firmware.image_file(project, sha256)
+        # The name is content-addressed, so a cache may keep it for good.
+        return FileResponse(
+            path,
+            media_type="application/octet-stream",
+            headers={"Cache-Control": "private, max-age=31536000, immutable"},
+        )
+
+    return routes

@@ -1,11 +1,11 @@
 """The primary's MQTT worker processes (`ironcore serve --mqtt-workers N`): started, watched,
 restarted when they die, told of SIGHUP, drained on shutdown.
 
-A worker is `python -m ironcore.worker`, given the server's settings, the listeners the
-primary bound (with their real ports, so port 0 works), the server's id and one end of a socket
-pair for its `ipc.Channel` (the transport between the hubs of both, `cluster.transport`). It
-binds the same ports with SO_REUSEPORT; the kernel spreads new connections over every process.
-The primary counts as the first of the N.
+A worker is a program the primary names (`python -m ironcore.runtime.worker`), given the
+server's settings, the listeners the primary bound (with their real ports, so port 0 works), the
+server's id and one end of a socket pair for its `ipc.Channel` (the transport between the hubs
+of both, `cluster.transport`). It binds the same ports with SO_REUSEPORT; the kernel spreads new
+connections over every process. The primary counts as the first of the N.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import socket
-import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -40,8 +40,15 @@ METRICS_SECONDS = 2.0
 
 class Workers:
     def __init__(
-        self, settings_json: str, hub: ClusterHub, listeners: list[Listener], count: int
+        self,
+        program: Sequence[str],
+        settings_json: str,
+        hub: ClusterHub,
+        listeners: list[Listener],
+        count: int,
     ) -> None:
+        # The command that runs a worker, to which its arguments are added.
+        self.program = tuple(program)
         # The server's settings (`Settings.to_json()`), handed to every worker as they are.
         self.settings_json = settings_json
         self.hub = hub
@@ -74,9 +81,7 @@ class Workers:
 
         with theirs:
             process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "ironcore.worker",
+                *self.program,
                 str(index),
                 str(theirs.fileno()),
                 json.dumps([asdict(listener) for listener in self.listeners]),

@@ -148,7 +148,7 @@ def serve(
     """Run ironcore: the admin API and the MQTT bridge."""
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("give both --tls-cert and --tls-key, or neither")
-    from ironcore import server
+    from ironcore.runtime import primary
 
     if log_format not in ("text", "json"):
         raise typer.BadParameter("must be text or json", param_hint="--log-format")
@@ -156,7 +156,7 @@ def serve(
         raise typer.BadParameter(
             "must be debug, info, warning, error or critical", param_hint="--log-level"
         )
-    server.run(
+    primary.run(
         Settings(
             data_dir=data_dir or default_data_dir(),
             api_host=api_host,

@@ -5,9 +5,13 @@ signer's SubjectKeyIdentifier; revoked signers are kept by that key id (and by c
 fingerprint). Revoking one asks every registry's connected devices to be checked again, so
 devices it signed are disconnected at once; the bridges refuse them from then on.
 
-The bridges keep a `Revocations` for the life of the process: `revoked_signer_of` answers
-from an in-memory snapshot (no I/O on the hot path) and `check` refreshes a stale snapshot
-first, so revocations made by another process are seen within `refresh_seconds`.
+Two objects, because they sit on either side of the hub: the bridges keep a `RevokedSigners`
+for the life of the process, whose `revoked_signer_of` answers from an in-memory snapshot (no
+I/O on the hot path) and whose `check` refreshes a stale snapshot first, so revocations made by
+another process are seen within `refresh_seconds`. `Revocations`, what the admin API calls,
+records a revocation, refreshes that same snapshot and tells the hub, which makes the bridges
+check their devices again against it. (One object holding both would need the hub before the
+hub's own cache, the device authenticator, could be built.)
 """
 
 from __future__ import annotations
@@ -53,20 +57,55 @@ def _key_id_leniently(certificate: x509.Certificate) -> str | None:
     return bytes(value).hex() if value else None
 
 
+class RevokedSigners:
+    """The revoked signers a process checks device certificates against: a snapshot of the
+    database's, refreshed by `refresh` (after a revocation here, or when the hub hears of a
+    registry change elsewhere) and by `check` once it is `refresh_seconds` old."""
+
+    def __init__(self, store: Store, refresh_seconds: float = 2.0) -> None:
+        self.store = store
+        self.refresh_seconds = refresh_seconds
+        self._snapshot: dict[str, RevokedSignerRecord] = {}
+        self._loaded_at = float("-inf")
+
+    async def refresh(self) -> None:
+        records = await self.store.revocations.revoked_signers()
+        self._snapshot = {r.key_id: r for r in records} | {r.fingerprint: r for r in records}
+        self._loaded_at = time.monotonic()
+
+    def get(self, key_id_or_fingerprint: str) -> RevokedSignerRecord | None:
+        """From the snapshot: the revoked signer with this key id or fingerprint (hex)."""
+        return self._snapshot.get(key_id_or_fingerprint)
+
+    def revoked_signer_of(self, certificate: x509.Certificate) -> RevokedSignerRecord | None:
+        """From the snapshot: the revoked signer that issued this device certificate, if any."""
+        key_id = signer_key_id(certificate)
+        return self._snapshot.get(key_id) if key_id else None
+
+    def revoked_key_ids(self) -> frozenset[str]:
+        return frozenset(r.key_id for r in self._snapshot.values())
+
+    async def check(self, certificate: x509.Certificate) -> RevokedSignerRecord | None:
+        """`revoked_signer_of` on a snapshot at most `refresh_seconds` old."""
+        if time.monotonic() - self._loaded_at > self.refresh_seconds:
+            await self.refresh()
+        return self.revoked_signer_of(certificate)
+
+
 class Revocations:
     def __init__(
         self,
         store: Store,
+        signers: RevokedSigners,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         links: ConnectedDevices | None = None,
-        refresh_seconds: float = 2.0,
     ) -> None:
+        """`signers` is the snapshot this process's bridges check (refreshed at each
+        revocation); `links` is told that every registry changed when a signer is revoked."""
         self.store = store
+        self.signers = signers
         self.clock = clock
         self.links = links
-        self.refresh_seconds = refresh_seconds
-        self._snapshot: dict[str, RevokedSignerRecord] = {}
-        self._loaded_at = float("-inf")
 
     async def revoke_signer(
         self, certificate_pem: str, reason: str
@@ -91,9 +130,9 @@ class Revocations:
             revoked_at=self.clock(),
         )
         created = await self.store.revocations.add_revoked_signer(record)
-        await self.refresh()
+        await self.signers.refresh()
         if not created:
-            return self._snapshot[record.key_id], False
+            return self.signers.get(record.key_id) or record, False
         if self.links is not None:
             for name in await self.store.registries.all_registry_names():
                 await self.links.registry_changed(name)
@@ -105,25 +144,6 @@ class Revocations:
     async def is_revoked(self, key_id_or_fingerprint: str) -> RevokedSignerRecord | None:
         """From the database: the revoked signer with this key id or fingerprint (hex)."""
         return await self.store.revocations.revoked_signer(key_id_or_fingerprint)
-
-    async def refresh(self) -> None:
-        records = await self.store.revocations.revoked_signers()
-        self._snapshot = {r.key_id: r for r in records} | {r.fingerprint: r for r in records}
-        self._loaded_at = time.monotonic()
-
-    def revoked_signer_of(self, certificate: x509.Certificate) -> RevokedSignerRecord | None:
-        """From the snapshot: the revoked signer that issued this device certificate, if any."""
-        key_id = signer_key_id(certificate)
-        return self._snapshot.get(key_id) if key_id else None
-
-    def revoked_key_ids(self) -> frozenset[str]:
-        return frozenset(r.key_id for r in self._snapshot.values())
-
-    async def check(self, certificate: x509.Certificate) -> RevokedSignerRecord | None:
-        """`revoked_signer_of` on a snapshot at most `refresh_seconds` old."""
-        if time.monotonic() - self._loaded_at > self.refresh_seconds:
-            await self.refresh()
-        return self.revoked_signer_of(certificate)
 
 
 def _check_ca(certificate: x509.Certificate) -> None:

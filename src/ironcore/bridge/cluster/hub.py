@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
 from ironcore.bridge.cluster.directory import Directory
@@ -59,16 +59,26 @@ def worker_id(server_id: str, index: int) -> str:
 
 
 class ClusterHub:
-    def __init__(self, origin: str, caches: Caches, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        origin: str,
+        caches: Caches,
+        refresh_revocations: Callable[[], Awaitable[None]] | None = None,
+        transports: Sequence[Transport] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`refresh_revocations` refreshes the process's revoked signers before a registry
+        heard of elsewhere is checked again (the change may be a signer revoked a moment ago).
+        `transports` are those the process has from the start (a worker's to its primary, a
+        server's bus); a primary attaches each worker's as it starts it. A transport's
+        messages come in through `receive`, which it is given once the hub exists."""
         self.origin = origin  # this process: a server id, or a worker id
         self.caches = caches
         self.local = LocalHub()
         self.directory = Directory()
-        # Set by the process: refresh revoked signers before a registry heard of elsewhere is
-        # checked again (the change may be a signer revoked a moment ago).
-        self.refresh_revocations: Callable[[], Awaitable[None]] | None = None
+        self.refresh_revocations = refresh_revocations
         self._clock = clock
-        self._transports: list[Transport] = []
+        self._transports: list[Transport] = list(transports)
         self._routes: dict[str, Transport] = {}  # holder → the transport that reaches it
 
     def attach(self, transport: Transport) -> None:

@@ -26,10 +26,8 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from ironcore.bridge import metrics
-from ironcore.bridge.bookkeeping import Bookkeeper
 from ironcore.bridge.channel import ROTATION_COMMAND, DeviceChannel
 from ironcore.bridge.devices import (
-    DeviceAuthenticator,
     DeviceContext,
     DeviceRefused,
     parse_client_id,
@@ -40,8 +38,7 @@ from ironcore.errors import Code, IronCoreError, NotFound
 from ironcore.identity.credentials import ParsedKey
 from ironcore.registry.names import RegistryName
 from ironcore.registry.resources import DeviceConfig
-from ironcore.registry.rotation import KeyRotation, Rotations
-from ironcore.routing.router import Router
+from ironcore.registry.rotation import KeyRotation
 
 log = logging.getLogger(__name__)
 # Children of labelled metrics on the hot path, looked up once.
@@ -56,21 +53,13 @@ _UNSET = RegistryName.parse("unset", "unset", "unset")
 
 @dataclass
 class Services:
-    """What every connection shares."""
+    """What every connection shares: the process's device channel (shared with its other
+    device bridges) and hub, the session limits, and the open connections."""
 
-    authenticator: DeviceAuthenticator
-    router: Router
-    bookkeeper: Bookkeeper
+    channel: DeviceChannel
     hub: Hub
-    rotations: Rotations | None = None
     limits: s.SessionLimits = field(default_factory=s.SessionLimits)
     connections: set[MqttConnection] = field(default_factory=set)
-    channel: DeviceChannel = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.channel = DeviceChannel(
-            self.authenticator, self.router, self.bookkeeper, self.rotations
-        )
 
 
 class MqttConnection(asyncio.Protocol):

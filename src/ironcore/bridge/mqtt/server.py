@@ -123,7 +123,9 @@ class MqttBridge:
                 connection.tick(now)
 
     async def stop(self) -> None:
-        """Stop accepting, say goodbye to every device, and let pending work finish."""
+        """Stop accepting, say goodbye to every device, and let pending work finish. What the
+        connections left to the device channel's bookkeeping is written when the process
+        closes it, after this."""
         for server in self._servers:
             server.close()
         if self._ticker is not None:
@@ -139,4 +141,3 @@ class MqttBridge:
             await asyncio.wait(pumps, timeout=SHUTDOWN_SECONDS)
         for server in self._servers:
             await server.wait_closed()
-        await self.services.bookkeeper.close()

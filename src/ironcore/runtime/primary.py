@@ -1,0 +1,309 @@
+"""`ironcore serve`: the primary process of a server, built from its settings and run until
+SIGTERM or SIGINT.
+
+It holds the parts every process has (`parts.Storage`, `parts.DeviceSide`) and a primary's
+`parts.Services`, and runs over them: the MQTT bridge, the MQTT workers (`--mqtt-workers`), the
+bus to the other servers (`--bus`), the adapters (`adapters`: the admin API and the HTTP device
+bridge; a gRPC endpoint or the console goes there too), and the background tasks (event
+retention, firmware rollouts, push subscriptions). SIGTERM and SIGINT drain it; SIGHUP reloads
+the bridges' TLS certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Generator
+from functools import partial
+from typing import Protocol
+
+import uvicorn
+from fastapi import FastAPI
+from nats.errors import Error as NatsError
+
+from ironcore import logs
+from ironcore.access.tokens import AdminTokens
+from ironcore.api.app import create_app
+from ironcore.bridge import firmware as firmware_bridge
+from ironcore.bridge import http as http_bridge
+from ironcore.bridge.channel import DeviceChannel
+from ironcore.bridge.cluster.bus import Bus, namespace
+from ironcore.bridge.cluster.hub import new_server_id
+from ironcore.bridge.http import DeviceBridge
+from ironcore.bridge.mqtt.connection import Services as MqttServices
+from ironcore.bridge.mqtt.server import MqttBridge
+from ironcore.bridge.workers import Workers
+from ironcore.firmware.rollout import Firmware
+from ironcore.metrics import Snapshot
+from ironcore.routing.pubsub import PubSub
+from ironcore.routing.push import PushDelivery
+from ironcore.runtime.parts import (
+    DeviceSide,
+    Services,
+    Storage,
+    close,
+    device_side,
+    listeners,
+    services,
+)
+from ironcore.runtime.process import loop_factory, tune_gc
+from ironcore.runtime.tls import tls_context, tls_files
+from ironcore.settings import Settings
+
+log = logging.getLogger("ironcore")
+# Time an in-flight request gets to finish after SIGTERM before its connection is cut.
+DRAIN_SECONDS = 30
+# How often running firmware rollouts are moved on (advanced or halted) without a status call.
+ROLLOUT_EVALUATION_SECONDS = 5
+# What the primary runs an MQTT worker with (`runtime/worker.py`); its arguments follow.
+WORKER_PROGRAM = (sys.executable, "-m", "ironcore.runtime.worker")
+
+WorkerMetrics = Callable[[], Awaitable[list[Snapshot]]]
+
+
+class CannotStart(Exception):
+    """Something the server needs is not there; the message says what. Exit status 1."""
+
+
+class Adapter(Protocol):
+    """A server the primary runs beside its MQTT bridge (the admin API's HTTP servers; a gRPC
+    endpoint or the console when they come)."""
+
+    async def serve(self) -> None:
+        """Serve until `stop`, then let what is in flight finish (up to DRAIN_SECONDS)."""
+
+    def stop(self) -> None:
+        """Stop accepting and drain; `serve` returns once drained."""
+
+
+def run(settings: Settings) -> None:
+    """Run the primary until it is stopped; exit status 1 if it cannot start."""
+    logs.configure(settings.log_format, settings.log_level)
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(serve(settings))
+    except CannotStart as error:
+        log.error("ironcore cannot start: %s", error)
+        raise SystemExit(1) from None
+
+
+async def serve(settings: Settings) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    storage = await Storage.open(settings)
+    devices: DeviceSide | None = None
+    bridge: MqttBridge | None = None
+    workers: Workers | None = None
+    bus: Bus | None = None
+    try:
+        if storage.sink is not None:
+            await _start_nats(storage.sink.start, "--nats-url", settings.nats_url)
+        server_id = new_server_id()
+        if settings.bus_url:
+            space = namespace(settings.effective_database_url, settings.database_schema)
+            bus = Bus(settings.bus_url, space, server_id)
+        devices = device_side(storage, server_id, [bus] if bus is not None else [])
+        built = services(storage, devices, settings.data_dir / "firmware")
+        await ensure_admin_token(built.tokens, settings)
+        await devices.revoked.refresh()
+        if bus is not None:
+            await _start_nats(partial(bus.start, devices.hub.receive), "--bus", settings.bus_url)
+        listening = listeners(settings)
+        bridge = MqttBridge(
+            MqttServices(devices.channel, devices.hub),
+            listening,
+            tls_context(settings, listening),
+            reuse_port=settings.mqtt_workers > 1,
+        )
+        await bridge.start()
+        if settings.mqtt_workers > 1:
+            if listening:
+                workers = Workers(
+                    WORKER_PROGRAM,
+                    settings.to_json(),
+                    devices.hub,
+                    bridge.bound(),
+                    settings.mqtt_workers,
+                )
+                await workers.start()
+            else:
+                log.warning(
+                    "--mqtt-workers %d: no MQTT port is open, so no worker is started",
+                    settings.mqtt_workers,
+                )
+        tune_gc()
+        servers = adapters(
+            settings, built, devices.channel, workers.metrics if workers is not None else None
+        )
+        await _run(settings, servers, built, bridge, workers)
+    finally:
+        if workers is not None:
+            await workers.stop()
+        await close(bridge, devices, storage)
+        if bus is not None:
+            await bus.close()
+    log.info("ironcore stopped")
+
+
+def adapters(
+    settings: Settings,
+    services: Services,
+    channel: DeviceChannel,
+    worker_metrics: WorkerMetrics | None,
+) -> list[Adapter]:
+    """The servers the primary runs beside its MQTT bridge, over the services it built and
+    the device channel its MQTT bridge shares: the admin API, with the HTTP device bridge in
+    front of it or on `--device-http-port`. A new adapter is constructed here."""
+    device_bridge = DeviceBridge(channel)
+    found: list[Adapter] = []
+    if settings.device_http_port:
+        app = http_app(services, device_bridge, worker_metrics, admin=False)
+        found.append(_http_server(app, settings.api_host, settings.device_http_port))
+        log.info("HTTP device bridge on port %d", settings.device_http_port)
+    admin_bridge = None if settings.device_http_port else device_bridge
+    app = http_app(services, admin_bridge, worker_metrics)
+    found.append(_http_server(app, settings.api_host, settings.api_port))
+    return found
+
+
+def http_app(
+    services: Services,
+    device_bridge: DeviceBridge | None,
+    worker_metrics: WorkerMetrics | None,
+    admin: bool = True,
+) -> FastAPI:
+    """The admin API (`api.app.create_app`) and, with `device_bridge`, the HTTP device bridge
+    and firmware downloads served by the same app, in front of the API's middleware."""
+    app = create_app(
+        services.manager,
+        services.tokens,
+        services.pubsub,
+        services.revocations,
+        services.rotations,
+        services.firmware,
+        admin=admin,
+        worker_metrics=worker_metrics,
+        self_authenticating=http_bridge.is_device_path,
+    )
+    if device_bridge is not None:
+        app.include_router(firmware_bridge.router(device_bridge, services.firmware))
+        # Outermost: device requests skip the admin API's middleware and routing; their
+        # errors are answered by the API's own handlers.
+        app.add_middleware(
+            http_bridge.DeviceRoutes, bridge=device_bridge, handlers=app.exception_handlers
+        )
+    return app
+
+
+async def ensure_admin_token(tokens: AdminTokens, settings: Settings) -> None:
+    """On an empty database, create the first owner token and leave it in the data directory."""
+    if await tokens.count():
+        return
+    token = await tokens.create("owner", "created by the first `ironcore serve`")
+    path = settings.admin_token_file
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(token + "\n")
+    log.warning("created the first owner admin token in %s (mode 0600)", path)
+
+
+async def _run(
+    settings: Settings,
+    servers: list[Adapter],
+    services: Services,
+    bridge: MqttBridge,
+    workers: Workers | None,
+) -> None:
+    """Serve until SIGTERM or SIGINT, with the background tasks; SIGHUP reloads TLS."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(settings, bridge, workers))
+
+    def stop() -> None:
+        if workers is not None:
+            workers.stopping()
+        for server in servers:
+            server.stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop)
+    log.info(
+        "ironcore serving the admin API on http://%s:%d (database: %s)",
+        settings.api_host,
+        settings.api_port,
+        services.manager.store.engine.dialect.name,
+    )
+    retention = asyncio.create_task(_expire_events(services.pubsub, settings.event_retention_days))
+    rollouts = asyncio.create_task(_evaluate_rollouts(services.firmware))
+    push = PushDelivery(services.pubsub)
+    push.start()
+    try:
+        await asyncio.gather(*(server.serve() for server in servers))
+    finally:
+        retention.cancel()
+        rollouts.cancel()
+        await push.stop()
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signals to the primary, which stops every adapter at once."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+    def stop(self) -> None:
+        self.should_exit = True
+
+
+def _http_server(app: FastAPI, host: str, port: int) -> _Server:
+    return _Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=DRAIN_SECONDS,
+            server_header=False,
+        )
+    )
+
+
+def _reload(settings: Settings, bridge: MqttBridge, workers: Workers | None) -> None:
+    bridge.reload_tls(*tls_files(settings))
+    if workers is not None:
+        workers.reload_tls()
+
+
+async def _expire_events(pubsub: PubSub, days: float) -> None:
+    """Delete events older than the retention period, once an hour."""
+    while True:
+        before = int((time.time() - days * 86400) * 1_000_000)
+        try:
+            expired = await pubsub.store.expire(before)
+            if expired:
+                log.info("deleted %d events older than %g days", expired, days)
+        except Exception as error:  # retention is retried next hour; serving goes on
+            log.warning("could not delete old events: %s", error)
+        await asyncio.sleep(3600)
+
+
+async def _evaluate_rollouts(firmware: Firmware) -> None:
+    """Advance or halt running rollouts as their devices report, every few seconds."""
+    while True:
+        await asyncio.sleep(ROLLOUT_EVALUATION_SECONDS)
+        try:
+            await firmware.evaluate_running()
+        except Exception as error:  # tried again shortly; serving goes on
+            log.warning("could not evaluate firmware rollouts: %s", error)
+
+
+async def _start_nats(start: Callable[[], Awaitable[None]], flag: str, url: str) -> None:
+    try:
+        await start()
+    except (OSError, NatsError, TimeoutError) as error:
+        raise CannotStart(f"no NATS answers at {flag} {url} ({error})") from None
