@@ -153,3 +153,59 @@ async def test_concurrent_writers_skip_nothing(database: Database, store: Store)
                 f"{duplicates} delivered twice"
             )
     assert not problems, problems
+
+
+async def test_upgrade_keeps_each_subscription_in_place(database: Database) -> None:
+    """Migration 0006 gives existing events and cursors one transaction id: a subscription
+    goes on after the same event as before the upgrade."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import Connection, insert, text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from ironcore.registry.store import database as database_module
+    from ironcore.registry.store.schema import events, topics
+
+    def to_0005(connection: Connection) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(database_module._MIGRATIONS))
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0005")
+
+    url = database_module.database_url(database.url)
+    args = {"server_settings": {"search_path": database.schema}} if database.schema else {}
+    engine = create_async_engine(url, connect_args=args)
+    async with engine.begin() as conn:
+        if database.schema:
+            await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{database.schema}"'))
+        await conn.run_sync(to_0005)
+        await conn.execute(insert(topics).values(name=TOPIC, backend="embedded", created_at=0))
+        pks = [
+            (
+                await conn.execute(
+                    insert(events)
+                    .values(topic=TOPIC, data=b"old", attributes={}, publish_time=0)
+                    .returning(events.c.pk)
+                )
+            ).scalar_one()
+            for _ in range(5)
+        ]
+        # The table as it was at 0005, without cursor_xid.
+        await conn.execute(
+            text(
+                "INSERT INTO subscriptions (name, topic, ack_deadline_seconds, push_endpoint,"
+                " push_secret, dead_letter_topic, max_delivery_attempts, cursor, created_at)"
+                " VALUES (:name, :topic, 10, '', '', '', 0, :cursor, 0)"
+            ),
+            {"name": SUBSCRIPTION, "topic": TOPIC, "cursor": pks[2]},
+        )
+    await engine.dispose()
+
+    store = await Store.open(database.url, database.schema)
+    try:
+        pubsub = PubSubStore(store)
+        assert [m.event_pk for m in await pubsub.pull(SUBSCRIPTION, 100, _now_us())] == pks[3:]
+        new = await pubsub.publish(TOPIC, [(b"new", {})], _now_us())
+        assert [m.event_pk for m in await pubsub.pull(SUBSCRIPTION, 100, _now_us())] == new
+    finally:
+        await store.close()

@@ -21,9 +21,12 @@ with the horizon: a transaction may take its id before another takes an xid and 
 
 Why this and not the alternatives:
 - It costs the append path nothing it can measure: one bigint per row from a column default,
-  no lock, no extra statement; the index (topic, xid, pk) replaces (topic, pk). Two writer
-  processes appending through `BridgeStore.append_events`: within noise of before (the
-  numbers are in the commit that made this change).
+  no lock, no extra statement or round trip; the index (topic, xid, pk) replaces (topic, pk)
+  and serves the reads (an index-only scan, no sort). Two processes appending through
+  `BridgeStore.append_events`, 2 shared cores, medians of 5 runs before -> after: batches of 20
+  13.4k -> 15.4k events/s, batches of 200 53.9k -> 46.6k; single connection interleaved,
+  medians of 6: 10.4k -> 8.9k and 40.2k -> 45.0k. Run-to-run spread was +-30 %, so: no cost
+  above the noise, and no more than 15 % in any median.
 - Serialising appends (an advisory lock per database or topic and a commit-ordered sequence)
   would queue every process's group commit behind every other's fsync.
 - Copying each event into a per-subscription table at append would make publishing cost grow
