@@ -139,14 +139,14 @@ async def tail_topic(
     pubsub = _pubsub(request)
     name = topic_name(project, topic)
     await pubsub.get_topic(name)
-    start = await pubsub.store.last_event_pk()
+    start = await pubsub.store.last_position()
 
     async def stream() -> AsyncIterator[bytes]:
         after, sent = start, 0
         yield b": tailing " + name.encode() + b"\n\n"
         while not await request.is_disconnected():
             for event in await pubsub.store.read_after(name, after, 500):
-                after = event.event_pk
+                after = event.position
                 yield f"data: {json.dumps(message_wire(event))}\n\n".encode()
                 sent += 1
                 if limit and sent >= limit:

@@ -88,6 +88,7 @@ class BridgeStore:
             )
 
 
+# `events.xid` is the column's default, the transaction's id: readers go by it (pubsub.py).
 _APPEND_POSTGRESQL = (
     "INSERT INTO events (topic, data, attributes, publish_time) VALUES ($1, $2, $3, $4)"
 )

@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    FetchedValue,
     ForeignKey,
     Index,
     Integer,
@@ -153,6 +154,9 @@ events = Table(
     Column("data", LargeBinary, nullable=False),
     Column("attributes", Json, nullable=False),
     Column("publish_time", BigInteger, nullable=False),
+    # PostgreSQL: the inserting transaction's id, by default (migration 0006); the log's order
+    # is (xid, pk) and the index (topic, xid, pk) replaces this one. SQLite: 0. See pubsub.py.
+    Column("xid", BigInteger, nullable=False, server_default=FetchedValue()),
     Index("ix_events_topic", "topic", "pk"),
 )
 
@@ -179,6 +183,8 @@ subscriptions = Table(
     Column("dead_letter_topic", String(300), nullable=False),
     Column("max_delivery_attempts", Integer, nullable=False),
     Column("cursor", BigInteger, nullable=False),
+    # With `cursor`, the position (xid, pk) in the log after which events are new.
+    Column("cursor_xid", BigInteger, nullable=False, server_default="0"),
     Column("created_at", BigInteger, nullable=False),
 )
 
