@@ -1,6 +1,7 @@
 """Request bodies against a real `ironcore serve`: the device JWT (or admin token) is checked
 before a body is read; a body is read up to its method's cap and refused past it with 413, the
-connection closed and the rest never read; JSON nested too deeply is a 400, never a 500.
+connection closed and the rest never read; JSON nested too deeply is a 400, never a 500; and an
+event subfolder is at most 256 bytes, over HTTP and MQTT.
 
 Large bodies go over raw sockets on loopback, so that a test sees how much the server took
 before it answered; no request streams more than STREAM_MAX bytes, and every wait has a
@@ -400,7 +401,20 @@ def test_no_body_gets_a_500(module_server: Server, device: Device, path: str) ->
     assert "Traceback" not in module_server.log.read_text()
 
 
-# MQTT
+# Subfolders
+
+
+def test_an_event_subfolder_over_256_bytes_is_refused_over_http(
+    module_server: Server, device: Device
+) -> None:
+    url = module_server.url + DEVICE_PATH + ":publishEvent"
+    for subfolder, status in (("s" * 256, 200), ("s" * 257, 400), ("é" * 129, 400)):
+        body = {"binaryData": b64(b"e"), "subFolder": subfolder}
+        response = httpx.post(url, json=body, headers=device.auth, timeout=TIMEOUT)
+        assert response.status_code == status, response.text
+        if status == 400:
+            error = response.json()["error"]
+            assert error["status"] == "INVALID_ARGUMENT" and "256 bytes" in error["message"]
 
 
 @pytest.fixture
@@ -409,6 +423,17 @@ def mqtt_device(module_server: Server, device: Device) -> Iterator[Any]:
     online.client.reconnect_delay_set(60, 120)
     yield online
     online.client.loop_stop()
+
+
+def test_an_event_subfolder_over_256_bytes_is_refused_over_mqtt(
+    module_server: Server, mqtt_device: Any
+) -> None:
+    mqtt_device.publish(f"/devices/{DEVICE}/events/{'s' * 256}", b"fits")
+    info = mqtt_device.client.publish(f"/devices/{DEVICE}/events/{'s' * 10_000}", b"x", qos=1)
+    mqtt_device.wait_disconnect(timeout=TIMEOUT)
+    assert not info.is_published()
+    error = last_error(module_server, REGISTRY, DEVICE, "subfolder")
+    assert error["code"] == 3 and "10000 bytes" in error["message"]
 
 
 def test_a_key_offer_nested_too_deeply_is_refused_over_mqtt(

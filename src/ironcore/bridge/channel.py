@@ -222,6 +222,10 @@ class DeviceChannel:
         """Start publishing an event; await the result before acknowledging it."""
         if len(payload) > limits.EVENT_BYTES:
             raise InvalidArgument.field("binary_data", f"is larger than {limits.EVENT_BYTES} bytes")
+        if len(subfolder.encode("utf-8", "surrogatepass")) > limits.SUBFOLDER_MAX_BYTES:
+            raise InvalidArgument.field(
+                "sub_folder", f"is longer than {limits.SUBFOLDER_MAX_BYTES} bytes"
+            )
         work = self.router.submit_event(
             context.name, context.registry, context.device, subfolder, payload
         )
