@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import ClassVar
 
 
 class Code(IntEnum):
@@ -73,6 +74,8 @@ class IronCoreError(Exception):
     message: str
     violations: list[FieldViolation] = field(default_factory=list)
     code = Code.UNKNOWN
+    # The HTTP status when it is not the code's usual one (413 for a body over its limit).
+    http_status: ClassVar[int | None] = None
 
     def __str__(self) -> str:
         return self.message

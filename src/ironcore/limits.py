@@ -16,6 +16,10 @@ ID_PATTERN = re.compile(r"[a-zA-Z][-a-zA-Z0-9._+~%]{2,254}")
 RESERVED_ID_PREFIX = "goog"
 METADATA_KEY_PATTERN = re.compile(r"[a-zA-Z][-a-zA-Z0-9._+~%]{0,127}")
 SUBFOLDER_PATTERN = re.compile(r"[a-zA-Z][-a-zA-Z0-9._+~%]*")
+# Subfolders: a registry's `subfolderMatches` and a command's subfolder (both published as 256
+# bytes), and an event's (the MQTT topic after `events/`, HTTP `subFolder`): it must be able to
+# equal a `subfolderMatches` to be routed, and becomes the Pub/Sub attribute `subFolder` (whose
+# values Pub/Sub bounds at 1024 bytes). Event subfolders keep any other character, `/` included.
 SUBFOLDER_MAX_BYTES = 256
 # Command subfolders may be multi-level and are checked by their forbidden characters only.
 COMMAND_SUBFOLDER_FORBIDDEN = frozenset("+#\x00")

@@ -314,6 +314,25 @@ def test_attachment_errors_and_detach(bridge: Server) -> None:
         unspecified.close()
 
 
+@pytest.mark.databases("sqlite")
+def test_an_attach_payload_nested_too_deeply_carries_no_token(bridge: Server) -> None:
+    """An attach payload that is not JSON, deeply nested included, is one without a token:
+    ASSOCIATION_ONLY attaches the bound device, and the gateway stays connected."""
+    gateway_registry(bridge, "ASSOCIATION_ONLY")
+    create_device(bridge, REG, "dev-1", new_key())
+    bind(bridge, "dev-1")
+    gateway = connect_gateway(bridge)
+    try:
+        for payload in ("[" * 5000 + "]" * 5000, '{"authorization": ' + "[" * 5000):
+            gateway.attach("dev-1", payload)
+            gateway.no_error()
+            gateway.publish("/devices/dev-1/events", b"attached")
+            gateway.no_error()
+            gateway.still_connected()
+    finally:
+        gateway.close()
+
+
 def test_non_gateway_attach_disconnects_and_blocking_detaches(bridge: Server) -> None:
     gateway_registry(bridge, "ASSOCIATION_ONLY")
     key = new_key()

@@ -300,6 +300,31 @@ def test_events_carry_everything_after_events_as_subfolder(topic: str, subfolder
     assert sent(session) == [Puback(3)]
 
 
+@pytest.mark.parametrize(
+    ("longest", "too_long"),
+    [("s" * 256, "s" * 257), ("é" * 128, "é" * 129), ("a/" * 127 + "bc", "s" * 10_000)],
+)
+def test_event_subfolders_are_at_most_256_bytes(longest: str, too_long: str) -> None:
+    session = connected()
+    feed(session, Publish(f"/devices/{DEVICE}/events/{longest}", b"e", qos=1, packet_id=5), now=T0)
+    assert events(session, T0) == [EventPublished(DEVICE, longest, b"e", 5)]
+    session = connected()
+    feed(session, Publish(f"/devices/{DEVICE}/events/{too_long}", b"e", qos=1, packet_id=5), now=T0)
+    closed = only_closed(events(session, T0))
+    assert (closed.code, closed.metric) == (Code.INVALID_ARGUMENT, "subfolder")
+    assert f"subfolder is {len(too_long.encode())} bytes; at most 256" in closed.reason
+    # Never acknowledged: the event was not taken.
+    assert sent(session) == []
+
+
+def test_an_attached_devices_event_subfolder_is_bounded_too() -> None:
+    session = connected(gateway=True)
+    session.attach("child")
+    feed(session, Publish(f"/devices/child/events/{'s' * 257}", b"e", qos=1, packet_id=6), now=T0)
+    closed = only_closed(events(session, T0))
+    assert (closed.code, closed.metric) == (Code.INVALID_ARGUMENT, "subfolder")
+
+
 def test_state_qos_0_and_1() -> None:
     session = connected()
     feed(

@@ -4,6 +4,7 @@ config merge, status counts, advancing and halting (docs/firmware.md, Rollouts).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +14,8 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from ironcore.access.tokens import AdminTokens
 from ironcore.errors import FailedPrecondition
@@ -113,6 +116,18 @@ def test_config_merge_keeps_the_users_keys() -> None:
     for data in (b"interval=30", b"[1, 2]", b"\xff\xfe"):
         with pytest.raises(FailedPrecondition):
             merge_config(data, {"rollout": "1"})
+
+
+@given(st.binary(max_size=200))
+@example(b"[" * 5000 + b"]" * 5000)
+@example(b'{"firmware": ' + b"[" * 5000)
+@example(b'{"a": ' * 5000 + b"0" + b"}" * 5000)
+def test_any_state_or_config_is_read_without_error(data: bytes) -> None:
+    """A device's state (what it wrote, nested as deep as it likes) is an outcome, and a
+    config either merges or is refused as not JSON; nothing else is raised."""
+    assert outcome(data, "1", 2).kind in ("succeeded", "failed", "pending")
+    with contextlib.suppress(FailedPrecondition):
+        merge_config(data, {"rollout": "1"})
 
 
 def test_outcome_reads_the_state() -> None:

@@ -27,6 +27,7 @@ from ironcore.api import firmware as api_firmware
 from ironcore.api import pubsub as api_pubsub
 from ironcore.api import tokens as api_tokens
 from ironcore.api.auth import TokenAuthenticator
+from ironcore.api.bodies import BodyLimitMiddleware
 from ironcore.api.envelope import error_response
 from ironcore.api.ops import ASGIApp, MetricsMiddleware, Scope
 from ironcore.errors import Code, FieldViolation, IronCoreError
@@ -107,6 +108,7 @@ def create_app(
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(AuthMiddleware, self_authenticating=self_authenticating)
     app.add_middleware(NormalizeRequestMiddleware)
+    app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(MetricsMiddleware)
     return app
 
@@ -169,7 +171,7 @@ class NormalizeRequestMiddleware:
 
 async def _ironcore_error(_request: Request, exc: Exception) -> Any:
     assert isinstance(exc, IronCoreError)
-    return error_response(exc.code, exc.message, exc.violations)
+    return error_response(exc.code, exc.message, exc.violations, exc.http_status)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> Any:

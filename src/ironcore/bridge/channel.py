@@ -98,26 +98,26 @@ class DeviceChannel:
         to `refused`)."""
         return await self.authenticator.authenticate(ref, token, bridge)
 
-    async def request(
-        self,
-        ref: DeviceRef,
-        token: str,
-        bridge: str,
-        *,
-        gateway_id: str = "",
-        delegated_device_id: str = "",
-    ) -> DeviceContext:
-        """The device a request speaks for (HTTP: every request authenticates).
+    async def caller(self, ref: DeviceRef, token: str, bridge: str) -> DeviceContext:
+        """The device whose JWT a request carries (HTTP: every request authenticates), known
+        before its body is read; the body may name a gateway (`through_gateway`). DeviceRefused
+        when it may not (give it to `refused`)."""
+        return (await self.authenticator.authenticate(ref, token, bridge)).context
 
-        `delegated_device_id`: the token is the gateway's (`ref`) and it acts for a device bound
-        to it. `gateway_id`: the token is the device's and the request came through that gateway,
-        to which it must be bound. DeviceRefused when it may not (give it to `refused`)."""
-        caller = (await self.authenticator.authenticate(ref, token, bridge)).context
+    async def through_gateway(
+        self, caller: DeviceContext, *, gateway_id: str = "", delegated_device_id: str = ""
+    ) -> DeviceContext:
+        """The device a request from `caller` speaks for.
+
+        `delegated_device_id`: the caller is a gateway acting for a device bound to it.
+        `gateway_id`: the caller is a device whose request came through that gateway, to which
+        it must be bound. Neither: the caller itself. DeviceRefused when it may not (give it
+        to `refused`)."""
         if delegated_device_id:
-            device = await self._load(_device_ref(ref.registry, delegated_device_id))
+            device = await self._load(_device_ref(caller.name, delegated_device_id))
             return await self._relay(caller, device, bound=True)
         if gateway_id:
-            gateway = await self._load(_device_ref(ref.registry, gateway_id))
+            gateway = await self._load(_device_ref(caller.name, gateway_id))
             await self._relay(gateway, caller, bound=True)
         return caller
 
@@ -222,6 +222,10 @@ class DeviceChannel:
         """Start publishing an event; await the result before acknowledging it."""
         if len(payload) > limits.EVENT_BYTES:
             raise InvalidArgument.field("binary_data", f"is larger than {limits.EVENT_BYTES} bytes")
+        if len(subfolder.encode("utf-8", "surrogatepass")) > limits.SUBFOLDER_MAX_BYTES:
+            raise InvalidArgument.field(
+                "sub_folder", f"is longer than {limits.SUBFOLDER_MAX_BYTES} bytes"
+            )
         work = self.router.submit_event(
             context.name, context.registry, context.device, subfolder, payload
         )
@@ -289,6 +293,8 @@ class DeviceChannel:
             raise InvalidArgument(f"unknown ironcore topic {name!r}")
         try:
             offer = json.loads(payload)
+        except RecursionError:
+            raise InvalidArgument("a key offer is JSON nested too deeply") from None
         except ValueError as error:
             raise InvalidArgument(f"a key offer is JSON: {error}") from None
         if not isinstance(offer, dict):

@@ -7,13 +7,18 @@ same rules whichever bridge it uses; this module translates requests and answers
 Every success answers 200 with `{}` (the official samples treat anything else, 204 included,
 as a failure). `DeviceRoutes` serves them in front of the admin API's FastAPI stack, with the
 same error envelope and metrics.
+
+Bodies (`ironcore.bodies`): the device's JWT is checked before its body is read (a body that
+names a gateway is read once the caller is known, then the gateway checked); a body is read up
+to its method's cap, the largest payload the contract allows in base64 and the JSON around it
+(413 and the connection closed beyond it, the rest unread), and parsed as JSON no deeper than
+`bodies.JSON_MAX_DEPTH` levels.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -31,6 +36,15 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ironcore import limits
+from ironcore.bodies import (
+    BODY_ENVELOPE_BYTES,
+    ClientGone,
+    RequestBody,
+    base64_length,
+    body_cap,
+    parse_json,
+)
 from ironcore.bridge.channel import DeviceChannel
 from ironcore.bridge.devices import DeviceContext, DeviceRefused
 from ironcore.errors import FailedPrecondition, InvalidArgument, OutOfRange
@@ -80,22 +94,34 @@ class DeviceBridge:
     channel: DeviceChannel
 
     async def authenticate(
-        self, request: Request, ref: DeviceRef, gateway: GatewayInfo | None
+        self, request: Request, ref: DeviceRef, gateway: GatewayInfo | None = None
     ) -> DeviceContext:
-        """The device a request speaks for: its bearer JWT, and any gateway, checked by the
-        device channel; a refusal as the error its code says."""
+        """The device a request speaks for: `caller`, then `through` any gateway."""
+        return await self.through(await self.caller(request, ref), gateway)
+
+    async def caller(self, request: Request, ref: DeviceRef) -> DeviceContext:
+        """The device whose bearer JWT the request carries, checked by the device channel from
+        the headers alone; a refusal as the error its code says."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         try:
             if scheme.lower() != "bearer" or not token.strip():
                 raise DeviceRefused(
                     "no_token", "Request is missing 'Authorization: Bearer <device JWT>'"
                 )
-            return await self.channel.request(
-                ref,
-                token.strip(),
-                "http",
-                gateway_id=gateway.gateway_id if gateway is not None else "",
-                delegated_device_id=gateway.delegated_device_id if gateway is not None else "",
+            return await self.channel.caller(ref, token.strip(), "http")
+        except DeviceRefused as refused:
+            raise self.channel.refused(refused, "http") from None
+
+    async def through(self, caller: DeviceContext, gateway: GatewayInfo | None) -> DeviceContext:
+        """The device a request from `caller` speaks for, given its `gatewayInfo`; a refusal as
+        the error its code says."""
+        if gateway is None:
+            return caller
+        try:
+            return await self.channel.through_gateway(
+                caller,
+                gateway_id=gateway.gateway_id,
+                delegated_device_id=gateway.delegated_device_id,
             )
         except DeviceRefused as refused:
             raise self.channel.refused(refused, "http") from None
@@ -105,9 +131,12 @@ def _ref(project: str, location: str, registry: str, device: str) -> DeviceRef:
     return DeviceRef.parse(RegistryName.parse(project, location, registry), device)
 
 
-async def publish_event(bridge: DeviceBridge, request: Request, path: Match[str]) -> Response:
-    body = await _body(request, PublishEventRequest)
-    context = await bridge.authenticate(request, _ref(*path.group(1, 2, 3, 4)), body.gateway_info)
+async def publish_event(
+    bridge: DeviceBridge, request: Request, path: Match[str], raw: RequestBody
+) -> Response:
+    caller = await bridge.caller(request, _ref(*path.group(1, 2, 3, 4)))
+    body = _parse(await raw.read(), PublishEventRequest)
+    context = await bridge.through(caller, body.gateway_info)
     try:
         await bridge.channel.submit_event(context, body.sub_folder, body.binary_data)
     except FailedPrecondition as error:
@@ -116,16 +145,21 @@ async def publish_event(bridge: DeviceBridge, request: Request, path: Match[str]
     return JSONResponse({})
 
 
-async def set_state(bridge: DeviceBridge, request: Request, path: Match[str]) -> Response:
-    body = await _body(request, SetStateRequest)
-    context = await bridge.authenticate(request, _ref(*path.group(1, 2, 3, 4)), body.gateway_info)
+async def set_state(
+    bridge: DeviceBridge, request: Request, path: Match[str], raw: RequestBody
+) -> Response:
+    caller = await bridge.caller(request, _ref(*path.group(1, 2, 3, 4)))
+    body = _parse(await raw.read(), SetStateRequest)
+    context = await bridge.through(caller, body.gateway_info)
     # Waits while the device's state rate is spent (bridge/channel.py).
     stored = await bridge.channel.write_state(context, body.state.binary_data)
     await stored
     return JSONResponse({})
 
 
-async def get_config(bridge: DeviceBridge, request: Request, path: Match[str]) -> Response:
+async def get_config(
+    bridge: DeviceBridge, request: Request, path: Match[str], raw: RequestBody
+) -> Response:
     query = _query(request)
     local_version = _int_query(query, "localVersion", 0)
     gateway = GatewayInfo(
@@ -153,30 +187,15 @@ async def get_config(bridge: DeviceBridge, request: Request, path: Match[str]) -
 M = TypeVar("M", bound=Message)
 
 
-async def _body(request: Request, model: type[M]) -> M:
+def _parse(raw: bytes, model: type[M]) -> M:
     """The JSON body as `model`, whatever the Content-Type says (curl sends form encoding by
-    default); errors as FastAPI reported them, so the envelope is the admin API's."""
-    raw = await request.body()
+    default); InvalidArgument when it is not JSON or nests too deeply (`bodies.parse_json`),
+    validation errors as FastAPI reported them, so the envelope is the admin API's."""
     if not raw:
         raise RequestValidationError(
             [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
         )
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "json_invalid",
-                    "loc": ("body", error.pos),
-                    "msg": "JSON decode error",
-                    "input": {},
-                    "ctx": {"error": error.msg},
-                }
-            ]
-        ) from None
-    except ValueError:  # not UTF-8, -16 or -32
-        raise HTTPException(400, "There was an error parsing the body") from None
+    data = parse_json(raw)
     try:
         return model.model_validate(data, from_attributes=True)
     except ValidationError as error:
@@ -210,7 +229,7 @@ def _located(error: ValidationError, *loc: str) -> RequestValidationError:
 
 
 _INT = TypeAdapter(int)
-Handler = Callable[[DeviceBridge, Request, Match[str]], Awaitable[Response]]
+Handler = Callable[[DeviceBridge, Request, Match[str], RequestBody], Awaitable[Response]]
 ErrorHandler = Callable[[Request, Any], Response | Awaitable[Response]]
 
 
@@ -219,12 +238,35 @@ class _Route:
     method: str
     name: str  # the gRPC method, as the admin API's metrics name routes
     handler: Handler
+    # The largest body the method takes (`body_cap`: its payload limit in base64, and the JSON
+    # around it), and what it carries, for the error past it.
+    body_bytes: int
+    body: str
+
+
+def _carries(field: str, limit: int) -> str:
+    return (
+        f"{field} of at most {limit} bytes, {base64_length(limit)} in base64, and "
+        f"{BODY_ENVELOPE_BYTES} bytes of JSON around it"
+    )
 
 
 _ROUTES = {
-    ":publishEvent": _Route("POST", "PublishEvent", publish_event),
-    ":setState": _Route("POST", "SetState", set_state),
-    "/config": _Route("GET", "GetDeviceConfig", get_config),
+    ":publishEvent": _Route(
+        "POST",
+        "PublishEvent",
+        publish_event,
+        body_cap(limits.EVENT_BYTES),
+        "publishEvent: " + _carries("binaryData", limits.EVENT_BYTES),
+    ),
+    ":setState": _Route(
+        "POST",
+        "SetState",
+        set_state,
+        body_cap(limits.STATE_BYTES),
+        "setState: " + _carries("state.binaryData", limits.STATE_BYTES),
+    ),
+    "/config": _Route("GET", "GetDeviceConfig", get_config, 0, "getConfig: no body"),
 }
 
 
@@ -253,15 +295,20 @@ class DeviceRoutes:
         start = time.perf_counter()
         route = _ROUTES[path[5]]
         request = Request(scope, receive)
+        body = RequestBody(scope, receive, route.body_bytes, route.body)
         try:
             if scope["method"] != route.method:
                 raise HTTPException(405)
-            response = await route.handler(self.bridge, request, path)
-        except ClientDisconnect:
+            response = await route.handler(self.bridge, request, path, body)
+        except (ClientDisconnect, ClientGone):
             return
         except Exception as error:
             answer = self._handler(error)(request, error)
             response = await answer if inspect.isawaitable(answer) else answer
+        if body.must_close:
+            # Answered without reading a large body (refused first, too large, or a GET that
+            # carried one): close the connection rather than have the server read all of it.
+            response.headers["connection"] = "close"
         await response(scope, receive, send)
         _latency(route.name).observe(time.perf_counter() - start)
         _requests(route.name, response.status_code).inc()

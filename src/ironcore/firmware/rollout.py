@@ -95,7 +95,7 @@ def merge_config(data: bytes, firmware: dict[str, Any]) -> bytes:
     if data.strip():
         try:
             document = json.loads(data)
-        except (UnicodeDecodeError, ValueError):
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply to read
             raise FailedPrecondition("its config is not JSON") from None
     if not isinstance(document, dict):
         raise FailedPrecondition("its config is not a JSON object")
@@ -109,7 +109,7 @@ def firmware_state(data: bytes | None) -> dict[str, Any]:
     """The `firmware` member of a device state, or {} when it has none (or is not JSON)."""
     try:
         document = json.loads(data or b"")
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply to read
         return {}
     firmware = document.get("firmware") if isinstance(document, dict) else None
     return firmware if isinstance(firmware, dict) else {}

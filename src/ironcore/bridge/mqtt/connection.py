@@ -520,7 +520,7 @@ def _attach_token(payload: bytes) -> str:
         return ""
     try:
         body = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply to read
         return ""
     token = body.get("authorization", "") if isinstance(body, dict) else ""
     return token if isinstance(token, str) else ""

@@ -7,10 +7,11 @@ that queue packets (`accept`, `refuse`, `ack`, `publish_config`, …) and writes
 reads a clock, opens a socket or touches a database.
 
 The session enforces Cloud IoT Core's connection rules: CONNECT first and MQTT 3.1.1 only,
-clean sessions, QoS 2 refused, the topics a device or gateway may use, keep-alive at 1.5 times,
-the 20-minute idle limit, the JWT's deadline, 100 messages per second, and a bounded number of
-unacknowledged QoS 1 messages in each direction. Packets a client pipelines behind CONNECT are
-held, not dropped, until the caller has authenticated it.
+clean sessions, QoS 2 refused, the topics a device or gateway may use (and event subfolders of
+at most `limits.SUBFOLDER_MAX_BYTES`), keep-alive at 1.5 times, the 20-minute idle limit, the
+JWT's deadline, 100 messages per second, and a bounded number of unacknowledged QoS 1 messages
+in each direction. Packets a client pipelines behind CONNECT are held, not dropped, until the
+caller has authenticated it.
 """
 
 from __future__ import annotations
@@ -356,6 +357,14 @@ class Session:
                     self._send(codec.Puback(packet_id))
                 return
             self._bad_topic(packet.topic)
+            return
+        if kind == "events" and len(rest.encode()) > limits.SUBFOLDER_MAX_BYTES:
+            self._close(
+                f"mqtt: The event subfolder is {len(rest.encode())} bytes; at most "
+                f"{limits.SUBFOLDER_MAX_BYTES} are allowed: {rest[:60]}…",
+                Code.INVALID_ARGUMENT,
+                "subfolder",
+            )
             return
         if packet_id is not None:
             self._inbound_pending[packet_id] = None
