@@ -34,7 +34,7 @@ from ironcore.errors import InvalidArgument
 # with room to spare, and is 5 % of the largest device body.
 BODY_ENVELOPE_BYTES = 16 * 1024
 # How deep a request's JSON may nest. The deepest body ironcore takes, setIamPolicy with a
-# condition, nests 5 levels; protobuf's JSON parser, which Google's front end used, allows 100.
+# condition, nests 5 levels; protobuf's JSON parser (json_format.Parse) allows 100 by default.
 # Well below Python's recursion limit, so no parser or validator behind it can overflow.
 JSON_MAX_DEPTH = 32
 # A body left unread up to this size is read and discarded by the HTTP server after the answer,
@@ -56,9 +56,11 @@ def body_cap(payload_bytes: int) -> int:
 
 
 class PayloadTooLarge(InvalidArgument):
-    """A request body over its cap: INVALID_ARGUMENT with the message Google's front end gave
-    ("Request payload size exceeds the limit: N bytes."), which answered 400; ironcore answers
-    HTTP 413, the status that says so, and closes the connection."""
+    """A request body over its cap: INVALID_ARGUMENT with the message Google's API front end
+    gives an oversized request ("Request payload size exceeds the limit: N bytes.", with 400,
+    as Cloud Logging, Speech-to-Text and Gmail users report; what Cloud IoT Core's HTTP bridge
+    answered is not on record). ironcore answers HTTP 413, the status that says so, and closes
+    the connection."""
 
     http_status: ClassVar[int | None] = 413
 

@@ -93,6 +93,8 @@ def run(settings: Settings) -> None:
 
 
 async def serve(settings: Settings) -> None:
+    """Build the primary from `settings`, serve until SIGTERM or SIGINT, then drain and close.
+    The data directory (and, in `tls_files`, the local CA) is made here, at start."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     storage = await Storage.open(settings)
     devices: DeviceSide | None = None
@@ -104,6 +106,8 @@ async def serve(settings: Settings) -> None:
             await _start_nats(storage.sink.start, "--nats-url", settings.nats_url)
         server_id = new_server_id()
         if settings.bus_url:
+            # Built before the hub, which sends over it; it hears for the hub once started
+            # with the hub's `receive`, below.
             space = namespace(settings.effective_database_url, settings.database_schema)
             bus = Bus(settings.bus_url, space, server_id)
         devices = device_side(storage, server_id, [bus] if bus is not None else [])

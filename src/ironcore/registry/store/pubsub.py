@@ -16,8 +16,9 @@ transaction is older than every transaction still in flight:
 `xid < pg_snapshot_xmin(pg_current_snapshot())`, in the same statement (so the same snapshot)
 that reads them. Every transaction below that horizon has ended, and a new transaction always
 gets a larger id, so the events below it are final: a cursor (xid, pk) moved over them leaves
-no gap, whatever order ids were handed out in. (The event's own `pk` is not enough to compare
-with the horizon: a transaction may take its id before another takes an xid and commits.)
+no gap, whatever order ids were handed out in. (Filtering by the horizon but ordering by `pk`
+alone would not do: xid 100 begins, xid 101 inserts pk 5, xid 100 inserts pk 6 and commits;
+below the horizon 101 is pk 6, and pk 5 commits later with a smaller id.)
 
 Why this and not the alternatives:
 - It costs the append path nothing it can measure: one bigint per row from a column default,
@@ -32,8 +33,10 @@ Why this and not the alternatives:
 - Copying each event into a per-subscription table at append would make publishing cost grow
   with the number of subscriptions, which this design avoids.
 The price: delivery waits for the oldest write transaction in flight anywhere on the
-PostgreSQL server (xids are server-wide), so a long-running write transaction delays delivery
-(never loses it), and a pull only sees events of transactions older than its own row lock.
+PostgreSQL server (xids are server-wide, any database), so a long-running write transaction,
+a session idle in a transaction that wrote, or a prepared transaction delays delivery (never
+loses it): set `idle_in_transaction_session_timeout` on a shared server. A pull only sees events
+of transactions older than its own row lock; the next pull gets the rest.
 A new subscription (or tail) starts at the horizon, so it may also get the few events that
 committed just before it was created, from transactions still younger than the oldest in
 flight.
