@@ -82,9 +82,6 @@ class RevokedSigners:
         key_id = signer_key_id(certificate)
         return self._snapshot.get(key_id) if key_id else None
 
-    def revoked_key_ids(self) -> frozenset[str]:
-        return frozenset(r.key_id for r in self._snapshot.values())
-
     async def check(self, certificate: x509.Certificate) -> RevokedSignerRecord | None:
         """`revoked_signer_of` on a snapshot at most `refresh_seconds` old."""
         if time.monotonic() - self._loaded_at > self.refresh_seconds:
