@@ -48,6 +48,9 @@ class Settings:
     mqtt_workers: int = 1
     # NATS joining the servers that share this database (nats://host:4222); empty = none.
     bus_url: str = ""
+    # Seconds a server joined by the bus may stay silent before the others take its devices as
+    # not connected; it says it is alive every third of it.
+    bus_lease_seconds: float = 10.0
 
     @property
     def tls_dir(self) -> Path:

@@ -8,15 +8,24 @@ devices cannot arrange (two connections at nearly the same moment).
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 
 import nats
 import pytest
 
-from ironcore.bridge.cluster.bus import Bus, namespace
+from ironcore.bridge.cluster import hub as cluster_hub
+from ironcore.bridge.cluster.bus import LEASE_SECONDS, Bus, namespace
 from ironcore.bridge.cluster.hub import new_server_id
-from ironcore.bridge.cluster.messages import Connected, Failed, decode, encode
+from ironcore.bridge.cluster.messages import (
+    Connected,
+    Failed,
+    Holding,
+    Message,
+    decode,
+    encode,
+)
 from ironcore.bridge.hub import TAKEN_OVER
 from ironcore.registry.resources import DeviceConfig
 from tests.bridge.test_process_hub import (
@@ -24,6 +33,7 @@ from tests.bridge.test_process_hub import (
     Connection,
     Process,
     commands_and_key_questions_reach,
+    device,
 )
 from tests.conftest import need_service
 
@@ -33,9 +43,9 @@ NATS_URL = "nats://127.0.0.1:4222"
 class Server(Process):
     """A primary's hub joined to the bus, with what the server would give it, recorded."""
 
-    def __init__(self, space: str) -> None:
+    def __init__(self, space: str, lease: float = LEASE_SECONDS) -> None:
         super().__init__(new_server_id())
-        self.bus = Bus(NATS_URL, space, self.hub.origin)
+        self.bus = Bus(NATS_URL, space, self.hub.origin, lease)
         self.hub.attach(self.bus)
 
 
@@ -44,8 +54,8 @@ async def pair() -> AsyncIterator[tuple[Server, Server]]:
     need_service("NATS", "127.0.0.1", 4222)
     space = uuid.uuid4().hex[:16]
     a, b = Server(space), Server(space)
-    await a.bus.start(a.hub.receive)
-    await b.bus.start(b.hub.receive)
+    await a.bus.start(a.hub)
+    await b.bus.start(b.hub)
     yield a, b
     await a.bus.close()
     await b.bus.close()
@@ -160,3 +170,90 @@ async def test_a_change_made_in_one_server_is_forgotten_by_the_other(
     a.hub.forget_device(31)  # a key rotation step on one of a's connections
     await until(lambda: b.forgotten == [31])
     assert a.forgotten == [31]
+
+
+async def test_a_server_that_joins_later_learns_who_holds_which_device() -> None:
+    need_service("NATS", "127.0.0.1", 4222)
+    space = uuid.uuid4().hex[:16]
+    a, b = Server(space), Server(space)
+    await a.bus.start(a.hub)
+    held = Connection(fingerprint="abc")
+    a.hub.register(11, held)
+    try:
+        await b.bus.start(b.hub)  # after the device connected: no `Connected` to hear
+        await until(lambda: b.hub.is_connected(11))
+        await commands_and_key_questions_reach(b.hub, held, 11)
+    finally:
+        await a.bus.close()
+        await b.bus.close()
+
+
+async def test_the_devices_of_a_server_not_heard_for_its_lease_are_not_connected() -> None:
+    need_service("NATS", "127.0.0.1", 4222)
+    space = uuid.uuid4().hex[:16]
+    a, b = Server(space, lease=0.6), Server(space, lease=0.6)
+    await a.bus.start(a.hub)
+    await b.bus.start(b.hub)
+    try:
+        b.hub.register(12, Connection())
+        await until(lambda: a.hub.is_connected(12))
+        await asyncio.sleep(1.2)  # two leases: b says it is alive meanwhile
+        assert a.hub.is_connected(12)
+        await b.bus.close()  # gone without a word for its device, as if killed
+        await until(lambda: not a.hub.is_connected(12))
+        assert await a.hub.send_command(device(12), b"x", "") is False
+    finally:
+        await a.bus.close()
+
+
+async def test_a_rejoining_server_and_the_others_settle_who_holds_a_device(
+    pair: tuple[Server, Server],
+) -> None:
+    """As after a NATS outage during which a device connected to both servers and another
+    left one of them: the newer connection stays, the departed device is forgotten."""
+    a, b = pair
+    older, newer, gone = Connection(), Connection(), Connection()
+    a.hub.register(13, older)
+    a.hub.register(14, gone)
+    await until(lambda: b.hub.is_connected(13) and b.hub.is_connected(14))
+    # What b would have heard, had the bus been up: taken off the directories here.
+    a.hub.local.unregister(14, gone)
+    a.hub.directory.release(14, a.hub.origin)
+    b.hub.local.register(13, newer)
+    b.hub.directory.take(13, b.hub.origin, time.time())
+    assert older.kicked == [] and b.hub.is_connected(14)
+
+    await b.hub.joined(b.bus, recovering=True)
+    await until(lambda: older.kicked == [(13, TAKEN_OVER)] and not b.hub.is_connected(14))
+    assert newer.kicked == [] and newer.caught_up == 1
+    assert a.hub.directory.get(13) == b.hub.directory.get(13)
+    entry = b.hub.directory.get(13)
+    assert entry is not None and entry.holder == b.hub.origin
+
+
+async def test_what_a_server_holds_is_told_in_chunks_that_replace_what_was_known(
+    pair: tuple[Server, Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = pair
+    monkeypatch.setattr(cluster_hub, "HOLDING_CHUNK", 2)
+    for num_id in range(21, 26):
+        a.hub.register(num_id, Connection())
+    await until(lambda: all(b.hub.is_connected(n) for n in range(21, 26)))
+    b.hub.directory.take(26, a.hub.origin, 0.0)  # a departure b missed
+    sent: list[Message] = []
+    real_send = a.bus.send
+
+    def send(message: Message) -> None:
+        sent.append(message)
+        real_send(message)
+
+    monkeypatch.setattr(a.bus, "send", send)
+    await a.hub.joined(a.bus, recovering=False)
+    await until(lambda: not b.hub.is_connected(26))
+    holdings = [m for m in sent if isinstance(m, Holding)]
+    assert [(len(m.devices), m.first, m.last) for m in holdings] == [
+        (2, True, False),
+        (2, False, False),
+        (1, False, True),
+    ]
+    assert {n for n in b.hub.directory} == set(range(21, 26))

@@ -20,6 +20,8 @@ from ironcore.bridge.cluster.messages import (
     Connected,
     Disconnected,
     Forget,
+    Holding,
+    Holdings,
     Message,
     MessageError,
     Metrics,
@@ -56,6 +58,9 @@ BY_TYPE: dict[object, st.SearchStrategy[Any]] = {
     bytes: st.binary(max_size=500),
     RegistryName: registries,
     Snapshot: snapshots,
+    Holdings: st.lists(
+        st.tuples(st.integers(), st.floats(allow_nan=False, allow_infinity=False))
+    ).map(tuple),
 }
 
 
@@ -116,6 +121,9 @@ def test_any_field_of_any_value_only_raises_message_error(
         decode(json.dumps(body).encode())
 
 
+HOLDING = b'{"kind": "holding", "origin": "s", "devices": %s, "first": true, "last": false}'
+
+
 @pytest.mark.parametrize(
     ("data", "says"),
     [
@@ -140,12 +148,28 @@ def test_any_field_of_any_value_only_raises_message_error(
         (b'{"kind": "metrics", "families": [["n", "counter", "h", [["s", {}, "1"]]]]}', "number"),
         (b'{"kind": "metrics", "families": [["n", "counter", "h"]]}', "[name, type, help"),
         (b"[" * 100_000 + b"]" * 100_000, "not JSON"),
+        (b'{"kind": "holding", "origin": "s", "first": true, "last": true}', "without devices"),
+        (HOLDING % b'{"7": 1.5}', "is not a list of [num_id, connected at]"),
+        (HOLDING % b"[[7]]", "[7] is not [num_id, connected at]"),
+        (HOLDING % b"[[7, 1.5, 2]]", "is not [num_id, connected at]"),
+        (HOLDING % b'[[7, "1.5"]]', "holding.devices: '1.5' is not a number"),
+        (HOLDING % b"[[7.0, 1.5]]", "7.0 is not an integer"),
+        (HOLDING % b"[[7, 1e999]]", "is not a number JSON allows"),
+        (b'{"kind": "heartbeat", "origin": "s", "lease": "10"}', "heartbeat.lease: '10'"),
+        (b'{"kind": "hello"}', "hello without origin"),
     ],
 )
 def test_what_is_wrong_is_said(data: bytes, says: str) -> None:
     with pytest.raises(MessageError) as error:
         decode(data)
     assert says in str(error.value)
+
+
+def test_holdings_are_pairs_of_a_device_and_when_it_connected() -> None:
+    message = Holding("s", ((7, 1.5), (8, 2.0)), True, False)
+    assert json.loads(encode(message))["devices"] == [[7, 1.5], [8, 2.0]]
+    expected = Holding("s", ((7, 1.0), (8, 2.5)), True, False)
+    assert decode(HOLDING % b"[[7, 1], [8, 2.5]]") == expected
 
 
 def test_keys_a_later_version_adds_are_ignored() -> None:

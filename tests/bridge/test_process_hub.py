@@ -44,6 +44,7 @@ class Connection:
     commands: list[tuple[int, str, bytes]] = field(default_factory=list)
     revalidated: list[int | None] = field(default_factory=list)
     rotations: list[int] = field(default_factory=list)
+    caught_up: int = 0
     subscribed: bool = True
 
     def deliver_config(self, num_id: int, config: DeviceConfig) -> None:
@@ -65,6 +66,9 @@ class Connection:
 
     def key_in_use(self, num_id: int) -> str | None:
         return self.fingerprint
+
+    async def catch_up(self) -> None:
+        self.caught_up += 1
 
 
 class Process:
@@ -257,3 +261,16 @@ async def test_a_change_made_in_the_primary_is_forgotten_by_every_worker() -> No
     await settle()
     assert primary.forgotten == [21]
     assert one.forgotten == [21] and two.forgotten == [21]
+
+
+async def test_catching_up_reaches_every_worker_and_connection() -> None:
+    primary, (one, two), _ = await joined(2)
+    here, on_one = Connection(), Connection()
+    primary.hub.register(1, here)
+    one.hub.register(2, on_one)
+    await settle()
+    await primary.hub.catch_up()
+    await settle()
+    assert here.caught_up == 1 and on_one.caught_up == 1
+    assert primary.forgotten == ["all"] and one.forgotten == ["all"] and two.forgotten == ["all"]
+    assert primary.refreshes == 1 and one.refreshes == 1 and two.refreshes == 1

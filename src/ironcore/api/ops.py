@@ -93,6 +93,13 @@ async def readyz(request: Request) -> JSONResponse:
         await request.app.state.manager.store.ping()
     except Exception as exc:  # any database failure means "not ready", with its reason
         return JSONResponse({"status": "database unavailable", "error": str(exc)}, status_code=503)
+    # With --bus, whether this server reaches the others (set by `runtime.primary.http_app`).
+    bus_ready = getattr(request.app.state, "bus_ready", None)
+    if bus_ready is not None and not bus_ready():
+        return JSONResponse(
+            {"status": "bus unavailable", "error": "not connected to NATS (--bus)"},
+            status_code=503,
+        )
     return JSONResponse({"status": "ready"})
 
 

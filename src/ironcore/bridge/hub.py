@@ -39,6 +39,11 @@ class LiveConnection(Protocol):
     def key_in_use(self, num_id: int) -> str | None:
         """The fingerprint of the key the device authenticated with (None behind a gateway)."""
 
+    async def catch_up(self) -> None:
+        """Changes may have gone unheard (the bus to the other servers was down): check every
+        device again, and send each the config the database has if it is newer than the one
+        this connection sent."""
+
 
 class Hub(Protocol):
     """What a connection tells the hub."""
@@ -104,6 +109,12 @@ class LocalHub:
         connection = self._connections.get(num_id)
         if connection is not None:
             await connection.rotation_changed(num_id)
+
+    async def catch_up(self) -> None:
+        """Every connection catches up (`LiveConnection.catch_up`), one after another: after
+        an outage the database is read once per device, not all at once."""
+        for connection in {id(c): c for c in self._connections.values()}.values():
+            await connection.catch_up()
 
     async def registry_changed(self, name: RegistryName) -> None:
         """Every connection serving a device of the registry checks all its devices again."""

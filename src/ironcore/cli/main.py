@@ -144,6 +144,16 @@ def serve(
             "configs, commands, session takeover and live disconnects across servers",
         ),
     ] = "",
+    bus_lease: Annotated[
+        float,
+        typer.Option(
+            envvar="IRONCORE_BUS_LEASE",
+            min=0.3,
+            max=3600,
+            help="Seconds a server joined by --bus may stay silent before the others take its "
+            "devices as not connected (it says it is alive every third of it)",
+        ),
+    ] = 10.0,
 ) -> None:
     """Run ironcore: the admin API and the MQTT bridge."""
     if (tls_cert is None) != (tls_key is None):
@@ -177,6 +187,7 @@ def serve(
             tls_key=tls_key,
             mqtt_workers=mqtt_workers,
             bus_url=bus,
+            bus_lease_seconds=bus_lease,
         )
     )
 

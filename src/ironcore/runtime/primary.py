@@ -109,13 +109,13 @@ async def serve(settings: Settings) -> None:
             # Built before the hub, which sends over it; it hears for the hub once started
             # with the hub's `receive`, below.
             space = namespace(settings.effective_database_url, settings.database_schema)
-            bus = Bus(settings.bus_url, space, server_id)
+            bus = Bus(settings.bus_url, space, server_id, settings.bus_lease_seconds)
         devices = device_side(storage, server_id, [bus] if bus is not None else [])
         built = services(storage, devices, settings.data_dir / "firmware")
         await ensure_admin_token(built.tokens, settings)
         await devices.revoked.refresh()
         if bus is not None:
-            await _start_nats(partial(bus.start, devices.hub.receive), "--bus", settings.bus_url)
+            await _start_nats(partial(bus.start, devices.hub), "--bus", settings.bus_url)
         listening = listeners(settings)
         bridge = MqttBridge(
             MqttServices(devices.channel, devices.hub),
@@ -141,7 +141,11 @@ async def serve(settings: Settings) -> None:
                 )
         tune_gc()
         servers = adapters(
-            settings, built, devices.channel, workers.metrics if workers is not None else None
+            settings,
+            built,
+            devices.channel,
+            workers.metrics if workers is not None else None,
+            (lambda: bus.ready) if bus is not None else None,
         )
         await _run(settings, servers, built, bridge, workers)
     finally:
@@ -158,18 +162,20 @@ def adapters(
     services: Services,
     channel: DeviceChannel,
     worker_metrics: WorkerMetrics | None,
+    bus_ready: Callable[[], bool] | None = None,
 ) -> list[Adapter]:
     """The servers the primary runs beside its MQTT bridge, over the services it built and
     the device channel its MQTT bridge shares: the admin API, with the HTTP device bridge in
-    front of it or on `--device-http-port`. A new adapter is constructed here."""
+    front of it or on `--device-http-port`. A new adapter is constructed here. `bus_ready`
+    says whether the bus to the other servers is up (/readyz)."""
     device_bridge = DeviceBridge(channel)
     found: list[Adapter] = []
     if settings.device_http_port:
-        app = http_app(services, device_bridge, worker_metrics, admin=False)
+        app = http_app(services, device_bridge, worker_metrics, bus_ready, admin=False)
         found.append(_http_server(app, settings.api_host, settings.device_http_port))
         log.info("HTTP device bridge on port %d", settings.device_http_port)
     admin_bridge = None if settings.device_http_port else device_bridge
-    app = http_app(services, admin_bridge, worker_metrics)
+    app = http_app(services, admin_bridge, worker_metrics, bus_ready)
     found.append(_http_server(app, settings.api_host, settings.api_port))
     return found
 
@@ -178,6 +184,7 @@ def http_app(
     services: Services,
     device_bridge: DeviceBridge | None,
     worker_metrics: WorkerMetrics | None,
+    bus_ready: Callable[[], bool] | None = None,
     admin: bool = True,
 ) -> FastAPI:
     """The admin API (`api.app.create_app`) and, with `device_bridge`, the HTTP device bridge
@@ -193,6 +200,7 @@ def http_app(
         worker_metrics=worker_metrics,
         self_authenticating=http_bridge.is_device_path,
     )
+    app.state.bus_ready = bus_ready
     if device_bridge is not None:
         app.include_router(firmware_bridge.router(device_bridge, services.firmware))
         # Outermost: device requests skip the admin API's middleware and routing; their

@@ -7,12 +7,23 @@ two kinds of subjects, both carrying `cluster.messages` as `encode` writes them:
 - `ironcore.hub.{namespace}.all`: what every server must hear, each message naming its sender
   (`origin`, the server id): a device connected (with the time it did, so that of two
   near-simultaneous connections the newer wins everywhere) or gone; a config, device, registry
-  or key rotation changed; a device's cached context to forget.
+  or key rotation changed; a device's cached context to forget; a server's `Hello`, the
+  `Holding`s that answer it, and every server's `Heartbeat`.
 - `ironcore.hub.{namespace}.server.{id}`: requests for one server (deliver a command to a device
   it serves, name the key a device it serves authenticated with), answered on the reply subject.
 
 A server skips what it sent itself. What it hears it applies as its own (cached contexts
 forgotten, connections checked again) but does not pass back.
+
+NATS keeps nothing for a server that is not listening, so the directory of who holds which
+device is rebuilt rather than trusted, by the hub (`ClusterHub.joined`) when this bus starts and
+each time nats-py's `reconnected_cb` says its connection is back (subscriptions already
+replayed): `Hello`, answered by every server's `Holding`, and a catch-up of the changes missed.
+Each server says `Heartbeat` every third of its lease (`--bus-lease`); a server not heard for
+its lease is dropped from the directory (`cluster.leases`, `ClusterHub.server_gone`), so a
+server that died stops being named as its devices' holder. While this server's own connection is
+down, `ready` is False (/readyz answers 503), commands for devices on other servers fail at once
+saying so, and no lease expires (it hears nobody, which says nothing of them).
 """
 
 from __future__ import annotations
@@ -20,17 +31,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable
+from typing import Protocol
 
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
+from ironcore.bridge.cluster.leases import Leases
 from ironcore.bridge.cluster.messages import (
     Answer,
     Command,
     Failed,
+    Heartbeat,
     KeyInUse,
     Message,
     MessageError,
@@ -38,12 +53,27 @@ from ironcore.bridge.cluster.messages import (
     decode,
     encode,
 )
-from ironcore.bridge.cluster.transport import ANSWERS, Peers, Receive
+from ironcore.bridge.cluster.transport import ANSWERS, Peers, Transport
+from ironcore.bridge.ipc import Reply
 from ironcore.routing.nats import reachable
 
 log = logging.getLogger(__name__)
 # How long a server waits for another to deliver a command or name a key.
 REQUEST_SECONDS = 5.0
+# How long a server may stay silent before the others take its devices as not connected.
+LEASE_SECONDS = 10.0
+# How long nats-py waits between attempts to reconnect.
+RECONNECT_SECONDS = 1.0
+
+
+class Members(Protocol):
+    """What the bus needs of the hub it joins to the other servers (`ClusterHub`)."""
+
+    def receive(self, message: Message, via: Transport) -> Reply: ...
+
+    async def joined(self, via: Transport, recovering: bool) -> None: ...
+
+    def server_gone(self, origin: str) -> None: ...
 
 
 def namespace(database_url: str, schema: str) -> str:
@@ -54,31 +84,56 @@ def namespace(database_url: str, schema: str) -> str:
 class Bus:
     peers = Peers.SERVERS
 
-    def __init__(self, url: str, space: str, server_id: str) -> None:
+    def __init__(
+        self, url: str, space: str, server_id: str, lease_seconds: float = LEASE_SECONDS
+    ) -> None:
         self.url = url
         self.server_id = server_id
+        self.lease_seconds = lease_seconds
         self.name = "the bus"
         self.all_subject = f"ironcore.hub.{space}.all"
         self.server_prefix = f"ironcore.hub.{space}.server."
+        self.leases = Leases(lease_seconds)
         self._client: Client | None = None
-        self._receive: Receive | None = None
+        self._hub: Members | None = None
         self._sending: set[asyncio.Task[None]] = set()
+        self._beating: asyncio.Task[None] | None = None
+        self._catching_up: asyncio.Task[None] | None = None
+        # From nats-py's disconnected_cb to its reconnected_cb (it reports itself connected a
+        # moment before the latter, when the leases are not renewed yet).
+        self._down = False
 
-    async def start(self, receive: Receive) -> None:
-        """Join the other servers; what they say goes to `receive` (the hub's)."""
-        self._receive = receive
+    @property
+    def ready(self) -> bool:
+        """Whether this server is connected to NATS, and so hears and reaches the others."""
+        return self._client is not None and self._client.is_connected and not self._down
+
+    async def start(self, hub: Members) -> None:
+        """Join the other servers; what they say goes to `hub`."""
+        self._hub = hub
         await reachable(self.url)
         self._client = await nats.connect(
-            self.url, name=f"ironcore-hub-{self.server_id}", max_reconnect_attempts=-1
+            self.url,
+            name=f"ironcore-hub-{self.server_id}",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=RECONNECT_SECONDS,
+            disconnected_cb=self._disconnected,
+            reconnected_cb=self._reconnected,
+            error_cb=self._error,
         )
         await self._client.subscribe(self.all_subject, cb=self._heard)
         await self._client.subscribe(self.server_prefix + self.server_id, cb=self._asked)
         await self._client.flush()  # subscribed at the server before anything is sent
+        await hub.joined(self, recovering=False)
+        self._beating = asyncio.create_task(self._beat())
         log.info("joined the servers of this database over NATS (%s)", self.url)
 
     async def close(self) -> None:
         """After the bridge stopped (its devices' departures are being told): send what is
         still to be sent, then leave."""
+        for task in (self._beating, self._catching_up):
+            if task is not None:
+                task.cancel()
         if self._sending:
             await asyncio.wait(self._sending, timeout=REQUEST_SECONDS)
         if self._client is not None:
@@ -91,7 +146,8 @@ class Bus:
 
     def send(self, message: Message) -> None:
         if self._client is None or not self._client.is_connected:
-            log.warning("NATS is not connected: the other servers did not hear %s", about(message))
+            # Said once when NATS went away; what was not heard is caught up when it is back.
+            log.debug("NATS is not connected: the other servers did not hear %s", about(message))
             return
         task = asyncio.ensure_future(self._client.publish(self.all_subject, encode(message)))
         self._sending.add(task)
@@ -105,6 +161,8 @@ class Bus:
     async def ask(self, holder: str, request: Message) -> Answer | None:
         if self._client is None:
             return None
+        if not self.ready:
+            return Failed(f"it is connected to server {holder}, and NATS ({self.url}) is down")
         try:
             reply = await self._client.request(
                 self.server_prefix + holder, encode(request), REQUEST_SECONDS
@@ -117,6 +175,52 @@ class Bus:
             log.warning("server %s answered %s with %s", holder, about(request), answer)
             return None
         return answer
+
+    # Leases and outages
+
+    async def _beat(self) -> None:
+        """Say this server is alive; drop the servers not heard for their lease."""
+        assert self._client is not None and self._hub is not None
+        beat = encode(Heartbeat(self.server_id, self.lease_seconds))
+        while True:
+            if self.ready:
+                try:
+                    await self._client.publish(self.all_subject, beat)
+                except NatsError as error:  # the connection went meanwhile: said when back
+                    log.debug("no heartbeat: %s", error)
+                for origin in self.leases.expired(time.monotonic()):
+                    self._hub.server_gone(origin)
+            await asyncio.sleep(self.lease_seconds / 3)
+
+    async def _disconnected(self) -> None:
+        self._down = True
+        if self._client is not None and not self._client.is_closed:
+            log.warning(
+                "lost NATS (%s): until it is back, changes are not heard from the other "
+                "servers nor told to them, and commands for their devices fail",
+                self.url,
+            )
+
+    async def _reconnected(self) -> None:
+        # Called inside nats-py's reconnection: the catch-up (reads of every connected device)
+        # runs beside it. A newer one replaces one still running from an earlier outage.
+        log.warning("NATS (%s) is back: rejoining the other servers and catching up", self.url)
+        self.leases.renew_all(time.monotonic())
+        self._down = False
+        if self._catching_up is not None:
+            self._catching_up.cancel()
+        self._catching_up = asyncio.create_task(self._rejoin())
+
+    async def _rejoin(self) -> None:
+        assert self._hub is not None
+        try:
+            await self._hub.joined(self, recovering=True)
+        except Exception:  # the next outage tries again; the devices reconnecting heal too
+            log.exception("catching up after the NATS outage failed")
+
+    async def _error(self, error: Exception) -> None:
+        # nats-py reports each failed reconnection attempt here; the outage was logged once.
+        log.debug("NATS (%s): %s", self.url, error)
 
     # What the others say
 
@@ -132,6 +236,10 @@ class Bus:
             return
         if origin == self.server_id:
             return
+        if isinstance(message, Heartbeat):
+            self.leases.heard(origin, time.monotonic(), message.lease)
+            return
+        self.leases.heard(origin, time.monotonic())
         try:
             await self._apply(message)
         except Exception:  # one bad message must not stop the subscription
@@ -156,6 +264,6 @@ class Bus:
         await msg.respond(encode(answer or Failed("no answer")))
 
     async def _apply(self, message: Message) -> Message | None:
-        assert self._receive is not None
-        result = self._receive(message, self)
+        assert self._hub is not None
+        result = self._hub.receive(message, self)
         return await result if isinstance(result, Awaitable) else result

@@ -11,7 +11,7 @@ nothing of connections or transports.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
 
 
@@ -56,8 +56,13 @@ class Directory:
         del self._entries[num_id]
         return True
 
+    def held_by(self, holders: Container[str]) -> list[tuple[int, Entry]]:
+        """The devices held by any of `holders`, with their entries."""
+        return [(num_id, e) for num_id, e in self._entries.items() if e.holder in holders]
+
     def drop_holder(self, holder: str) -> list[int]:
-        """`holder` is gone (a worker that exited): the devices it held, now held by nobody."""
+        """`holder` is gone (a worker that exited, a server whose lease expired): the devices
+        it held, now held by nobody."""
         gone = [num_id for num_id, entry in self._entries.items() if entry.holder == holder]
         for num_id in gone:
             del self._entries[num_id]

@@ -13,6 +13,15 @@ on by the local connection, whichever process made it. A device connecting anywh
 over from wherever it was: this process's own connections always win, between servers the
 newer connection does. Requests (commands, key questions) go to the one process serving the
 device.
+
+Between servers the directory is rebuilt rather than trusted: a server that joins the bus, or
+whose connection to NATS comes back, says `Hello` and its devices (`Holding`), and every server
+answers with its own (`joined`). A server whose lease expired (`cluster.leases`) is dropped
+with its devices (`server_gone`). After an outage of the bus this server also catches up
+(`catch_up`): whatever changes it did not hear of (configs, blocks, deletions, credentials,
+revoked signers) are in the database, so each of its processes forgets what it cached and
+checks its connections against the database; and of a device connected to two servers during
+the outage, the newer connection wins when their `Holding`s cross, as for `Connected`.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from dataclasses import replace
 from ironcore.bridge.cluster.directory import Directory
 from ironcore.bridge.cluster.forgetting import Caches, forget
 from ironcore.bridge.cluster.messages import (
+    CatchUp,
     Change,
     Command,
     ConfigChanged,
@@ -33,8 +43,11 @@ from ironcore.bridge.cluster.messages import (
     Delivered,
     DeviceChanged,
     Disconnected,
+    Failed,
     Fingerprint,
     Forget,
+    Hello,
+    Holding,
     KeyInUse,
     Kick,
     Message,
@@ -44,10 +57,13 @@ from ironcore.bridge.cluster.messages import (
 from ironcore.bridge.cluster.transport import Peers, Transport
 from ironcore.bridge.hub import LiveConnection, LocalHub
 from ironcore.bridge.ipc import Reply
+from ironcore.errors import Unavailable
 from ironcore.registry.names import RegistryName
 from ironcore.registry.resources import Device, DeviceConfig
 
 log = logging.getLogger(__name__)
+# Devices per `Holding`: about 30 bytes each, far below NATS's 1 MB message limit.
+HOLDING_CHUNK = 2000
 
 
 def new_server_id() -> str:
@@ -80,6 +96,8 @@ class ClusterHub:
         self._clock = clock
         self._transports: list[Transport] = list(transports)
         self._routes: dict[str, Transport] = {}  # holder → the transport that reaches it
+        # Server → its devices not yet named by the `Holding` chunks it is sending.
+        self._unconfirmed: dict[str, set[int]] = {}
 
     def attach(self, transport: Transport) -> None:
         self._transports.append(transport)
@@ -113,7 +131,11 @@ class ClusterHub:
     # What the device manager, revocations and rollouts call (`registry.service.ConnectedDevices`)
 
     async def send_command(self, device: Device, data: bytes, subfolder: str) -> bool:
+        """Whether the device's connection took the command; Unavailable if the process that
+        serves it could not be asked (the bus to the other servers is down)."""
         answer = await self._answer(Command(device.num_id, subfolder, data), None)
+        if isinstance(answer, Failed):
+            raise Unavailable(f"Device {device.id} could not be reached: {answer.error}")
         return isinstance(answer, Delivered) and answer.delivered
 
     async def key_in_use(self, num_id: int) -> str | None:
@@ -162,9 +184,74 @@ class ClusterHub:
                 return self._change(message, via)
             case Command() | KeyInUse():
                 return self._answer(message, via)
+            case Hello():
+                self._tell_holdings(via)
+            case Holding():
+                self._holding(message, via)
+            case CatchUp():
+                return self.catch_up()
             case _:
                 raise ValueError(f"{message.kind} from {via.name} is not for the hub")
         return None
+
+    # The other servers (`cluster.bus`)
+
+    async def joined(self, via: Transport, recovering: bool) -> None:
+        """This server joined the servers over `via`, or (`recovering`) its connection came
+        back after an outage: learn what the others hold, tell them what this one holds and,
+        after an outage, catch up with what was not heard."""
+        via.send(Hello(self.origin))
+        self._tell_holdings(via)
+        if recovering:
+            await self.catch_up()
+
+    def server_gone(self, origin: str) -> None:
+        """Server `origin` was not heard for its lease: none of its devices is connected."""
+        self._routes.pop(origin, None)
+        self._unconfirmed.pop(origin, None)
+        dropped = self.directory.drop_holder(origin)
+        if dropped:
+            log.warning(
+                "server %s was not heard for its lease: its %d devices are taken as not connected",
+                origin,
+                len(dropped),
+            )
+
+    async def catch_up(self) -> None:
+        """Changes may have gone unheard: this process and its workers forget what they cached
+        and check each connection against the database (`LocalHub.catch_up`)."""
+        self.caches.forget_all()
+        for transport in self._transports:
+            if transport.peers is Peers.WORKER:
+                transport.send(CatchUp())
+        if self.refresh_revocations is not None:
+            await self.refresh_revocations()
+        await self.local.catch_up()
+
+    def _tell_holdings(self, via: Transport) -> None:
+        """The devices of this server's processes, in chunks of one snapshot (at least one)."""
+        here = {self.origin} | {h for h, t in self._routes.items() if t.peers is Peers.WORKER}
+        held = tuple((num_id, entry.since) for num_id, entry in self.directory.held_by(here))
+        starts = range(0, max(len(held), 1), HOLDING_CHUNK)
+        for start in starts:
+            chunk = held[start : start + HOLDING_CHUNK]
+            via.send(Holding(self.origin, chunk, start == 0, start == starts[-1]))
+
+    def _holding(self, message: Holding, via: Transport) -> None:
+        """Take what another server holds, newer connections winning as for `Connected`; what
+        its snapshot leaves out, once the last chunk is in, it no longer holds."""
+        origin = message.origin
+        if message.first:
+            self._unconfirmed[origin] = {n for n, _ in self.directory.held_by({origin})}
+        unconfirmed = self._unconfirmed.get(origin, set())
+        self._routes[origin] = via
+        for num_id, at in message.devices:
+            unconfirmed.discard(num_id)
+            if not self.directory.newer_than(num_id, at):
+                self._claim(num_id, origin, at, via)
+        if message.last:
+            for num_id in self._unconfirmed.pop(origin, ()):
+                self.directory.release(num_id, origin)
 
     # Who serves which device
 
@@ -226,15 +313,18 @@ class ClusterHub:
 
     async def _answer(
         self, request: Command | KeyInUse, via: Transport | None
-    ) -> Delivered | Fingerprint:
+    ) -> Delivered | Fingerprint | Failed:
         """From the connection here, or from the process that serves the device (never back
-        over the transport the request came from)."""
+        over the transport the request came from); Failed if that process could not be asked
+        at all (the transport said why)."""
         entry = self.directory.get(request.num_id)
         if entry is not None and entry.holder != self.origin:
             transport = self._routes.get(entry.holder)
             if transport is not None and transport is not via:
                 answer = await transport.ask(entry.holder, request)
                 if isinstance(answer, Delivered if isinstance(request, Command) else Fingerprint):
+                    return answer
+                if isinstance(answer, Failed) and isinstance(request, Command):
                     return answer
         match request:
             case Command():

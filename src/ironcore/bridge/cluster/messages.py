@@ -10,6 +10,12 @@ not know are ignored, so that a later version may add a field with a default.
 `origin` is the process that sent the message on this hop: a server's id on the bus, a server
 or worker id between the processes of a server (`cluster.hub.ClusterHub.origin`). Times are
 seconds since the epoch on the sender's clock.
+
+Between servers, `Connected` and `Disconnected` keep the directories current as devices come and
+go, but a server that starts, or whose NATS connection comes back, has missed them. So a server
+that (re)joins says `Hello`, and every server answers with what it holds (`Holding`, in chunks,
+each a part of one snapshot that replaces what was known of its sender); and every server says
+`Heartbeat` often, so that the others drop the devices of a server that stopped (its lease).
 """
 
 from __future__ import annotations
@@ -70,6 +76,41 @@ class Disconnected(AboutDevice):
     """The device `origin` served is gone from it."""
 
     kind = "disconnected"
+
+
+# A server's devices as a whole (`cluster.bus`): [num_id, connected at], one pair each.
+Holdings = tuple[tuple[int, float], ...]
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    """A server joined the bus, or its connection to NATS came back: every server answers with
+    the devices it holds (`Holding`)."""
+
+    kind = "hello"
+    origin: str
+
+
+@dataclass(frozen=True)
+class Holding(Message):
+    """One chunk of the devices `origin` holds now (its own and its workers'). The chunks from
+    `first` to `last` together replace whatever was known of `origin`'s devices."""
+
+    kind = "holding"
+    origin: str
+    devices: Holdings
+    first: bool
+    last: bool
+
+
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    """`origin` is alive; if nothing is heard of it for `lease` seconds, its devices are taken
+    as not connected."""
+
+    kind = "heartbeat"
+    origin: str
+    lease: float
 
 
 class Kick(ForDevice):
@@ -133,6 +174,13 @@ class KeyInUse(ForDevice):
     kind = "key_in_use"
 
 
+class CatchUp(Message):
+    """From a primary to its workers, after its bus came back: changes may have gone unheard,
+    so check every connection against the database (`bridge.hub.LiveConnection.catch_up`)."""
+
+    kind = "catch_up"
+
+
 class CollectMetrics(Message):
     """From a primary to a worker: answered by `Metrics`."""
 
@@ -187,7 +235,11 @@ Answer = Delivered | Fingerprint | Metrics | Failed
 MESSAGES: tuple[type[Message], ...] = (
     Connected,
     Disconnected,
+    Hello,
+    Holding,
+    Heartbeat,
     Kick,
+    CatchUp,
     ConfigChanged,
     DeviceChanged,
     RotationChanged,
@@ -285,6 +337,21 @@ def _from_snapshot(value: object) -> Snapshot:
     return value
 
 
+def _to_holdings(value: Holdings) -> list[list[float]]:
+    return [[num_id, at] for num_id, at in value]
+
+
+def _from_holdings(value: object) -> Holdings:
+    if type(value) is not list:
+        raise MessageError(f"{_shown(value)} is not a list of [num_id, connected at]")
+    held = []
+    for pair in value:
+        if type(pair) is not list or len(pair) != 2:
+            raise MessageError(f"{_shown(pair)} is not [num_id, connected at]")
+        held.append((_integer(pair[0]), _number(pair[1])))
+    return tuple(held)
+
+
 def _same(value: Any) -> Any:
     return value
 
@@ -299,6 +366,7 @@ _CODECS: dict[object, _Codec] = {
     bytes: (_to_base64, _from_base64),
     RegistryName: (_to_registry, _from_registry),
     Snapshot: (_same, _from_snapshot),
+    Holdings: (_to_holdings, _from_holdings),
 }
 
 

@@ -196,6 +196,23 @@ class MqttConnection(asyncio.Protocol):
                 expires = self.channel.credential_deadline(fresh, fingerprint)
                 self._set_deadline(min(self._token_deadline, expires))
 
+    async def catch_up(self) -> None:
+        await self.revalidate(None)
+        for device_id, context in list(self._contexts.items()):
+            sent = self.session.config_version_sent(device_id)
+            if sent is None:
+                continue  # not subscribed: sent the current config when it subscribes
+            try:
+                config = await self.channel.current_config(context)
+            except NotFound:
+                continue  # deleted a moment ago: nothing to send
+            if (
+                config is not None
+                and config.version > sent
+                and self._contexts.get(device_id) is context
+            ):
+                self.deliver_config(context.device.num_id, config)
+
     def key_in_use(self, num_id: int) -> str | None:
         primary = self._contexts.get(self.session.device_id)
         return (

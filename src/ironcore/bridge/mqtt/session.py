@@ -170,6 +170,8 @@ class _OutboundConfig:
 class _Subscriptions:
     config_qos: int | None = None
     commands_qos: int | None = None
+    # The config version last published on the config subscription (-1: none yet).
+    config_version: int = -1
 
 
 @dataclass
@@ -475,6 +477,14 @@ class Session:
         subscriptions = self._subscriptions.get(device_id)
         return subscriptions is not None and subscriptions.config_qos is not None
 
+    def config_version_sent(self, device_id: str) -> int | None:
+        """The config version last sent to the subscribed device (-1: none yet); None if it is
+        not subscribed to its config."""
+        subscriptions = self._subscriptions.get(device_id)
+        if subscriptions is None or subscriptions.config_qos is None:
+            return None
+        return subscriptions.config_version
+
     def publish_config(self, device_id: str, version: int, data: bytes, now: float) -> bool:
         """Send a config version if the device is subscribed; False otherwise.
 
@@ -487,6 +497,7 @@ class Session:
         qos = subscriptions.config_qos
         if qos is None:
             return False
+        subscriptions.config_version = version
         topic = f"/devices/{device_id}/config"
         # Also after a re-subscription at QoS 0: an older version must not be redelivered.
         self._drop_config(device_id)
