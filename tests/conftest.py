@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -236,6 +237,48 @@ def stop_server(server: Server) -> int:
     except subprocess.TimeoutExpired:
         server.process.kill()
         return -9
+
+
+@dataclass
+class PrivateNats:
+    """A nats-server of the test's own on a free port, to cut and bring back on the same port;
+    never the machine's shared one on 4222."""
+
+    directory: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        args = ["nats-server", "-a", "127.0.0.1", "-p", str(self.port), "-js"]
+        args += ["-sd", str(self.directory / "store")]
+        with (self.directory / "nats-server.log").open("ab") as out:
+            self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        wait_for(lambda: service_up("127.0.0.1", self.port), 10, "the private nats-server")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def private_nats(tmp_path: Path) -> Iterator[PrivateNats]:
+    """A nats-server of this test's own, killed at the end."""
+    if shutil.which("nats-server") is None:
+        if REQUIRE_SERVICES:
+            pytest.fail("nats-server is not installed and IRONCORE_REQUIRE_SERVICES=1")
+        pytest.skip("nats-server is not installed")
+    (tmp_path / "nats").mkdir()
+    nats = PrivateNats(tmp_path / "nats", free_port())
+    nats.start()
+    try:
+        yield nats
+    finally:
+        nats.kill()
 
 
 @pytest.fixture

@@ -17,8 +17,11 @@ import pytest
 
 from ironcore.bridge.cluster.hub import ClusterHub, worker_id
 from ironcore.bridge.cluster.messages import (
+    Answer,
     CollectMetrics,
     Forget,
+    Hello,
+    Holding,
     Message,
     Metrics,
     Ready,
@@ -274,3 +277,32 @@ async def test_catching_up_reaches_every_worker_and_connection() -> None:
     assert here.caught_up == 1 and on_one.caught_up == 1
     assert primary.forgotten == ["all"] and one.forgotten == ["all"] and two.forgotten == ["all"]
     assert primary.refreshes == 1 and one.refreshes == 1 and two.refreshes == 1
+
+
+@dataclass
+class Recorder:
+    """A transport to other servers that keeps what it is given to send."""
+
+    name: str = "the bus"
+    peers: Peers = Peers.SERVERS
+    sent: list[Message] = field(default_factory=list)
+
+    def send(self, message: Message) -> None:
+        self.sent.append(message)
+
+    async def ask(self, holder: str, request: Message) -> Answer | None:
+        return None
+
+
+async def test_what_a_server_holds_includes_its_workers_devices() -> None:
+    primary, (one, _), _ = await joined(2)
+    primary.hub.register(1, Connection())
+    one.hub.register(2, Connection())
+    await settle()
+    bus = Recorder()
+    primary.hub.attach(bus)
+    await primary.hub.joined(bus, recovering=False)
+    hello, holding = bus.sent
+    assert hello == Hello(SERVER)
+    assert isinstance(holding, Holding) and holding.first and holding.last
+    assert {num_id for num_id, _ in holding.devices} == {1, 2}

@@ -31,3 +31,9 @@ WRITE_PAUSED = Gauge(
     "transport's buffer is past its high-water mark)",
 )
 DISCONNECTS = Counter("ironcore_mqtt_disconnects_total", "MQTT disconnects by reason", ["reason"])
+BUS_CONNECTED = Gauge(
+    "ironcore_bus_connected", "1 while this server is connected to NATS (--bus), 0 while not"
+)
+BUS_SERVERS = Gauge(
+    "ironcore_bus_servers", "The other servers of the database heard within their lease (--bus)"
+)

@@ -40,6 +40,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
+from ironcore.bridge import metrics
 from ironcore.bridge.cluster.leases import Leases
 from ironcore.bridge.cluster.messages import (
     Answer,
@@ -126,6 +127,8 @@ class Bus:
         await self._client.flush()  # subscribed at the server before anything is sent
         await hub.joined(self, recovering=False)
         self._beating = asyncio.create_task(self._beat())
+        metrics.BUS_CONNECTED.set_function(lambda: float(self.ready))
+        metrics.BUS_SERVERS.set_function(lambda: float(len(self.leases)))
         log.info("joined the servers of this database over NATS (%s)", self.url)
 
     async def close(self) -> None:

@@ -22,6 +22,9 @@ class Leases:
         self._until: dict[str, float] = {}
         self._lease: dict[str, float] = {}
 
+    def __len__(self) -> int:
+        return len(self._until)
+
     def __contains__(self, origin: object) -> bool:
         return origin in self._until
 
