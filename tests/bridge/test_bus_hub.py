@@ -206,6 +206,26 @@ async def test_the_devices_of_a_server_not_heard_for_its_lease_are_not_connected
         await a.bus.close()
 
 
+async def test_a_server_only_slow_past_its_lease_is_asked_again_what_it_holds() -> None:
+    need_service("NATS", "127.0.0.1", 4222)
+    space = uuid.uuid4().hex[:16]
+    a, b = Server(space, lease=0.6), Server(space, lease=0.6)
+    await a.bus.start(a.hub)
+    await b.bus.start(b.hub)
+    try:
+        b.hub.register(15, Connection())
+        await until(lambda: a.hub.is_connected(15))
+        beating = b.bus._beating
+        assert beating is not None
+        beating.cancel()  # b's heartbeats stall, as in an event loop stalled past the lease
+        await until(lambda: not a.hub.is_connected(15))
+        b.bus._beating = asyncio.create_task(b.bus._beat())
+        await until(lambda: a.hub.is_connected(15))
+    finally:
+        await a.bus.close()
+        await b.bus.close()
+
+
 async def test_a_rejoining_server_and_the_others_settle_who_holds_a_device(
     pair: tuple[Server, Server],
 ) -> None:

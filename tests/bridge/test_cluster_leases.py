@@ -33,3 +33,13 @@ def test_after_this_servers_own_outage_every_lease_starts_again() -> None:
     assert leases.expired(150.9) == []
     assert leases.expired(151.5) == ["a"]
     assert leases.expired(152.5) == ["b"]
+
+
+def test_a_server_heard_after_its_lease_expired_is_said_to_be_back_once() -> None:
+    leases = Leases(default=10.0)
+    assert leases.heard("a", 100.0, lease=1.0) is False
+    assert leases.expired(102.0) == ["a"]
+    assert leases.heard("a", 103.0) is True  # only slow: its lease of 1 s is forgotten
+    assert leases.heard("a", 104.0) is False
+    assert leases.expired(113.5) == []
+    assert leases.expired(114.5) == ["a"]

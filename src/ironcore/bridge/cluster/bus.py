@@ -2,13 +2,15 @@
 transport between the primaries' hubs.
 
 The servers of one database (the namespace is a digest of the database URL and schema) share
-two kinds of subjects, both carrying `cluster.messages` as `encode` writes them:
+three kinds of subjects, each carrying `cluster.messages` as `encode` writes them:
 
 - `ironcore.hub.{namespace}.all`: what every server must hear, each message naming its sender
   (`origin`, the server id): a device connected (with the time it did, so that of two
   near-simultaneous connections the newer wins everywhere) or gone; a config, device, registry
-  or key rotation changed; a device's cached context to forget; a server's `Hello`, the
-  `Holding`s that answer it, and every server's `Heartbeat`.
+  or key rotation changed; a device's cached context to forget; a server's `Hello` and the
+  `Holding`s that answer it.
+- `ironcore.hub.{namespace}.alive`: every server's `Heartbeat`, on a subject (and so a
+  subscription callback) of its own, so that it is not held up behind changes being applied.
 - `ironcore.hub.{namespace}.server.{id}`: requests for one server (deliver a command to a device
   it serves, name the key a device it serves authenticated with), answered on the reply subject.
 
@@ -21,7 +23,8 @@ each time nats-py's `reconnected_cb` says its connection is back (subscriptions 
 replayed): `Hello`, answered by every server's `Holding`, and a catch-up of the changes missed.
 Each server says `Heartbeat` every third of its lease (`--bus-lease`); a server not heard for
 its lease is dropped from the directory (`cluster.leases`, `ClusterHub.server_gone`), so a
-server that died stops being named as its devices' holder. While this server's own connection is
+server that died stops being named as its devices' holder; one that was only slow says `Hello`
+again when heard again. While this server's own connection is
 down, `ready` is False (/readyz answers 503), commands for devices on other servers fail at once
 saying so, and no lease expires (it hears nobody, which says nothing of them).
 """
@@ -93,6 +96,7 @@ class Bus:
         self.lease_seconds = lease_seconds
         self.name = "the bus"
         self.all_subject = f"ironcore.hub.{space}.all"
+        self.alive_subject = f"ironcore.hub.{space}.alive"
         self.server_prefix = f"ironcore.hub.{space}.server."
         self.leases = Leases(lease_seconds)
         self._client: Client | None = None
@@ -123,6 +127,7 @@ class Bus:
             error_cb=self._error,
         )
         await self._client.subscribe(self.all_subject, cb=self._heard)
+        await self._client.subscribe(self.alive_subject, cb=self._alive)
         await self._client.subscribe(self.server_prefix + self.server_id, cb=self._asked)
         await self._client.flush()  # subscribed at the server before anything is sent
         await hub.joined(self, recovering=False)
@@ -188,7 +193,7 @@ class Bus:
         while True:
             if self.ready:
                 try:
-                    await self._client.publish(self.all_subject, beat)
+                    await self._client.publish(self.alive_subject, beat)
                 except NatsError as error:  # the connection went meanwhile: said when back
                     log.debug("no heartbeat: %s", error)
                 for origin in self.leases.expired(time.monotonic()):
@@ -220,6 +225,17 @@ class Bus:
             await self._hub.joined(self, recovering=True)
         except Exception:  # the next outage tries again; the devices reconnecting heal too
             log.exception("catching up after the NATS outage failed")
+        else:
+            log.info("caught up with the other servers after the NATS outage")
+
+    async def _back(self, origin: str) -> None:
+        """A server taken as gone is heard again: it was only slow. What it holds was dropped
+        here, so ask again (the hub's `Hello`)."""
+        assert self._hub is not None
+        log.warning(
+            "server %s is heard again after its lease expired: asking what it holds", origin
+        )
+        await self._hub.joined(self, recovering=False)
 
     async def _error(self, error: Exception) -> None:
         # nats-py reports each failed reconnection attempt here; the outage was logged once.
@@ -239,14 +255,25 @@ class Bus:
             return
         if origin == self.server_id:
             return
-        if isinstance(message, Heartbeat):
-            self.leases.heard(origin, time.monotonic(), message.lease)
-            return
-        self.leases.heard(origin, time.monotonic())
+        if self.leases.heard(origin, time.monotonic()):
+            await self._back(origin)
         try:
             await self._apply(message)
         except Exception:  # one bad message must not stop the subscription
             log.exception("applying %s from server %s failed", about(message), origin)
+
+    async def _alive(self, msg: Msg) -> None:
+        try:
+            message = decode(msg.data)
+            if not isinstance(message, Heartbeat):
+                raise MessageError(f"{message.kind} is not a heartbeat")
+        except MessageError as error:
+            log.error("a malformed heartbeat on %s (%s): %r", msg.subject, error, msg.data[:200])
+            return
+        if message.origin != self.server_id and self.leases.heard(
+            message.origin, time.monotonic(), message.lease
+        ):
+            await self._back(message.origin)
 
     async def _asked(self, msg: Msg) -> None:
         # Answered whatever happens, so that the asker does not wait out its timeout.

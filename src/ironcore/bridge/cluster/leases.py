@@ -9,6 +9,9 @@ While this server's own connection to NATS is down it hears nobody, which says n
 others: `renew_all` gives each a fresh lease once the connection is back, and the caller checks
 `expired` only while connected.
 
+A server taken as gone may only have been slow (its event loop stalled past its lease): when it
+is heard again, `heard` says so, and the caller asks it what it holds.
+
 Plain data on a caller's clock (monotonic seconds), like `directory.Directory`.
 """
 
@@ -21,6 +24,7 @@ class Leases:
         self.default = default
         self._until: dict[str, float] = {}
         self._lease: dict[str, float] = {}
+        self._gone: set[str] = set()  # a few bytes per server that ever expired
 
     def __len__(self) -> int:
         return len(self._until)
@@ -28,20 +32,25 @@ class Leases:
     def __contains__(self, origin: object) -> bool:
         return origin in self._until
 
-    def heard(self, origin: str, now: float, lease: float | None = None) -> None:
-        """`origin` said something at `now`; `lease` if it said how long it may stay silent."""
+    def heard(self, origin: str, now: float, lease: float | None = None) -> bool:
+        """`origin` said something at `now`; `lease` if it said how long it may stay silent.
+        True if it had been taken as gone."""
+        back = origin in self._gone
+        self._gone.discard(origin)
         if lease is not None:
             self._lease[origin] = lease
         self._until[origin] = now + self._lease.get(origin, self.default)
+        return back
 
     def renew_all(self, now: float) -> None:
         for origin in self._until:
             self._until[origin] = now + self._lease.get(origin, self.default)
 
     def expired(self, now: float) -> list[str]:
-        """The servers not heard for their lease, forgotten here (heard again, they are new)."""
+        """The servers not heard for their lease, each said once."""
         gone = [origin for origin, until in self._until.items() if until < now]
         for origin in gone:
             del self._until[origin]
             self._lease.pop(origin, None)
+            self._gone.add(origin)
         return gone
