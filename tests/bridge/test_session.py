@@ -566,6 +566,19 @@ def test_config_qos_1_newest_version_supersedes_and_its_puback_is_the_ack() -> N
     assert sent(session) == []
 
 
+@pytest.mark.parametrize("qos", [0, 1])
+def test_the_config_version_last_sent_is_known_while_subscribed(qos: int) -> None:
+    session = connected()
+    assert session.config_version_sent(DEVICE) is None
+    subscribe(session, (f"/devices/{DEVICE}/config", qos))
+    assert session.config_version_sent(DEVICE) == -1
+    session.publish_config(DEVICE, 4, b"v4", T0)
+    assert session.config_version_sent(DEVICE) == 4
+    feed(session, Unsubscribe(2, (f"/devices/{DEVICE}/config",)), now=T0)
+    assert events(session, T0) == []
+    assert session.config_version_sent(DEVICE) is None
+
+
 def test_unacknowledged_config_is_resent_with_dup() -> None:
     session = config_session(1, SessionLimits(config_redelivery_seconds=10))
     session.publish_config(DEVICE, 3, b"v3", T0)
