@@ -23,10 +23,14 @@ each time nats-py's `reconnected_cb` says its connection is back (subscriptions 
 replayed): `Hello`, answered by every server's `Holding`, and a catch-up of the changes missed.
 Each server says `Heartbeat` every third of its lease (`--bus-lease`); a server not heard for
 its lease is dropped from the directory (`cluster.leases`, `ClusterHub.server_gone`), so a
-server that died stops being named as its devices' holder; one that was only slow says `Hello`
-again when heard again. While this server's own connection is
-down, `ready` is False (/readyz answers 503), commands for devices on other servers fail at once
-saying so, and no lease expires (it hears nobody, which says nothing of them).
+server that died stops being named as its devices' holder; one that was only slow is asked
+again (`Hello`) when it is heard again. While this server's own connection is down, `ready` is
+False (/readyz answers 503), commands for devices on other servers fail at once saying so, and
+no lease expires (it hears nobody, which says nothing of them).
+
+Why a snapshot on (re)join rather than asking on demand: a command must know at once whether
+the device is connected, and a takeover must compare connection times, both of which need the
+directory filled; a few `Holding` chunks per (re)join are cheap (about 30 bytes a device).
 """
 
 from __future__ import annotations
