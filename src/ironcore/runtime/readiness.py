@@ -1,0 +1,44 @@
+"""What /readyz checks in a primary (api/ops.py): the database answers, its disk has room, the
+MQTT listeners accept. A component is a name and an async check; `checks` gives this process's,
+and a part added to the process (the bus) adds its own to the mapping.
+"""
+
+from __future__ import annotations
+
+import shutil
+from functools import partial
+from pathlib import Path
+
+from ironcore.api.ops import ReadinessCheck
+from ironcore.bridge.mqtt.server import MqttBridge
+from ironcore.errors import ResourceExhausted
+from ironcore.registry.store import Store
+from ironcore.settings import Settings
+
+# Below this much free space where ironcore writes, the server says it is not ready, before
+# writes start failing: a SQLite commit (its WAL) and a firmware image need room.
+DISK_FREE_MIN_BYTES = 4 * 1024 * 1024
+
+
+def checks(settings: Settings, store: Store, bridge: MqttBridge) -> dict[str, ReadinessCheck]:
+    directories = [settings.data_dir]
+    if store.is_sqlite and store.engine.url.database and store.appender is not None:
+        directories.append(Path(store.engine.url.database).parent)
+    return {
+        "database": store.ping,
+        "disk": partial(disk, store, directories),
+        "mqtt": bridge.listening,
+    }
+
+
+async def disk(store: Store, directories: list[Path]) -> None:
+    """Ready unless the last write failed for want of space (and none succeeded since), or a
+    directory ironcore writes to has less than DISK_FREE_MIN_BYTES free."""
+    if store.disk_full is not None:
+        raise store.disk_full
+    for directory in dict.fromkeys(directories):
+        free = shutil.disk_usage(directory).free
+        if free < DISK_FREE_MIN_BYTES:
+            raise ResourceExhausted(
+                f"{free} bytes free in {directory}, under the {DISK_FREE_MIN_BYTES} ready needs"
+            )
