@@ -6,6 +6,7 @@ and a part added to the process (the bus) adds its own to the mapping.
 from __future__ import annotations
 
 import shutil
+import time
 from functools import partial
 from pathlib import Path
 
@@ -18,6 +19,10 @@ from ironcore.settings import Settings
 # Below this much free space where ironcore writes, the server says it is not ready, before
 # writes start failing: a SQLite commit (its WAL) and a firmware image need room.
 DISK_FREE_MIN_BYTES = 4 * 1024 * 1024
+# How long a write that failed for want of space keeps the disk "not ready" when no write has
+# succeeded since: a server taken out of a load balancer gets few writes to prove the disk is
+# back, and the database's own disk (PostgreSQL's) cannot be measured from here.
+DISK_FULL_HOLD_SECONDS = 30.0
 
 
 def checks(settings: Settings, store: Store, bridge: MqttBridge) -> dict[str, ReadinessCheck]:
@@ -32,9 +37,13 @@ def checks(settings: Settings, store: Store, bridge: MqttBridge) -> dict[str, Re
 
 
 async def disk(store: Store, directories: list[Path]) -> None:
-    """Ready unless the last write failed for want of space (and none succeeded since), or a
-    directory ironcore writes to has less than DISK_FREE_MIN_BYTES free."""
-    if store.disk_full is not None:
+    """Ready unless a write failed for want of space in the last DISK_FULL_HOLD_SECONDS (and
+    none succeeded since), or a directory ironcore writes to has less than DISK_FREE_MIN_BYTES
+    free."""
+    if (
+        store.disk_full is not None
+        and time.monotonic() - store.disk_full_at < DISK_FULL_HOLD_SECONDS
+    ):
         raise store.disk_full
     for directory in dict.fromkeys(directories):
         free = shutil.disk_usage(directory).free

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import stat
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -77,8 +78,10 @@ class Database:
         # straight to a driver connection of its own: through SQLAlchemy's Core the lookup cost
         # four times SQLite's work.
         self.device_reads = loop_reads.raw_connection() if loop_reads is not None else None
-        # The last write that failed because the disk was full, until a write succeeds again.
+        # The last write that failed because the disk was full (and when, time.monotonic()),
+        # until a write succeeds again.
         self.disk_full: ResourceExhausted | None = None
+        self.disk_full_at = 0.0
 
     @classmethod
     async def open(cls, url: str, schema: str | None = None) -> Self:
@@ -149,7 +152,7 @@ class Database:
             if fault is None:
                 raise
             if isinstance(fault, ResourceExhausted):
-                self.disk_full = fault
+                self.disk_full, self.disk_full_at = fault, time.monotonic()
             raise fault from error
 
     @contextlib.asynccontextmanager
