@@ -9,6 +9,7 @@ test, stopped and removed afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -16,7 +17,21 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-BIN = Path(os.environ.get("IRONCORE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _binaries() -> Path:
+    """IRONCORE_TEST_PG_BIN, or the newest Debian PostgreSQL's binaries (15 on this machine;
+    CI installs Debian's `postgresql`, whatever its version)."""
+    chosen = os.environ.get("IRONCORE_TEST_PG_BIN")
+    if chosen:
+        return Path(chosen)
+    versions = [initdb.parent for initdb in Path("/usr/lib/postgresql").glob("*/bin/initdb")]
+    found = sorted(
+        versions, key=lambda bin: int(bin.parent.name) if bin.parent.name.isdigit() else 0
+    )
+    return found[-1] if found else Path("/usr/lib/postgresql/15/bin")
+
+
+BIN = _binaries()
 
 
 def available() -> bool:
@@ -69,17 +84,23 @@ class PrivatePostgres:
         self._signal_all(signal.SIGCONT)
 
     def destroy(self) -> None:
-        """Stop the server whatever its state and remove its files."""
-        if self._postmaster() is not None:
-            self.thaw()
-            self.stop("immediate")
+        """Stop the server whatever its state (frozen, stopped, crashed) and remove its files."""
+        postmaster = self._postmaster()
+        if postmaster is not None:
+            try:
+                self.thaw()
+                self.stop("immediate")
+            except (OSError, RuntimeError, subprocess.TimeoutExpired):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(postmaster, signal.SIGKILL)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _signal_all(self, signum: int) -> None:
         postmaster = self._postmaster()
         assert postmaster is not None, "the private PostgreSQL is not running"
         for pid in (postmaster, *_children(postmaster)):
-            os.kill(pid, signum)
+            with contextlib.suppress(ProcessLookupError):  # a backend that just ended
+                os.kill(pid, signum)
 
     def _postmaster(self) -> int | None:
         try:

@@ -14,12 +14,13 @@ the session queued. Flow control runs both ways:
   FAILED_PRECONDITION, as for a full outbound window). A device that never reads again is
   dropped by its keep-alive.
 
-Storage faults (docs/operations.md, "When storage fails"). A CONNECT the server cannot check
-because its database is out of reach (UNAVAILABLE) or its disk is full (RESOURCE_EXHAUSTED),
-or that fails on anything else unexpected, is answered CONNACK 3, "server unavailable". A
-message whose write fails is never acknowledged: the connection is closed with the error's
-code (no PUBACK, and the messages behind it are not acknowledged either), so the device sends
-it again once it reconnects. Each cause is logged once every few seconds, not per device.
+Storage faults (docs/configuration.md, "When storage fails"). A CONNECT the server cannot
+check because its database is out of reach (UNAVAILABLE) or its disk is full
+(RESOURCE_EXHAUSTED), or that fails on anything else unexpected, is answered CONNACK 3, "server
+unavailable". A message whose write fails is never acknowledged: the connection is closed with
+the error's code (no PUBACK, and the messages behind it are not acknowledged either), so the
+device sends it again once it reconnects. Each cause is logged once every few seconds, not per
+device.
 """
 
 from __future__ import annotations
