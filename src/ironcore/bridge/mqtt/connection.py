@@ -322,7 +322,7 @@ class MqttConnection(asyncio.Protocol):
         if error.code in _SERVER_FAULTS:
             metric = "unavailable"
             failures.warning(
-                error.code.name,
+                f"closed {error.code.name}",
                 "MQTT connections closed without acknowledging: %s",
                 error.message,
             )
@@ -405,7 +405,7 @@ class MqttConnection(asyncio.Protocol):
         except IronCoreError as error:  # the device could not be checked: not its fault
             metrics.CONNECTS.labels("unavailable").inc()
             failures.warning(
-                error.code.name,
+                f"connect {error.code.name}",
                 "MQTT connects answered CONNACK 3 (server unavailable): %s",
                 error.message,
             )
