@@ -8,6 +8,9 @@ its own):
 - `module_server`: one real `ironcore serve` on SQLite for a whole module, for tests that keep
   out of each other's way (registries and devices of their own).
 
+Fault tests that stop, restart or freeze PostgreSQL use `private_postgres`, a server of the
+test's own (tests/private_pg.py), never the shared one.
+
 PostgreSQL tests use the server at IRONCORE_TEST_DATABASE_URL (default 127.0.0.1:5432, database
 `test`), each test in a schema of its own. When the server is down they skip on a laptop and
 fail when IRONCORE_REQUIRE_SERVICES=1 (as CI sets).

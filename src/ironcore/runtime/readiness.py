@@ -26,6 +26,8 @@ DISK_FULL_HOLD_SECONDS = 30.0
 
 
 def checks(settings: Settings, store: Store, bridge: MqttBridge) -> dict[str, ReadinessCheck]:
+    """The primary's components: `database` (a ping), `disk` (the data directory, and a SQLite
+    file's directory if elsewhere) and `mqtt` (the bridge's listeners)."""
     directories = [settings.data_dir]
     if store.is_sqlite and store.engine.url.database and store.appender is not None:
         directories.append(Path(store.engine.url.database).parent)
@@ -49,5 +51,5 @@ async def disk(store: Store, directories: list[Path]) -> None:
         free = shutil.disk_usage(directory).free
         if free < DISK_FREE_MIN_BYTES:
             raise ResourceExhausted(
-                f"{free} bytes free in {directory}, under the {DISK_FREE_MIN_BYTES} ready needs"
+                f"only {free} bytes free in {directory}; ready needs {DISK_FREE_MIN_BYTES}"
             )
