@@ -8,6 +8,9 @@ its own):
 - `module_server`: one real `ironcore serve` on SQLite for a whole module, for tests that keep
   out of each other's way (registries and devices of their own).
 
+Fault tests that stop, restart or freeze PostgreSQL use `private_postgres`, a server of the
+test's own (tests/private_pg.py), never the shared one.
+
 PostgreSQL tests use the server at IRONCORE_TEST_DATABASE_URL (default 127.0.0.1:5432, database
 `test`), each test in a schema of its own. When the server is down they skip on a laptop and
 fail when IRONCORE_REQUIRE_SERVICES=1 (as CI sets).
@@ -38,6 +41,8 @@ from ironcore.registry.store import Store
 from ironcore.registry.store.pubsub import PubSubStore
 from ironcore.routing.pubsub import PubSub
 from ironcore.runtime.inprocess import admin_api
+from tests import private_pg
+from tests.private_pg import PrivatePostgres
 
 T = TypeVar("T")
 PG_URL = os.environ.get("IRONCORE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -174,6 +179,23 @@ async def api(manager: DeviceManager) -> AsyncIterator[Api]:
         headers={"Authorization": f"Bearer {token}"},
     ) as client:
         yield Api(client, token, manager)
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server of the test's own, started (tests/private_pg.py): stop, freeze and
+    restart it at will; removed afterwards."""
+    if not private_pg.available():
+        message = f"no PostgreSQL binaries in {private_pg.BIN}"
+        if REQUIRE_SERVICES:
+            pytest.fail(f"{message} and IRONCORE_REQUIRE_SERVICES=1")
+        pytest.skip(message)
+    server = PrivatePostgres(free_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
 
 
 def free_port() -> int:

@@ -56,7 +56,11 @@ def test_healthz_readyz_and_metrics(tmp_path: Path) -> None:
         # No token needed for probes and scrapers.
         assert httpx.get(f"{server.url}/healthz").status_code == 200
         ready = httpx.get(f"{server.url}/readyz")
-        assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+        assert ready.status_code == 200
+        assert ready.json() == {
+            "status": "ready",
+            "components": {"database": "ok", "disk": "ok", "mqtt": "ok"},
+        }
 
         with admin(server) as client:
             devices = create_registry(client, "metered")

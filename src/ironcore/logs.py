@@ -1,10 +1,12 @@
-"""Log output: readable lines by default, one JSON object per line with `--log-format json`."""
+"""Log output: readable lines by default, one JSON object per line with `--log-format json`;
+and `RateLimited`, one line per cause for failures that repeat."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 
 
@@ -43,3 +45,40 @@ def configure(log_format: str, level: str, process: str = "") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+
+
+class RateLimited:
+    """One log line per cause per `interval` seconds, for failures that repeat as fast as
+    clients retry (a database outage met by every reconnecting device).
+
+    The first occurrence of a cause is logged at once; later ones within the interval are
+    counted, and the next line logged for that cause says how many were left out.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._next: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def log(
+        self, level: int, cause: str, message: str, *args: object, exc_info: bool = False
+    ) -> bool:
+        """Log `message` (%-formatted with `args`) for `cause` unless it was logged less than
+        `interval` seconds ago; True if it was logged."""
+        now = time.monotonic()
+        if now < self._next.get(cause, 0.0):
+            self._suppressed[cause] = self._suppressed.get(cause, 0) + 1
+            return False
+        self._next[cause] = now + self.interval
+        left_out = self._suppressed.pop(cause, 0)
+        if left_out:
+            message += f" ({left_out} more like it in the last {self.interval:g} s not logged)"
+        self.logger.log(level, message, *args, exc_info=exc_info)
+        return True
+
+    def warning(self, cause: str, message: str, *args: object) -> bool:
+        return self.log(logging.WARNING, cause, message, *args)
+
+    def error(self, cause: str, message: str, *args: object, exc_info: bool = False) -> bool:
+        return self.log(logging.ERROR, cause, message, *args, exc_info=exc_info)

@@ -380,7 +380,8 @@ async def test_health_readiness_and_metrics_need_no_token(
     healthz = await anonymous.get("/healthz")
     assert healthz.status_code == 200 and healthz.json() == {"status": "ok"}
     readyz = await anonymous.get("/readyz")
-    assert readyz.status_code == 200 and readyz.json() == {"status": "ready"}
+    assert readyz.status_code == 200
+    assert readyz.json() == {"status": "ready", "components": {"database": "ok"}}
     metrics = await anonymous.get("/metrics")
     assert metrics.status_code == 200
     assert metrics.headers["content-type"].startswith("text/plain")

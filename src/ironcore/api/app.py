@@ -11,7 +11,7 @@ paths authenticate themselves.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -29,7 +29,7 @@ from ironcore.api import tokens as api_tokens
 from ironcore.api.auth import TokenAuthenticator
 from ironcore.api.bodies import BodyLimitMiddleware
 from ironcore.api.envelope import error_response
-from ironcore.api.ops import ASGIApp, MetricsMiddleware, Scope
+from ironcore.api.ops import ASGIApp, MetricsMiddleware, ReadinessCheck, Scope
 from ironcore.errors import Code, FieldViolation, IronCoreError
 from ironcore.firmware.rollout import Firmware
 from ironcore.metrics import Snapshot
@@ -64,6 +64,7 @@ def create_app(
     admin: bool = True,
     worker_metrics: Callable[[], Awaitable[list[Snapshot]]] | None = None,
     self_authenticating: Callable[[str], bool] = lambda path: False,
+    readiness: Mapping[str, ReadinessCheck] | None = None,
 ) -> FastAPI:
     """The admin API over the services the process built (`ironcore.runtime`); with
     `admin=False` only health and metrics, for an app that serves the device bridge alone on
@@ -72,7 +73,8 @@ def create_app(
     `worker_metrics` gathers the MQTT worker processes' metrics, which /metrics merges into
     this process's. `self_authenticating` tells the paths whose routes authenticate callers
     themselves (the device bridge's, with device JWTs): those are let through without an admin
-    token.
+    token. `readiness` names the components /readyz checks (api/ops.py); without it, the
+    database alone.
     """
     app = FastAPI(
         title="ironcore",
@@ -90,6 +92,7 @@ def create_app(
     app.state.revocations = revocations
     app.state.firmware = firmware
     app.state.worker_metrics = worker_metrics
+    app.state.readiness = readiness or {"database": manager.store.ping}
     if admin:
         for module in (
             registries,

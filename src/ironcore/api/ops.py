@@ -1,9 +1,20 @@
-"""Health, readiness and Prometheus metrics; no authentication, for load balancers and scrapers."""
+"""Health, readiness and Prometheus metrics; no authentication, for load balancers and scrapers.
+
+Readiness is a set of named components, each an async check (`ReadinessCheck`) the process
+gives `create_app` (`readiness`): the database, the disk, the MQTT listener, the bus. /readyz
+runs them together and answers within `READY_SECONDS` whatever they do: 200 when every one
+returned, else 503 naming what is not ready and why (a check that has not answered in time is
+"no answer within 2 s"):
+
+    {"status": "unavailable", "components": {"database": "...", "disk": "ok", "mqtt": "ok"}}
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -14,6 +25,10 @@ from starlette.routing import Match
 from ironcore.metrics import LATENCY, REQUESTS, Merged
 
 router = APIRouter()
+# A component's readiness: returns when it is ready, raises when not (its message says why).
+ReadinessCheck = Callable[[], Awaitable[None]]
+# /readyz answers within this, so a hung database cannot hang a load balancer's probe.
+READY_SECONDS = 2.0
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[
@@ -89,18 +104,33 @@ async def healthz() -> JSONResponse:
 async def readyz(request: Request) -> JSONResponse:
     if getattr(request.app.state, "draining", False):
         return JSONResponse({"status": "draining"}, status_code=503)
-    try:
-        await request.app.state.manager.store.ping()
-    except Exception as exc:  # any database failure means "not ready", with its reason
-        return JSONResponse({"status": "database unavailable", "error": str(exc)}, status_code=503)
-    # With --bus, whether this server reaches the others (set by `runtime.primary.http_app`).
-    bus_ready = getattr(request.app.state, "bus_ready", None)
-    if bus_ready is not None and not bus_ready():
-        return JSONResponse(
-            {"status": "bus unavailable", "error": "not connected to NATS (--bus)"},
-            status_code=503,
-        )
-    return JSONResponse({"status": "ready"})
+    components = await check_components(request.app.state.readiness)
+    ready = all(state == "ok" for state in components.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "unavailable", "components": components},
+        status_code=200 if ready else 503,
+    )
+
+
+async def check_components(checks: Mapping[str, ReadinessCheck]) -> dict[str, str]:
+    """Run every check at once: "ok" for each that returned within READY_SECONDS, else why not.
+    Checks still running then are cancelled and not waited for (a hung one may not end)."""
+    tasks = {name: asyncio.ensure_future(check()) for name, check in checks.items()}
+    # asyncio.wait, not gather: cancelled, gather would wait for its checks to end.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(READY_SECONDS):
+            if tasks:
+                await asyncio.wait(tasks.values())
+    states = {}
+    for name, task in tasks.items():
+        if not task.done() or task.cancelled():
+            task.cancel()
+            states[name] = f"no answer within {READY_SECONDS:g} s"
+        elif (error := task.exception()) is not None:
+            states[name] = str(error) or type(error).__name__
+        else:
+            states[name] = "ok"
+    return states
 
 
 @router.get("/metrics", include_in_schema=False)

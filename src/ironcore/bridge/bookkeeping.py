@@ -3,7 +3,9 @@ bridges maintain, and the devices' config acknowledgements.
 
 A PINGREQ or an event must not wait for a database write, and ten thousand devices must not
 cost ten thousand transactions a second; updates are merged in memory (latest wins per device
-and field) and flushed in one transaction about once a second.
+and field) and flushed in one transaction about once a second. While the database is out of
+reach (or its disk full) they are kept, newer values first, and written once it is back: a
+device disconnected by the outage gets its lastErrorStatus then.
 
 Config acknowledgements are group-committed by `ConfigAcks`: a config pushed to a fleet comes
 back as thousands of PUBACKs within milliseconds, and one write transaction each (SQLite has one
@@ -16,9 +18,12 @@ import asyncio
 import contextlib
 import logging
 
+from ironcore.logs import RateLimited
 from ironcore.registry.store import Store
 
 log = logging.getLogger(__name__)
+# Both retry every second or so while the database is away: one line per cause now and then.
+failures = RateLimited(log)
 FLUSH_SECONDS = 1.0
 # How long the first acknowledgement of a batch waits for others to join its transaction.
 ACK_GATHER_SECONDS = 0.05
@@ -66,7 +71,9 @@ class ConfigAcks:
             try:
                 await self.store.bridge.ack_configs([(n, v, at) for (n, v), at in batch.items()])
             except Exception as error:  # the database is down: keep them for the next try
-                log.warning("could not record %d config acknowledgements: %s", len(batch), error)
+                failures.warning(
+                    "acks", "could not record %d config acknowledgements: %s", len(batch), error
+                )
                 for key, at in batch.items():
                     self._pending.setdefault(key, at)
                 return False
@@ -114,8 +121,12 @@ class Bookkeeper:
             return
         try:
             await self.store.bridge.update_device_times(batch)
-        except Exception as error:  # lost bookkeeping is logged; it never blocks devices
-            log.warning("could not write bookkeeping for %d devices: %s", len(batch), error)
+        except Exception as error:  # kept for the next flush; it never blocks devices
+            failures.warning(
+                "times", "could not write bookkeeping for %d devices: %s", len(batch), error
+            )
+            for num_id, fields in batch.items():
+                self._pending[num_id] = {**fields, **self._pending.get(num_id, {})}
 
     async def _run(self) -> None:
         # Never cancelled: a flush cut short would lose the batch it had taken.

@@ -10,6 +10,7 @@ stage's failure rate passes the threshold.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import logging
@@ -26,7 +27,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ironcore import limits
-from ironcore.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from ironcore.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from ironcore.formats.firmware import (
     MODEL_PATTERN,
     VERSION_MAX,
@@ -544,13 +551,22 @@ def _check_signature(manifest: bytes, image: Image, public_key_pem: str) -> None
 
 def _write_durably(directory: Path, sha256: str, image: bytes) -> None:
     """Write beside, fsync, rename, fsync the directory: the upload is acknowledged only
-    once the image would survive a power cut."""
+    once the image would survive a power cut. ResourceExhausted when the disk is full (the
+    partial file removed)."""
     directory.mkdir(parents=True, exist_ok=True)
     partial = directory / f".{sha256}.{os.getpid()}.partial"
-    with partial.open("wb") as out:
-        out.write(image)
-        out.flush()
-        os.fsync(out.fileno())
+    try:
+        with partial.open("wb") as out:
+            out.write(image)
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ResourceExhausted(
+                f"No room for the {len(image)}-byte image in {directory}: the disk is full"
+            ) from None
+        raise
     os.replace(partial, directory / sha256)
     fd = os.open(directory, os.O_RDONLY)
     try:

@@ -4,6 +4,10 @@ Every append waits until its row is committed, but appends that arrive while a c
 flight share the next one, so durability costs one transaction per batch rather than one fsync
 per event. This is what lets the bridge PUBACK only after an event is durable without capping
 the fleet at the disk's fsync rate.
+
+A commit that fails fails every append waiting on it, with the store's error (UNAVAILABLE for
+a database out of reach, RESOURCE_EXHAUSTED for a full disk): no event of the batch is
+acknowledged, and the next batch tries again.
 """
 
 from __future__ import annotations
@@ -12,10 +16,13 @@ import asyncio
 import logging
 import time
 
-from ironcore.errors import Unavailable
+from ironcore.errors import IronCoreError, Unavailable
+from ironcore.logs import RateLimited
 from ironcore.registry.store import Store
 
 log = logging.getLogger(__name__)
+# One line per kind of failure every few seconds: a database outage fails every commit.
+failures = RateLimited(log)
 # Rows in one transaction at most; a larger backlog is committed in several.
 MAX_BATCH = 2000
 
@@ -29,7 +36,8 @@ class EventLog:
         self._closed = False
 
     async def append(self, topic: str, data: bytes, attributes: str) -> None:
-        """Return once the event is committed; raise Unavailable if it could not be."""
+        """Return once the event is committed; raise the store's error (Unavailable,
+        ResourceExhausted) if it could not be."""
         await self.submit(topic, data, attributes)
 
     def submit(self, topic: str, data: bytes, attributes: str) -> asyncio.Future[None]:
@@ -53,12 +61,22 @@ class EventLog:
                 try:
                     await self.store.bridge.append_events([row for row, _ in batch])
                 except Exception as error:  # the database failed: every waiter hears of it
-                    log.error("event log commit of %d events failed: %s", len(batch), error)
+                    failure = (
+                        error
+                        if isinstance(error, IronCoreError)
+                        else Unavailable(f"The event log is unavailable: {error}")
+                    )
+                    failures.error(
+                        failure.code.name,
+                        "event log commit of %d events failed, none acknowledged: %s",
+                        len(batch),
+                        failure,
+                    )
                     for _, future in batch:
                         if not future.done():
-                            future.set_exception(
-                                Unavailable(f"the event log is unavailable: {error}")
-                            )
+                            # One each: an exception raised in many tasks gathers all their
+                            # tracebacks.
+                            future.set_exception(type(failure)(failure.message))
                     continue
                 for _, future in batch:
                     if not future.done():

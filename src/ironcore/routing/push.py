@@ -19,10 +19,13 @@ import time
 
 import httpx
 
+from ironcore.logs import RateLimited
 from ironcore.registry.store.pubsub import Delivered, Subscription
 from ironcore.routing.pubsub import PubSub, message_wire
 
 log = logging.getLogger(__name__)
+# Failures repeat every round while the database (or an endpoint) is away.
+failures = RateLimited(log)
 SIGNATURE_HEADER = "X-Ironcore-Signature"
 # Messages leased per subscription per round, and sent at once.
 BATCH = 64
@@ -67,14 +70,19 @@ class PushDelivery:
                         s for s in await self.pubsub.store.list_subscriptions("") if s.push_endpoint
                     ]
                 except Exception as error:  # the database is away; try again next round
-                    log.warning("could not read push subscriptions: %s", error)
+                    failures.warning("list", "could not read push subscriptions: %s", error)
                 refreshed = time.monotonic()
             busy = False
             for subscription in subscriptions:
                 try:
                     busy |= await self.deliver_once(subscription)
                 except Exception as error:  # one subscription's trouble must not stop the others
-                    log.warning("push delivery for %s failed: %s", subscription.name, error)
+                    failures.warning(
+                        subscription.name,
+                        "push delivery for %s failed: %s",
+                        subscription.name,
+                        error,
+                    )
             if not busy:
                 await asyncio.sleep(POLL_SECONDS)
 

@@ -16,10 +16,12 @@ import contextlib
 import logging
 import os
 import signal
+import stat
 import sys
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from functools import partial
+from pathlib import Path
 from typing import Protocol
 
 import uvicorn
@@ -29,6 +31,7 @@ from nats.errors import Error as NatsError
 from ironcore import logs
 from ironcore.access.tokens import AdminTokens
 from ironcore.api.app import create_app
+from ironcore.api.ops import ReadinessCheck
 from ironcore.bridge import firmware as firmware_bridge
 from ironcore.bridge import http as http_bridge
 from ironcore.bridge.channel import DeviceChannel
@@ -42,6 +45,7 @@ from ironcore.firmware.rollout import Firmware
 from ironcore.metrics import Snapshot
 from ironcore.routing.pubsub import PubSub
 from ironcore.routing.push import PushDelivery
+from ironcore.runtime import readiness
 from ironcore.runtime.parts import (
     DeviceSide,
     Services,
@@ -62,6 +66,8 @@ DRAIN_SECONDS = 30
 ROLLOUT_EVALUATION_SECONDS = 5
 # What the primary runs an MQTT worker with (`runtime/worker.py`); its arguments follow.
 WORKER_PROGRAM = (sys.executable, "-m", "ironcore.runtime.worker")
+# The data directory's mode: its owner's alone.
+DATA_DIR_MODE = 0o700
 
 WorkerMetrics = Callable[[], Awaitable[list[Snapshot]]]
 
@@ -95,7 +101,7 @@ def run(settings: Settings) -> None:
 async def serve(settings: Settings) -> None:
     """Build the primary from `settings`, serve until SIGTERM or SIGINT, then drain and close.
     The data directory (and, in `tls_files`, the local CA) is made here, at start."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    make_data_dir(settings.data_dir)
     storage = await Storage.open(settings)
     devices: DeviceSide | None = None
     bridge: MqttBridge | None = None
@@ -145,7 +151,7 @@ async def serve(settings: Settings) -> None:
             built,
             devices.channel,
             workers.metrics if workers is not None else None,
-            (lambda: bus.ready) if bus is not None else None,
+            readiness.checks(settings, storage.store, bridge, bus),
         )
         await _run(settings, servers, built, bridge, workers)
     finally:
@@ -162,20 +168,20 @@ def adapters(
     services: Services,
     channel: DeviceChannel,
     worker_metrics: WorkerMetrics | None,
-    bus_ready: Callable[[], bool] | None = None,
+    ready: Mapping[str, ReadinessCheck],
 ) -> list[Adapter]:
     """The servers the primary runs beside its MQTT bridge, over the services it built and
     the device channel its MQTT bridge shares: the admin API, with the HTTP device bridge in
-    front of it or on `--device-http-port`. A new adapter is constructed here. `bus_ready`
-    says whether the bus to the other servers is up (/readyz)."""
+    front of it or on `--device-http-port`; each answers /readyz with the `ready` checks. A new
+    adapter is constructed here."""
     device_bridge = DeviceBridge(channel)
     found: list[Adapter] = []
     if settings.device_http_port:
-        app = http_app(services, device_bridge, worker_metrics, bus_ready, admin=False)
+        app = http_app(services, device_bridge, worker_metrics, ready, admin=False)
         found.append(_http_server(app, settings.api_host, settings.device_http_port))
         log.info("HTTP device bridge on port %d", settings.device_http_port)
     admin_bridge = None if settings.device_http_port else device_bridge
-    app = http_app(services, admin_bridge, worker_metrics, bus_ready)
+    app = http_app(services, admin_bridge, worker_metrics, ready)
     found.append(_http_server(app, settings.api_host, settings.api_port))
     return found
 
@@ -184,7 +190,7 @@ def http_app(
     services: Services,
     device_bridge: DeviceBridge | None,
     worker_metrics: WorkerMetrics | None,
-    bus_ready: Callable[[], bool] | None = None,
+    ready: Mapping[str, ReadinessCheck] | None = None,
     admin: bool = True,
 ) -> FastAPI:
     """The admin API (`api.app.create_app`) and, with `device_bridge`, the HTTP device bridge
@@ -199,8 +205,8 @@ def http_app(
         admin=admin,
         worker_metrics=worker_metrics,
         self_authenticating=http_bridge.is_device_path,
+        readiness=ready,
     )
-    app.state.bus_ready = bus_ready
     if device_bridge is not None:
         app.include_router(firmware_bridge.router(device_bridge, services.firmware))
         # Outermost: device requests skip the admin API's middleware and routing; their
@@ -209,6 +215,18 @@ def http_app(
             http_bridge.DeviceRoutes, bridge=device_bridge, handlers=app.exception_handlers
         )
     return app
+
+
+def make_data_dir(path: Path) -> None:
+    """Make the data directory private to the server's user (0700): it holds the database,
+    the local CA's key and the first admin token. One made before with looser access is
+    tightened, and the log says so."""
+    path.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode != DATA_DIR_MODE:
+        path.chmod(DATA_DIR_MODE)
+        if mode & 0o077:
+            log.warning("data directory %s was mode %04o; made it %04o", path, mode, DATA_DIR_MODE)
 
 
 async def ensure_admin_token(tokens: AdminTokens, settings: Settings) -> None:

@@ -63,6 +63,7 @@ from ironcore.bridge.cluster.messages import (
 )
 from ironcore.bridge.cluster.transport import ANSWERS, Peers, Transport
 from ironcore.bridge.ipc import Reply
+from ironcore.errors import Unavailable
 from ironcore.routing.nats import reachable
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,11 @@ class Bus:
     def ready(self) -> bool:
         """Whether this server is connected to NATS, and so hears and reaches the others."""
         return self._client is not None and self._client.is_connected and not self._down
+
+    async def check(self) -> None:
+        """/readyz's `bus` component: raises while `ready` is False."""
+        if not self.ready:
+            raise Unavailable(f"not connected to NATS at {self.url} (--bus)")
 
     async def start(self, hub: Members) -> None:
         """Join the other servers; what they say goes to `hub`."""

@@ -13,6 +13,14 @@ the session queued. Flow control runs both ways:
   a config waits (only the newest per device) and a command is refused (sendCommand answers
   FAILED_PRECONDITION, as for a full outbound window). A device that never reads again is
   dropped by its keep-alive.
+
+Storage faults (docs/configuration.md, "When storage fails"). A CONNECT the server cannot
+check because its database is out of reach (UNAVAILABLE) or its disk is full
+(RESOURCE_EXHAUSTED), or that fails on anything else unexpected, is answered CONNACK 3, "server
+unavailable". A message whose write fails is never acknowledged: the connection is closed with
+the error's code (no PUBACK, and the messages behind it are not acknowledged either), so the
+device sends it again once it reconnects. Each cause is logged once every few seconds, not per
+device.
 """
 
 from __future__ import annotations
@@ -36,11 +44,16 @@ from ironcore.bridge.hub import Hub
 from ironcore.bridge.mqtt import session as s
 from ironcore.errors import Code, IronCoreError, NotFound
 from ironcore.identity.credentials import ParsedKey
+from ironcore.logs import RateLimited
 from ironcore.registry.names import RegistryName
 from ironcore.registry.resources import DeviceConfig
 from ironcore.registry.rotation import KeyRotation
 
 log = logging.getLogger(__name__)
+# A database outage meets every reconnecting device: one line per cause every few seconds.
+failures = RateLimited(log)
+# Codes that say the server could not serve, not that the device broke a rule.
+_SERVER_FAULTS = frozenset({Code.UNAVAILABLE, Code.RESOURCE_EXHAUSTED, Code.DEADLINE_EXCEEDED})
 # Children of labelled metrics on the hot path, looked up once.
 EVENTS_IN = metrics.MESSAGES_IN.labels("event")
 PUBACK_LATENCY = metrics.PUBACK_LATENCY
@@ -306,11 +319,31 @@ class MqttConnection(asyncio.Protocol):
                     return
                 try:
                     await self._handle(event, now)
-                except IronCoreError as error:  # the device's message broke a rule
-                    self.session.close(f"mqtt: {error.message}", error.code, "rejected")
-        except Exception:
-            log.exception("MQTT connection for %r failed", self.session.device_id)
+                except IronCoreError as error:  # a rule broken, or the storage failed
+                    self._end(error)
+        except Exception as error:
+            failures.error(
+                type(error).__name__,
+                "MQTT connection for %r failed",
+                self.session.device_id,
+                exc_info=True,
+            )
+            self.session.refuse(
+                "mqtt: internal error", "internal", s.SERVER_UNAVAILABLE, Code.INTERNAL
+            )
             await self._closed(s.Closed("mqtt: internal error", Code.INTERNAL, "internal"))
+
+    def _end(self, error: IronCoreError) -> None:
+        """Close the session over `error`: a broken rule, or a storage fault (logged)."""
+        metric = "rejected"
+        if error.code in _SERVER_FAULTS:
+            metric = "unavailable"
+            failures.warning(
+                f"closed {error.code.name}",
+                "MQTT connections closed without acknowledging: %s",
+                error.message,
+            )
+        self.session.close(f"mqtt: {error.message}", error.code, metric)
 
     def _flow_control(self, now: float) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -385,6 +418,17 @@ class MqttConnection(asyncio.Protocol):
             metrics.CONNECTS.labels("refused").inc()
             log.info("MQTT connect refused for %r: %s", event.client_id[:200], refused.message)
             self.session.refuse(f"mqtt: {refused.message}", refused.reason)
+            return
+        except IronCoreError as error:  # the device could not be checked: not its fault
+            metrics.CONNECTS.labels("unavailable").inc()
+            failures.warning(
+                f"connect {error.code.name}",
+                "MQTT connects answered CONNACK 3 (server unavailable): %s",
+                error.message,
+            )
+            self.session.refuse(
+                f"mqtt: {error.message}", "unavailable", s.SERVER_UNAVAILABLE, error.code
+            )
             return
         context = auth.context
         device = context.device
@@ -486,7 +530,7 @@ class MqttConnection(asyncio.Protocol):
                     PUBACK_LATENCY.observe(time.time() - oldest)
             except IronCoreError as error:
                 self._acks.clear()
-                self.session.close(f"mqtt: {error.message}", error.code, "rejected")
+                self._end(error)
                 self._wake()
                 return
             self._flush()

@@ -1,9 +1,11 @@
 """The MQTT bridge's listeners: TLS (and, only when asked, plaintext) sockets feeding
-`MqttConnection`s, a once-a-second timer sweep, TLS reload and a clean shutdown."""
+`MqttConnection`s, a once-a-second timer sweep, TLS reload, a readiness check and a clean
+shutdown."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import socket
 import ssl
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from ironcore.bridge.mqtt.connection import MqttConnection, Services
 from ironcore.bridge.mqtt.tls import TlsConnection
-from ironcore.errors import Code
+from ironcore.errors import Code, Unavailable
 
 log = logging.getLogger(__name__)
 # How long devices get to receive their goodbye and pending acknowledgements on shutdown.
@@ -91,6 +93,17 @@ class MqttBridge:
             Listener(listener.host, server.sockets[0].getsockname()[1], listener.tls)
             for listener, server in zip(self.listeners, self._servers, strict=True)
         ]
+
+    async def listening(self) -> None:
+        """Return when every listener accepts connections (a readiness check); Unavailable
+        naming those that do not."""
+        closed = [
+            f"{listener.host}:{listener.port}"
+            for listener, server in itertools.zip_longest(self.listeners, self._servers)
+            if server is None or not server.is_serving()
+        ]
+        if closed:
+            raise Unavailable(f"MQTT listener not accepting connections: {', '.join(closed)}")
 
     def reload_tls(self, cert_path: Path, key_path: Path) -> None:
         """New handshakes use the new certificate; connections already open keep theirs.

@@ -26,6 +26,8 @@ from ironcore.errors import Code
 
 # Connection refused return codes of CONNACK (MQTT 3.1.1 §3.2.2.3).
 UNACCEPTABLE_PROTOCOL = 1
+# The server cannot serve the connection now (its database is out of reach, its disk full).
+SERVER_UNAVAILABLE = 3
 NOT_AUTHORIZED = 5
 
 
@@ -448,12 +450,19 @@ class Session:
         self.deadline = deadline
         self._send(codec.Connack(False, 0))
 
-    def refuse(self, reason: str, metric: str, return_code: int = NOT_AUTHORIZED) -> None:
-        """CONNACK `return_code`, then close; `reason` is recorded, never sent to the client."""
+    def refuse(
+        self,
+        reason: str,
+        metric: str,
+        return_code: int = NOT_AUTHORIZED,
+        code: Code = Code.UNAUTHENTICATED,
+    ) -> None:
+        """CONNACK `return_code`, then close with `code`; `reason` is recorded, never sent to
+        the client. Nothing happens unless a CONNECT waits for its answer."""
         if self.state is not State.AUTHENTICATING:
             return
         self._send(codec.Connack(False, return_code))
-        self._close(reason, Code.UNAUTHENTICATED, metric)
+        self._close(reason, code, metric)
 
     def ack(self, packet_id: int) -> None:
         """PUBACK an inbound QoS 1 message once what it carries is durable."""

@@ -5,13 +5,22 @@ SQLAlchemy Core, async. Each store method is one transaction (`write()` or `read
 request that fails changes nothing. SQLite allows one writer at a time; writes are serialized by
 a lock in the process instead of retrying on "database is locked", and the writers of several
 processes sharing a file queue on an flock beside it (writer_lock.py).
+
+A storage fault (the database unreachable, its disk full) leaves every transaction, append
+and ping as `Unavailable` or `ResourceExhausted` (faults.py), whatever the driver raised. A
+SQLite file and its WAL and shared-memory files are private to the server's user (0600): they
+hold configs, admin token hashes and telemetry.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+import logging
+import os
+import stat
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -20,12 +29,20 @@ from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from ironcore.errors import ResourceExhausted
+from ironcore.registry.store.faults import storage_fault
 from ironcore.registry.store.sqlite_append import SqliteAppender
 from ironcore.registry.store.writer_lock import WriterLock
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 # Any constant works; it only has to be the same in every ironcore process sharing a database.
 _MIGRATION_LOCK_ID = 0x1C0E
+# The files of a SQLite database: SQLite makes the WAL and shared-memory files with the mode
+# of the database file, so making that one 0600 keeps all three private.
+_SQLITE_SUFFIXES = ("", "-wal", "-shm")
+_PRIVATE_FILE_MODE = 0o600
+
+log = logging.getLogger(__name__)
 
 
 def database_url(url: str) -> str:
@@ -61,6 +78,10 @@ class Database:
         # straight to a driver connection of its own: through SQLAlchemy's Core the lookup cost
         # four times SQLite's work.
         self.device_reads = loop_reads.raw_connection() if loop_reads is not None else None
+        # The last write that failed because the disk was full (and when, time.monotonic()),
+        # until a write succeeds again.
+        self.disk_full: ResourceExhausted | None = None
+        self.disk_full_at = 0.0
 
     @classmethod
     async def open(cls, url: str, schema: str | None = None) -> Self:
@@ -75,6 +96,8 @@ class Database:
             connect_args["server_settings"] = {"search_path": schema}
         engine = create_async_engine(url, connect_args=connect_args, **_pool_options(url))
         if engine.dialect.name == "sqlite":
+            if engine.url.database and "memory" not in url:
+                private_files(Path(engine.url.database))
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         elif schema:
             async with engine.begin() as conn:
@@ -112,19 +135,37 @@ class Database:
         await self.engine.dispose()
 
     async def ping(self) -> None:
-        """Run a trivial query on a pool connection; raises when the database is unreachable."""
-        async with self.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        """Run a trivial query on a pool connection; Unavailable when the database is
+        unreachable."""
+        with self.faults():
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+
+    @contextlib.contextmanager
+    def faults(self) -> Iterator[None]:
+        """Raise a storage fault inside as Unavailable or ResourceExhausted (faults.py), and
+        keep the last disk-full fault until a write succeeds."""
+        try:
+            yield
+        except Exception as error:
+            fault = storage_fault(error)
+            if fault is None:
+                raise
+            if isinstance(fault, ResourceExhausted):
+                self.disk_full, self.disk_full_at = fault, time.monotonic()
+            raise fault from error
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction; on SQLite, writers take turns (one writer at a time)."""
-        if self.is_sqlite:
-            async with self._sqlite_writer(), self.engine.begin() as conn:
-                yield conn
-        else:
-            async with self.engine.begin() as conn:
-                yield conn
+        with self.faults():
+            if self.is_sqlite:
+                async with self._sqlite_writer(), self.engine.begin() as conn:
+                    yield conn
+            else:
+                async with self.engine.begin() as conn:
+                    yield conn
+        self.disk_full = None
 
     @contextlib.asynccontextmanager
     async def _sqlite_writer(self) -> AsyncIterator[None]:
@@ -144,18 +185,21 @@ class Database:
         """Append events through the appender's own connection (a SQLite file only), in this
         process's turn among its writers; the appender takes the file's lock in its thread."""
         assert self.appender is not None
-        async with self._write_lock:
-            await self.appender.append(rows)
+        with self.faults():
+            async with self._write_lock:
+                await self.appender.append(rows)
+        self.disk_full = None
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A connection for reads (autocommit-free; nothing it does is committed)."""
-        if self._loop_reads is not None:
-            with self._loop_reads.connect() as sync_conn:
-                yield _LoopConnection(sync_conn)  # type: ignore[misc]
-            return
-        async with self.engine.connect() as conn:
-            yield conn
+        with self.faults():
+            if self._loop_reads is not None:
+                with self._loop_reads.connect() as sync_conn:
+                    yield _LoopConnection(sync_conn)  # type: ignore[misc]
+                return
+            async with self.engine.connect() as conn:
+                yield conn
 
 
 class _LoopConnection:
@@ -176,6 +220,23 @@ class _LoopConnection:
 
     async def scalar(self, statement: Any, parameters: Any = None) -> Any:
         return self._conn.scalar(statement, parameters)
+
+
+def private_files(database: Path) -> None:
+    """Make a SQLite database's files readable by the server's user alone: create the database
+    file 0600 if it is not there yet, and take group and other access away from the files of
+    one made before (logged)."""
+    if not database.exists():
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT, _PRIVATE_FILE_MODE))
+    for suffix in _SQLITE_SUFFIXES:
+        path = Path(f"{database}{suffix}")
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            path.chmod(mode & 0o700)
+            log.warning("%s was mode %04o; made it %04o", path, mode, mode & 0o700)
 
 
 def _sqlite_read_pragmas(dbapi_connection: Any, _record: Any) -> None:

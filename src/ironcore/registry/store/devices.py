@@ -135,11 +135,12 @@ class DeviceStore:
     ) -> DeviceRecord | None:
         assert self.db.device_reads is not None
         key = (registry.project, registry.location.location, registry.registry)
-        if num_id is not None:
-            found = self.db.device_reads.execute(_BRIDGE_DEVICE_BY_NUM_ID, (*key, num_id))
-        else:
-            found = self.db.device_reads.execute(_BRIDGE_DEVICE_BY_ID, (*key, device_id))
-        row = found.fetchone()
+        with self.db.faults():
+            if num_id is not None:
+                found = self.db.device_reads.execute(_BRIDGE_DEVICE_BY_NUM_ID, (*key, num_id))
+            else:
+                found = self.db.device_reads.execute(_BRIDGE_DEVICE_BY_ID, (*key, device_id))
+            row = found.fetchone()
         if row is None:
             return None
         num, device, blocked, gateway_type, text, config_update_time, registry_pk = row
