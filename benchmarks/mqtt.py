@@ -673,7 +673,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
     # Every part gets fresh broker processes: a cold connect round, and RSS baselines that no
     # earlier part's freed memory hides.
     servers: list[tuple[str, str]] = args.server
-    server = b.start_ironcore(data, python=servers[0][1])
+    # This interpreter's server: seed_devices migrated the database with this checkout's code.
+    server = b.start_ironcore(data)
     tls_dir, ca_file = server.tls_dir, server.ca_file
     tls = b.client_tls(ca_file)
     server.stop()
