@@ -1,4 +1,4 @@
-"""A lean closed-loop HTTP/1.1 load generator and the CPU accounting the API benchmark reports.
+"""A lean closed-loop HTTP/1.1 load generator, and the CPU accounting every benchmark reports.
 
 Each connection is an `asyncio.Protocol` that keeps one request in flight on a keep-alive
 connection and sends the next one from `data_received`, so a request costs the generator one
@@ -7,7 +7,11 @@ pre-built bytes (or built by a cheap callable). Responses must carry Content-Len
 uvicorn always sends for JSON.
 
 CPU time comes from /proc: `/proc/<pid>/stat` (utime + stime of every thread of a process) for
-the server and the database, `/proc/stat` for the whole machine, `os.times()` for ourselves.
+the server (its processes and their descendants) and the database (the backends serving the
+server, found by client port), `/proc/stat` for the whole machine, `os.times()` for ourselves.
+`Cpu` is what a window used, `CpuMeter` measures one; `Cpu.generator()` is the table cell that
+flags a saturated load generator. `--server LABEL=PYTHON` (`add_server_option`) lets a benchmark
+run another checkout's server under the same harness.
 """
 
 from __future__ import annotations
