@@ -54,7 +54,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from benchmarks import profile
-from benchmarks.brokers import drop_schema
+from benchmarks.brokers import drop_schema, free_port
 from benchmarks.loadgen import (
     Result,
     add_server_option,
@@ -90,12 +90,6 @@ class Server:
     log: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _http(
     method: str, url: str, token: str | None = None, body: object = None
 ) -> tuple[int, bytes]:
@@ -118,7 +112,7 @@ def server(
 ) -> Iterator[Server]:
     """A real `python -m ironcore serve` process (run by `python`), ready, with its owner
     token."""
-    port = _free_port()
+    port = free_port()
     log = data_dir.parent / f"{data_dir.name}-server.log"
     args = [python, "-m", "ironcore", "serve", "--data-dir", str(data_dir)]
     args += ["--api-host", "127.0.0.1", "--api-port", str(port), "--log-level", "warning"]
