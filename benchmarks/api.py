@@ -8,11 +8,18 @@ over the devices just created, in random order. Each operation warms up, then is
 rounds of fixed length under continuous load; the table shows the best round (noise from other
 work on the machine only ever slows a round down) and lists every round's rate beside it.
 
-The table reports requests/s with Cloud IoT Core's per-project quota as the peer (500 device
-manager reads/s and 50 writes/s per project), latency percentiles, non-200 answers (must be 0),
-and CPU: the load generator's, the server process's (all its threads, from /proc/<pid>/stat),
-PostgreSQL's backends, and the whole machine's. The load generator is a raw asyncio HTTP/1.1
-client (benchmarks/loadgen.py) that costs a few µs per request, so it is not the bottleneck.
+The table leads with the server's CPU per request (utime + stime of the server process and its
+descendants, every thread, from /proc; the median of the rounds, each round listed), the figure
+that holds when the machine is shared, then requests/s with Cloud IoT Core's per-project quota
+as the peer (500 device manager reads/s and 50 writes/s per project), latency percentiles,
+non-200 answers (must be 0), the load generator's CPU (this process; flagged
+**generator-bound** at >= 90 % of a core, when the rate is the generator's), PostgreSQL's CPU
+per request (the backends serving the server's connections, found by their client ports: other
+work on the database does not count), the whole machine's busy % and the load average. The
+load generator is a raw asyncio HTTP/1.1 client (benchmarks/loadgen.py).
+
+`--server LABEL=PYTHON` (repeatable) runs another checkout's server (its `.venv/bin/python`)
+under the same harness, side by side: before/after comparisons.
 
 PostgreSQL is used at IRONCORE_BENCH_DATABASE_URL (default IRONCORE_TEST_DATABASE_URL, else
 postgresql://postgres@127.0.0.1:5432/test) in a schema of its own that is dropped afterwards;
@@ -23,11 +30,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import itertools
 import json
 import os
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,7 +54,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from benchmarks import profile
-from benchmarks.loadgen import Result, machine_busy_seconds, run_load
+from benchmarks.brokers import drop_schema, free_port
+from benchmarks.loadgen import (
+    Result,
+    add_server_option,
+    load_average,
+    machine_busy_seconds,
+    postgres_backends,
+    run_load,
+    servers_option,
+)
 
 PROJECT = "bench-project"
 LOCATION = "us-central1"
@@ -72,12 +90,6 @@ class Server:
     log: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _http(
     method: str, url: str, token: str | None = None, body: object = None
 ) -> tuple[int, bytes]:
@@ -95,11 +107,14 @@ def _http(
 
 
 @contextmanager
-def server(data_dir: Path, database_url: str = "", schema: str = "") -> Iterator[Server]:
-    """A real `python -m ironcore serve` process, ready, with its owner token."""
-    port = _free_port()
+def server(
+    data_dir: Path, database_url: str = "", schema: str = "", python: str = sys.executable
+) -> Iterator[Server]:
+    """A real `python -m ironcore serve` process (run by `python`), ready, with its owner
+    token."""
+    port = free_port()
     log = data_dir.parent / f"{data_dir.name}-server.log"
-    args = [sys.executable, "-m", "ironcore", "serve", "--data-dir", str(data_dir)]
+    args = [python, "-m", "ironcore", "serve", "--data-dir", str(data_dir)]
     args += ["--api-host", "127.0.0.1", "--api-port", str(port), "--log-level", "warning"]
     if database_url:
         args += ["--database-url", database_url, "--database-schema", schema]
@@ -139,19 +154,6 @@ def _pg_reachable(url: str) -> bool:
             return True
     except OSError:
         return False
-
-
-def _drop_schema(url: str, schema: str) -> None:
-    import asyncpg
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(url)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
 
 
 def _request(method: str, path: str, token: str, body: bytes = b"") -> bytes:
@@ -198,6 +200,7 @@ def get_requests(token: str, ids: list[str]) -> Callable[[], bytes]:
 
 @dataclass
 class Row:
+    server: str
     backend: str
     operation: str
     rounds: list[Result]
@@ -211,15 +214,34 @@ class Row:
     def errors(self) -> int:
         return sum(r.errors for r in self.rounds)
 
+    @staticmethod
+    def per_request_ms(result: Result, seconds: float | None) -> float:
+        if seconds is None or not result.completed:
+            return float("nan")
+        return 1000 * seconds / result.completed
+
+    def server_ms(self) -> list[float]:
+        """Server CPU ms per request, by round."""
+        return [self.per_request_ms(r, r.cpu.broker if r.cpu else None) for r in self.rounds]
+
 
 def bench_backend(
-    backend: str, database_url: str, args: argparse.Namespace, workdir: Path
+    label: str,
+    python: str,
+    backend: str,
+    database_url: str,
+    args: argparse.Namespace,
+    workdir: Path,
 ) -> list[Row]:
     schema = f"bench_{uuid.uuid4().hex[:12]}" if database_url else ""
-    database_process = "postgres" if database_url else None
     rows = []
     try:
-        with server(workdir / backend, database_url, schema) as running:
+        with server(workdir / f"{label}-{backend}", database_url, schema, python) as running:
+            database = (
+                functools.partial(postgres_backends, [running.process.pid])
+                if database_url
+                else None
+            )
             status, body = _http(
                 "POST",
                 f"{running.url}/v1/projects/{PROJECT}/locations/{LOCATION}/registries",
@@ -248,8 +270,8 @@ def bench_backend(
                     warmup=args.warmup,
                     rounds=args.rounds,
                     duration=args.duration,
-                    server_pid=running.process.pid,
-                    database_process=database_process,
+                    server_pids=[running.process.pid],
+                    database=database,
                     on_measure=on_measure,
                 )
                 if output is not None and spy:
@@ -261,12 +283,12 @@ def bench_backend(
                         print(profile.summarize(output))
                 return results
 
-            rows.append(Row(backend, "CreateDevice", _run(load("CreateDevice", creates))))
+            rows.append(Row(label, backend, "CreateDevice", _run(load("CreateDevice", creates))))
             gets = get_requests(running.token, creates.ids)
-            rows.append(Row(backend, "GetDevice", _run(load("GetDevice", gets))))
+            rows.append(Row(label, backend, "GetDevice", _run(load("GetDevice", gets))))
     finally:
         if schema:
-            _drop_schema(database_url, schema)
+            drop_schema(database_url, schema)
     return rows
 
 
@@ -290,29 +312,30 @@ def background_load(seconds: float = 1.0) -> float:
 
 def print_table(rows: list[Row]) -> None:
     header = (
-        "| backend | operation | req/s | all rounds | peer req/s | vs peer | target "
-        "| p50 ms | p99 ms | non-200 | loadgen CPU % | server CPU % | server CPU-s / 1k req "
-        "| req / server CPU-s | PostgreSQL CPU % | machine busy % |"
+        "| server | backend | operation | server CPU ms / req | all rounds | req/s (best round) "
+        "| all rounds | peer req/s | vs peer | target | p50 ms | p99 ms | non-200 "
+        "| generator CPU % | server CPU % | PostgreSQL CPU ms / req | machine busy % | load avg |"
     )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for row in rows:
         r = row.best
-        spread = " / ".join(f"{x.rate:,.0f}" for x in row.rounds)
         cpu = r.cpu
         assert cpu is not None
+        per_round = row.server_ms()
         target = TARGET[row.operation]
         verdict = "ok" if r.rate >= target else "BELOW"
-        db = f"{cpu.percent(cpu.database):.0f}" if cpu.database is not None else "-"
-        per_k = 1000 * cpu.server / r.completed if r.completed else float("nan")
-        per_cpu_second = r.completed / cpu.server if cpu.server else float("nan")
+        db = f"{row.per_request_ms(r, cpu.database):.2f}" if cpu.database is not None else "-"
         print(
-            f"| {row.backend} | {row.operation} | {r.rate:,.0f} | {spread} "
+            f"| {row.server} | {row.backend} | {row.operation} "
+            f"| **{statistics.median(per_round):.2f}** "
+            f"| {' / '.join(f'{ms:.2f}' for ms in per_round)} | {r.rate:,.0f} "
+            f"| {' / '.join(f'{x.rate:,.0f}' for x in row.rounds)} "
             f"| {PEER[row.operation]:,.0f} | {r.rate / PEER[row.operation]:.1f}x "
             f"| {target:,.0f} ({verdict}) "
             f"| {1000 * r.percentile(50):.1f} | {1000 * r.percentile(99):.1f} | {row.errors} "
-            f"| {cpu.percent(cpu.loadgen):.0f} | {cpu.percent(cpu.server):.0f} | {per_k:.2f} "
-            f"| {per_cpu_second:,.0f} | {db} | {cpu.machine:.0f} |"
+            f"| {cpu.generator()} | {cpu.pct(cpu.broker):.0f} | {db} | {cpu.machine:.0f} "
+            f"| {r.load} |"
         )
 
 
@@ -332,22 +355,26 @@ def main() -> None:
         metavar="DIR",
         help="sample the server with py-spy while measuring; collapsed stacks go to DIR",
     )
+    add_server_option(parser)
     args = parser.parse_args()
+    servers = servers_option(parser, args.server)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
 
     print(
         f"Admin API over HTTP: {args.connections} keep-alive connections, "
         f"{args.warmup:g} s warm-up + {args.rounds} rounds of {args.duration:g} s per operation "
-        f"(the table shows the best round), {os.cpu_count()} CPUs"
+        f"(the table shows the best round), {os.cpu_count()} CPUs, "
+        f"load average {load_average()}"
     )
-    where = subprocess.run(
-        [sys.executable, "-c", "import ironcore; print(ironcore.__file__)"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    print(f"Server: {sys.executable} -m ironcore serve, from {Path(where).parent}")
+    for label, python in servers:
+        where = subprocess.run(
+            [python, "-c", "import ironcore; print(ironcore.__file__)"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        print(f"Server {label}: {python} -m ironcore serve, from {Path(where).parent}")
     busy = background_load()
     print(f"Machine busy before the run (1 s sample, all cores): {busy:.0f}%")
     if busy > 10:
@@ -363,16 +390,20 @@ def main() -> None:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="ironcore-bench-") as tmp:
         for backend, url in backends:
-            rows += bench_backend(backend, url, args, Path(tmp))
+            for label, python in servers:
+                rows += bench_backend(label, python, backend, url, args, Path(tmp))
     print()
     print_table(rows)
+    print(f"\nload average {load_average()} at the end")
     failed = [row for row in rows if row.errors]
     for row in failed:
         statuses: dict[int, int] = {}
         for r in row.rounds:
             for status, count in r.statuses.items():
                 statuses[status] = statuses.get(status, 0) + count
-        print(f"\n{row.backend} {row.operation}: {row.errors} non-200 answers {statuses}")
+        print(
+            f"\n{row.server} {row.backend} {row.operation}: {row.errors} non-200 answers {statuses}"
+        )
         for sample in [s for r in row.rounds for s in r.error_samples][:5]:
             print("  ", sample)
     if failed:

@@ -14,6 +14,7 @@ import asyncio
 import os
 import resource
 import shlex
+import shutil
 import socket
 import ssl
 import subprocess
@@ -30,12 +31,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from benchmarks import profile
-from benchmarks.loadgen import (
-    machine_busy_seconds,
-    process_tree_cpu,
-    self_cpu_seconds,
-    tree_delta,
-)
+from benchmarks.loadgen import Cpu, CpuMeter
+from benchmarks.loadgen import load_average as load_average
 from ironcore.bridge.mqtt import codec
 from ironcore.simulator.device import SimulatedDevice, Stats
 from ironcore.simulator.device import connect as device_connect
@@ -97,73 +94,6 @@ def rss_kb(pid: int) -> int:
     except OSError:
         pass
     return 0
-
-
-def load_average() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
-
-
-@dataclass
-class Cpu:
-    """CPU used over a window: the load generator's, the broker's (every process of it), and
-    the machine's. `loadgen_peak` is the busiest generator process's CPU seconds: a generator
-    process at >= 90 % of a core holds the rate to its own, not the broker's."""
-
-    wall: float
-    loadgen: float
-    broker: float
-    machine: float  # % of all cores
-    loadgen_peak: float = -1.0  # -1: one generator process, the same as `loadgen`
-    loadgen_processes: int = 1
-
-    def pct(self, seconds: float) -> float:
-        return 100 * seconds / self.wall if self.wall else 0.0
-
-    @property
-    def peak(self) -> float:
-        return self.loadgen if self.loadgen_peak < 0 else self.loadgen_peak
-
-    @property
-    def generator_bound(self) -> bool:
-        return self.pct(self.peak) >= GENERATOR_BOUND_PCT
-
-    def generator(self) -> str:
-        """The load generator's CPU as a table cell: % of one core (busiest process), and a
-        flag when it was saturated."""
-        text = f"{self.pct(self.loadgen):.0f}"
-        if self.loadgen_processes > 1:
-            text += f" ({self.loadgen_processes} procs, busiest {self.pct(self.peak):.0f})"
-        return text + (" **generator-bound**" if self.generator_bound else "")
-
-
-# A load generator process at this % of one core or more is saturated: the row measures it.
-GENERATOR_BOUND_PCT = 90.0
-
-
-class CpuMeter:
-    """CPU of the broker's processes (and their descendants, from /proc), of this process
-    (the load generator, os.times) and of the machine, between construction and `stop`."""
-
-    def __init__(self, pids: Sequence[int]) -> None:
-        self.pids = list(pids)
-        self._start = self._take()
-
-    def _take(self) -> tuple[float, float, dict[int, float], float, float]:
-        busy, total = machine_busy_seconds()
-        broker = process_tree_cpu(self.pids) if self.pids else {}
-        return time.perf_counter(), self_cpu_seconds(), broker, busy, total
-
-    def stop(self) -> Cpu:
-        end = self._take()
-        start = self._start
-        total = end[4] - start[4]
-        return Cpu(
-            end[0] - start[0],
-            end[1] - start[1],
-            tree_delta(start[2], end[2]),
-            100 * (end[3] - start[3]) / total if total else 0.0,
-        )
 
 
 # Brokers
@@ -284,6 +214,51 @@ def start_ironcore(
         time.sleep(0.05)
     token = (data_dir / "admin-token").read_text().strip()
     return Ironcore(process, data_dir, url, token, mqtt, insecure, log)
+
+
+def start_cluster(
+    workdir: Path,
+    count: int,
+    database_url: str,
+    schema: str,
+    extra: Sequence[str] = (),
+    python: str | None = None,
+) -> list[Ironcore]:
+    """`count` servers sharing one PostgreSQL schema (made by the first, migrated by its own
+    code), each with its own data directory (and so its own TLS CA: a device trusts the server
+    it dials). The first creates the owner token; the others are handed its file."""
+    servers: list[Ironcore] = []
+    try:
+        for index in range(count):
+            data = workdir / f"server-{index}"
+            data.mkdir(parents=True)
+            if servers:
+                shutil.copy(servers[0].data_dir / "admin-token", data / "admin-token")
+            servers.append(
+                start_ironcore(
+                    data,
+                    ("--database-url", database_url, "--database-schema", schema, *extra),
+                    python=python,
+                )
+            )
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return servers
+
+
+def drop_schema(database_url: str, schema: str) -> None:
+    import asyncpg
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
 
 
 @dataclass
@@ -647,10 +622,18 @@ async def saturate(
     payload: bytes = b"x" * 64,
     on_measure: Callable[[], object] | None = None,
     also: Sequence[int] = (),
+    more: Sequence[tuple[Target, Sequence[Member]]] = (),
+    database: Callable[[], Sequence[int]] | None = None,
 ) -> Throughput:
     """Connect every member, keep `window` QoS 1 events in flight on each, and count PUBACKs
-    over `duration` seconds after `warmup`."""
+    over `duration` seconds after `warmup`. `more`: other brokers (servers of a cluster) and
+    the members that connect to each; `database`: the database processes whose CPU counts."""
     devices, stats = await connect_pumps(tgt, members)
+    for other, others in more:
+        also_devices, also_stats = await connect_pumps(other, others)
+        devices += also_devices
+        stats.refused += also_stats.refused
+        stats.errors += also_stats.errors
     if not devices:
         raise RuntimeError(
             f"{name}: no device connected ({stats.refused} refused, {stats.errors} errors)"
@@ -662,7 +645,7 @@ async def saturate(
         await asyncio.sleep(warmup)
         tally.latencies.clear()
         start_acks = tally.acknowledged
-        meter = CpuMeter(broker_pids)
+        meter = CpuMeter(broker_pids, database)
         also_meter = CpuMeter(also)
         if on_measure is not None:
             on_measure()

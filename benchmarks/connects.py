@@ -24,8 +24,8 @@ from contextlib import suppress
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from benchmarks.brokers import Cpu
 from benchmarks.loadgen import (
+    Cpu,
     machine_busy_seconds,
     process_tree_cpu,
     self_cpu_seconds,

@@ -1,4 +1,4 @@
-"""A lean closed-loop HTTP/1.1 load generator and the CPU accounting the API benchmark reports.
+"""A lean closed-loop HTTP/1.1 load generator, and the CPU accounting every benchmark reports.
 
 Each connection is an `asyncio.Protocol` that keeps one request in flight on a keep-alive
 connection and sends the next one from `data_received`, so a request costs the generator one
@@ -7,13 +7,19 @@ pre-built bytes (or built by a cheap callable). Responses must carry Content-Len
 uvicorn always sends for JSON.
 
 CPU time comes from /proc: `/proc/<pid>/stat` (utime + stime of every thread of a process) for
-the server and the database, `/proc/stat` for the whole machine, `os.times()` for ourselves.
+the server (its processes and their descendants) and the database (the backends serving the
+server, found by client port), `/proc/stat` for the whole machine, `os.times()` for ourselves.
+`Cpu` is what a window used, `CpuMeter` measures one; `Cpu.generator()` is the table cell that
+flags a saturated load generator. `--server LABEL=PYTHON` (`add_server_option`) lets a benchmark
+run another checkout's server under the same harness.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -92,6 +98,48 @@ def processes_named(name: str) -> list[int]:
     return pids
 
 
+def postgres_backends(client_pids: Sequence[int], port: int = 5432) -> list[int]:
+    """The PostgreSQL backends serving `client_pids`' connections (not the rest of the
+    machine's): each client socket's local port, from /proc/<pid>/fd and /proc/net/tcp{,6},
+    against the port a backend names in its title ("postgres: user db 127.0.0.1(PORT) …")."""
+    inodes = set()
+    for pid in client_pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as file:
+                lines = file.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[9] in inodes and int(fields[2].rsplit(":", 1)[1], 16) == port:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    backends = []
+    for pid in processes_named("postgres"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as file:
+                title = file.read()
+        except OSError:
+            continue
+        start, end = title.find(b"("), title.find(b")")
+        client = title[start + 1 : end] if 0 <= start < end else b""
+        if client.isdigit() and int(client) in ports:
+            backends.append(pid)
+    return backends
+
+
 def machine_busy_seconds() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine since boot, summed over cores."""
     with open("/proc/stat") as file:
@@ -107,59 +155,112 @@ def self_cpu_seconds() -> float:
 
 
 @dataclass
-class CpuSnapshot:
-    wall: float
-    me: float
-    server: float
-    database: dict[int, float]
-    machine_busy: float
-    machine_total: float
-
-    @classmethod
-    def take(cls, server_pid: int, database_name: str | None) -> CpuSnapshot:
-        database = (
-            {pid: process_cpu_seconds(pid) for pid in processes_named(database_name)}
-            if database_name
-            else {}
-        )
-        busy, total = machine_busy_seconds()
-        return cls(
-            time.perf_counter(),
-            self_cpu_seconds(),
-            process_cpu_seconds(server_pid),
-            database,
-            busy,
-            total,
-        )
-
-
-@dataclass
-class CpuUsage:
-    """CPU used between two snapshots, in seconds and as % of one core."""
+class Cpu:
+    """CPU used over a window: the load generator's, the server's (every process of it), the
+    database's when asked for, and the machine's. `loadgen_peak` is the busiest generator
+    process's CPU seconds: a generator process at >= 90 % of a core holds the rate to its own,
+    not the server's."""
 
     wall: float
     loadgen: float
-    server: float
-    database: float | None
-    machine: float  # % of all cores (100 = every core busy)
+    broker: float  # the server measured (ironcore, Mosquitto, amqtt)
+    machine: float  # % of all cores
+    loadgen_peak: float = -1.0  # -1: one generator process, the same as `loadgen`
+    loadgen_processes: int = 1
+    database: float | None = None  # CPU seconds of the database processes, when measured
 
-    @classmethod
-    def between(cls, start: CpuSnapshot, end: CpuSnapshot, has_database: bool) -> CpuUsage:
+    def pct(self, seconds: float) -> float:
+        return 100 * seconds / self.wall if self.wall else 0.0
+
+    @property
+    def peak(self) -> float:
+        return self.loadgen if self.loadgen_peak < 0 else self.loadgen_peak
+
+    @property
+    def generator_bound(self) -> bool:
+        return self.pct(self.peak) >= GENERATOR_BOUND_PCT
+
+    def generator(self) -> str:
+        """The load generator's CPU as a table cell: % of one core (busiest process), and a
+        flag when it was saturated."""
+        text = f"{self.pct(self.loadgen):.0f}"
+        if self.loadgen_processes > 1:
+            text += f" ({self.loadgen_processes} procs, busiest {self.pct(self.peak):.0f})"
+        return text + (" **generator-bound**" if self.generator_bound else "")
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
+
+
+# A load generator process at this % of one core or more is saturated: the row measures it.
+GENERATOR_BOUND_PCT = 90.0
+
+
+class CpuMeter:
+    """CPU of the server's processes (and their descendants, from /proc), of this process
+    (the load generator, os.times), of the machine, and of the database processes
+    `database()` names at the start and at the end (one that appears in between counts from
+    zero), between construction and `stop`."""
+
+    def __init__(
+        self, pids: Sequence[int], database: Callable[[], Sequence[int]] | None = None
+    ) -> None:
+        self.pids = list(pids)
+        self.database = database
+        self._start = self._take()
+
+    def _take(self) -> tuple[float, float, dict[int, float], float, float, dict[int, float]]:
+        busy, total = machine_busy_seconds()
+        server = process_tree_cpu(self.pids) if self.pids else {}
+        database = (
+            {pid: process_cpu_seconds(pid) for pid in self.database()} if self.database else {}
+        )
+        return time.perf_counter(), self_cpu_seconds(), server, busy, total, database
+
+    def stop(self) -> Cpu:
+        end = self._take()
+        start = self._start
+        total = end[4] - start[4]
         database = None
-        if has_database:
-            # A backend that started during the window counts from zero.
-            database = sum(cpu - start.database.get(pid, 0.0) for pid, cpu in end.database.items())
-        total = end.machine_total - start.machine_total
-        return cls(
-            end.wall - start.wall,
-            end.me - start.me,
-            end.server - start.server,
-            database,
-            100 * (end.machine_busy - start.machine_busy) / total if total else 0.0,
+        if self.database is not None:
+            # A backend gone by the end reads 0 (its CPU is lost either way).
+            database = sum(max(0.0, cpu - start[5].get(pid, 0.0)) for pid, cpu in end[5].items())
+        return Cpu(
+            end[0] - start[0],
+            end[1] - start[1],
+            tree_delta(start[2], end[2]),
+            100 * (end[3] - start[3]) / total if total else 0.0,
+            database=database,
         )
 
-    def percent(self, seconds: float) -> float:
-        return 100 * seconds / self.wall
+
+# Servers under test
+
+
+def add_server_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server",
+        action="append",
+        metavar="LABEL=PYTHON",
+        help="an ironcore to measure: a label and the interpreter that runs its server (another "
+        "checkout's .venv/bin/python); repeatable, measured in this order; default: "
+        "ironcore=this interpreter",
+    )
+
+
+def servers_option(
+    parser: argparse.ArgumentParser, specs: list[str] | None
+) -> list[tuple[str, str]]:
+    """(label, interpreter) for each `--server LABEL=PYTHON`; labels read "ironcore[LABEL]"."""
+    servers = []
+    for spec in specs or [f"ironcore={sys.executable}"]:
+        label, _, python = spec.partition("=")
+        if not python or not os.path.exists(python):
+            parser.error(f"--server {spec!r}: LABEL=PYTHON, an existing interpreter")
+        servers.append((label if label.startswith("ironcore") else f"ironcore[{label}]", python))
+    return servers
 
 
 # The load generator
@@ -174,7 +275,8 @@ class Result:
     error_samples: list[str] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
-    cpu: CpuUsage | None = None
+    cpu: Cpu | None = None
+    load: str = ""  # the load average at the end of the round
 
     @property
     def rate(self) -> float:
@@ -287,13 +389,14 @@ async def run_load(
     warmup: float,
     rounds: int,
     duration: float,
-    server_pid: int,
-    database_process: str | None = None,
+    server_pids: Sequence[int],
+    database: Callable[[], Sequence[int]] | None = None,
     on_measure: Callable[[], object] | None = None,
 ) -> list[Result]:
     """Keep `connections` requests in flight for `warmup` + `rounds` x `duration` seconds and
     measure each round on its own (throughput, latency, status codes and the CPU of everyone
-    involved). The load does not pause between rounds; a response counts in the round in which
+    involved: `server_pids` and their descendants, the processes `database()` names). The
+    load does not pause between rounds; a response counts in the round in which
     it arrives."""
     loop = asyncio.get_running_loop()
     results = [Result(name) for _ in range(rounds)]
@@ -308,14 +411,13 @@ async def run_load(
     if on_measure is not None:
         on_measure()
     run.measuring = True
-    start = CpuSnapshot.take(server_pid, database_process)
     for result in results:
         run.result = result
+        meter = CpuMeter(server_pids, database)
         await asyncio.sleep(duration)
-        end = CpuSnapshot.take(server_pid, database_process)
-        result.seconds = end.wall - start.wall
-        result.cpu = CpuUsage.between(start, end, database_process is not None)
-        start = end
+        result.cpu = meter.stop()
+        result.seconds = result.cpu.wall
+        result.load = load_average()
     run.measuring = False
     run.stopping = True
     if run.in_flight:

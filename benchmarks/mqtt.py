@@ -21,6 +21,16 @@ simulator (`ironcore.simulator`), one process and one event loop, for every brok
    50,000/s cap was where ironcore's figure stood). `--workers 1,2` gives one ironcore row per
    process count (`ironcore serve --mqtt-workers N`, processes sharing the port with
    SO_REUSEPORT); its CPU is that of every process.
+   With `--database-url postgresql://…` the QoS 1 rows measure the PostgreSQL event log
+   instead: `--servers` servers (default 2) share one fresh schema, the devices registered
+   through the admin API and spread over them, PUBACK after the PostgreSQL commit; each
+   `--server` build gets `--repeat` windows, the builds alternating (A B, B A, …), each window
+   on a schema of its own (an older build cannot open a schema a newer one migrated). The
+   table adds the CPU of the PostgreSQL backends serving those servers (found by their client
+   ports, so other work on the database does not count), and a side-by-side table gives each
+   build's means and their ratios. Issue 13's A/B: `--only throughput --database-url
+   postgresql://postgres@127.0.0.1:5432/test --devices 600 --peers '' --repeat 3 --warmup 5
+   --duration 25 --server baseline=…/.venv/bin/python --server current=.venv/bin/python`.
 3. Idle connections: `--idle` TLS devices connect and subscribe (config QoS 1, commands QoS 0)
    and stay idle; the broker's VmRSS before and after, per connection.
 4. Config fan-out (ironcore): with the idle fleet connected, a new config for every device,
@@ -50,9 +60,11 @@ import functools
 import os
 import shutil
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
@@ -62,9 +74,17 @@ import httpx
 
 from benchmarks import brokers as b
 from benchmarks.connects import Generator, connect_packets
+from benchmarks.loadgen import (
+    Cpu,
+    CpuMeter,
+    add_server_option,
+    postgres_backends,
+    servers_option,
+)
 from ironcore.bridge.mqtt import codec
 from ironcore.simulator.device import SimulatedDevice, Stats
 from ironcore.simulator.fleet import Member, Target
+from ironcore.simulator.provision import register_generated
 
 REGISTRY = "bench"
 TARGET_CONNECT_RATIO = 1.0  # ≥ Mosquitto's connects/s
@@ -82,7 +102,7 @@ class ConnectRow:
     connected: int
     errors: int
     seconds: float
-    cpu: b.Cpu
+    cpu: Cpu
     load: str
 
     @property
@@ -99,7 +119,7 @@ class IdleRow:
     rss_before: int
     rss_after: int
     loadgen_rss_delta: int
-    cpu: b.Cpu
+    cpu: Cpu
     load: str
 
     @property
@@ -117,7 +137,7 @@ class FanoutRow:
     acked_s: float | None
     received: int
     acked: int | None
-    cpu: b.Cpu
+    cpu: Cpu
     load: str
 
 
@@ -177,7 +197,7 @@ async def connect_rate_sim(
     for round_ in range(1, rounds + 1):
         ready = [Member(m.device_id, functools.partial(str, m.token())) for m in members]
         stats = Stats()
-        meter = b.CpuMeter(pids())
+        meter = CpuMeter(pids())
         devices = await b.connect_plain(tgt, ready, stats, concurrency, subscribe=False)
         cpu = meter.stop()
         rows.append(
@@ -205,7 +225,7 @@ async def idle_fleet(
     rss_before = sum(b.rss_kb(pid) for pid in pids)
     me_before = b.rss_kb(os.getpid())
     stats = Stats()
-    meter = b.CpuMeter(pids)
+    meter = CpuMeter(pids)
     devices = await b.connect_plain(tgt, members, stats, concurrency, subscribe=True)
     cpu = meter.stop()
     # Idle, not silent: like a real device, each sends PINGREQ within its 60 s keep-alive (a
@@ -305,7 +325,7 @@ async def ironcore_fanout(
             if r.status_code != 200 or r.json()["updatedDevices"] != n:
                 failures.append(f"{r.status_code} {r.text[:200]}")
 
-        meter = b.CpuMeter(pids)
+        meter = CpuMeter(pids)
         start = time.perf_counter()
         pushing = (
             asyncio.ensure_future(push_all())
@@ -371,7 +391,7 @@ async def mosquitto_fanout(
         raise RuntimeError("the Mosquitto fan-out publisher could not connect")
     sender = backend[0]
     payload = b'{"led": "on", "interval": 30}'
-    meter = b.CpuMeter([broker.pid])
+    meter = CpuMeter([broker.pid])
     start = time.perf_counter()
     chunk: list[bytes] = []
     for i, member in enumerate(members):
@@ -412,6 +432,63 @@ async def mosquitto_fanout(
     )
 
 
+async def cluster_throughput(args: argparse.Namespace, tmp: Path) -> list[b.Throughput]:
+    """QoS 1 into the PostgreSQL event log from `--servers` servers sharing one schema: for each
+    `--server` build, `--repeat` windows, the builds alternating (A B, B A, A B, …). Every window
+    gets a fresh schema (made and migrated by that build's first server: an older build cannot
+    open a database a newer one migrated) and `--devices` devices registered through its admin
+    API, spread over the servers; the schema is dropped afterwards. CPU: every process of every
+    server, and the PostgreSQL backends serving their connections."""
+    results = []
+    count = args.servers
+    for repeat in range(args.repeat):
+        order = args.server if repeat % 2 == 0 else args.server[::-1]
+        for label, python in order:
+            schema = f"bench_{uuid.uuid4().hex[:12]}"
+            name = f"{label} TLS, {count} servers, PostgreSQL"
+            cluster = await asyncio.to_thread(
+                b.start_cluster,
+                tmp / f"cluster-{repeat}-{label}",
+                count,
+                args.database_url,
+                schema,
+                ("--mqtt-workers", "1"),
+                python,
+            )
+            try:
+                targets = [
+                    b.target("127.0.0.1", s.mqtt_port, b.client_tls(s.ca_file), REGISTRY)
+                    for s in cluster
+                ]
+                members = await register_generated(
+                    cluster[0].url, cluster[0].token, targets[0], args.devices, prefix="pg"
+                )
+                fleets = [(t, members[i::count]) for i, t in enumerate(targets)]
+                pids = [pid for s in cluster for pid in s.pids]
+                result = await b.saturate(
+                    name,
+                    fleets[0][0],
+                    fleets[0][1],
+                    pids,
+                    window=args.window,
+                    warmup=args.warmup,
+                    duration=args.duration,
+                    more=fleets[1:],
+                    database=functools.partial(postgres_backends, pids),
+                )
+            finally:
+                for server in cluster:
+                    server.stop()
+                await asyncio.to_thread(b.drop_schema, args.database_url, schema)
+            per_event = 1e6 * result.cpu.broker / result.acknowledged if result.acknowledged else 0
+            print(
+                f"  {name}: {result.rate:,.0f} events/s, {per_event:.1f} µs server CPU per event",
+                flush=True,
+            )
+            results.append(result)
+    return results
+
+
 # Tables
 
 
@@ -450,9 +527,9 @@ def print_throughput(rows: list[b.Throughput], window: int) -> None:
     print(
         "| broker | listener | PUBACK after | devices | events/s | vs Mosquitto | vs amqtt "
         "| target | PUBACK p50 / p99 ms | errors | generator CPU % | server CPU % "
-        "| server CPU µs/event | machine busy % | load avg |"
+        "| server CPU µs/event | PostgreSQL CPU µs/event | machine busy % | load avg |"
     )
-    print("|" + "---|" * 15)
+    print("|" + "---|" * 16)
     by = {r.name: r for r in rows}
     mosq = by.get("mosquitto TLS")
     amqtt = by.get("amqtt TLS")
@@ -462,20 +539,65 @@ def print_throughput(rows: list[b.Throughput], window: int) -> None:
         if r.name.startswith("ironcore"):
             ok_m = "ok" if vs_m >= TARGET_VS_MOSQUITTO else "MISSED"
             ok_a = "ok" if vs_a >= TARGET_VS_AMQTT else "MISSED"
-            target = f"≥ 0.5x Mosquitto ({ok_m})" + (f", ≥ 5x amqtt ({ok_a})" if amqtt else "")
-            after = "SQLite commit (WAL, sync FULL)"
+            targets = [f"≥ 0.5x Mosquitto ({ok_m})"] if mosq else []
+            targets += [f"≥ 5x amqtt ({ok_a})"] if amqtt else []
+            target = ", ".join(targets) or "-"
+            after = (
+                "PostgreSQL commit" if "PostgreSQL" in r.name else "SQLite commit (WAL, sync FULL)"
+            )
         elif r.name.startswith("mosquitto"):
             target, after = "-", "receipt (persistence false)"
         else:
             target, after = "-", "receipt (in memory)"
         broker, listener = r.name.split(" ", 1)
         per_event = 1e6 * r.cpu.broker / r.acknowledged if r.acknowledged else float("nan")
+        database = (
+            f"{1e6 * r.cpu.database / r.acknowledged:.1f}"
+            if r.cpu.database is not None and r.acknowledged
+            else "-"
+        )
         print(
-            f"| {broker} | {listener} | {after} | {r.devices} | {r.rate:,.0f} | {vs_m:.2f}x "
+            f"| {broker} | {listener} | {after} | {r.devices} | {r.rate:,.0f} "
+            f"| {f'{vs_m:.2f}x' if mosq else '-'} "
             f"| {f'{vs_a:.1f}x' if amqtt else '-'} | {target} "
             f"| {r.latency_ms(0.5):.0f} / {r.latency_ms(0.99):.0f} "
             f"| {r.errors} | {r.cpu.generator()} | {r.cpu.pct(r.cpu.broker):.0f} "
-            f"| {per_event:.1f} | {r.cpu.machine:.0f} | {r.load} |"
+            f"| {per_event:.1f} | {database} | {r.cpu.machine:.0f} | {r.load} |"
+        )
+
+
+def print_side_by_side(rows: list[b.Throughput], labels: list[str]) -> None:
+    """Each build's windows of the cluster rows, their means, and the ratio to the first."""
+    print("\n(2b) Side by side: mean over the windows, ratio to the first --server")
+    print(
+        "| build | windows | events/s (each) | mean events/s | server CPU µs/event (each) "
+        "| mean | PostgreSQL CPU µs/event (each) | mean | events/s ratio | server CPU ratio "
+        "| server + PostgreSQL CPU ratio |"
+    )
+    print("|" + "---|" * 11)
+    first: tuple[float, float, float] | None = None
+    for label in labels:
+        mine = [r for r in rows if r.name.split(" ", 1)[0] == label and r.acknowledged]
+        if not mine:
+            continue
+        rates = [r.rate for r in mine]
+        server = [1e6 * r.cpu.broker / r.acknowledged for r in mine]
+        database = [1e6 * (r.cpu.database or 0.0) / r.acknowledged for r in mine]
+        means = (
+            statistics.mean(rates),
+            statistics.mean(server),
+            statistics.mean(s + d for s, d in zip(server, database, strict=True)),
+        )
+        first = first or means
+
+        def each(values: list[float], fmt: str) -> str:
+            return " / ".join(format(v, fmt) for v in values)
+
+        print(
+            f"| {label} | {len(mine)} | {each(rates, ',.0f')} | {means[0]:,.0f} "
+            f"| {each(server, '.1f')} | {means[1]:.1f} | {each(database, '.1f')} "
+            f"| {statistics.mean(database):.1f} | {means[0] / first[0]:.2f}x "
+            f"| {means[1] / first[1]:.2f}x | {means[2] / first[2]:.2f}x |"
         )
 
 
@@ -551,7 +673,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
     # Every part gets fresh broker processes: a cold connect round, and RSS baselines that no
     # earlier part's freed memory hides.
     servers: list[tuple[str, str]] = args.server
-    server = b.start_ironcore(data, python=servers[0][1])
+    # This interpreter's server: seed_devices migrated the database with this checkout's code.
+    server = b.start_ironcore(data)
     tls_dir, ca_file = server.tls_dir, server.ca_file
     tls = b.client_tls(ca_file)
     server.stop()
@@ -631,12 +754,15 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
         )
         results = []
         plan: list[tuple[str, str, str, int, bool]] = []  # name, kind, python, processes, plain
-        for label, python in servers:
-            for processes in args.workers:
-                suffix = f", {processes} processes" if processes > 1 else ""
-                plan.append((f"{label} TLS{suffix}", "ironcore", python, processes, False))
+        if args.database_url:
+            results += await cluster_throughput(args, tmp)
+        else:
+            for label, python in servers:
+                for processes in args.workers:
+                    suffix = f", {processes} processes" if processes > 1 else ""
+                    plan.append((f"{label} TLS{suffix}", "ironcore", python, processes, False))
         plan += [(f"{peer} TLS", peer, "", 1, False) for peer in args.peers]
-        if args.plaintext:
+        if args.plaintext and not args.database_url:
             for label, python in servers:
                 plan.append((f"{label} plaintext", "ironcore", python, 1, True))
         for name, kind, python, processes, plain in plan:
@@ -681,6 +807,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
             print(f"  {name}: {result.rate:,.0f} events/s", flush=True)
             results.append(result)
         print_throughput(results, args.window)
+        if args.database_url and len(servers) > 1:
+            print_side_by_side(results, [label for label, _ in servers])
         spy.report()
 
     if "idle" in parts:
@@ -773,14 +901,7 @@ def main() -> None:
         help="raw: pre-built CONNECTs from --loadgen-processes processes; sim: the fleet "
         "simulator in this process (sessions 1-3; it saturates)",
     )
-    parser.add_argument(
-        "--server",
-        action="append",
-        metavar="LABEL=PYTHON",
-        help="an ironcore to measure: a label and the interpreter that runs its server (another "
-        "checkout's .venv/bin/python); repeatable, measured in this order; default: "
-        "ironcore=this interpreter",
-    )
+    add_server_option(parser)
     parser.add_argument(
         "--peers",
         default="mosquitto,amqtt",
@@ -793,6 +914,21 @@ def main() -> None:
         help="leave out ironcore's plaintext QoS 1 row",
     )
     parser.add_argument("--devices", type=int, default=2000, help="publishing devices")
+    parser.add_argument(
+        "--database-url",
+        default="",
+        help="PostgreSQL (postgresql://…): the QoS 1 rows run --servers servers sharing a fresh "
+        "schema of this database, one schema per window, dropped afterwards",
+    )
+    parser.add_argument(
+        "--servers", type=int, default=2, help="with --database-url: servers sharing the schema"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="with --database-url: windows per --server, the builds alternating",
+    )
     parser.add_argument(
         "--workers",
         default="1,2",
@@ -821,13 +957,7 @@ def main() -> None:
         args.workers = [int(n) for n in args.workers.split(",")]
     except ValueError:
         parser.error(f"--workers {args.workers!r}: a comma list of process counts")
-    servers = []
-    for spec in args.server or [f"ironcore={sys.executable}"]:
-        label, _, python = spec.partition("=")
-        if not python or not Path(python).exists():
-            parser.error(f"--server {spec!r}: LABEL=PYTHON, an existing interpreter")
-        servers.append((label if label.startswith("ironcore") else f"ironcore[{label}]", python))
-    args.server = servers
+    args.server = servers_option(parser, args.server)
     args.peers = [p for p in args.peers.split(",") if p]
     if any(p not in ("mosquitto", "amqtt") for p in args.peers):
         parser.error(f"--peers {args.peers!r}: a comma list of mosquitto and amqtt")

@@ -21,13 +21,15 @@ alone would not do: xid 100 begins, xid 101 inserts pk 5, xid 100 inserts pk 6 a
 below the horizon 101 is pk 6, and pk 5 commits later with a smaller id.)
 
 Why this and not the alternatives:
-- It costs the append path nothing it can measure: one bigint per row from a column default,
-  no lock, no extra statement or round trip; the index (topic, xid, pk) replaces (topic, pk)
-  and serves the reads (an index-only scan, no sort). Two processes appending through
+- It costs the append path little: one bigint per row from a column default, no lock, no
+  extra statement or round trip; the index (topic, xid, pk) replaces (topic, pk) and serves
+  the reads (an index-only scan, no sort). Two processes appending through
   `BridgeStore.append_events`, 2 shared cores, medians of 5 runs before -> after: batches of 20
   13.4k -> 15.4k events/s, batches of 200 53.9k -> 46.6k; single connection interleaved,
-  medians of 6: 10.4k -> 8.9k and 40.2k -> 45.0k. Run-to-run spread was +-30 %, so: no cost
-  above the noise, and no more than 15 % in any median.
+  medians of 6: 10.4k -> 8.9k and 40.2k -> 45.0k. Run-to-run spread was +-30 %, so no
+  throughput cost above the noise. In CPU, which noise moves less: two servers taking MQTT
+  QoS 1 into one schema spend about 16 % more PostgreSQL CPU per event than before the fix,
+  8 % more server and PostgreSQL CPU together (docs/benchmarks.md, issue 13 defect 1).
 - Serialising appends (an advisory lock per database or topic and a commit-ordered sequence)
   would queue every process's group commit behind every other's fsync.
 - Copying each event into a per-subscription table at append would make publishing cost grow
