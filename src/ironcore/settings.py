@@ -48,6 +48,9 @@ class Settings:
     mqtt_workers: int = 1
     # NATS joining the servers that share this database (nats://host:4222); empty = none.
     bus_url: str = ""
+    # Every MQTT connection starts with a load balancer's PROXY protocol v2 header naming the
+    # client (HAProxy's send-proxy-v2); connections without one are closed.
+    mqtt_proxy_protocol: bool = False
 
     @property
     def tls_dir(self) -> Path:

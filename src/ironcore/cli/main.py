@@ -144,6 +144,14 @@ def serve(
             "configs, commands, session takeover and live disconnects across servers",
         ),
     ] = "",
+    mqtt_proxy_protocol: Annotated[
+        bool,
+        typer.Option(
+            envvar="IRONCORE_MQTT_PROXY_PROTOCOL",
+            help="The MQTT ports sit behind a load balancer sending a PROXY protocol v2 header "
+            "(HAProxy send-proxy-v2); connections without one are closed",
+        ),
+    ] = False,
 ) -> None:
     """Run ironcore: the admin API and the MQTT bridge."""
     if (tls_cert is None) != (tls_key is None):
@@ -177,6 +185,7 @@ def serve(
             tls_key=tls_key,
             mqtt_workers=mqtt_workers,
             bus_url=bus,
+            mqtt_proxy_protocol=mqtt_proxy_protocol,
         )
     )
 
