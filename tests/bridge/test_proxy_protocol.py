@@ -264,3 +264,26 @@ async def test_a_header_that_never_completes_is_dropped(
         await server.wait_closed()
     assert "no complete PROXY protocol header within 0.2 s" in caplog.text
     assert handed == [IPV4[0]]
+
+
+async def test_a_close_before_the_header_is_logged_unless_nothing_was_sent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: ProxiedConnection(lambda _: asyncio.Protocol()), "127.0.0.1", 0
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        for sent in (b"", header(*IPV4)[:20]):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(sent)
+            writer.write_eof()
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+            writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+    closed = [r.getMessage() for r in caplog.records if "closed the MQTT" in r.getMessage()]
+    assert len(closed) == 1, closed  # a TCP health check (nothing sent) is not logged
+    assert closed[0].endswith("closed before its PROXY protocol header was complete")

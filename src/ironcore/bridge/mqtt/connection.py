@@ -399,7 +399,8 @@ class MqttConnection(asyncio.Protocol):
         self._rotation = await self.channel.connected(auth)
         metrics.CONNECTS.labels("accepted").inc()
         metrics.CONNECTED.inc()
-        log.debug("MQTT device %s connected from %s", event.client_id, self.peer)
+        if log.isEnabledFor(logging.DEBUG):  # looking the address up is not free
+            log.debug("MQTT device %s connected from %s", event.client_id, self.peer)
 
     async def _attach(self, event: s.AttachRequested) -> None:
         gateway = self._contexts[self.session.device_id]

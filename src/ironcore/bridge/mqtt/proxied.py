@@ -58,7 +58,11 @@ class ProxiedConnection(asyncio.Protocol):
             app.data_received(rest)
 
     def eof_received(self) -> bool:
-        self._refuse("the connection was closed before its PROXY protocol header was complete")
+        if self._received:
+            self._refuse("the connection was closed before its PROXY protocol header was complete")
+        else:
+            # Nothing sent at all: a TCP health check (HAProxy's plain `check`), not worth a line.
+            self._cancel_timeout()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
