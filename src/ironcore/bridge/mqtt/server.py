@@ -85,9 +85,9 @@ class MqttBridge:
         self._ticker = asyncio.create_task(self._tick())
 
     def _factory(self, listener: Listener) -> Callable[[], asyncio.Protocol]:
-        if not listener.proxy_protocol:
-            return self._tls_connection if listener.tls else self._connection
         serve = self._tls_connection if listener.tls else self._connection
+        if not listener.proxy_protocol:
+            return serve
         return lambda: ProxiedConnection(serve)
 
     def _connection(self, peer: Address | None = None) -> MqttConnection:
