@@ -221,10 +221,14 @@ class Server:
 
 
 def start_server(
-    data_dir: Path, database: Database | None = None, extra: list[str] | None = None
+    data_dir: Path,
+    database: Database | None = None,
+    extra: list[str] | None = None,
+    ports: tuple[int, int] | None = None,
 ) -> Server:
-    """Run `ironcore serve` as a real process and wait until it is ready."""
-    port, mqtt_port = free_port(), free_port()
+    """Run `ironcore serve` as a real process and wait until it is ready; `ports`: its API and
+    MQTT ports (default: free ones), for a server started again where a balancer expects it."""
+    port, mqtt_port = ports or (free_port(), free_port())
     log = data_dir.parent / f"{data_dir.name}-server.log"
     args = [sys.executable, "-m", "ironcore", "serve", "--data-dir", str(data_dir)]
     args += ["--api-host", "127.0.0.1", "--api-port", str(port)]

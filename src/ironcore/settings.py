@@ -51,6 +51,9 @@ class Settings:
     # Seconds a server joined by the bus may stay silent before the others take its devices as
     # not connected; it says it is alive every third of it.
     bus_lease_seconds: float = 10.0
+    # Every MQTT connection starts with a load balancer's PROXY protocol v2 header naming the
+    # client (HAProxy's send-proxy-v2); connections without one are closed.
+    mqtt_proxy_protocol: bool = False
 
     @property
     def tls_dir(self) -> Path:

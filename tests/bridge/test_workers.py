@@ -40,7 +40,15 @@ from tests.bridge.devices import (
     send_command,
 )
 from tests.bridge.test_enforcement import issue_server_certificate, served_serial
-from tests.conftest import Database, Server, events_in_log, start_server, stop_server, wait_for
+from tests.conftest import (
+    Database,
+    Server,
+    events_in_log,
+    service_up,
+    start_server,
+    stop_server,
+    wait_for,
+)
 from tests.keys import PrivateKey
 
 REG = "reg-workers"
@@ -370,7 +378,7 @@ def test_no_workers_without_an_mqtt_port(tmp_path: Path) -> None:
         assert stop_server(server) == 0
 
 
-def test_workers_stop_when_the_primary_is_killed(tmp_path: Path) -> None:
+def test_workers_stop_and_the_ports_close_when_the_primary_is_killed(tmp_path: Path) -> None:
     server = start_server(tmp_path / "data", None, ["--mqtt-workers", "3"])
     try:
         wait_for(lambda: len(processes(server)) == 3, what="the worker processes")
@@ -383,6 +391,10 @@ def test_workers_stop_when_the_primary_is_killed(tmp_path: Path) -> None:
             what="the workers to exit",
         )
         assert "the primary process is gone" in server.log.read_text()
+        # Nothing restarts it (that is the supervisor's job, docs/operations.md): the MQTT
+        # and API ports are closed.
+        assert not service_up("127.0.0.1", server.mqtt_port)
+        assert not service_up("127.0.0.1", server.port)
     finally:
         if server.process.poll() is None:
             stop_server(server)

@@ -154,6 +154,14 @@ def serve(
             "devices as not connected (it says it is alive every third of it)",
         ),
     ] = 10.0,
+    mqtt_proxy_protocol: Annotated[
+        bool,
+        typer.Option(
+            envvar="IRONCORE_MQTT_PROXY_PROTOCOL",
+            help="The MQTT ports sit behind a load balancer sending a PROXY protocol v2 header "
+            "(HAProxy send-proxy-v2); connections without one are closed",
+        ),
+    ] = False,
 ) -> None:
     """Run ironcore: the admin API and the MQTT bridge."""
     if (tls_cert is None) != (tls_key is None):
@@ -188,6 +196,7 @@ def serve(
             mqtt_workers=mqtt_workers,
             bus_url=bus,
             bus_lease_seconds=bus_lease,
+            mqtt_proxy_protocol=mqtt_proxy_protocol,
         )
     )
 

@@ -134,14 +134,20 @@ def services(storage: Storage, devices: DeviceSide, firmware_directory: Path) ->
 
 
 def listeners(settings: Settings) -> list[Listener]:
-    """The MQTT bridge's listeners: its TLS ports, and the plaintext one if asked for."""
+    """The MQTT bridge's listeners: its TLS ports, and the plaintext one if asked for; all of
+    them behind a PROXY protocol balancer with --mqtt-proxy-protocol."""
+    proxied = settings.mqtt_proxy_protocol
     found = [
-        Listener(settings.mqtt_host, port, tls=True)
+        Listener(settings.mqtt_host, port, tls=True, proxy_protocol=proxied)
         for port in (settings.mqtt_port, settings.mqtt_second_port)
         if port
     ]
     if settings.insecure_mqtt_port:
-        found.append(Listener(settings.mqtt_host, settings.insecure_mqtt_port, tls=False))
+        found.append(
+            Listener(
+                settings.mqtt_host, settings.insecure_mqtt_port, tls=False, proxy_protocol=proxied
+            )
+        )
     return found
 
 

@@ -42,6 +42,7 @@ from ironcore.bridge.devices import (
 )
 from ironcore.bridge.hub import Hub
 from ironcore.bridge.mqtt import session as s
+from ironcore.bridge.proxy_protocol import Address
 from ironcore.errors import Code, IronCoreError, NotFound
 from ironcore.identity.credentials import ParsedKey
 from ironcore.logs import RateLimited
@@ -76,7 +77,9 @@ class Services:
 
 
 class MqttConnection(asyncio.Protocol):
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, peer: Address | None = None) -> None:
+        """`peer`: the client's address when a load balancer's PROXY header named it on a
+        plaintext listener (None: the transport's peer)."""
         self.services = services
         self.channel = services.channel
         self.session = s.Session(now=time.time(), limits=services.limits)
@@ -100,6 +103,7 @@ class MqttConnection(asyncio.Protocol):
         self._held: dict[int, DeviceConfig] | None = None
         self._rotation: KeyRotation | None = None
         self._events_in = 0
+        self._peer_address = peer
 
     # asyncio.Protocol
 
@@ -150,6 +154,13 @@ class MqttConnection(asyncio.Protocol):
     def _fingerprint(self) -> str:
         """The fingerprint of the key the device authenticated with ("" before it did)."""
         return self._key.fingerprint if self._key is not None else ""
+
+    @property
+    def peer(self) -> Address | None:
+        """The client's address (through a load balancer, the one its PROXY header named)."""
+        if self._peer_address is not None or self.transport is None:
+            return self._peer_address
+        return Address.of(self.transport.get_extra_info("peername"))
 
     def _wake(self) -> None:
         self._woken = True
@@ -416,7 +427,12 @@ class MqttConnection(asyncio.Protocol):
         except DeviceRefused as refused:
             self.channel.refused(refused, "mqtt")
             metrics.CONNECTS.labels("refused").inc()
-            log.info("MQTT connect refused for %r: %s", event.client_id[:200], refused.message)
+            log.info(
+                "MQTT connect refused for %r from %s: %s",
+                event.client_id[:200],
+                self.peer,
+                refused.message,
+            )
             self.session.refuse(f"mqtt: {refused.message}", refused.reason)
             return
         except IronCoreError as error:  # the device could not be checked: not its fault
@@ -444,7 +460,8 @@ class MqttConnection(asyncio.Protocol):
         self._rotation = await self.channel.connected(auth)
         metrics.CONNECTS.labels("accepted").inc()
         metrics.CONNECTED.inc()
-        log.debug("MQTT device %s connected", event.client_id)
+        if log.isEnabledFor(logging.DEBUG):  # looking the address up is not free
+            log.debug("MQTT device %s connected from %s", event.client_id, self.peer)
 
     async def _attach(self, event: s.AttachRequested) -> None:
         gateway = self._contexts[self.session.device_id]

@@ -1,6 +1,6 @@
 """The MQTT bridge's listeners: TLS (and, only when asked, plaintext) sockets feeding
-`MqttConnection`s, a once-a-second timer sweep, TLS reload, a readiness check and a clean
-shutdown."""
+`MqttConnection`s, behind a load balancer's PROXY protocol header when asked, a once-a-second
+timer sweep, TLS reload, a readiness check and a clean shutdown."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ironcore.bridge.mqtt.connection import MqttConnection, Services
+from ironcore.bridge.mqtt.proxied import ProxiedConnection
 from ironcore.bridge.mqtt.tls import TlsConnection
+from ironcore.bridge.proxy_protocol import Address
 from ironcore.errors import Code, Unavailable
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,8 @@ class Listener:
     host: str
     port: int
     tls: bool
+    # Every connection starts with a PROXY protocol v2 header from a load balancer.
+    proxy_protocol: bool = False
 
 
 class MqttBridge:
@@ -55,7 +60,7 @@ class MqttBridge:
             if listener.tls and self.tls_context is None:
                 raise ValueError("a TLS listener needs a TLS context")
             server = await loop.create_server(
-                self._tls_connection if listener.tls else self._connection,
+                self._factory(listener),
                 listener.host,
                 listener.port,
                 backlog=BACKLOG,
@@ -65,23 +70,33 @@ class MqttBridge:
             for sock in server.sockets:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._servers.append(server)
+            behind = ", behind a PROXY protocol balancer" if listener.proxy_protocol else ""
             if listener.tls:
-                log.info("MQTT bridge listening on %s:%d (TLS)", listener.host, listener.port)
+                log.info(
+                    "MQTT bridge listening on %s:%d (TLS%s)", listener.host, listener.port, behind
+                )
             else:
                 log.warning(
-                    "MQTT bridge listening on %s:%d WITHOUT TLS: device JWTs cross the network in "
-                    "clear text; use this only for local testing",
+                    "MQTT bridge listening on %s:%d WITHOUT TLS%s: device JWTs cross the network "
+                    "in clear text; use this only for local testing",
                     listener.host,
                     listener.port,
+                    behind,
                 )
         self._ticker = asyncio.create_task(self._tick())
 
-    def _connection(self) -> MqttConnection:
-        return MqttConnection(self.services)
+    def _factory(self, listener: Listener) -> Callable[[], asyncio.Protocol]:
+        serve = self._tls_connection if listener.tls else self._connection
+        if not listener.proxy_protocol:
+            return serve
+        return lambda: ProxiedConnection(serve)
 
-    def _tls_connection(self) -> TlsConnection:
+    def _connection(self, peer: Address | None = None) -> MqttConnection:
+        return MqttConnection(self.services, peer)
+
+    def _tls_connection(self, peer: Address | None = None) -> TlsConnection:
         assert self.tls_context is not None
-        return TlsConnection(self.tls_context, self._connection)
+        return TlsConnection(self.tls_context, self._connection, peer)
 
     @property
     def ports(self) -> list[int]:
@@ -90,7 +105,12 @@ class MqttBridge:
     def bound(self) -> list[Listener]:
         """The listeners with the ports they got (a port 0 was chosen by the system)."""
         return [
-            Listener(listener.host, server.sockets[0].getsockname()[1], listener.tls)
+            Listener(
+                listener.host,
+                server.sockets[0].getsockname()[1],
+                listener.tls,
+                listener.proxy_protocol,
+            )
             for listener, server in zip(self.listeners, self._servers, strict=True)
         ]
 

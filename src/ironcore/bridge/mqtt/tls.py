@@ -22,6 +22,8 @@ import ssl
 from collections.abc import Callable
 from typing import cast
 
+from ironcore.bridge.proxy_protocol import Address
+
 log = logging.getLogger(__name__)
 # A client that opens a socket and never finishes its handshake is dropped after this long.
 HANDSHAKE_SECONDS = 30.0
@@ -34,8 +36,13 @@ _view = memoryview(_buffer)
 
 class TlsConnection(asyncio.Protocol):
     def __init__(
-        self, context: ssl.SSLContext, app_factory: Callable[[], asyncio.Protocol]
+        self,
+        context: ssl.SSLContext,
+        app_factory: Callable[[], asyncio.Protocol],
+        peer: Address | None = None,
     ) -> None:
+        """`peer`: the client's address when a load balancer's PROXY header named it (None: the
+        socket's own peer)."""
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
@@ -44,6 +51,7 @@ class TlsConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._timeout: asyncio.TimerHandle | None = None
         self._closing = False
+        self._peer_address = peer
 
     # What the event loop calls
 
@@ -139,10 +147,15 @@ class TlsConnection(asyncio.Protocol):
         if self._outgoing.pending and self._transport is not None:
             self._transport.write(self._outgoing.read())
 
-    def _peer(self) -> object:
-        return self._transport.get_extra_info("peername") if self._transport else None
+    def _peer(self) -> Address | None:
+        return Address.of(self.get_extra_info("peername"))
 
     # What the application calls (the asyncio.Transport it uses)
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        if name == "peername" and self._peer_address is not None:
+            return (self._peer_address.host, self._peer_address.port)
+        return self._transport.get_extra_info(name, default) if self._transport else default
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing:
