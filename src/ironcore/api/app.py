@@ -92,7 +92,7 @@ def create_app(
     app.state.revocations = revocations
     app.state.firmware = firmware
     app.state.worker_metrics = worker_metrics
-    app.state.readiness = readiness or {"database": manager.store.ping}
+    app.state.readiness = readiness or {"database": lambda: manager.store.ping()}
     if admin:
         for module in (
             registries,
