@@ -48,10 +48,23 @@ class Settings:
     mqtt_workers: int = 1
     # NATS joining the servers that share this database (nats://host:4222); empty = none.
     bus_url: str = ""
+    # The secret the cluster's generated TLS keys are encrypted under in the database; every
+    # server of a cluster needs the same one. None = `<data-dir>/secret-key`.
+    secret_key_file: Path | None = None
 
     @property
     def tls_dir(self) -> Path:
         return self.data_dir / "tls"
+
+    @property
+    def secret_key_path(self) -> Path:
+        return self.secret_key_file or self.data_dir / "secret-key"
+
+    @property
+    def cluster(self) -> bool:
+        """Other servers may share this server's database: `--bus` is given, or the database
+        is PostgreSQL."""
+        return bool(self.bus_url) or not self.effective_database_url.startswith("sqlite")
 
     @property
     def effective_database_url(self) -> str:
@@ -74,7 +87,7 @@ class Settings:
     @classmethod
     def from_json(cls, text: str) -> Settings:
         values = json.loads(text)
-        for name in ("data_dir", "tls_cert", "tls_key"):
+        for name in ("data_dir", "tls_cert", "tls_key", "secret_key_file"):
             if name in values:
                 values[name] = Path(values[name])
         values["mqtt_hostnames"] = tuple(values.get("mqtt_hostnames", ()))

@@ -126,6 +126,14 @@ def serve(
     tls_key: Annotated[
         Path | None, typer.Option(envvar="IRONCORE_TLS_KEY", help="Its private key (PEM)")
     ] = None,
+    secret_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="IRONCORE_SECRET_KEY_FILE",
+            help="Secret the cluster's generated TLS keys are encrypted under in the database; "
+            "the same file on every server (default: <data-dir>/secret-key)",
+        ),
+    ] = None,
     mqtt_workers: Annotated[
         int,
         typer.Option(
@@ -175,6 +183,7 @@ def serve(
             mqtt_hostnames=tuple(mqtt_hostname or ()),
             tls_cert=tls_cert,
             tls_key=tls_key,
+            secret_key_file=secret_key_file,
             mqtt_workers=mqtt_workers,
             bus_url=bus,
         )

@@ -51,8 +51,8 @@ from ironcore.runtime.parts import (
     listeners,
     services,
 )
-from ironcore.runtime.process import loop_factory, tune_gc
-from ironcore.runtime.tls import tls_context, tls_files
+from ironcore.runtime.process import CannotStart, loop_factory, tune_gc
+from ironcore.runtime.tls import join_cluster, stay_in_cluster, tls_context, tls_files
 from ironcore.settings import Settings
 
 log = logging.getLogger("ironcore")
@@ -64,10 +64,6 @@ ROLLOUT_EVALUATION_SECONDS = 5
 WORKER_PROGRAM = (sys.executable, "-m", "ironcore.runtime.worker")
 
 WorkerMetrics = Callable[[], Awaitable[list[Snapshot]]]
-
-
-class CannotStart(Exception):
-    """Something the server needs is not there; the message says what. Exit status 1."""
 
 
 class Adapter(Protocol):
@@ -94,13 +90,15 @@ def run(settings: Settings) -> None:
 
 async def serve(settings: Settings) -> None:
     """Build the primary from `settings`, serve until SIGTERM or SIGINT, then drain and close.
-    The data directory (and, in `tls_files`, the local CA) is made here, at start."""
+    The data directory (and, in `tls_files` or `join_cluster`, the bridge's certificates) is
+    made here, at start."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     storage = await Storage.open(settings)
     devices: DeviceSide | None = None
     bridge: MqttBridge | None = None
     workers: Workers | None = None
     bus: Bus | None = None
+    presence: asyncio.Task[None] | None = None
     try:
         if storage.sink is not None:
             await _start_nats(storage.sink.start, "--nats-url", settings.nats_url)
@@ -117,6 +115,9 @@ async def serve(settings: Settings) -> None:
         if bus is not None:
             await _start_nats(partial(bus.start, devices.hub.receive), "--bus", settings.bus_url)
         listening = listeners(settings)
+        if settings.cluster and any(listener.tls for listener in listening):
+            anchor = await join_cluster(settings, storage.store, server_id)
+            presence = asyncio.create_task(stay_in_cluster(storage.store, server_id, anchor))
         bridge = MqttBridge(
             MqttServices(devices.channel, devices.hub),
             listening,
@@ -147,6 +148,10 @@ async def serve(settings: Settings) -> None:
     finally:
         if workers is not None:
             await workers.stop()
+        if presence is not None:
+            presence.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await presence
         await close(bridge, devices, storage)
         if bus is not None:
             await bus.close()

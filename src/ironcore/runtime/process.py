@@ -9,6 +9,10 @@ from collections.abc import Callable
 from contextlib import suppress
 
 
+class CannotStart(Exception):
+    """Something the server needs is not there; the message says what. Exit status 1."""
+
+
 def tune_gc() -> None:
     """Every event allocates a few short-lived objects (a row, a future, attributes) while the
     process holds many long-lived ones (connections, sessions, parsed keys). With the default
