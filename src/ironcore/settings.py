@@ -51,6 +51,22 @@ class Settings:
     # The secret the cluster's generated TLS keys are encrypted under in the database; every
     # server of a cluster needs the same one. None = `<data-dir>/secret-key`.
     secret_key_file: Path | None = None
+    # Connections each listener may hold (`runtime.process.Budget`); 0 = derived from the
+    # process's open-file limit: what stays after `open_files_reserve`, a tenth of it for each
+    # HTTP listener and the rest for MQTT.
+    http_max_connections: int = 0
+    mqtt_max_connections: int = 0
+    # File descriptors kept for everything but listeners' connections (database, NATS, the
+    # workers' channels, files); 0 = a tenth of the limit, at least 64.
+    open_files_reserve: int = 0
+    # An HTTP client must send a request's head within this many seconds of connecting (or of
+    # the previous response), and its body at `http_body_min_rate` bytes a second after a
+    # grace of `http_body_timeout` seconds, with no pause longer than that grace.
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 10.0
+    http_body_min_rate: int = 1024
+    # An idle kept-alive HTTP connection is closed after this many seconds.
+    http_idle_timeout: int = 5
 
     @property
     def tls_dir(self) -> Path:

@@ -18,11 +18,10 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Protocol
 
-import uvicorn
 from fastapi import FastAPI
 from nats.errors import Error as NatsError
 
@@ -42,6 +41,7 @@ from ironcore.firmware.rollout import Firmware
 from ironcore.metrics import Snapshot
 from ironcore.routing.pubsub import PubSub
 from ironcore.routing.push import PushDelivery
+from ironcore.runtime.http import Limits, http_server
 from ironcore.runtime.parts import (
     DeviceSide,
     Services,
@@ -51,7 +51,7 @@ from ironcore.runtime.parts import (
     listeners,
     services,
 )
-from ironcore.runtime.process import CannotStart, loop_factory, tune_gc
+from ironcore.runtime.process import Budget, CannotStart, loop_factory, raise_open_files, tune_gc
 from ironcore.runtime.tls import join_cluster, stay_in_cluster, tls_context, tls_files
 from ironcore.settings import Settings
 
@@ -92,6 +92,9 @@ async def serve(settings: Settings) -> None:
     """Build the primary from `settings`, serve until SIGTERM or SIGINT, then drain and close.
     The data directory (and, in `tls_files` or `join_cluster`, the bridge's certificates) is
     made here, at start."""
+    before, open_files = raise_open_files()
+    budget = Budget.of(settings, open_files, http_listeners=2 if settings.device_http_port else 1)
+    _log_budget(before, budget)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     storage = await Storage.open(settings)
     devices: DeviceSide | None = None
@@ -123,6 +126,7 @@ async def serve(settings: Settings) -> None:
             listening,
             tls_context(settings, listening),
             reuse_port=settings.mqtt_workers > 1,
+            max_connections=budget.mqtt,
         )
         await bridge.start()
         if settings.mqtt_workers > 1:
@@ -142,7 +146,11 @@ async def serve(settings: Settings) -> None:
                 )
         tune_gc()
         servers = adapters(
-            settings, built, devices.channel, workers.metrics if workers is not None else None
+            settings,
+            built,
+            devices.channel,
+            workers.metrics if workers is not None else None,
+            budget,
         )
         await _run(settings, servers, built, bridge, workers)
     finally:
@@ -163,20 +171,48 @@ def adapters(
     services: Services,
     channel: DeviceChannel,
     worker_metrics: WorkerMetrics | None,
+    budget: Budget,
 ) -> list[Adapter]:
     """The servers the primary runs beside its MQTT bridge, over the services it built and
     the device channel its MQTT bridge shares: the admin API, with the HTTP device bridge in
-    front of it or on `--device-http-port`. A new adapter is constructed here."""
+    front of it or on `--device-http-port`, each holding at most `budget.http` connections. A
+    new adapter is constructed here."""
     device_bridge = DeviceBridge(channel)
+    limits = Limits(
+        budget.http,
+        settings.http_header_timeout,
+        settings.http_body_timeout,
+        settings.http_body_min_rate,
+    )
+    serving = partial(
+        http_server, limits=limits, idle_timeout=settings.http_idle_timeout, drain=DRAIN_SECONDS
+    )
     found: list[Adapter] = []
     if settings.device_http_port:
         app = http_app(services, device_bridge, worker_metrics, admin=False)
-        found.append(_http_server(app, settings.api_host, settings.device_http_port))
+        found.append(serving(app, settings.api_host, settings.device_http_port, "device_http"))
         log.info("HTTP device bridge on port %d", settings.device_http_port)
     admin_bridge = None if settings.device_http_port else device_bridge
     app = http_app(services, admin_bridge, worker_metrics)
-    found.append(_http_server(app, settings.api_host, settings.api_port))
+    found.append(serving(app, settings.api_host, settings.api_port, "api"))
     return found
+
+
+def _log_budget(before: int, budget: Budget) -> None:
+    if budget.open_files > before:
+        log.info("raised the open-file limit from %d to %d", before, budget.open_files)
+    else:
+        log.info("open-file limit: %d", budget.open_files)
+    log.log(
+        logging.WARNING if budget.overcommitted else logging.INFO,
+        "connections: at most %d per HTTP listener and %d for MQTT, %d files kept in reserve%s",
+        budget.http,
+        budget.mqtt,
+        budget.reserve,
+        " (the caps given add up to more than the open-file limit less the reserve)"
+        if budget.overcommitted
+        else "",
+    )
 
 
 def http_app(
@@ -255,31 +291,6 @@ async def _run(
         retention.cancel()
         rollouts.cancel()
         await push.stop()
-
-
-class _Server(uvicorn.Server):
-    """A uvicorn server that leaves signals to the primary, which stops every adapter at once."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-    def stop(self) -> None:
-        self.should_exit = True
-
-
-def _http_server(app: FastAPI, host: str, port: int) -> _Server:
-    return _Server(
-        uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=DRAIN_SECONDS,
-            server_header=False,
-        )
-    )
 
 
 def _reload(settings: Settings, bridge: MqttBridge, workers: Workers | None) -> None:

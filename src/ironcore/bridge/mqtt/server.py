@@ -1,5 +1,11 @@
 """The MQTT bridge's listeners: TLS (and, only when asked, plaintext) sockets feeding
-`MqttConnection`s, a once-a-second timer sweep, TLS reload and a clean shutdown."""
+`MqttConnection`s, a once-a-second timer sweep, TLS reload and a clean shutdown.
+
+The listeners together hold at most `max_connections` sockets, TLS handshakes in progress
+included: past it a new connection is reset at once (devices retry), counted in
+`ironcore_connections_refused_total{listener="mqtt",reason="full"}` and logged at most once per
+ten seconds, so that a flood of sockets cannot take the descriptors the process needs for
+everything else."""
 
 from __future__ import annotations
 
@@ -8,14 +14,20 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import cast
 
+from ironcore import logs
 from ironcore.bridge.mqtt.connection import MqttConnection, Services
 from ironcore.bridge.mqtt.tls import TlsConnection
 from ironcore.errors import Code
+from ironcore.metrics import REFUSED
 
 log = logging.getLogger(__name__)
+_throttled = logs.Throttled(log)
 # How long devices get to receive their goodbye and pending acknowledgements on shutdown.
 SHUTDOWN_SECONDS = 5.0
 # Thousands of devices reconnect at once after an outage; a deep accept queue absorbs it.
@@ -37,13 +49,17 @@ class MqttBridge:
         tls_context: ssl.SSLContext | None,
         *,
         reuse_port: bool = False,
+        max_connections: int = 1_000_000,
     ) -> None:
         """`reuse_port`: the ports are shared with other processes of this server (SO_REUSEPORT),
-        which the kernel spreads new connections over."""
+        which the kernel spreads new connections over. `max_connections`: sockets this
+        process's listeners hold at most."""
         self.services = services
         self.listeners = listeners
         self.tls_context = tls_context
         self.reuse_port = reuse_port
+        self.max_connections = max_connections
+        self._open = 0
         self._servers: list[asyncio.Server] = []
         self._ticker: asyncio.Task[None] | None = None
 
@@ -74,12 +90,21 @@ class MqttBridge:
                 )
         self._ticker = asyncio.create_task(self._tick())
 
-    def _connection(self) -> MqttConnection:
-        return MqttConnection(self.services)
+    def _connection(self) -> asyncio.Protocol:
+        if self._open >= self.max_connections:
+            return _Refused(self.max_connections)
+        self._open += 1
+        return _Counted(self.services, self._closed)
 
-    def _tls_connection(self) -> TlsConnection:
+    def _tls_connection(self) -> asyncio.Protocol:
         assert self.tls_context is not None
-        return TlsConnection(self.tls_context, self._connection)
+        if self._open >= self.max_connections:
+            return _Refused(self.max_connections)
+        self._open += 1
+        return _CountedTls(self.tls_context, partial(MqttConnection, self.services), self._closed)
+
+    def _closed(self) -> None:
+        self._open -= 1
 
     @property
     def ports(self) -> list[int]:
@@ -141,3 +166,49 @@ class MqttBridge:
             await asyncio.wait(pumps, timeout=SHUTDOWN_SECONDS)
         for server in self._servers:
             await server.wait_closed()
+
+
+class _Counted(MqttConnection):
+    """A plaintext connection that tells the bridge when it is gone."""
+
+    def __init__(self, services: Services, closed: Callable[[], None]) -> None:
+        super().__init__(services)
+        self._on_closed = closed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._on_closed()
+
+
+class _CountedTls(TlsConnection):
+    """A TLS connection (its handshake included) that tells the bridge when it is gone."""
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        app_factory: Callable[[], asyncio.Protocol],
+        closed: Callable[[], None],
+    ) -> None:
+        super().__init__(context, app_factory)
+        self._on_closed = closed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._on_closed()
+
+
+class _Refused(asyncio.Protocol):
+    """A connection past the cap: reset as soon as it is accepted."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        REFUSED.labels("mqtt", "full").inc()
+        _throttled.warning(
+            "full",
+            "MQTT: refused a connection from %s: this process holds %d, its cap",
+            transport.get_extra_info("peername"),
+            self.cap,
+        )
+        cast(asyncio.Transport, transport).abort()

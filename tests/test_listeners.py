@@ -1,0 +1,133 @@
+"""A flood of sockets on one port cannot take the process down: the open-file limit is raised
+at start, HTTP clients that do not finish their request are closed, every listener holds a
+bounded number of connections, and what is refused is counted and logged (a few lines, not one
+per connection).
+
+The server runs with a lowered RLIMIT_NOFILE (soft 256, hard 512), so a few hundred sockets
+make the flood: raised to 512, the budget is 64 files in reserve, 44 connections for the admin
+port and 404 for MQTT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import resource
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.bridge.devices import admin, create_device, create_registry, new_key, online
+from tests.conftest import Server, free_port, start_server, stop_server, wait_for
+
+OPEN_FILES = (256, 512)
+HTTP_CAP = 44
+# More sockets than the server may open files: without caps, the process would have none left.
+FLOOD = 600
+REG = "reg-flood"
+
+
+@pytest.fixture
+def flooded(tmp_path: Path) -> Iterator[Server]:
+    timeouts = ["--http-header-timeout", "2", "--http-body-timeout", "2"]
+    server = start_server(tmp_path / "data", None, timeouts, open_files=OPEN_FILES)
+    yield server
+    stop_server(server)
+
+
+def refused(server: Server, listener: str, reason: str) -> float:
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    pattern = (
+        rf'^ironcore_connections_refused_total\{{listener="{listener}",reason="{reason}"\}} (\S+)$'
+    )
+    found = re.search(pattern, text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def is_closed(sock: socket.socket) -> bool:
+    """Whether the server closed (or reset) `sock`; False while it is still open."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(4096) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_a_flood_on_the_admin_port_is_shed_and_the_rest_keeps_serving(flooded: Server) -> None:
+    server = flooded
+    log = server.log.read_text()
+    assert "raised the open-file limit from 256 to 512" in log
+    assert f"at most {HTTP_CAP} per HTTP listener and 404 for MQTT, 64 files kept" in log
+    create_registry(server, REG)
+    key = new_key()
+    create_device(server, REG, "dev", key)
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2 * FLOOD:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4 * FLOOD), hard))
+    address = ("127.0.0.1", server.port)
+    flood: list[socket.socket] = []
+    with contextlib.ExitStack() as stack:
+        # Idle sockets, half a request head, and a head whose body stops after 10 bytes, held
+        # open by the client.
+        for n in range(FLOOD):
+            sock = stack.enter_context(socket.create_connection(address, timeout=5))
+            if n % 3 == 1:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            elif n % 3 == 2:
+                sock.sendall(
+                    b"POST /v1/projects/p/locations/l/registries HTTP/1.1\r\nHost: x\r\n"
+                    b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"id": "x'
+                )
+            flood.append(sock)
+
+        # While the flood is held: an API call and an MQTT CONNECT on fresh connections.
+        with admin(server) as api:
+            response = api.get(f"/registries/{REG}/devices/dev")
+            assert response.status_code == 200, response.text
+        device = online(server, REG, "dev", key)
+        device.close()
+
+        # The oldest connections waiting on their clients made room for the new ones; the
+        # rest are closed once their head or body is overdue.
+        wait_for(lambda: all(is_closed(sock) for sock in flood), timeout=20, what="flood closed")
+
+    evicted = refused(server, "api", "evicted")
+    assert evicted >= FLOOD - HTTP_CAP
+    assert refused(server, "api", "header_timeout") >= 1
+    assert refused(server, "api", "body_timeout") >= 1
+    lines = [
+        line for line in server.log.read_text().splitlines() if "api: closed or refused" in line
+    ]
+    assert any("(evicted)" in line for line in lines)
+    assert len([line for line in lines if "(evicted)" in line]) <= 3 < evicted
+    assert server.process.poll() is None
+
+
+def test_mqtt_connections_past_the_cap_are_refused_and_counted(tmp_path: Path) -> None:
+    plain = free_port()
+    server = start_server(
+        tmp_path / "data",
+        None,
+        ["--insecure-mqtt-port", str(plain), "--mqtt-max-connections", "5"],
+        open_files=OPEN_FILES,
+    )
+    try:
+        assert "at most 44 per HTTP listener and 5 for MQTT" in server.log.read_text()
+        with contextlib.ExitStack() as stack:
+            held = [
+                stack.enter_context(socket.create_connection(("127.0.0.1", plain), timeout=5))
+                for _ in range(5)
+            ]
+            extra = stack.enter_context(socket.create_connection(("127.0.0.1", plain), timeout=5))
+            wait_for(lambda: is_closed(extra), what="the connection past the cap reset")
+            assert not any(is_closed(sock) for sock in held)
+        assert wait_for(lambda: refused(server, "mqtt", "full"), what="refusal counted") == 1
+        assert "MQTT: refused a connection" in server.log.read_text()
+    finally:
+        stop_server(server)
