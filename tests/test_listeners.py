@@ -19,7 +19,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from ironcore.runtime.process import Budget
+from ironcore.settings import Settings
 from tests.bridge.devices import admin, create_device, create_registry, new_key, online
 from tests.conftest import Server, free_port, start_server, stop_server, wait_for
 
@@ -131,3 +135,18 @@ def test_mqtt_connections_past_the_cap_are_refused_and_counted(tmp_path: Path) -
         assert "MQTT: refused a connection" in server.log.read_text()
     finally:
         stop_server(server)
+
+
+@given(open_files=st.integers(128, 10_000_000), http_listeners=st.integers(0, 3))
+def test_derived_caps_leave_the_reserve(open_files: int, http_listeners: int) -> None:
+    budget = Budget.of(Settings(data_dir=Path("unused")), open_files, http_listeners)
+    assert budget.reserve >= 64
+    assert budget.http >= 1 and budget.mqtt >= 1
+    assert budget.http * http_listeners + budget.mqtt <= open_files - budget.reserve
+    assert not budget.overcommitted
+
+
+def test_caps_set_beyond_the_limit_are_flagged() -> None:
+    settings = Settings(data_dir=Path("unused"), http_max_connections=600, mqtt_max_connections=1)
+    assert Budget.of(settings, 1024, 2).overcommitted
+    assert not Budget.of(settings, 1024, 1).overcommitted

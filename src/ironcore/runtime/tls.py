@@ -33,6 +33,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ironcore import logs
 from ironcore.bridge import certificates
 from ironcore.bridge.mqtt.server import Listener
 from ironcore.registry.store import Store
@@ -41,6 +42,7 @@ from ironcore.runtime.process import CannotStart
 from ironcore.settings import Settings
 
 log = logging.getLogger(__name__)
+_throttled = logs.Throttled(log, seconds=60.0)
 # How often a running server renews the record of the CA it presents...
 PRESENCE_SECONDS = 10
 # ...and how long after its last renewal it still counts as live.
@@ -109,7 +111,7 @@ async def stay_in_cluster(store: Store, server_id: str, anchor: str) -> None:
             try:
                 await tls.present(server_id, anchor, _now())
             except Exception as error:  # tried again shortly; serving goes on
-                log.warning("could not renew this server's TLS record: %s", error)
+                _throttled.warning("renew", "could not renew this server's TLS record: %s", error)
     except asyncio.CancelledError:
         try:
             await tls.withdraw(server_id, _now() - LIVE_SECONDS * 1_000_000)
