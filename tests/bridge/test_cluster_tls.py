@@ -4,6 +4,8 @@ database with its keys encrypted; a server given material of another CA refuses 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import ssl
 from concurrent.futures import ThreadPoolExecutor
@@ -16,20 +18,50 @@ from ironcore.access.tokens import AdminTokens
 from ironcore.bridge import certificates
 from ironcore.registry.store import Store
 from ironcore.registry.store.bridge_tls import BridgeTlsStore, Material
-from tests.conftest import Database, Server, start_server, stop_server
+from ironcore.runtime.process import CannotStart
+from ironcore.runtime.tls import join_cluster
+from ironcore.settings import Settings
+from tests.conftest import Database, Server, start_server, stop_server, wait_for
+
+NAME = "iot.example.com"
 
 
-def served_chain(server: Server, ca_file: Path) -> bytes:
+def served_chain(server: Server, ca_file: Path, hostname: str = "localhost") -> bytes:
     """The certificate a device trusting `ca_file` is shown by the server's MQTT bridge (the
-    handshake verifies it, hostname included)."""
+    handshake verifies it, `hostname` included)."""
     context = ssl.create_default_context(cafile=str(ca_file))
     with (
         socket.create_connection(("127.0.0.1", server.mqtt_port), timeout=5) as sock,
-        context.wrap_socket(sock, server_hostname="localhost") as tls,
+        context.wrap_socket(sock, server_hostname=hostname) as tls,
     ):
         der = tls.getpeercert(binary_form=True)
     assert der is not None
     return der
+
+
+def answers_as(server: Server, ca_file: Path, hostname: str) -> bool:
+    """Whether the server's certificate is valid for `hostname`, to a device trusting
+    `ca_file`."""
+    try:
+        served_chain(server, ca_file, hostname)
+    except ssl.SSLCertVerificationError:
+        return False
+    return True
+
+
+async def join(database: Database, data_dir: Path, secret_file: Path) -> str:
+    """What a server's start does to join the cluster's TLS, in this process."""
+    settings = Settings(
+        data_dir=data_dir,
+        database_url=database.url,
+        database_schema=database.schema or "",
+        secret_key_file=secret_file,
+    )
+    store = await Store.open(database.url, database.schema)
+    try:
+        return await join_cluster(settings, store, "in-process")
+    finally:
+        await store.close()
 
 
 def foreign_certificate(directory: Path) -> tuple[Path, Path]:
@@ -58,7 +90,7 @@ def test_servers_started_together_share_one_ca_and_refuse_other_material(
             await store.close()
 
     token = asyncio.run(first_token())
-    for name in "abcde":
+    for name in "abcf":
         (tmp_path / name).mkdir()
         (tmp_path / name / "admin-token").write_text(token)
     shared = ["--secret-key-file", str(secret)]
@@ -103,15 +135,25 @@ def test_servers_started_together_share_one_ca_and_refuse_other_material(
         assert certificates.anchor(a.ca_file.read_bytes()) in message
 
         # Without the cluster's secret key, the shared CA cannot be used: refused too.
-        missing = ["--secret-key-file", str(tmp_path / "d" / "secret-key")]
-        with pytest.raises(RuntimeError) as no_secret:
-            start_server(tmp_path / "d", database, missing)
-        assert "no secret key at" in str(no_secret.value)
-        assert "--secret-key-file" in str(no_secret.value)
+        # (In process: the same start-up step, without a process start each.)
         (tmp_path / "wrong").write_text("f" * 64)
-        with pytest.raises(RuntimeError) as wrong:
-            start_server(tmp_path / "e", database, ["--secret-key-file", str(tmp_path / "wrong")])
-        assert "does not decrypt the bridge CA" in str(wrong.value)
+        for secret_file, problem in [
+            (tmp_path / "d" / "secret-key", "no secret key at"),
+            (tmp_path / "wrong", "does not decrypt the bridge CA kept in the database"),
+        ]:
+            with pytest.raises(CannotStart, match=problem) as refusal:
+                asyncio.run(join(database, tmp_path / "d", secret_file))
+            assert "--secret-key-file" in str(refusal.value)
+        assert not (tmp_path / "d" / "tls").exists()
+
+        # A server asking for another hostname issues the shared certificate again, for every
+        # name; the others serve it once told to reload (SIGHUP).
+        servers.append(start_server(tmp_path / "f", database, [*shared, "--mqtt-hostname", NAME]))
+        assert answers_as(servers[-1], a.ca_file, NAME)
+        assert not answers_as(a, a.ca_file, NAME)
+        os.kill(a.process.pid, signal.SIGHUP)
+        wait_for(lambda: answers_as(a, a.ca_file, NAME), what="the reissued certificate")
+        assert served_chain(a, a.ca_file) == served_chain(servers[-1], a.ca_file)
     finally:
         for server in servers:
             stop_server(server)

@@ -52,7 +52,13 @@ from ironcore.runtime.parts import (
     services,
 )
 from ironcore.runtime.process import Budget, CannotStart, loop_factory, raise_open_files, tune_gc
-from ironcore.runtime.tls import join_cluster, stay_in_cluster, tls_context, tls_files
+from ironcore.runtime.tls import (
+    join_cluster,
+    shared_certificates,
+    stay_in_cluster,
+    tls_context,
+    tls_files,
+)
 from ironcore.settings import Settings
 
 log = logging.getLogger("ironcore")
@@ -265,7 +271,14 @@ async def _run(
 ) -> None:
     """Serve until SIGTERM or SIGINT, with the background tasks; SIGHUP reloads TLS."""
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(settings, bridge, workers))
+    reloading: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:
+        task = asyncio.create_task(_reload(settings, services, bridge, workers))
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
 
     def stop() -> None:
         if workers is not None:
@@ -293,7 +306,18 @@ async def _run(
         await push.stop()
 
 
-def _reload(settings: Settings, bridge: MqttBridge, workers: Workers | None) -> None:
+async def _reload(
+    settings: Settings, services: Services, bridge: MqttBridge, workers: Workers | None
+) -> None:
+    """The bridges' certificate loaded again: in a cluster using the generated CA, first the
+    shared server certificate as it now is in the database (another server may have issued it
+    again for a new hostname)."""
+    if settings.cluster and settings.tls_cert is None and bridge.tls_context is not None:
+        try:
+            await shared_certificates(settings, services.manager.store)
+        except Exception as error:  # the files of the last start keep serving
+            log.error("could not read the cluster's bridge certificate: %s", error)
+            return
     bridge.reload_tls(*tls_files(settings))
     if workers is not None:
         workers.reload_tls()

@@ -16,7 +16,8 @@ server records its anchor in the database while it runs (`present`, renewed ever
 PRESENCE_SECONDS) and refuses to start beside a live server (seen within LIVE_SECONDS) that
 records another. Changing a cluster's CA therefore means stopping every server first.
 
-`tls_files` is called when a process starts its MQTT bridge and again on SIGHUP; reading
+`tls_files` is called when a process starts its MQTT bridge and again on SIGHUP (in a cluster,
+after `shared_certificates` wrote the database's current server certificate); reading
 `Settings` never writes anything.
 """
 
@@ -81,7 +82,7 @@ async def join_cluster(settings: Settings, store: Store, server_id: str) -> str:
             raise CannotStart(f"--tls-cert {settings.tls_cert}: {error}") from None
         source = f"--tls-cert {settings.tls_cert}"
     else:
-        anchor = await _shared_certificates(settings, tls)
+        anchor = await shared_certificates(settings, store)
         source = "the CA generated for this database"
     now = _now()
     await tls.present(server_id, anchor, now)
@@ -120,9 +121,11 @@ async def stay_in_cluster(store: Store, server_id: str, anchor: str) -> None:
         raise
 
 
-async def _shared_certificates(settings: Settings, tls: BridgeTlsStore) -> str:
+async def shared_certificates(settings: Settings, store: Store) -> str:
     """The cluster's CA and server certificate (made or extended here when needed), written to
-    `<data-dir>/tls`; returns the CA's anchor."""
+    `<data-dir>/tls`; returns the CA's anchor. CannotStart when this server lacks the secret
+    key they are encrypted under."""
+    tls = BridgeTlsStore(store)
     stored_ca = await tls.get("ca")
     secret = _secret(settings, create=stored_ca is None)
     local = certificates.local_ca(settings.tls_dir)
