@@ -10,18 +10,22 @@ port and 404 for MQTT.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import resource
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
+from ironcore.runtime.http import Limits, http_server
 from ironcore.runtime.process import Budget
 from ironcore.settings import Settings
 from tests.bridge.devices import admin, create_device, create_registry, new_key, online
@@ -150,3 +154,104 @@ def test_caps_set_beyond_the_limit_are_flagged() -> None:
     settings = Settings(data_dir=Path("unused"), http_max_connections=600, mqtt_max_connections=1)
     assert Budget.of(settings, 1024, 2).overcommitted
     assert not Budget.of(settings, 1024, 1).overcommitted
+
+
+class SlowApp:
+    """Reads the whole body and answers its size; on `/slow`, says it has the request (on
+    `arrived`) and waits a moment first."""
+
+    def __init__(self) -> None:
+        self.arrived: asyncio.Queue[None] = asyncio.Queue()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        size = 0
+        while True:
+            message = await receive()
+            size += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        if scope["path"] == "/slow":
+            self.arrived.put_nowait(None)
+            await asyncio.sleep(3)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(size).encode()})
+
+
+@contextlib.asynccontextmanager
+async def guarded(app: SlowApp, name: str, limits: Limits) -> AsyncIterator[int]:
+    """A guarded HTTP server over `app`, in this process, on a socket already listening;
+    yields its port."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
+    server = http_server(app, "127.0.0.1", port, name, limits, idle_timeout=5, drain=1)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield port
+    finally:
+        server.stop()
+        await serving
+        sock.close()
+
+
+def counted(listener: str, reason: str) -> float:
+    labels = {"listener": listener, "reason": reason}
+    return REGISTRY.get_sample_value("ironcore_connections_refused_total", labels) or 0.0
+
+
+async def test_a_port_whose_connections_all_await_answers_refuses_with_503() -> None:
+    app = SlowApp()
+    async with guarded(app, "full-test", Limits(2, 10, 10, 1024)) as port:
+        busy = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        for _, writer in busy:
+            writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+        for _ in busy:
+            await asyncio.wait_for(app.arrived.get(), 10)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        answer = await asyncio.wait_for(reader.read(), 10)
+        assert answer.startswith(b"HTTP/1.1 503 ")
+        assert b"retry-after: 1" in answer
+        writer.close()
+        for reader, writer in busy:
+            assert (await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)).startswith(
+                b"HTTP/1.1 200"
+            )
+            writer.close()
+    assert counted("full-test", "full") == 1
+
+
+async def test_a_body_that_trickles_below_the_floor_is_cut_and_a_slow_one_above_it_is_not() -> None:
+    limits = Limits(10, 10, 2, 1000)
+    async with guarded(SlowApp(), "rate-test", limits) as port:
+        # 100 bytes every 0.2 s (500 B/s, never pausing 2 s): under the floor, cut.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        closed = False
+        for _ in range(100):
+            writer.write(b"x" * 100)
+            try:
+                await writer.drain()
+                closed = await asyncio.wait_for(reader.read(1), 0.2) == b""
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                closed = True
+            if closed:
+                break
+        assert closed
+        writer.close()
+        assert counted("rate-test", "body_timeout") == 1
+
+        # 1,000 bytes every 0.2 s (5,000 B/s): served.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n")
+        for _ in range(5):
+            writer.write(b"y" * 1000)
+            await writer.drain()
+            await asyncio.sleep(0.2)
+        answer = await asyncio.wait_for(reader.readuntil(b"5000"), 10)
+        assert answer.startswith(b"HTTP/1.1 200")
+        writer.close()
+    assert counted("rate-test", "body_timeout") == 1
