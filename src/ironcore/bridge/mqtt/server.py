@@ -48,8 +48,8 @@ class MqttBridge:
         listeners: list[Listener],
         tls_context: ssl.SSLContext | None,
         *,
+        max_connections: int,
         reuse_port: bool = False,
-        max_connections: int = 1_000_000,
     ) -> None:
         """`reuse_port`: the ports are shared with other processes of this server (SO_REUSEPORT),
         which the kernel spreads new connections over. `max_connections`: sockets this
