@@ -4,6 +4,7 @@ database with its keys encrypted; a server given material of another CA refuses 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import socket
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ironcore.access.tokens import AdminTokens
 from ironcore.bridge import certificates
@@ -178,3 +181,43 @@ async def test_concurrent_adds_keep_the_first_material(database: Database) -> No
     finally:
         for store in stores:
             await store.close()
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=600),
+        st.binary(max_size=600).map(
+            lambda body: (
+                b"-----BEGIN CERTIFICATE-----\n"
+                + base64.encodebytes(body)
+                + b"-----END CERTIFICATE-----\n"
+            )
+        ),
+    )
+)
+def test_a_chain_that_is_not_one_is_a_value_error(data: bytes) -> None:
+    """What `--tls-cert` names is read by `anchor`: anything but a PEM chain is a ValueError,
+    which the start turns into a refusal naming the file."""
+    with pytest.raises(ValueError):
+        certificates.anchor(data)
+
+
+async def test_a_tls_cert_that_is_not_a_certificate_is_refused_naming_it(
+    tmp_path: Path, database: Database
+) -> None:
+    garbage = tmp_path / "server.crt"
+    garbage.write_bytes(b"not a certificate")
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=database.url,
+        database_schema=database.schema or "",
+        tls_cert=garbage,
+        tls_key=garbage,
+        bus_url="nats://unused:4222",
+    )
+    store = await Store.open(database.url, database.schema)
+    try:
+        with pytest.raises(CannotStart, match=f"--tls-cert {garbage}: "):
+            await join_cluster(settings, store, "in-process")
+    finally:
+        await store.close()
