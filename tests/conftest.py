@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -220,24 +223,44 @@ class Server:
         return self.data_dir / "tls" / "ca.crt"
 
 
+def cluster_secret() -> Path:
+    """The secret key file every test server is given (unless its test names another), as
+    every server of a real cluster is given the same one (docs/configuration.md)."""
+    path = Path(tempfile.gettempdir()) / f"ironcore-test-secret-{os.getpid()}"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(uuid.uuid4().hex + uuid.uuid4().hex)
+    return path
+
+
 def start_server(
     data_dir: Path,
     database: Database | None = None,
     extra: list[str] | None = None,
     ports: tuple[int, int] | None = None,
+    open_files: tuple[int, int] | None = None,
 ) -> Server:
-    """Run `ironcore serve` as a real process and wait until it is ready; `ports`: its API and
-    MQTT ports (default: free ones), for a server started again where a balancer expects it."""
+    """Run `ironcore serve` as a real process and wait until it is ready. `ports`: its API and
+    MQTT ports (default: free ones), for a server started again where a balancer expects it;
+    `open_files`: the process's RLIMIT_NOFILE (soft, hard)."""
     port, mqtt_port = ports or (free_port(), free_port())
     log = data_dir.parent / f"{data_dir.name}-server.log"
     args = [sys.executable, "-m", "ironcore", "serve", "--data-dir", str(data_dir)]
     args += ["--api-host", "127.0.0.1", "--api-port", str(port)]
     args += ["--mqtt-host", "127.0.0.1", "--mqtt-port", str(mqtt_port), *(extra or [])]
+    if "--secret-key-file" not in args:
+        args += ["--secret-key-file", str(cluster_secret())]
     if database and database.kind == "postgresql":
         args += ["--database-url", database.url, "--database-schema", database.schema or ""]
     env = {k: v for k, v in os.environ.items() if not k.startswith("IRONCORE_")}
+    limit = None
+    if open_files is not None:
+        limit = partial(resource.setrlimit, resource.RLIMIT_NOFILE, open_files)
     with log.open("wb") as out:
-        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=limit
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -1,5 +1,6 @@
 """The metrics every ironcore process shares: the HTTP request counters that both HTTP
-adapters (the admin API and the HTTP device bridge) count into, and the merge of the MQTT
+adapters (the admin API and the HTTP device bridge) count into, the connections every listener
+(HTTP and MQTT) refused, and the merge of the MQTT
 worker processes' figures into the primary's /metrics.
 
 The adapters' own metrics live with them (`bridge.metrics`); this module imports nothing of
@@ -22,6 +23,14 @@ LATENCY = Histogram(
     "Admin and device HTTP request latency",
     ["method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
+REFUSED = Counter(
+    "ironcore_connections_refused_total",
+    "Connections a listener refused or closed to keep the process serving, by reason: full (at "
+    "the listener's connection cap), evicted (the connection longest waiting on its client, "
+    "closed to make room for a new one), header_timeout, body_timeout",
+    ["listener", "reason"],
 )
 
 

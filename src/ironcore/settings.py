@@ -54,10 +54,39 @@ class Settings:
     # Every MQTT connection starts with a load balancer's PROXY protocol v2 header naming the
     # client (HAProxy's send-proxy-v2); connections without one are closed.
     mqtt_proxy_protocol: bool = False
+    # The secret the cluster's generated TLS keys are encrypted under in the database; every
+    # server of a cluster needs the same one. None = `<data-dir>/secret-key`.
+    secret_key_file: Path | None = None
+    # Connections each listener may hold (`runtime.process.Budget`); 0 = derived from the
+    # process's open-file limit: what stays after `open_files_reserve`, a tenth of it for each
+    # HTTP listener and the rest for MQTT.
+    http_max_connections: int = 0
+    mqtt_max_connections: int = 0
+    # File descriptors kept for everything but listeners' connections (database, NATS, the
+    # workers' channels, files); 0 = a tenth of the limit, at least 64.
+    open_files_reserve: int = 0
+    # An HTTP client must send a request's head within this many seconds of connecting (or of
+    # the previous response), and its body at `http_body_min_rate` bytes a second after a
+    # grace of `http_body_timeout` seconds, with no pause longer than that grace.
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 10.0
+    http_body_min_rate: int = 1024
+    # An idle kept-alive HTTP connection is closed after this many seconds.
+    http_idle_timeout: int = 5
 
     @property
     def tls_dir(self) -> Path:
         return self.data_dir / "tls"
+
+    @property
+    def secret_key_path(self) -> Path:
+        return self.secret_key_file or self.data_dir / "secret-key"
+
+    @property
+    def cluster(self) -> bool:
+        """Other servers may share this server's database: `--bus` is given, or the database
+        is PostgreSQL."""
+        return bool(self.bus_url) or not self.effective_database_url.startswith("sqlite")
 
     @property
     def effective_database_url(self) -> str:
@@ -80,7 +109,7 @@ class Settings:
     @classmethod
     def from_json(cls, text: str) -> Settings:
         values = json.loads(text)
-        for name in ("data_dir", "tls_cert", "tls_key"):
+        for name in ("data_dir", "tls_cert", "tls_key", "secret_key_file"):
             if name in values:
                 values[name] = Path(values[name])
         values["mqtt_hostnames"] = tuple(values.get("mqtt_hostnames", ()))

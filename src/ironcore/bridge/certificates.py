@@ -4,10 +4,15 @@ operator's own; reloadable without dropping connections.
 Devices authenticate the server only (they authenticate themselves with JWTs), so the server
 needs a certificate whose chain devices trust: `<data-dir>/tls/ca.crt` is that trust anchor
 when ironcore generates its own. The server key is ECDSA P-256, as the bridge contract asks.
+
+The servers of a cluster share one CA and server certificate, kept in their database with the
+private keys encrypted under a secret every server is given (`encrypt_key`, `decrypt_key`);
+`anchor` names the CA a chain leads to, to tell whether two servers present the same one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import logging
@@ -33,33 +38,132 @@ def local_certificates(tls_dir: Path, hostnames: Sequence[str]) -> tuple[Path, P
     `--mqtt-hostname` never needs a manual step. Returns (certificate chain, key) paths.
     """
     tls_dir.mkdir(parents=True, exist_ok=True)
-    names = sorted({"localhost", "127.0.0.1", *hostnames})
-    ca_cert_path, ca_key_path = tls_dir / "ca.crt", tls_dir / "ca.key"
+    names = server_names(hostnames)
     cert_path, key_path = tls_dir / "server.crt", tls_dir / "server.key"
-    if ca_cert_path.exists() and ca_key_path.exists():
-        ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
-        loaded = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
-        assert isinstance(loaded, ec.EllipticCurvePrivateKey)
-        ca_key = loaded
-    else:
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_cert = _ca_certificate(ca_key)
-        _write(ca_key_path, _key_pem(ca_key), 0o600)
-        _write(ca_cert_path, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    found = local_ca(tls_dir)
+    if found is None:
+        ca_cert, ca_key = new_ca()
+        write_ca(tls_dir, ca_cert, ca_key)
         log.warning(
-            "created a local CA for the device bridges: devices must trust %s", ca_cert_path
+            "created a local CA for the device bridges: devices must trust %s", tls_dir / "ca.crt"
         )
-    if cert_path.exists() and key_path.exists() and _covers(cert_path, names):
+    else:
+        ca_cert, ca_key = found
+    if cert_path.exists() and key_path.exists() and covers(cert_path.read_bytes(), names):
         return cert_path, key_path
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = _server_certificate(key, ca_key, ca_cert, names)
-    _write(key_path, _key_pem(key), 0o600)
-    chain = cert.public_bytes(serialization.Encoding.PEM) + ca_cert.public_bytes(
-        serialization.Encoding.PEM
-    )
-    _write(cert_path, chain, 0o644)
+    key, chain = issue_server(ca_key, ca_cert, names)
+    write_server(tls_dir, chain, key_pem(key))
     log.info("issued a bridge server certificate for %s", ", ".join(names))
     return cert_path, key_path
+
+
+def server_names(hostnames: Sequence[str]) -> list[str]:
+    """The names a server certificate must cover: `hostnames`, localhost and 127.0.0.1."""
+    return sorted({"localhost", "127.0.0.1", *hostnames})
+
+
+def local_ca(tls_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
+    """The CA generated in `tls_dir` by an earlier start, if there is one."""
+    ca_cert_path, ca_key_path = tls_dir / "ca.crt", tls_dir / "ca.key"
+    if not (ca_cert_path.exists() and ca_key_path.exists()):
+        return None
+    loaded = serialization.load_pem_private_key(ca_key_path.read_bytes(), None)
+    assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+    return x509.load_pem_x509_certificate(ca_cert_path.read_bytes()), loaded
+
+
+def new_ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return _ca_certificate(key), key
+
+
+def issue_server(
+    ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, names: list[str]
+) -> tuple[ec.EllipticCurvePrivateKey, bytes]:
+    """A new server key and its certificate chain (server certificate, then the CA), PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _server_certificate(key, ca_key, ca_cert, names)
+    pem = serialization.Encoding.PEM
+    return key, cert.public_bytes(pem) + ca_cert.public_bytes(pem)
+
+
+def write_ca(
+    tls_dir: Path, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey | None
+) -> None:
+    """`ca.crt` (what devices trust) and, when given, `ca.key` (0600)."""
+    tls_dir.mkdir(parents=True, exist_ok=True)
+    if ca_key is not None:
+        _write(tls_dir / "ca.key", key_pem(ca_key), 0o600)
+    _write(tls_dir / "ca.crt", ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+
+
+def write_server(tls_dir: Path, chain: bytes, key: bytes) -> None:
+    """`server.crt` (the chain) and `server.key` (0600, PEM without a password)."""
+    tls_dir.mkdir(parents=True, exist_ok=True)
+    _write(tls_dir / "server.key", key, 0o600)
+    _write(tls_dir / "server.crt", chain, 0o644)
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def encrypt_key(key: ec.EllipticCurvePrivateKey, secret: bytes) -> bytes:
+    """`key` as PKCS#8 PEM encrypted under `secret` (cryptography's best available: PBES2)."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(secret),
+    )
+
+
+def decrypt_key(pem: bytes, secret: bytes) -> ec.EllipticCurvePrivateKey:
+    """The key `encrypt_key` made; ValueError when `secret` is not the one it was made with."""
+    loaded = serialization.load_pem_private_key(pem, secret)
+    if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+        raise ValueError("not an EC private key")
+    return loaded
+
+
+def anchor(chain: bytes) -> str:
+    """The CA a PEM certificate chain leads to, as text: the issuer of its last certificate
+    and that issuer's key identifier (a self-signed last certificate is its own issuer). Two
+    chains with the same anchor are trusted by the same devices."""
+    certs = x509.load_pem_x509_certificates(chain)
+    last = certs[-1]
+    key_id: bytes | None = None
+    if last.issuer == last.subject:
+        with contextlib.suppress(x509.ExtensionNotFound):
+            key_id = last.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    else:
+        with contextlib.suppress(x509.ExtensionNotFound):
+            key_id = last.extensions.get_extension_for_class(
+                x509.AuthorityKeyIdentifier
+            ).value.key_identifier
+    name = last.issuer.rfc4514_string()
+    return f"{name} (key id {key_id.hex(':')})" if key_id else name
+
+
+def covers(chain: bytes, names: list[str]) -> bool:
+    """Whether the first certificate of `chain` names every one of `names` and has more than
+    30 days left."""
+    cert = x509.load_pem_x509_certificate(chain)
+    expires = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
+    return set(names) <= set(certified_names(cert)) and expires > dt.timedelta(days=30)
+
+
+def certified_names(cert: x509.Certificate) -> list[str]:
+    """The DNS names and IP addresses in a certificate's subject alternative names."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    found = [str(v) for v in san.get_values_for_type(x509.IPAddress)]
+    return found + list(san.get_values_for_type(x509.DNSName))
 
 
 def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
@@ -68,18 +172,6 @@ def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert_path, key_path)
     return context
-
-
-def _covers(cert_path: Path, names: list[str]) -> bool:
-    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return False
-    have = {str(v) for v in san.get_values_for_type(x509.IPAddress)}
-    have |= set(san.get_values_for_type(x509.DNSName))
-    expires = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
-    return set(names) <= have and expires > dt.timedelta(days=30)
 
 
 def _ca_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
@@ -142,14 +234,6 @@ def _server_certificate(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
         )
         .sign(ca_key, hashes.SHA256())
-    )
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
     )
 
 

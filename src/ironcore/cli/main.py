@@ -126,6 +126,14 @@ def serve(
     tls_key: Annotated[
         Path | None, typer.Option(envvar="IRONCORE_TLS_KEY", help="Its private key (PEM)")
     ] = None,
+    secret_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="IRONCORE_SECRET_KEY_FILE",
+            help="Secret the cluster's generated TLS keys are encrypted under in the database; "
+            "the same file on every server (default: <data-dir>/secret-key)",
+        ),
+    ] = None,
     mqtt_workers: Annotated[
         int,
         typer.Option(
@@ -162,6 +170,64 @@ def serve(
             "(HAProxy send-proxy-v2); connections without one are closed",
         ),
     ] = False,
+    http_max_connections: Annotated[
+        int,
+        typer.Option(
+            envvar="IRONCORE_HTTP_MAX_CONNECTIONS",
+            min=0,
+            help="Connections each HTTP port holds at most (0: derived from the open-file limit)",
+        ),
+    ] = 0,
+    mqtt_max_connections: Annotated[
+        int,
+        typer.Option(
+            envvar="IRONCORE_MQTT_MAX_CONNECTIONS",
+            min=0,
+            help="MQTT connections each process holds at most (0: derived from the open-file "
+            "limit)",
+        ),
+    ] = 0,
+    open_files_reserve: Annotated[
+        int,
+        typer.Option(
+            envvar="IRONCORE_OPEN_FILES_RESERVE",
+            min=0,
+            help="File descriptors kept from the connection caps for the database, NATS and "
+            "files (0: a tenth of the limit, at least 64)",
+        ),
+    ] = 0,
+    http_header_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="IRONCORE_HTTP_HEADER_TIMEOUT",
+            min=0.1,
+            help="Seconds an HTTP client has to send a request's head",
+        ),
+    ] = 10.0,
+    http_body_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="IRONCORE_HTTP_BODY_TIMEOUT",
+            min=0.1,
+            help="Longest pause in an HTTP request body, and the grace before its minimum rate",
+        ),
+    ] = 10.0,
+    http_body_min_rate: Annotated[
+        int,
+        typer.Option(
+            envvar="IRONCORE_HTTP_BODY_MIN_RATE",
+            min=1,
+            help="Bytes a second an HTTP request body must average after the grace",
+        ),
+    ] = 1024,
+    http_idle_timeout: Annotated[
+        int,
+        typer.Option(
+            envvar="IRONCORE_HTTP_IDLE_TIMEOUT",
+            min=1,
+            help="Seconds a kept-alive HTTP connection may stay idle",
+        ),
+    ] = 5,
 ) -> None:
     """Run ironcore: the admin API and the MQTT bridge."""
     if (tls_cert is None) != (tls_key is None):
@@ -193,6 +259,14 @@ def serve(
             mqtt_hostnames=tuple(mqtt_hostname or ()),
             tls_cert=tls_cert,
             tls_key=tls_key,
+            secret_key_file=secret_key_file,
+            http_max_connections=http_max_connections,
+            mqtt_max_connections=mqtt_max_connections,
+            open_files_reserve=open_files_reserve,
+            http_header_timeout=http_header_timeout,
+            http_body_timeout=http_body_timeout,
+            http_body_min_rate=http_body_min_rate,
+            http_idle_timeout=http_idle_timeout,
             mqtt_workers=mqtt_workers,
             bus_url=bus,
             bus_lease_seconds=bus_lease,

@@ -10,8 +10,11 @@ service it is not given.
                  (device manager, admin tokens, Pub/Sub, revocations, firmware), and the order
                  they are closed in
 - `tls.py`       the device bridges' TLS files and context: the operator's, or a local CA and
-                 server certificate generated in the data directory at start
-- `process.py`   what every server process sets up alike: its event loop, the collector's tuning
+                 server certificate generated in the data directory at start (shared through
+                 the database by the servers of a cluster)
+- `process.py`   what every server process sets up alike: its event loop, the collector's
+                 tuning, its open-file limit and its listeners' connection caps
+- `http.py`      the primary's HTTP servers: uvicorn with request deadlines and a connection cap
 - `primary.py`   `ironcore serve`: the primary process, its adapters (admin API, HTTP and MQTT
                  device bridges), MQTT workers, bus, background tasks and signals
 - `worker.py`    an MQTT worker process (`python -m ironcore.runtime.worker`)

@@ -19,12 +19,11 @@ import signal
 import stat
 import sys
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Protocol
 
-import uvicorn
 from fastapi import FastAPI
 from nats.errors import Error as NatsError
 
@@ -46,6 +45,7 @@ from ironcore.metrics import Snapshot
 from ironcore.routing.pubsub import PubSub
 from ironcore.routing.push import PushDelivery
 from ironcore.runtime import readiness
+from ironcore.runtime.http import Limits, http_server
 from ironcore.runtime.parts import (
     DeviceSide,
     Services,
@@ -55,8 +55,14 @@ from ironcore.runtime.parts import (
     listeners,
     services,
 )
-from ironcore.runtime.process import loop_factory, tune_gc
-from ironcore.runtime.tls import tls_context, tls_files
+from ironcore.runtime.process import Budget, CannotStart, loop_factory, raise_open_files, tune_gc
+from ironcore.runtime.tls import (
+    join_cluster,
+    shared_certificates,
+    stay_in_cluster,
+    tls_context,
+    tls_files,
+)
 from ironcore.settings import Settings
 
 log = logging.getLogger("ironcore")
@@ -70,10 +76,6 @@ WORKER_PROGRAM = (sys.executable, "-m", "ironcore.runtime.worker")
 DATA_DIR_MODE = 0o700
 
 WorkerMetrics = Callable[[], Awaitable[list[Snapshot]]]
-
-
-class CannotStart(Exception):
-    """Something the server needs is not there; the message says what. Exit status 1."""
 
 
 class Adapter(Protocol):
@@ -100,13 +102,18 @@ def run(settings: Settings) -> None:
 
 async def serve(settings: Settings) -> None:
     """Build the primary from `settings`, serve until SIGTERM or SIGINT, then drain and close.
-    The data directory (and, in `tls_files`, the local CA) is made here, at start."""
+    The data directory (and, in `tls_files` or `join_cluster`, the bridge's certificates) is
+    made here, at start."""
+    before, open_files = raise_open_files()
+    budget = Budget.of(settings, open_files, http_listeners=2 if settings.device_http_port else 1)
+    _log_budget(before, budget)
     make_data_dir(settings.data_dir)
     storage = await Storage.open(settings)
     devices: DeviceSide | None = None
     bridge: MqttBridge | None = None
     workers: Workers | None = None
     bus: Bus | None = None
+    presence: asyncio.Task[None] | None = None
     try:
         if storage.sink is not None:
             await _start_nats(storage.sink.start, "--nats-url", settings.nats_url)
@@ -123,11 +130,15 @@ async def serve(settings: Settings) -> None:
         if bus is not None:
             await _start_nats(partial(bus.start, devices.hub), "--bus", settings.bus_url)
         listening = listeners(settings)
+        if settings.cluster and any(listener.tls for listener in listening):
+            anchor = await join_cluster(settings, storage.store, server_id)
+            presence = asyncio.create_task(stay_in_cluster(storage.store, server_id, anchor))
         bridge = MqttBridge(
             MqttServices(devices.channel, devices.hub),
             listening,
             tls_context(settings, listening),
             reuse_port=settings.mqtt_workers > 1,
+            max_connections=budget.mqtt,
         )
         await bridge.start()
         if settings.mqtt_workers > 1:
@@ -152,11 +163,16 @@ async def serve(settings: Settings) -> None:
             devices.channel,
             workers.metrics if workers is not None else None,
             readiness.checks(settings, storage.store, bridge, bus),
+            budget,
         )
         await _run(settings, servers, built, bridge, workers)
     finally:
         if workers is not None:
             await workers.stop()
+        if presence is not None:
+            presence.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await presence
         await close(bridge, devices, storage)
         if bus is not None:
             await bus.close()
@@ -169,21 +185,48 @@ def adapters(
     channel: DeviceChannel,
     worker_metrics: WorkerMetrics | None,
     ready: Mapping[str, ReadinessCheck],
+    budget: Budget,
 ) -> list[Adapter]:
     """The servers the primary runs beside its MQTT bridge, over the services it built and
     the device channel its MQTT bridge shares: the admin API, with the HTTP device bridge in
-    front of it or on `--device-http-port`; each answers /readyz with the `ready` checks. A new
-    adapter is constructed here."""
+    front of it or on `--device-http-port`; each answers /readyz with the `ready` checks and
+    holds at most `budget.http` connections. A new adapter is constructed here."""
     device_bridge = DeviceBridge(channel)
+    limits = Limits(
+        budget.http,
+        settings.http_header_timeout,
+        settings.http_body_timeout,
+        settings.http_body_min_rate,
+    )
+    serving = partial(
+        http_server, limits=limits, idle_timeout=settings.http_idle_timeout, drain=DRAIN_SECONDS
+    )
     found: list[Adapter] = []
     if settings.device_http_port:
         app = http_app(services, device_bridge, worker_metrics, ready, admin=False)
-        found.append(_http_server(app, settings.api_host, settings.device_http_port))
+        found.append(serving(app, settings.api_host, settings.device_http_port, "device_http"))
         log.info("HTTP device bridge on port %d", settings.device_http_port)
     admin_bridge = None if settings.device_http_port else device_bridge
     app = http_app(services, admin_bridge, worker_metrics, ready)
-    found.append(_http_server(app, settings.api_host, settings.api_port))
+    found.append(serving(app, settings.api_host, settings.api_port, "api"))
     return found
+
+
+def _log_budget(before: int, budget: Budget) -> None:
+    if budget.open_files > before:
+        log.info("raised the open-file limit from %d to %d", before, budget.open_files)
+    else:
+        log.info("open-file limit: %d", budget.open_files)
+    log.log(
+        logging.WARNING if budget.overcommitted else logging.INFO,
+        "connections: at most %d per HTTP listener and %d for MQTT, %d files kept in reserve%s",
+        budget.http,
+        budget.mqtt,
+        budget.reserve,
+        " (the caps given add up to more than the open-file limit less the reserve)"
+        if budget.overcommitted
+        else "",
+    )
 
 
 def http_app(
@@ -250,7 +293,14 @@ async def _run(
 ) -> None:
     """Serve until SIGTERM or SIGINT, with the background tasks; SIGHUP reloads TLS."""
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(settings, bridge, workers))
+    reloading: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:
+        task = asyncio.create_task(_reload(settings, services, bridge, workers))
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
 
     def stop() -> None:
         if workers is not None:
@@ -278,32 +328,18 @@ async def _run(
         await push.stop()
 
 
-class _Server(uvicorn.Server):
-    """A uvicorn server that leaves signals to the primary, which stops every adapter at once."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-    def stop(self) -> None:
-        self.should_exit = True
-
-
-def _http_server(app: FastAPI, host: str, port: int) -> _Server:
-    return _Server(
-        uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=DRAIN_SECONDS,
-            server_header=False,
-        )
-    )
-
-
-def _reload(settings: Settings, bridge: MqttBridge, workers: Workers | None) -> None:
+async def _reload(
+    settings: Settings, services: Services, bridge: MqttBridge, workers: Workers | None
+) -> None:
+    """The bridges' certificate loaded again: in a cluster using the generated CA, first the
+    shared server certificate as it now is in the database (another server may have issued it
+    again for a new hostname)."""
+    if settings.cluster and settings.tls_cert is None and bridge.tls_context is not None:
+        try:
+            await shared_certificates(settings, services.manager.store)
+        except Exception as error:  # the files of the last start keep serving
+            log.error("could not read the cluster's bridge certificate: %s", error)
+            return
     bridge.reload_tls(*tls_files(settings))
     if workers is not None:
         workers.reload_tls()

@@ -27,7 +27,7 @@ from ironcore.bridge.ipc import Reply
 from ironcore.bridge.mqtt.connection import Services as MqttServices
 from ironcore.bridge.mqtt.server import Listener, MqttBridge
 from ironcore.runtime.parts import DeviceSide, Storage, close, device_side
-from ironcore.runtime.process import loop_factory, tune_gc
+from ironcore.runtime.process import Budget, loop_factory, raise_open_files, tune_gc
 from ironcore.runtime.tls import tls_context, tls_files
 from ironcore.settings import Settings
 
@@ -37,6 +37,8 @@ log = logging.getLogger("ironcore.worker")
 async def serve(
     settings: Settings, index: int, sock: socket.socket, listeners: list[Listener], server_id: str
 ) -> None:
+    _, open_files = raise_open_files()
+    budget = Budget.of(settings, open_files, http_listeners=0)
     storage = await Storage.open(settings)
     devices: DeviceSide | None = None
     bridge: MqttBridge | None = None
@@ -61,6 +63,7 @@ async def serve(
             listeners,
             tls_context(settings, listeners),
             reuse_port=True,
+            max_connections=budget.mqtt,
         )
         await bridge.start()
         tune_gc()

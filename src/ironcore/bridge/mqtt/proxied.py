@@ -25,10 +25,16 @@ HEADER_SECONDS = 10.0
 
 
 class ProxiedConnection(asyncio.Protocol):
-    def __init__(self, app_factory: Callable[[Address | None], asyncio.Protocol]) -> None:
+    def __init__(
+        self,
+        app_factory: Callable[[Address | None], asyncio.Protocol],
+        lost_unserved: Callable[[], None] = lambda: None,
+    ) -> None:
         """`app_factory(address)`: the connection to hand over to, for the client at `address`
-        (None: the socket's own peer, for the balancer's health checks)."""
+        (None: the socket's own peer, for the balancer's health checks). `lost_unserved`: called
+        when the connection ends before it was handed over (the listener counts its sockets)."""
         self._app_factory = app_factory
+        self._lost_unserved = lost_unserved
         self._transport: asyncio.Transport | None = None
         self._received = b""
         self._timeout: asyncio.TimerHandle | None = None
@@ -66,7 +72,9 @@ class ProxiedConnection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # Once handed over, the loop tells the connection served instead of this one.
         self._cancel_timeout()
+        self._lost_unserved()
 
     def _expired(self) -> None:
         self._timeout = None

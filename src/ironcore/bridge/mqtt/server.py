@@ -1,6 +1,12 @@
 """The MQTT bridge's listeners: TLS (and, only when asked, plaintext) sockets feeding
 `MqttConnection`s, behind a load balancer's PROXY protocol header when asked, a once-a-second
-timer sweep, TLS reload, a readiness check and a clean shutdown."""
+timer sweep, TLS reload, a readiness check and a clean shutdown.
+
+The listeners together hold at most `max_connections` sockets, TLS handshakes and PROXY headers
+in progress included: past it a new connection is reset at once (devices retry), counted in
+`ironcore_connections_refused_total{listener="mqtt",reason="full"}` and logged at most once per
+ten seconds, so that a flood of sockets cannot take the descriptors the process needs for
+everything else."""
 
 from __future__ import annotations
 
@@ -12,15 +18,20 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import cast
 
+from ironcore import logs
 from ironcore.bridge.mqtt.connection import MqttConnection, Services
 from ironcore.bridge.mqtt.proxied import ProxiedConnection
 from ironcore.bridge.mqtt.tls import TlsConnection
 from ironcore.bridge.proxy_protocol import Address
 from ironcore.errors import Code, Unavailable
+from ironcore.metrics import REFUSED
 
 log = logging.getLogger(__name__)
+_throttled = logs.RateLimited(log)
 # How long devices get to receive their goodbye and pending acknowledgements on shutdown.
 SHUTDOWN_SECONDS = 5.0
 # Thousands of devices reconnect at once after an outage; a deep accept queue absorbs it.
@@ -43,14 +54,18 @@ class MqttBridge:
         listeners: list[Listener],
         tls_context: ssl.SSLContext | None,
         *,
+        max_connections: int,
         reuse_port: bool = False,
     ) -> None:
         """`reuse_port`: the ports are shared with other processes of this server (SO_REUSEPORT),
-        which the kernel spreads new connections over."""
+        which the kernel spreads new connections over. `max_connections`: sockets this
+        process's listeners hold at most."""
         self.services = services
         self.listeners = listeners
         self.tls_context = tls_context
         self.reuse_port = reuse_port
+        self.max_connections = max_connections
+        self._open = 0
         self._servers: list[asyncio.Server] = []
         self._ticker: asyncio.Task[None] | None = None
 
@@ -86,17 +101,31 @@ class MqttBridge:
         self._ticker = asyncio.create_task(self._tick())
 
     def _factory(self, listener: Listener) -> Callable[[], asyncio.Protocol]:
+        """What the event loop makes each accepted socket's protocol with: refused past the
+        cap, else counted until it is gone (behind the PROXY header reader when asked)."""
         serve = self._tls_connection if listener.tls else self._connection
-        if not listener.proxy_protocol:
-            return serve
-        return lambda: ProxiedConnection(serve)
 
-    def _connection(self, peer: Address | None = None) -> MqttConnection:
-        return MqttConnection(self.services, peer)
+        def accept() -> asyncio.Protocol:
+            if self._open >= self.max_connections:
+                return _Refused(self.max_connections)
+            self._open += 1
+            if listener.proxy_protocol:
+                return ProxiedConnection(serve, lost_unserved=self._closed)
+            return serve(None)
 
-    def _tls_connection(self, peer: Address | None = None) -> TlsConnection:
+        return accept
+
+    def _connection(self, peer: Address | None) -> asyncio.Protocol:
+        return _Counted(self.services, self._closed, peer)
+
+    def _tls_connection(self, peer: Address | None) -> asyncio.Protocol:
         assert self.tls_context is not None
-        return TlsConnection(self.tls_context, self._connection, peer)
+        return _CountedTls(
+            self.tls_context, partial(MqttConnection, self.services), self._closed, peer
+        )
+
+    def _closed(self) -> None:
+        self._open -= 1
 
     @property
     def ports(self) -> list[int]:
@@ -174,3 +203,52 @@ class MqttBridge:
             await asyncio.wait(pumps, timeout=SHUTDOWN_SECONDS)
         for server in self._servers:
             await server.wait_closed()
+
+
+class _Counted(MqttConnection):
+    """A plaintext connection that tells the bridge when it is gone."""
+
+    def __init__(
+        self, services: Services, closed: Callable[[], None], peer: Address | None
+    ) -> None:
+        super().__init__(services, peer)
+        self._on_closed = closed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._on_closed()
+
+
+class _CountedTls(TlsConnection):
+    """A TLS connection (its handshake included) that tells the bridge when it is gone."""
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        app_factory: Callable[[], asyncio.Protocol],
+        closed: Callable[[], None],
+        peer: Address | None,
+    ) -> None:
+        super().__init__(context, app_factory, peer)
+        self._on_closed = closed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._on_closed()
+
+
+class _Refused(asyncio.Protocol):
+    """A connection past the cap: reset as soon as it is accepted."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        REFUSED.labels("mqtt", "full").inc()
+        _throttled.warning(
+            "full",
+            "MQTT: refused a connection from %s: this process holds %d, its cap",
+            transport.get_extra_info("peername"),
+            self.cap,
+        )
+        cast(asyncio.Transport, transport).abort()

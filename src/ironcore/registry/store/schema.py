@@ -249,3 +249,25 @@ rollouts = Table(
     Column("updated_at", BigInteger, nullable=False),
     Index("ix_rollouts_registry", "registry_pk", "state"),
 )
+
+# The device bridges' TLS material that ironcore generated for the servers sharing this
+# database: `ca` (the local CA) and `server` (the server certificate chain). Keys are PKCS#8
+# PEM encrypted under the cluster's secret key; only certificates are in clear.
+bridge_tls = Table(
+    "bridge_tls",
+    metadata,
+    Column("name", String(16), primary_key=True),
+    Column("certificate", Text, nullable=False),
+    Column("encrypted_key", LargeBinary, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# The CA each live server's bridge chain leads to (`certificates.anchor`), renewed while the
+# server runs: a server whose chain leads elsewhere refuses to start beside them.
+bridge_tls_servers = Table(
+    "bridge_tls_servers",
+    metadata,
+    Column("server_id", String(64), primary_key=True),
+    Column("anchor", Text, nullable=False),
+    Column("seen_at", BigInteger, nullable=False),
+)
