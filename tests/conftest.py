@@ -205,7 +205,9 @@ def start_server(
     log = data_dir.parent / f"{data_dir.name}-server.log"
     args = [sys.executable, "-m", "ironcore", "serve", "--data-dir", str(data_dir)]
     args += ["--api-host", "127.0.0.1", "--api-port", str(port)]
-    args += ["--mqtt-host", "127.0.0.1", "--mqtt-port", str(mqtt_port), *(extra or [])]
+    args += ["--mqtt-host", "127.0.0.1", "--mqtt-port", str(mqtt_port)]
+    # The gRPC port is off unless `extra` opens one (the last --grpc-port given counts).
+    args += ["--grpc-port", "0", *(extra or [])]
     if database and database.kind == "postgresql":
         args += ["--database-url", database.url, "--database-schema", database.schema or ""]
     env = {k: v for k, v in os.environ.items() if not k.startswith("IRONCORE_")}

@@ -3,8 +3,8 @@ SIGTERM or SIGINT.
 
 It holds the parts every process has (`parts.Storage`, `parts.DeviceSide`) and a primary's
 `parts.Services`, and runs over them: the MQTT bridge, the MQTT workers (`--mqtt-workers`), the
-bus to the other servers (`--bus`), the adapters (`adapters`: the admin API and the HTTP device
-bridge; a gRPC endpoint or the console goes there too), and the background tasks (event
+bus to the other servers (`--bus`), the adapters (`adapters`: the admin API, the gRPC API and the
+HTTP device bridge; the console goes there too), and the background tasks (event
 retention, firmware rollouts, push subscriptions). SIGTERM and SIGINT drain it; SIGHUP reloads
 the bridges' TLS certificate.
 """
@@ -42,6 +42,7 @@ from ironcore.firmware.rollout import Firmware
 from ironcore.metrics import Snapshot
 from ironcore.routing.pubsub import PubSub
 from ironcore.routing.push import PushDelivery
+from ironcore.rpc.server import GrpcServer
 from ironcore.runtime.parts import (
     DeviceSide,
     Services,
@@ -71,8 +72,8 @@ class CannotStart(Exception):
 
 
 class Adapter(Protocol):
-    """A server the primary runs beside its MQTT bridge (the admin API's HTTP servers; a gRPC
-    endpoint or the console when they come)."""
+    """A server the primary runs beside its MQTT bridge (the admin API's HTTP servers, the
+    gRPC API; the console when it comes)."""
 
     async def serve(self) -> None:
         """Serve until `stop`, then let what is in flight finish (up to DRAIN_SECONDS)."""
@@ -161,7 +162,8 @@ def adapters(
 ) -> list[Adapter]:
     """The servers the primary runs beside its MQTT bridge, over the services it built and
     the device channel its MQTT bridge shares: the admin API, with the HTTP device bridge in
-    front of it or on `--device-http-port`. A new adapter is constructed here."""
+    front of it or on `--device-http-port`, and the gRPC API on `--grpc-port`, over TLS with
+    the MQTT bridge's certificate. A new adapter is constructed here."""
     device_bridge = DeviceBridge(channel)
     found: list[Adapter] = []
     if settings.device_http_port:
@@ -171,6 +173,20 @@ def adapters(
     admin_bridge = None if settings.device_http_port else device_bridge
     app = http_app(services, admin_bridge, worker_metrics)
     found.append(_http_server(app, settings.api_host, settings.api_port))
+    if settings.grpc_port:
+        try:
+            found.append(
+                GrpcServer(
+                    services.manager,
+                    services.tokens,
+                    settings.api_host,
+                    settings.grpc_port,
+                    tls_files(settings),
+                    DRAIN_SECONDS,
+                )
+            )
+        except OSError as error:
+            raise CannotStart(str(error)) from None
     return found
 
 

@@ -1,0 +1,55 @@
+"""The gRPC server: grpcio's asyncio server over TLS, serving the services of `ironcore.rpc`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import grpc
+
+from ironcore.access.callers import TokenAuthenticator
+from ironcore.access.tokens import AdminTokens
+from ironcore.registry.service import DeviceManager
+from ironcore.rpc.device_manager import DeviceManagerService
+
+log = logging.getLogger(__name__)
+
+
+class GrpcServer:
+    """Listens as soon as it is built, so a port that cannot be had is known at start
+    (OSError); serves from `serve` until `stop`, then lets in-flight calls finish for up to
+    `drain_seconds`."""
+
+    def __init__(
+        self,
+        manager: DeviceManager,
+        tokens: AdminTokens,
+        host: str,
+        port: int,
+        tls: tuple[Path, Path],
+        drain_seconds: float,
+    ) -> None:
+        self.drain_seconds = drain_seconds
+        self._stopping = asyncio.Event()
+        self._server = grpc.aio.server()
+        authenticator = TokenAuthenticator(tokens)
+        self._server.add_generic_rpc_handlers(
+            (DeviceManagerService(manager, authenticator).handler(),)
+        )
+        cert, key = tls
+        credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            self.port = self._server.add_secure_port(address, credentials)
+        except RuntimeError as error:
+            raise OSError(f"cannot listen for gRPC on {address}: {error}") from None
+
+    async def serve(self) -> None:
+        await self._server.start()
+        log.info("gRPC API on port %d (TLS)", self.port)
+        await self._stopping.wait()
+        await self._server.stop(self.drain_seconds)
+
+    def stop(self) -> None:
+        self._stopping.set()
