@@ -6,7 +6,9 @@ its own):
 - `server` (alias `bridge`): a real `ironcore serve` per test, on each database; a module marked
   `pytest.mark.databases("sqlite")` runs it (and every `database` fixture) on SQLite only;
 - `module_server`: one real `ironcore serve` on SQLite for a whole module, for tests that keep
-  out of each other's way (registries and devices of their own).
+  out of each other's way (registries and devices of their own);
+- `grpc_server`: as `server`, with its gRPC API (`Server.grpc_port`) over TLS from the session's
+  `local_ca`, which Google's client libraries trust through GRPC_DEFAULT_SSL_ROOTS_FILE_PATH.
 
 PostgreSQL tests use the server at IRONCORE_TEST_DATABASE_URL (default 127.0.0.1:5432, database
 `test`), each test in a schema of its own. When the server is down they skip on a laptop and
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -32,6 +35,7 @@ import httpx
 import pytest
 
 from ironcore.access.tokens import AdminTokens
+from ironcore.bridge.certificates import local_certificates
 from ironcore.registry.service import DeviceManager
 from ironcore.registry.store import Store
 from ironcore.registry.store.pubsub import PubSubStore
@@ -190,6 +194,8 @@ class Server:
     process: subprocess.Popen[bytes]
     log: Path
     mqtt_port: int
+    # The gRPC API's port (TLS); 0 when it is off.
+    grpc_port: int = 0
 
     @property
     def ca_file(self) -> Path:
@@ -198,16 +204,19 @@ class Server:
 
 
 def start_server(
-    data_dir: Path, database: Database | None = None, extra: list[str] | None = None
+    data_dir: Path,
+    database: Database | None = None,
+    extra: list[str] | None = None,
+    grpc: bool = False,
 ) -> Server:
-    """Run `ironcore serve` as a real process and wait until it is ready."""
-    port, mqtt_port = free_port(), free_port()
+    """Run `ironcore serve` as a real process and wait until it is ready; with `grpc`, its
+    gRPC API on a free port too."""
+    port, mqtt_port, grpc_port = free_port(), free_port(), free_port() if grpc else 0
     log = data_dir.parent / f"{data_dir.name}-server.log"
     args = [sys.executable, "-m", "ironcore", "serve", "--data-dir", str(data_dir)]
     args += ["--api-host", "127.0.0.1", "--api-port", str(port)]
     args += ["--mqtt-host", "127.0.0.1", "--mqtt-port", str(mqtt_port)]
-    # The gRPC port is off unless `extra` opens one (the last --grpc-port given counts).
-    args += ["--grpc-port", "0", *(extra or [])]
+    args += ["--grpc-port", str(grpc_port), *(extra or [])]
     if database and database.kind == "postgresql":
         args += ["--database-url", database.url, "--database-schema", database.schema or ""]
     env = {k: v for k, v in os.environ.items() if not k.startswith("IRONCORE_")}
@@ -228,7 +237,7 @@ def start_server(
         process.kill()
         raise RuntimeError(f"ironcore serve did not become ready: {log.read_text()}")
     token = (data_dir / "admin-token").read_text().strip()
-    return Server(url, port, token, data_dir, process, log, mqtt_port)
+    return Server(url, port, token, data_dir, process, log, mqtt_port, grpc_port)
 
 
 def stop_server(server: Server) -> int:
@@ -244,6 +253,29 @@ def stop_server(server: Server) -> int:
 def server(tmp_path: Path, database: Database) -> Iterator[Server]:
     """A real `ironcore serve` process on the parametrized database."""
     running = start_server(tmp_path / "data", database)
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="session")
+def local_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One local CA (`<dir>/ca.crt`, `ca.key`) for every gRPC server of the session, trusted
+    as Google's client libraries are told to trust one: GRPC_DEFAULT_SSL_ROOTS_FILE_PATH,
+    which gRPC reads once per process (hence one CA, not one per server)."""
+    tls = tmp_path_factory.mktemp("grpc-ca") / "tls"
+    local_certificates(tls, [])
+    os.environ["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] = str(tls / "ca.crt")
+    return tls
+
+
+@pytest.fixture
+def grpc_server(tmp_path: Path, database: Database, local_ca: Path) -> Iterator[Server]:
+    """A real `ironcore serve` with its gRPC API, its TLS certificate issued by `local_ca`."""
+    data = tmp_path / "data"
+    (data / "tls").mkdir(parents=True)
+    for name in ("ca.crt", "ca.key"):
+        shutil.copy(local_ca / name, data / "tls" / name)
+    running = start_server(data, database, grpc=True)
     yield running
     stop_server(running)
 
