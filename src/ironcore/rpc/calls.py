@@ -19,6 +19,7 @@ from ironcore.access.callers import TokenAuthenticator
 from ironcore.access.roles import Caller
 from ironcore.errors import InvalidArgument, IronCoreError
 from ironcore.registry.wire import invalid_argument
+from ironcore.rpc.protojson import to_message
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -92,9 +93,8 @@ def model(model_type: type[M], message: Message) -> M:
 
 
 def message(message_type: type[Message], wire: dict[str, Any]) -> Message:
-    """The service's proto3 JSON form as a protobuf message. Fields a client library does not
-    know are left out, as its REST transport leaves them out."""
-    return json_format.ParseDict(wire, message_type(), ignore_unknown_fields=True)
+    """The service's proto3 JSON form as a protobuf message (`rpc.protojson`)."""
+    return to_message(message_type, wire)
 
 
 def mask(paths: Any) -> str:
