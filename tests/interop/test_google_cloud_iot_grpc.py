@@ -5,8 +5,12 @@ client library sends (undecodable bytes, unknown methods)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import httpx
@@ -22,7 +26,7 @@ from google.rpc import error_details_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Server
+from tests.conftest import Server, free_port, stop_server
 from tests.keys import es256_key, public_pem, rsa_key, self_signed_pem
 
 PROJECT, LOCATION = "interop-project", "us-central1"
@@ -444,3 +448,30 @@ def test_any_request_bytes_get_an_answer_not_a_crash(
             grpc.StatusCode.ALREADY_EXISTS,
             grpc.StatusCode.FAILED_PRECONDITION,
         }, (error.code(), error.details())
+
+
+@pytest.mark.databases("sqlite")
+def test_a_taken_grpc_port_stops_the_server_at_start(grpc_server: Server, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IRONCORE_")}
+    command = [sys.executable, "-m", "ironcore", "serve", "--data-dir", str(tmp_path / "second")]
+    command += ["--api-host", "127.0.0.1", "--api-port", str(free_port())]
+    command += ["--mqtt-host", "127.0.0.1", "--mqtt-port", str(free_port())]
+    command += ["--grpc-port", str(grpc_server.grpc_port)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert (
+        f"ironcore cannot start: cannot listen for gRPC on 127.0.0.1:{grpc_server.grpc_port}"
+        in (result.stderr)
+    )
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.databases("sqlite")
+def test_sigterm_stops_the_grpc_port(grpc_server: Server, channel: grpc.Channel) -> None:
+    request = iot_v1.ListDeviceRegistriesRequest.serialize({"parent": PARENT})
+    answer = call(channel, grpc_server, f"{SERVICE}/ListDeviceRegistries", request)
+    assert iot_v1.ListDeviceRegistriesResponse.deserialize(answer).device_registries == []
+    assert stop_server(grpc_server) == 0
+    with pytest.raises(grpc.RpcError) as caught:
+        call(channel, grpc_server, f"{SERVICE}/ListDeviceRegistries", request)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE

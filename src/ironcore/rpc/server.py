@@ -32,7 +32,9 @@ class GrpcServer:
     ) -> None:
         self.drain_seconds = drain_seconds
         self._stopping = asyncio.Event()
-        self._server = grpc.aio.server()
+        # Without SO_REUSEPORT (grpc's default sets it), a second server on the same port fails
+        # to start instead of silently sharing the calls.
+        self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         authenticator = TokenAuthenticator(tokens)
         self._server.add_generic_rpc_handlers(
             (DeviceManagerService(manager, authenticator).handler(),)
