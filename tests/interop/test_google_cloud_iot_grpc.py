@@ -6,6 +6,8 @@ client library sends (undecodable bytes, unknown methods)."""
 from __future__ import annotations
 
 import os
+import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from cryptography import x509
 from google.api_core import exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import iot_v1
@@ -26,7 +29,7 @@ from google.rpc import error_details_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Server, free_port, stop_server
+from tests.conftest import Server, free_port, stop_server, wait_for
 from tests.keys import es256_key, public_pem, rsa_key, self_signed_pem
 
 PROJECT, LOCATION = "interop-project", "us-central1"
@@ -475,3 +478,28 @@ def test_sigterm_stops_the_grpc_port(grpc_server: Server, channel: grpc.Channel)
     with pytest.raises(grpc.RpcError) as caught:
         call(channel, grpc_server, f"{SERVICE}/ListDeviceRegistries", request)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def served_certificate(server: Server) -> bytes:
+    return ssl.get_server_certificate(("127.0.0.1", server.grpc_port)).encode()
+
+
+@pytest.mark.databases("sqlite")
+def test_sighup_reloads_the_grpc_certificate(grpc_server: Server) -> None:
+    tls = grpc_server.data_dir / "tls"
+    before = served_certificate(grpc_server)
+    # Gone, the local server certificate is issued again (same CA) when SIGHUP asks for it.
+    (tls / "server.crt").unlink()
+    (tls / "server.key").unlink()
+    os.kill(grpc_server.process.pid, signal.SIGHUP)
+    wait_for(lambda: (tls / "server.crt").exists(), what="a new server certificate")
+    after = wait_for(
+        lambda: (found := served_certificate(grpc_server)) != before and found,
+        what="the new certificate being served",
+    )
+    assert x509.load_pem_x509_certificate(after) == x509.load_pem_x509_certificate(
+        (tls / "server.crt").read_bytes()
+    )
+    manager = client_for(grpc_server, grpc_server.token)
+    assert list(manager.list_device_registries(parent=PARENT)) == []
+    manager.transport.close()

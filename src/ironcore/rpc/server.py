@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from pathlib import Path
 
 import grpc
@@ -40,7 +41,13 @@ class GrpcServer:
             (DeviceManagerService(manager, authenticator).handler(),)
         )
         cert, key = tls
-        credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+        self._next: grpc.ServerCertificateConfiguration | None = None
+        credentials = grpc.dynamic_ssl_server_credentials(
+            grpc.ssl_server_certificate_configuration([(key.read_bytes(), cert.read_bytes())]),
+            # grpc's documentation: the fetcher returns None to keep serving the current one;
+            # the stubs say it must return a configuration.
+            self._fetch_certificate,  # type: ignore[arg-type]
+        )
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
             self.port = self._server.add_secure_port(address, credentials)
@@ -55,3 +62,24 @@ class GrpcServer:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def reload_tls(self, cert: Path, key: Path) -> None:
+        """Serve this certificate chain and key to connections made from now on (SIGHUP); a
+        pair that does not load is refused and the previous one kept."""
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+            pair = (key.read_bytes(), cert.read_bytes())
+        except (OSError, ssl.SSLError) as error:
+            log.error(
+                "gRPC: cannot load the TLS certificate %s (%s); still serving the previous one",
+                cert,
+                error,
+            )
+            return
+        self._next = grpc.ssl_server_certificate_configuration([pair])
+        log.info("gRPC: reloaded the TLS certificate %s", cert)
+
+    def _fetch_certificate(self) -> grpc.ServerCertificateConfiguration | None:
+        # grpc asks before each handshake; None keeps the current certificate.
+        found, self._next = self._next, None
+        return found

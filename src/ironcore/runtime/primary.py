@@ -6,7 +6,7 @@ It holds the parts every process has (`parts.Storage`, `parts.DeviceSide`) and a
 bus to the other servers (`--bus`), the adapters (`adapters`: the admin API, the gRPC API and the
 HTTP device bridge; the console goes there too), and the background tasks (event
 retention, firmware rollouts, push subscriptions). SIGTERM and SIGINT drain it; SIGHUP reloads
-the bridges' TLS certificate.
+the TLS certificate of the bridges and the gRPC API.
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ async def _run(
 ) -> None:
     """Serve until SIGTERM or SIGINT, with the background tasks; SIGHUP reloads TLS."""
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(settings, bridge, workers))
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(settings, bridge, workers, servers))
 
     def stop() -> None:
         if workers is not None:
@@ -293,10 +293,16 @@ def _http_server(app: FastAPI, host: str, port: int) -> _Server:
     )
 
 
-def _reload(settings: Settings, bridge: MqttBridge, workers: Workers | None) -> None:
-    bridge.reload_tls(*tls_files(settings))
+def _reload(
+    settings: Settings, bridge: MqttBridge, workers: Workers | None, servers: list[Adapter]
+) -> None:
+    files = tls_files(settings)
+    bridge.reload_tls(*files)
     if workers is not None:
         workers.reload_tls()
+    for server in servers:
+        if isinstance(server, GrpcServer):
+            server.reload_tls(*files)
 
 
 async def _expire_events(pubsub: PubSub, days: float) -> None:
