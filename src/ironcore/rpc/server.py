@@ -12,7 +12,9 @@ import grpc
 from ironcore.access.callers import TokenAuthenticator
 from ironcore.access.tokens import AdminTokens
 from ironcore.registry.service import DeviceManager
+from ironcore.routing.pubsub import PubSub
 from ironcore.rpc.device_manager import DeviceManagerService
+from ironcore.rpc.publisher import PublisherService
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,7 @@ class GrpcServer:
     def __init__(
         self,
         manager: DeviceManager,
+        pubsub: PubSub,
         tokens: AdminTokens,
         host: str,
         port: int,
@@ -38,7 +41,10 @@ class GrpcServer:
         self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         authenticator = TokenAuthenticator(tokens)
         self._server.add_generic_rpc_handlers(
-            (DeviceManagerService(manager, authenticator).handler(),)
+            (
+                DeviceManagerService(manager, authenticator).handler(),
+                PublisherService(pubsub, authenticator).handler(),
+            )
         )
         cert, key = tls
         self._next: grpc.ServerCertificateConfiguration | None = None

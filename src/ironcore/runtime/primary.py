@@ -178,6 +178,7 @@ def adapters(
             found.append(
                 GrpcServer(
                     services.manager,
+                    services.pubsub,
                     services.tokens,
                     settings.api_host,
                     settings.grpc_port,
