@@ -1,6 +1,7 @@
-"""The official `google-cloud-pubsub` PublisherClient on its default transport, gRPC, against a
-real ironcore process over TLS (`--grpc-port`): topics and `publish()` futures, the messages
-landing in the embedded log (read back with a REST pull), refusals as their exception class."""
+"""The official `google-cloud-pubsub` clients on their default transport, gRPC, against a real
+ironcore process over TLS (`--grpc-port`): topics and `publish()` futures, the messages landing
+in the embedded log (read back with a REST pull), the Subscriber's unary methods (pull, ack,
+nack), refusals as their exception class."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from google.api_core import exceptions
-from google.cloud.pubsub_v1 import PublisherClient
+from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 
 from tests.conftest import Server
 from tests.interop.test_google_cloud_iot_grpc import StaticToken
@@ -92,3 +93,50 @@ def test_roles_apply_to_topics(grpc_server: Server) -> None:
     with pytest.raises(exceptions.Unauthenticated):
         anonymous.get_topic(topic=f"projects/{PROJECT}/topics/any")
     anonymous.stop()
+
+
+def test_subscriber_unary_methods(publisher: PublisherClient, grpc_server: Server) -> None:
+    topic = f"projects/{PROJECT}/topics/events"
+    name = f"projects/{PROJECT}/subscriptions/backend"
+    publisher.create_topic(name=topic)
+    subscriber = SubscriberClient(
+        credentials=StaticToken(token=grpc_server.token),
+        client_options={"api_endpoint": f"127.0.0.1:{grpc_server.grpc_port}"},
+    )
+    try:
+        created = subscriber.create_subscription(name=name, topic=topic, ack_deadline_seconds=30)
+        assert (created.name, created.topic, created.ack_deadline_seconds) == (name, topic, 30)
+        with pytest.raises(exceptions.AlreadyExists):
+            subscriber.create_subscription(name=name, topic=topic)
+        with pytest.raises(exceptions.InvalidArgument):
+            subscriber.create_subscription(
+                name=f"projects/{PROJECT}/subscriptions/push",
+                topic=topic,
+                push_config={"push_endpoint": "https://example.com/hook"},
+            )
+        assert subscriber.get_subscription(subscription=name).topic == topic
+        listed = subscriber.list_subscriptions(project=f"projects/{PROJECT}")
+        assert [s.name for s in listed] == [name]
+
+        sent = publisher.publish(topic, b"hello", deviceId="dev-1").result(timeout=30)
+        first = subscriber.pull(subscription=name, max_messages=10)
+        [received] = first.received_messages
+        assert received.message.data == b"hello" and received.message.message_id == sent
+        assert received.message.attributes["deviceId"] == "dev-1"
+        assert received.message.publish_time.timestamp() > 0
+        # A nack (deadline 0) makes it deliverable again at once.
+        subscriber.modify_ack_deadline(
+            subscription=name, ack_ids=[received.ack_id], ack_deadline_seconds=0
+        )
+        [again] = subscriber.pull(subscription=name, max_messages=10).received_messages
+        assert again.message.message_id == sent
+        subscriber.acknowledge(subscription=name, ack_ids=[again.ack_id])
+        assert list(subscriber.pull(subscription=name, max_messages=10).received_messages) == []
+        with pytest.raises(exceptions.InvalidArgument):
+            subscriber.acknowledge(subscription=name, ack_ids=["not-an-ack-id"])
+
+        subscriber.delete_subscription(subscription=name)
+        with pytest.raises(exceptions.NotFound):
+            subscriber.get_subscription(subscription=name)
+    finally:
+        subscriber.close()

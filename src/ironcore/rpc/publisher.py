@@ -60,7 +60,7 @@ class PublisherService:
 
     async def list_topics(self, request: Any, caller: Caller) -> Message:
         require(caller, "pubsub.topics.list")
-        topics = await self.pubsub.list_topics(_project(request.project))
+        topics = await self.pubsub.list_topics(project_id(request.project))
         return pubsub.ListTopicsResponse.pb()(topics=[_Topic(name=t.name) for t in topics])
 
     async def delete_topic(self, request: Any, caller: Caller) -> Message:
@@ -77,8 +77,8 @@ class PublisherService:
         return pubsub.PublishResponse.pb()(message_ids=ids)
 
 
-def _project(name: str) -> str:
-    """`projects/P`, as ListTopics names a project."""
+def project_id(name: str) -> str:
+    """The id in `projects/P`, as ListTopics and ListSubscriptions name a project."""
     prefix, _, project = name.partition("/")
     if prefix != "projects" or not is_valid_project(project):
         raise InvalidArgument.field("project", f"{name[:100]!r} is not projects/{{project}}")

@@ -15,6 +15,7 @@ from ironcore.registry.service import DeviceManager
 from ironcore.routing.pubsub import PubSub
 from ironcore.rpc.device_manager import DeviceManagerService
 from ironcore.rpc.publisher import PublisherService
+from ironcore.rpc.subscriber import SubscriberService
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class GrpcServer:
             (
                 DeviceManagerService(manager, authenticator).handler(),
                 PublisherService(pubsub, authenticator).handler(),
+                SubscriberService(pubsub, authenticator).handler(),
             )
         )
         cert, key = tls
