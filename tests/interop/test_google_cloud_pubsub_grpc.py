@@ -135,6 +135,8 @@ def test_subscriber_unary_methods(publisher: PublisherClient, grpc_server: Serve
         with pytest.raises(exceptions.InvalidArgument):
             subscriber.acknowledge(subscription=name, ack_ids=["not-an-ack-id"])
 
+        with pytest.raises(exceptions.InvalidArgument):
+            subscriber.get_subscription(subscription="subscriptions/backend")
         subscriber.delete_subscription(subscription=name)
         with pytest.raises(exceptions.NotFound):
             subscriber.get_subscription(subscription=name)
