@@ -194,7 +194,8 @@ def start_ironcore(
     args = [python or sys.executable, *module, "serve", "--data-dir", str(data_dir)]
     args += ["--api-host", "127.0.0.1", "--api-port", str(api), "--log-level", "warning"]
     args += ["--mqtt-host", "127.0.0.1", "--mqtt-port", str(mqtt)]
-    args += ["--insecure-mqtt-port", str(insecure), *extra]
+    # No gRPC port unless `extra` asks for one (the last --grpc-port given counts).
+    args += ["--insecure-mqtt-port", str(insecure), "--grpc-port", "0", *extra]
     env = {k: v for k, v in os.environ.items() if not k.startswith("IRONCORE_")}
     process = _spawn(args, log, env)
     url = f"http://127.0.0.1:{api}"

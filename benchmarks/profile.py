@@ -17,6 +17,7 @@ from pathlib import Path
 
 _LINE = re.compile(r":\d+\)$")
 _THREAD = re.compile(r"^(process|thread) \(\d+\):? ?(Thread-\d+ )?")
+_CONTINUED = re.compile(r"\n(?!(thread|process) \(|$)")
 _ROOTS = ("Runner.run ", "_connection_worker_thread ", "WorkerThread.run ", "Thread.run ")
 
 
@@ -62,7 +63,11 @@ def summarize(collapsed: Path, top: int = 15) -> str:
     threads: Counter[str] = Counter()
     packages: Counter[str] = Counter()
     samples = 0
-    for line in collapsed.read_text().splitlines():
+    # A stack is one line, but a frame's text can hold a line break (seen under grpcio's
+    # Cython frames): a line that does not start a stack (every stack starts with its thread,
+    # as `start` records them) continues the one before.
+    text = _CONTINUED.sub("", collapsed.read_text())
+    for line in text.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack:
             continue

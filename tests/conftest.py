@@ -6,7 +6,9 @@ its own):
 - `server` (alias `bridge`): a real `ironcore serve` per test, on each database; a module marked
   `pytest.mark.databases("sqlite")` runs it (and every `database` fixture) on SQLite only;
 - `module_server`: one real `ironcore serve` on SQLite for a whole module, for tests that keep
-  out of each other's way (registries and devices of their own).
+  out of each other's way (registries and devices of their own);
+- `grpc_server`: as `server`, with its gRPC API (`Server.grpc_port`) over TLS from the session's
+  `local_ca`, which Google's client libraries trust through GRPC_DEFAULT_SSL_ROOTS_FILE_PATH.
 
 Fault tests that stop, restart or freeze PostgreSQL use `private_postgres`, a server of the
 test's own (tests/private_pg.py), never the shared one.
@@ -39,6 +41,7 @@ import httpx
 import pytest
 
 from ironcore.access.tokens import AdminTokens
+from ironcore.bridge.certificates import local_certificates
 from ironcore.registry.service import DeviceManager
 from ironcore.registry.store import Store
 from ironcore.registry.store.pubsub import PubSubStore
@@ -216,6 +219,8 @@ class Server:
     process: subprocess.Popen[bytes]
     log: Path
     mqtt_port: int
+    # The gRPC API's port (TLS); 0 when it is off.
+    grpc_port: int = 0
 
     @property
     def ca_file(self) -> Path:
@@ -240,15 +245,19 @@ def start_server(
     extra: list[str] | None = None,
     ports: tuple[int, int] | None = None,
     open_files: tuple[int, int] | None = None,
+    grpc: bool = False,
 ) -> Server:
     """Run `ironcore serve` as a real process and wait until it is ready. `ports`: its API and
     MQTT ports (default: free ones), for a server started again where a balancer expects it;
-    `open_files`: the process's RLIMIT_NOFILE (soft, hard)."""
+    `open_files`: the process's RLIMIT_NOFILE (soft, hard); with `grpc`, its gRPC API on a free
+    port too."""
     port, mqtt_port = ports or (free_port(), free_port())
+    grpc_port = free_port() if grpc else 0
     log = data_dir.parent / f"{data_dir.name}-server.log"
     args = [sys.executable, "-m", "ironcore", "serve", "--data-dir", str(data_dir)]
     args += ["--api-host", "127.0.0.1", "--api-port", str(port)]
-    args += ["--mqtt-host", "127.0.0.1", "--mqtt-port", str(mqtt_port), *(extra or [])]
+    args += ["--mqtt-host", "127.0.0.1", "--mqtt-port", str(mqtt_port)]
+    args += ["--grpc-port", str(grpc_port), *(extra or [])]
     if "--secret-key-file" not in args:
         args += ["--secret-key-file", str(cluster_secret())]
     if database and database.kind == "postgresql":
@@ -276,7 +285,7 @@ def start_server(
         process.kill()
         raise RuntimeError(f"ironcore serve did not become ready: {log.read_text()}")
     token = (data_dir / "admin-token").read_text().strip()
-    return Server(url, port, token, data_dir, process, log, mqtt_port)
+    return Server(url, port, token, data_dir, process, log, mqtt_port, grpc_port)
 
 
 def stop_server(server: Server) -> int:
@@ -334,6 +343,29 @@ def private_nats(tmp_path: Path) -> Iterator[PrivateNats]:
 def server(tmp_path: Path, database: Database) -> Iterator[Server]:
     """A real `ironcore serve` process on the parametrized database."""
     running = start_server(tmp_path / "data", database)
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="session")
+def local_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One local CA (`<dir>/ca.crt`, `ca.key`) for every gRPC server of the session, trusted
+    as Google's client libraries are told to trust one: GRPC_DEFAULT_SSL_ROOTS_FILE_PATH,
+    which gRPC reads once per process (hence one CA, not one per server)."""
+    tls = tmp_path_factory.mktemp("grpc-ca") / "tls"
+    local_certificates(tls, [])
+    os.environ["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] = str(tls / "ca.crt")
+    return tls
+
+
+@pytest.fixture
+def grpc_server(tmp_path: Path, database: Database, local_ca: Path) -> Iterator[Server]:
+    """A real `ironcore serve` with its gRPC API, its TLS certificate issued by `local_ca`."""
+    data = tmp_path / "data"
+    (data / "tls").mkdir(parents=True)
+    for name in ("ca.crt", "ca.key"):
+        shutil.copy(local_ca / name, data / "tls" / name)
+    running = start_server(data, database, grpc=True)
     yield running
     stop_server(running)
 

@@ -29,6 +29,9 @@ class Settings:
     nats_url: str = ""
     # Events older than this are deleted from the embedded log (Pub/Sub's default is 7 days).
     event_retention_days: float = 7.0
+    # The gRPC API (Google's DeviceManager), over TLS with the bridges' certificate, on the
+    # API's host; 0 = off.
+    grpc_port: int = 8443
     # Serve the HTTP device bridge on its own port (0: on the API port).
     device_http_port: int = 0
     log_format: str = "text"

@@ -244,7 +244,7 @@ async def test_a_token_revoked_elsewhere_stops_working_within_two_seconds(
     """A revoke by another process (here: straight through the manager) does not clear this
     process's cache; the cached answer expires after 2 s."""
     clock = _Clock()
-    monkeypatch.setattr("ironcore.api.auth.time", clock)
+    monkeypatch.setattr("ironcore.access.callers.time", clock)
     token = await api.tokens.create("viewer", "elsewhere")
     async with client(api, {"Authorization": f"Bearer {token}"}) as http:
         assert (await http.get(REGISTRIES)).status_code == 200

@@ -1,5 +1,6 @@
 """Who may do what: principals (admin tokens), roles and their permissions.
 
-Every adapter asks this package; none re-implements a rule of it. The REST API's part (reading
-the bearer token from a request, caching the answer) is ironcore.api.auth.
+Every adapter asks this package; none re-implements a rule of it: an adapter hands over the
+`Authorization` value it received (ironcore.access.callers) and checks permissions with
+ironcore.access.roles.
 """

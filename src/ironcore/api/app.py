@@ -21,12 +21,12 @@ from pydantic.alias_generators import to_camel
 from starlette.exceptions import HTTPException
 
 from ironcore import __version__
+from ironcore.access.callers import TokenAuthenticator
 from ironcore.access.tokens import AdminTokens
 from ironcore.api import devices, manifests, ops, registries, rotation
 from ironcore.api import firmware as api_firmware
 from ironcore.api import pubsub as api_pubsub
 from ironcore.api import tokens as api_tokens
-from ironcore.api.auth import TokenAuthenticator
 from ironcore.api.bodies import BodyLimitMiddleware
 from ironcore.api.envelope import error_response
 from ironcore.api.ops import ASGIApp, MetricsMiddleware, ReadinessCheck, Scope
@@ -36,6 +36,7 @@ from ironcore.metrics import Snapshot
 from ironcore.registry.revocation import Revocations
 from ironcore.registry.rotation import Rotations
 from ironcore.registry.service import DeviceManager
+from ironcore.registry.wire import invalid_argument
 from ironcore.routing.pubsub import PubSub
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,8 @@ class AuthMiddleware:
             return
         request = Request(scope)
         try:
-            caller = await request.app.state.auth.caller(request)
+            authorization = request.headers.get("authorization", "")
+            caller = await request.app.state.auth.caller(authorization)
         except IronCoreError as error:
             await error_response(error.code, error.message)(scope, receive, send)
             return
@@ -179,24 +181,8 @@ async def _ironcore_error(_request: Request, exc: Exception) -> Any:
 
 async def _validation_error(_request: Request, exc: Exception) -> Any:
     assert isinstance(exc, RequestValidationError)
-    violations = []
-    for error in exc.errors():
-        loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")]
-        field = ".".join(loc) or "body"
-        message = str(error.get("msg", "invalid value"))
-        if error.get("type") == "json_invalid":
-            field = "body"
-            message = (
-                f"Invalid JSON payload received ({message} at character {loc[-1] if loc else 0})"
-            )
-        if message.startswith("Value error, "):
-            message = message[len("Value error, ") :]
-        violations.append(FieldViolation(field, message))
-    first = violations[0] if violations else FieldViolation("body", "invalid request")
-    message = f"Invalid value at '{first.field}': {first.description}"
-    if len(violations) > 1:
-        message += f" (and {len(violations) - 1} more)"
-    return error_response(Code.INVALID_ARGUMENT, message, violations)
+    error = invalid_argument(exc.errors())
+    return error_response(error.code, error.message, error.violations)
 
 
 async def _http_error(_request: Request, exc: Exception) -> Any:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Query
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
+from ironcore.access.grants import granted_permissions
 from ironcore.api.deps import (
     REGISTRIES,
     REGISTRY,
@@ -18,7 +19,6 @@ from ironcore.api.deps import (
     ok,
     registry_name,
 )
-from ironcore.errors import NotFound
 from ironcore.registry.resources import DeviceRegistry, Policy
 from ironcore.registry.wire import Message
 
@@ -176,12 +176,9 @@ async def test_iam_permissions(
     caller: CallerDep,
     body: TestIamPermissionsRequest,
 ) -> JSONResponse:
-    try:
-        await manager.get_registry(registry_name(project, location, registry))
-    except NotFound:
-        # Google answers an empty set, not NOT_FOUND, for a resource that does not exist.
-        return ok({})
-    granted = [p for p in body.permissions if caller.may(p)]
+    granted = await granted_permissions(
+        manager, caller, registry_name(project, location, registry), body.permissions
+    )
     return ok({"permissions": granted} if granted else {})
 
 

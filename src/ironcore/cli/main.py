@@ -80,6 +80,14 @@ def serve(
         str, typer.Option(envvar="IRONCORE_LOG_FORMAT", help="text or json")
     ] = "text",
     log_level: Annotated[str, typer.Option(envvar="IRONCORE_LOG_LEVEL")] = "info",
+    grpc_port: Annotated[
+        int,
+        typer.Option(
+            envvar="IRONCORE_GRPC_PORT",
+            help="gRPC API (google.cloud.iot.v1.DeviceManager) over TLS, on the API host; "
+            "0 turns it off",
+        ),
+    ] = 8443,
     device_http_port: Annotated[
         int,
         typer.Option(
@@ -229,7 +237,7 @@ def serve(
         ),
     ] = 5,
 ) -> None:
-    """Run ironcore: the admin API and the MQTT bridge."""
+    """Run ironcore: the admin API (REST and gRPC) and the MQTT bridge."""
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("give both --tls-cert and --tls-key, or neither")
     from ironcore.runtime import primary
@@ -249,6 +257,7 @@ def serve(
             database_schema=database_schema,
             log_format=log_format,
             log_level=log_level,
+            grpc_port=grpc_port,
             device_http_port=device_http_port,
             event_retention_days=event_retention_days,
             nats_url=nats_url,

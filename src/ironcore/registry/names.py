@@ -94,3 +94,36 @@ class DeviceRef:
 
 def device_name(registry: RegistryName, num_id: int) -> str:
     return f"{registry}/devices/{num_id}"
+
+
+# Full resource names, as gRPC requests carry them (REST takes the same parts from its path).
+# A device may be named under a registry's group (`registries/r/groups/g/devices/d`), as in v1.
+_LOCATION_NAME = re.compile(r"projects/([^/]+)/locations/([^/]+)")
+_REGISTRY_NAME = re.compile(_LOCATION_NAME.pattern + r"/registries/([^/]+)")
+_DEVICE_NAME = re.compile(_REGISTRY_NAME.pattern + r"(?:/groups/[^/]+)?/devices/([^/]+)")
+
+
+def _match(pattern: re.Pattern[str], text: str, field: str, shape: str) -> re.Match[str]:
+    found = pattern.fullmatch(text)
+    if found is None:
+        raise InvalidArgument.field(field, f"{text[:120]!r} is not of the form {shape}")
+    return found
+
+
+def parse_location_name(text: str, field: str = "parent") -> LocationName:
+    """`projects/P/locations/L`."""
+    found = _match(_LOCATION_NAME, text, field, "projects/P/locations/L")
+    return LocationName.parse(*found.groups())
+
+
+def parse_registry_name(text: str, field: str = "name") -> RegistryName:
+    """`projects/P/locations/L/registries/R`."""
+    found = _match(_REGISTRY_NAME, text, field, "projects/P/locations/L/registries/R")
+    return RegistryName.parse(*found.groups())
+
+
+def parse_device_name(text: str, field: str = "name") -> DeviceRef:
+    """`projects/P/locations/L/registries/R/devices/D`, D a string or numeric id."""
+    found = _match(_DEVICE_NAME, text, field, "projects/P/locations/L/registries/R/devices/D")
+    project, location, registry, device = found.groups()
+    return DeviceRef.parse(RegistryName.parse(project, location, registry), device, field)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Annotated, Any, ClassVar, get_origin
@@ -29,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+
+from ironcore.errors import FieldViolation, InvalidArgument
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -216,3 +219,26 @@ def _is_default(value: object) -> bool:
     if value is None or value is False or value == "" or value == b"":
         return True
     return isinstance(value, int | list | dict) and not value
+
+
+def invalid_argument(errors: Iterable[Mapping[str, Any]]) -> InvalidArgument:
+    """The INVALID_ARGUMENT for pydantic's errors about a request (`ValidationError.errors()`),
+    one violation each, the message naming the first: what every adapter answers."""
+    violations = []
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")]
+        field = ".".join(loc) or "body"
+        message = str(error.get("msg", "invalid value"))
+        if error.get("type") == "json_invalid":
+            field = "body"
+            message = (
+                f"Invalid JSON payload received ({message} at character {loc[-1] if loc else 0})"
+            )
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        violations.append(FieldViolation(field, message))
+    first = violations[0] if violations else FieldViolation("body", "invalid request")
+    message = f"Invalid value at '{first.field}': {first.description}"
+    if len(violations) > 1:
+        message += f" (and {len(violations) - 1} more)"
+    return InvalidArgument(message, violations)

@@ -49,6 +49,15 @@ def parse_topic(name: str, field: str) -> str:
     return topic_name(parts[1], parts[3])
 
 
+def parse_subscription(name: str, field: str) -> str:
+    parts = name.split("/")
+    if len(parts) != 4 or parts[0] != "projects" or parts[2] != "subscriptions":
+        raise InvalidArgument.field(
+            field, f"{name[:100]!r} is not projects/{{project}}/subscriptions/{{subscription}}"
+        )
+    return subscription_name(parts[1], parts[3])
+
+
 def _check(project: str, resource: str, kind: str) -> None:
     # Pub/Sub's ids follow the same rule as registry and device ids.
     if not is_valid_project(project):

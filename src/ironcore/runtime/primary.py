@@ -3,10 +3,10 @@ SIGTERM or SIGINT.
 
 It holds the parts every process has (`parts.Storage`, `parts.DeviceSide`) and a primary's
 `parts.Services`, and runs over them: the MQTT bridge, the MQTT workers (`--mqtt-workers`), the
-bus to the other servers (`--bus`), the adapters (`adapters`: the admin API and the HTTP device
-bridge; a gRPC endpoint or the console goes there too), and the background tasks (event
+bus to the other servers (`--bus`), the adapters (`adapters`: the admin API, the gRPC API and the
+HTTP device bridge; the console goes there too), and the background tasks (event
 retention, firmware rollouts, push subscriptions). SIGTERM and SIGINT drain it; SIGHUP reloads
-the bridges' TLS certificate.
+the TLS certificate of the bridges and the gRPC API.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from ironcore.firmware.rollout import Firmware
 from ironcore.metrics import Snapshot
 from ironcore.routing.pubsub import PubSub
 from ironcore.routing.push import PushDelivery
+from ironcore.rpc.server import GrpcServer
 from ironcore.runtime import readiness
 from ironcore.runtime.http import Limits, http_server
 from ironcore.runtime.parts import (
@@ -79,8 +80,8 @@ WorkerMetrics = Callable[[], Awaitable[list[Snapshot]]]
 
 
 class Adapter(Protocol):
-    """A server the primary runs beside its MQTT bridge (the admin API's HTTP servers; a gRPC
-    endpoint or the console when they come)."""
+    """A server the primary runs beside its MQTT bridge (the admin API's HTTP servers, the
+    gRPC API; the console when it comes)."""
 
     async def serve(self) -> None:
         """Serve until `stop`, then let what is in flight finish (up to DRAIN_SECONDS)."""
@@ -105,7 +106,10 @@ async def serve(settings: Settings) -> None:
     The data directory (and, in `tls_files` or `join_cluster`, the bridge's certificates) is
     made here, at start."""
     before, open_files = raise_open_files()
-    budget = Budget.of(settings, open_files, http_listeners=2 if settings.device_http_port else 1)
+    # The gRPC port gets an HTTP listener's share: grpcio caps no connections itself, so the
+    # share only keeps its descriptors out of the MQTT cap.
+    ports = 1 + bool(settings.device_http_port) + bool(settings.grpc_port)
+    budget = Budget.of(settings, open_files, http_listeners=ports)
     _log_budget(before, budget)
     make_data_dir(settings.data_dir)
     storage = await Storage.open(settings)
@@ -189,8 +193,9 @@ def adapters(
 ) -> list[Adapter]:
     """The servers the primary runs beside its MQTT bridge, over the services it built and
     the device channel its MQTT bridge shares: the admin API, with the HTTP device bridge in
-    front of it or on `--device-http-port`; each answers /readyz with the `ready` checks and
-    holds at most `budget.http` connections. A new adapter is constructed here."""
+    front of it or on `--device-http-port`, each answering /readyz with the `ready` checks and
+    holding at most `budget.http` connections; and the gRPC API on `--grpc-port`, over TLS with
+    the MQTT bridge's certificate. A new adapter is constructed here."""
     device_bridge = DeviceBridge(channel)
     limits = Limits(
         budget.http,
@@ -209,6 +214,21 @@ def adapters(
     admin_bridge = None if settings.device_http_port else device_bridge
     app = http_app(services, admin_bridge, worker_metrics, ready)
     found.append(serving(app, settings.api_host, settings.api_port, "api"))
+    if settings.grpc_port:
+        try:
+            found.append(
+                GrpcServer(
+                    services.manager,
+                    services.pubsub,
+                    services.tokens,
+                    settings.api_host,
+                    settings.grpc_port,
+                    tls_files(settings),
+                    DRAIN_SECONDS,
+                )
+            )
+        except OSError as error:
+            raise CannotStart(str(error)) from None
     return found
 
 
@@ -296,7 +316,7 @@ async def _run(
     reloading: set[asyncio.Task[None]] = set()
 
     def reload() -> None:
-        task = asyncio.create_task(_reload(settings, services, bridge, workers))
+        task = asyncio.create_task(_reload(settings, services, bridge, workers, servers))
         reloading.add(task)
         task.add_done_callback(reloading.discard)
 
@@ -329,20 +349,28 @@ async def _run(
 
 
 async def _reload(
-    settings: Settings, services: Services, bridge: MqttBridge, workers: Workers | None
+    settings: Settings,
+    services: Services,
+    bridge: MqttBridge,
+    workers: Workers | None,
+    servers: list[Adapter],
 ) -> None:
-    """The bridges' certificate loaded again: in a cluster using the generated CA, first the
-    shared server certificate as it now is in the database (another server may have issued it
-    again for a new hostname)."""
+    """The bridges' and the gRPC API's certificate loaded again: in a cluster using the
+    generated CA, first the shared server certificate as it now is in the database (another
+    server may have issued it again for a new hostname)."""
     if settings.cluster and settings.tls_cert is None and bridge.tls_context is not None:
         try:
             await shared_certificates(settings, services.manager.store)
         except Exception as error:  # the files of the last start keep serving
             log.error("could not read the cluster's bridge certificate: %s", error)
             return
-    bridge.reload_tls(*tls_files(settings))
+    files = tls_files(settings)
+    bridge.reload_tls(*files)
     if workers is not None:
         workers.reload_tls()
+    for server in servers:
+        if isinstance(server, GrpcServer):
+            server.reload_tls(*files)
 
 
 async def _expire_events(pubsub: PubSub, days: float) -> None:

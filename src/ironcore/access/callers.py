@@ -1,13 +1,13 @@
-"""Admin authentication over HTTP: the bearer token of a request, looked up and cached.
+"""Who is calling: the bearer token of an `Authorization` value (an HTTP header, gRPC
+metadata), looked up and cached, as a `Caller`.
 
-Roles, permissions and the tokens themselves are ironcore.access.
+Every adapter authenticates here, so a credential means the same on every wire. Roles and
+permissions are `access.roles`; the tokens themselves `access.tokens`.
 """
 
 from __future__ import annotations
 
 import time
-
-from fastapi import Request
 
 from ironcore.access.roles import Caller
 from ironcore.access.tokens import AdminTokens, hash_token
@@ -22,9 +22,10 @@ class TokenAuthenticator:
         self.tokens = tokens
         self._cache: dict[str, tuple[str | None, float]] = {}
 
-    async def caller(self, request: Request) -> Caller:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
+    async def caller(self, authorization: str) -> Caller:
+        """The caller an `Authorization` value (`Bearer <token>`) names; Unauthenticated if
+        it is missing, malformed, unknown or revoked."""
+        scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("Request is missing an 'Authorization: Bearer <token>' header")
         digest = hash_token(token.strip())

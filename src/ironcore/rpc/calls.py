@@ -1,0 +1,102 @@
+"""What every unary method shares: the caller from its `authorization` metadata, the request
+parsed from its bytes, ironcore's errors as gRPC statuses, and conversions between protobuf
+messages and the services' proto3 JSON form."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2, json_format
+from google.protobuf.message import DecodeError, Message
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from pydantic import BaseModel, ValidationError
+
+from ironcore.access.callers import TokenAuthenticator
+from ironcore.access.roles import Caller
+from ironcore.errors import InvalidArgument, IronCoreError
+from ironcore.registry.wire import invalid_argument
+from ironcore.rpc.protojson import to_message
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+
+# A method as the services see it: the parsed request and who asks; a message to answer.
+Method = Callable[[Any, Caller], Awaitable[Message]]
+
+
+def unary(
+    method: Method, request_type: type[Message], authenticator: TokenAuthenticator
+) -> grpc.RpcMethodHandler[bytes, bytes]:
+    """A unary method that takes and returns bytes itself: grpcio answers INTERNAL when a
+    deserializer raises, and a request that does not parse is the caller's INVALID_ARGUMENT.
+    Authentication comes first, as on REST: without a valid token nothing else is said."""
+    name = request_type.DESCRIPTOR.full_name
+
+    async def call(raw: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        try:
+            caller = await authenticator.caller(_authorization(context))
+            try:
+                request = request_type.FromString(raw)
+            except DecodeError as error:
+                raise InvalidArgument(f"The request is not a valid {name}: {error}") from None
+            answer: bytes = (await method(request, caller)).SerializeToString()
+            return answer
+        except IronCoreError as error:
+            await context.abort_with_status(status(error))
+        except Exception:
+            log.exception("unexpected error in gRPC %s", name)
+            await context.abort(grpc.StatusCode.INTERNAL, "Internal error; see the server log")
+        raise AssertionError("abort returns only by raising")
+
+    return grpc.unary_unary_rpc_method_handler(call)
+
+
+def _authorization(context: grpc.aio.ServicerContext[bytes, bytes]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return ""
+
+
+def status(error: IronCoreError) -> grpc.Status:
+    """The gRPC status of an error: its code, its message, and its field violations as a
+    google.rpc.BadRequest detail, as the REST envelope carries them."""
+    rich = status_pb2.Status(code=int(error.code), message=error.message)
+    if error.violations:
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=v.description
+                    )
+                    for v in error.violations
+                ]
+            )
+        )
+        rich.details.append(detail)
+    converted: grpc.Status = rpc_status.to_status(rich)
+    return converted
+
+
+def model(model_type: type[M], message: Message) -> M:
+    """A protobuf message as the service's model of it, checked by the same rules as REST
+    bodies (the proto3 JSON form in between)."""
+    try:
+        return model_type.model_validate(json_format.MessageToDict(message))
+    except ValidationError as error:
+        raise invalid_argument(error.errors()) from None
+
+
+def message(message_type: type[Message], wire: dict[str, Any]) -> Message:
+    """The service's proto3 JSON form as a protobuf message (`rpc.protojson`)."""
+    return to_message(message_type, wire)
+
+
+def mask(paths: Any) -> str:
+    """A google.protobuf.FieldMask as the comma list the services take."""
+    return ",".join(paths.paths)
