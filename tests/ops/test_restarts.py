@@ -120,8 +120,8 @@ def test_a_rolling_restart_keeps_every_promise(cluster: Cluster, haproxy: Haprox
     registry = "reg-rolling"
     front, load = load_through(haproxy, cluster, registry)
     devices = sorted(load.keys)
-    # One device is blocked while each server is down.
-    blocked = devices[-cluster.count :]
+    # One device is blocked while each server is down, one once all restarted.
+    blocked = devices[-cluster.count - 1 :]
     orders = Orders(front, registry, devices, unchanged=blocked)
     try:
         for index in range(cluster.count):
@@ -135,6 +135,7 @@ def test_a_rolling_restart_keeps_every_promise(cluster: Cluster, haproxy: Haprox
             cluster.start(index)
             haproxy.wait_status(name, "UP")
         load.wait_all_acked_since(time.monotonic(), but=blocked)
+        block(front, registry, blocked[-1])
         check_orders(front, cluster.servers, registry, orders, load)
     finally:
         orders.stop()
