@@ -36,6 +36,16 @@ PUBACK_SECONDS = 10.0
 RECONNECT_SECONDS = 0.2
 
 
+@dataclass(frozen=True)
+class Seen:
+    """The devices at one moment: which are connected, the command payloads they received, and
+    the last config payload each received."""
+
+    connected: set[str]
+    commands: set[bytes]
+    configs: dict[str, bytes]
+
+
 @dataclass
 class Load:
     host: str
@@ -91,10 +101,9 @@ class Load:
         context = ssl.create_default_context(cafile=str(self.ca_file))
         await asyncio.gather(*(self._device(d, k, context) for d, k in self.keys.items()))
 
-    def copy(self) -> tuple[set[str], set[bytes], dict[str, bytes]]:
-        """What is connected now, and the commands and last configs received."""
+    def seen(self) -> Seen:
         with self._lock:
-            return set(self.connected), set(self.commands), dict(self.configs)
+            return Seen(set(self.connected), set(self.commands), dict(self.configs))
 
     def _config(self, device_id: str, payload: bytes) -> None:
         with self._lock:

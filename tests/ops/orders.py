@@ -28,7 +28,7 @@ from tests.bridge.devices import LOCATION, PROJECT
 from tests.conftest import Server, wait_for
 from tests.ops.load import Load
 
-# Each sender waits this long between a command and a config (two senders: ~10 of each a
+# Each sender waits this long after a command and a config (two senders: a few of each a
 # second, beside the devices' ~600 events).
 PAUSE_SECONDS = 0.2
 SENDERS = 2
@@ -177,7 +177,7 @@ def check_commands(answers: Sequence[Answer], load: Load, timeout: float = 15) -
     assert delivered, f"none of {len(answers)} commands was delivered"
 
     def lost() -> list[Answer]:
-        received = load.copy()[1]
+        received = load.seen().commands
         return [a for a in delivered if a.payload not in received]
 
     deadline = time.monotonic() + timeout
@@ -198,12 +198,15 @@ def check_configs(
     assert not unclear, (
         f"{len(unclear)} of {len(answers)} configs got no clear answer: {unclear[:5]}"
     )
-    stored = {a.device: a.version for a in answers if a.status == 200}
+    stored: dict[str, int] = {}
+    for a in answers:
+        if a.status == 200:
+            stored[a.device] = max(stored.get(a.device, 0), a.version)
     assert stored, f"none of {len(answers)} config changes was stored"
     headers = {"Authorization": f"Bearer {front.token}"}
 
     def behind(api: httpx.Client) -> dict[str, str]:
-        received = load.copy()[2]
+        received = load.seen().configs
         found = {}
         for device in devices:
             response = api.get(device_url(front, registry, device))
@@ -233,7 +236,7 @@ def check_configs(
 def check_reached_everywhere(servers: Sequence[Server], registry: str, load: Load) -> None:
     """Once the cluster has settled, a command to each connected device through each server
     reaches it: every server knows where every device is."""
-    connected = sorted(load.copy()[0])
+    connected = sorted(load.seen().connected)
     assert connected, "no device is connected"
     sends = [(s, d, i) for i, (s, d) in enumerate(itertools.product(servers, connected))]
 
@@ -257,7 +260,9 @@ def check_blocked(
     refused when they try again, and a command to them through any server answers that they
     are not connected."""
     wait_for(
-        lambda: not set(blocked) & load.copy()[0], 10, "the blocked devices to be disconnected"
+        lambda: not set(blocked) & load.seen().connected,
+        10,
+        "the blocked devices to be disconnected",
     )
     connects = {d: load.connects[d] for d in blocked}
     refusals = {d: load.refusals[d] for d in blocked}
@@ -272,5 +277,6 @@ def check_blocked(
             for device in blocked:
                 got = send_command(api, device_url(server, registry, device), device, b"blocked")
                 assert (got.status, got.error) == (400, "FAILED_PRECONDITION"), got
+                assert "not connected" in got.detail, got
     assert {d: load.connects[d] for d in blocked} == connects, "a blocked device connected again"
-    assert not set(blocked) & load.copy()[0], "a blocked device is connected"
+    assert not set(blocked) & load.seen().connected, "a blocked device is connected"

@@ -55,7 +55,7 @@ SUBSCRIPTION = "before-the-run"
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, Haproxy]]:
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, Haproxy]]:
     """Three servers on a PostgreSQL schema of their own, with HAProxy in front."""
     need_service("PostgreSQL", *pg_host_port())
     schema = f"t_{uuid.uuid4().hex[:12]}"
@@ -73,9 +73,9 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster,
 
 
 @pytest.fixture
-def cluster(running: tuple[Cluster, Haproxy]) -> Cluster:
+def cluster(shared: tuple[Cluster, Haproxy]) -> Cluster:
     """The shared cluster, every server running (one a test before stopped is started)."""
-    cluster, haproxy = running
+    cluster, haproxy = shared
     for index, server in enumerate(cluster.servers):
         if server.process.poll() is not None:
             cluster.start(index)
@@ -84,8 +84,8 @@ def cluster(running: tuple[Cluster, Haproxy]) -> Cluster:
 
 
 @pytest.fixture
-def haproxy(running: tuple[Cluster, Haproxy]) -> Haproxy:
-    return running[1]
+def haproxy(shared: tuple[Cluster, Haproxy]) -> Haproxy:
+    return shared[1]
 
 
 def load_through(haproxy: Haproxy, cluster: Cluster, registry: str) -> tuple[Server, Load]:
