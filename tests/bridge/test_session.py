@@ -567,6 +567,25 @@ def test_config_qos_1_newest_version_supersedes_and_its_puback_is_the_ack() -> N
 
 
 @pytest.mark.parametrize("qos", [0, 1])
+def test_an_older_config_version_than_one_sent_is_not_sent(qos: int) -> None:
+    """The current config read for a subscription may come back after a newer version was
+    delivered meanwhile (a device reconnecting while its config changes): the newer stays the
+    one sent, redelivered and acknowledged."""
+    session = config_session(qos)
+    assert session.publish_config(DEVICE, 3, b"v3", T0) is True
+    (newer,) = sent(session)
+    assert session.publish_config(DEVICE, 2, b"v2", T0) is False
+    assert sent(session) == []
+    assert session.config_version_sent(DEVICE) == 3
+    if qos == 1:
+        assert isinstance(newer, Publish) and newer.packet_id is not None
+        feed(session, Puback(newer.packet_id), now=T0 + 1)
+        assert events(session, T0 + 1) == [ConfigAcked(DEVICE, 3)]
+    # The same version again (the device subscribed again) is sent.
+    assert session.publish_config(DEVICE, 3, b"v3", T0 + 2) is True
+
+
+@pytest.mark.parametrize("qos", [0, 1])
 def test_the_config_version_last_sent_is_known_while_subscribed(qos: int) -> None:
     session = connected()
     assert session.config_version_sent(DEVICE) is None

@@ -1,7 +1,8 @@
 """Simulated devices under fault: each publishes QoS 1 events with payloads of its own, one at a
-time, and reconnects whenever its connection breaks or is refused; the test thread meanwhile
-stops, kills and starts servers. What was acknowledged is then checked against the event log
-and a pull subscription created before the load.
+time, listens for its config and commands, and reconnects whenever its connection breaks or is
+refused; the test thread meanwhile stops, kills and starts servers. What was acknowledged is
+then checked against the event log and a pull subscription created before the load; what the
+devices received, against what was sent to them (`tests.ops.orders`).
 
 The devices are the fleet simulator's (`ironcore.simulator.device`: one event loop, no thread
 per device), run on an event loop in a thread of its own.
@@ -15,13 +16,15 @@ import ssl
 import threading
 import time
 from collections import Counter
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
 
-from ironcore.simulator.device import DeviceRefused, Stats, connect
+from ironcore.simulator.device import DeviceRefused, SimulatedDevice, Stats, connect
 from tests.bridge.devices import PROJECT, client_id, create_device, make_jwt, new_key
 from tests.conftest import Server, wait_for
 from tests.keys import PrivateKey
@@ -31,6 +34,16 @@ PAUSE_SECONDS = 0.1
 # A device that gets no PUBACK this long treats its connection as broken.
 PUBACK_SECONDS = 10.0
 RECONNECT_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class Seen:
+    """The devices at one moment: which are connected, the command payloads they received, and
+    the last config payload each received."""
+
+    connected: set[str]
+    commands: set[bytes]
+    configs: dict[str, bytes]
 
 
 @dataclass
@@ -45,9 +58,15 @@ class Load:
     last_ack: dict[str, float] = field(default_factory=dict)
     connects: Counter[str] = field(default_factory=Counter)
     refusals: Counter[str] = field(default_factory=Counter)
+    # The devices with a live connection (CONNACK 0 and not closed since).
+    connected: set[str] = field(default_factory=set)
+    # Command payloads the devices received, and the last config payload each received.
+    commands: set[bytes] = field(default_factory=set)
+    configs: dict[str, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._live: dict[str, SimulatedDevice] = {}
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
@@ -63,12 +82,15 @@ class Load:
         with self._lock:
             return set(self.acknowledged)
 
-    def wait_all_acked_since(self, since: float, timeout: float = 30) -> None:
-        """Until every device got a PUBACK after `since`: each is connected somewhere again."""
+    def wait_all_acked_since(
+        self, since: float, timeout: float = 30, but: Collection[str] = ()
+    ) -> None:
+        """Until every device (`but` those) got a PUBACK after `since`: each is connected
+        somewhere again."""
 
         def behind() -> list[str]:
             with self._lock:
-                return [d for d in self.keys if self.last_ack.get(d, 0.0) <= since]
+                return [d for d in self.keys if d not in but and self.last_ack.get(d, 0.0) <= since]
 
         wait_for(lambda: not behind(), timeout, what="every device to publish again")
 
@@ -78,6 +100,24 @@ class Load:
     async def _run(self) -> None:
         context = ssl.create_default_context(cafile=str(self.ca_file))
         await asyncio.gather(*(self._device(d, k, context) for d, k in self.keys.items()))
+
+    def seen(self) -> Seen:
+        with self._lock:
+            return Seen(set(self.connected), set(self.commands), dict(self.configs))
+
+    def _config(self, device_id: str, payload: bytes) -> None:
+        with self._lock:
+            self.configs[device_id] = payload
+
+    def _command(self, _topic: str, payload: bytes) -> None:
+        with self._lock:
+            self.commands.add(payload)
+
+    def _gone(self, device_id: str, device: SimulatedDevice, _: object) -> None:
+        with self._lock:
+            if self._live.get(device_id) is device:
+                del self._live[device_id]
+                self.connected.discard(device_id)
 
     async def _device(self, device_id: str, key: PrivateKey, context: ssl.SSLContext) -> None:
         stats = Stats()
@@ -93,19 +133,26 @@ class Load:
                         device_id,
                         make_jwt(key),
                         stats,
-                        subscribe=False,
+                        on_config=partial(self._config, device_id),
+                        on_command=self._command,
                     ),
                     PUBACK_SECONDS,
                 )
             except (OSError, DeviceRefused, TimeoutError):
-                # Refused (CONNACK 3 while a server stops), reset, or nobody listening.
+                # Refused (CONNACK 3 while a server stops, 5 once blocked), reset, or nobody
+                # listening.
                 self.refusals[device_id] += 1
                 await asyncio.sleep(RECONNECT_SECONDS)
                 continue
             self.connects[device_id] += 1
+            closed = asyncio.ensure_future(device.wait_closed())
+            with self._lock:
+                self._live[device_id] = device
+                self.connected.add(device_id)
+            closed.add_done_callback(partial(self._gone, device_id, device))
             try:
-                while not self._stopping.is_set():
-                    payload = f"{device_id}/{sent}".encode()
+                while not self._stopping.is_set() and not closed.done():
+                    payload = f"{self.registry}/{device_id}/{sent}".encode()
                     sent += 1
                     await asyncio.wait_for(device.publish_event(payload), PUBACK_SECONDS)
                     with self._lock:

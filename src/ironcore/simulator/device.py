@@ -61,7 +61,9 @@ class SimulatedDevice(asyncio.Protocol):
         self._in_flight: dict[int, tuple[float, asyncio.Future[None]]] = {}
         self._next_id = 1
         self._window = asyncio.Semaphore(self.MAX_IN_FLIGHT)
+        # What a device does with a config and a command (topic, payload) beyond counting it.
         self.on_config: Callable[[bytes], None] | None = None
+        self.on_command: Callable[[str, bytes], None] | None = None
 
     # asyncio.Protocol
 
@@ -106,6 +108,8 @@ class SimulatedDevice(asyncio.Protocol):
                         self.on_config(payload)
                 else:
                     self.stats.commands += 1
+                    if self.on_command is not None:
+                        self.on_command(topic, payload)
                 if qos == 1 and packet_id is not None:
                     self._write(codec.Puback(packet_id))
 
@@ -173,9 +177,13 @@ async def connect(
     keep_alive: int = 60,
     subscribe: bool = True,
     source: str | None = None,
+    on_config: Callable[[bytes], None] | None = None,
+    on_command: Callable[[str, bytes], None] | None = None,
 ) -> SimulatedDevice:
     """`source`: the local address to connect from (a fleet larger than one address's
-    ephemeral ports, ~28,000 on Linux, spreads over 127.0.0.2, 127.0.0.3, ...)."""
+    ephemeral ports, ~28,000 on Linux, spreads over 127.0.0.2, 127.0.0.3, ...).
+    `on_config`, `on_command`: the device's handlers, in place before it subscribes (the
+    server answers a config subscription at once)."""
     loop = asyncio.get_running_loop()
     _, device = await loop.create_connection(
         lambda: SimulatedDevice(client_id, device_id, stats),
@@ -185,6 +193,7 @@ async def connect(
         server_hostname=host if tls is not None else None,
         local_addr=(source, 0) if source else None,
     )
+    device.on_config, device.on_command = on_config, on_command
     try:
         await device.handshake(password, keep_alive, subscribe)
     except BaseException:

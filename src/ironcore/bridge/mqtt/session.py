@@ -495,16 +495,20 @@ class Session:
         return subscriptions.config_version
 
     def publish_config(self, device_id: str, version: int, data: bytes, now: float) -> bool:
-        """Send a config version if the device is subscribed; False otherwise.
+        """Send a config version if the device is subscribed and was not sent a newer one;
+        False otherwise.
 
         With QoS 1 the newest version supersedes an unacknowledged older one and is sent again
-        until the device acknowledges it.
+        until the device acknowledges it. An older version comes late: the current config read
+        for a new subscription while a newer version was being stored and delivered, or changes
+        heard out of order. Sending it would supersede the newer one, which the device would
+        then never acknowledge.
         """
         subscriptions = self._subscriptions.get(device_id)
         if self.state is not State.CONNECTED or subscriptions is None:
             return False
         qos = subscriptions.config_qos
-        if qos is None:
+        if qos is None or version < subscriptions.config_version:
             return False
         subscriptions.config_version = version
         topic = f"/devices/{device_id}/config"
