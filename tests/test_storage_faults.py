@@ -14,6 +14,7 @@ import errno
 import os
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,7 +35,15 @@ from tests.bridge.devices import (
     make_jwt,
     new_key,
 )
-from tests.conftest import REQUIRE_SERVICES, Database, Server, start_server, stop_server, wait_for
+from tests.conftest import (
+    REQUIRE_SERVICES,
+    Database,
+    Server,
+    free_port,
+    start_server,
+    stop_server,
+    wait_for,
+)
 from tests.keys import PrivateKey
 from tests.private_pg import PrivatePostgres
 
@@ -237,3 +246,20 @@ def test_firmware_image_on_a_full_disk(small_disk: Path) -> None:
     os.remove(ballast)
     _write_durably(small_disk / "firmware", "ab" * 32, b"\0" * 1_000_000)
     assert (small_disk / "firmware" / ("ab" * 32)).stat().st_size == 1_000_000
+
+
+def test_a_server_started_with_the_database_out_of_reach_says_so(tmp_path: Path) -> None:
+    """Exit status 1 and one line naming the unreachable database, not a traceback: the
+    supervisor's log is where an operator looks first."""
+    nobody = free_port()  # nothing listens there
+    url = f"postgresql://postgres@127.0.0.1:{nobody}/test"
+    args = [sys.executable, "-m", "ironcore", "serve", "--data-dir", str(tmp_path / "data")]
+    args += ["--database-url", url, "--api-port", str(free_port())]
+    args += ["--mqtt-port", str(free_port()), "--grpc-port", "0"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IRONCORE_")}
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "ironcore cannot start: the database cannot be used" in output, output
+    assert str(nobody) in output, output
+    assert "Traceback" not in output, output

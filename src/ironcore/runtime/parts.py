@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import make_url
+
 from ironcore.access.tokens import AdminTokens
 from ironcore.bridge.bookkeeping import Bookkeeper
 from ironcore.bridge.channel import DeviceChannel
@@ -43,12 +45,14 @@ from ironcore.registry.revocation import Revocations, RevokedSigners
 from ironcore.registry.rotation import Rotations
 from ironcore.registry.service import DeviceManager
 from ironcore.registry.store import Store
+from ironcore.registry.store.faults import storage_fault
 from ironcore.registry.store.firmware import FirmwareStore
 from ironcore.registry.store.pubsub import PubSubStore
 from ironcore.routing.log import EventLog
 from ironcore.routing.nats import JetStreamSink
 from ironcore.routing.pubsub import PubSub
 from ironcore.routing.router import Router
+from ironcore.runtime.process import CannotStart
 from ironcore.settings import Settings
 
 
@@ -63,7 +67,18 @@ class Storage:
 
     @classmethod
     async def open(cls, settings: Settings) -> Storage:
-        store = await Store.open(settings.effective_database_url, settings.database_schema or None)
+        """CannotStart, naming the fault, when the database cannot be reached or written (a
+        supervisor starts the process again; a traceback would only bury the reason)."""
+        try:
+            store = await Store.open(
+                settings.effective_database_url, settings.database_schema or None
+            )
+        except Exception as error:
+            fault = storage_fault(error)
+            if fault is None:
+                raise
+            where = make_url(settings.effective_database_url).render_as_string(hide_password=True)
+            raise CannotStart(f"the database cannot be used ({where}): {fault.message}") from None
         sink = JetStreamSink(settings.nats_url) if settings.nats_url else None
         return cls(store, EventLog(store), sink)
 
