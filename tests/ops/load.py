@@ -29,8 +29,8 @@ from tests.bridge.devices import PROJECT, client_id, create_device, make_jwt, ne
 from tests.conftest import Server, wait_for
 from tests.keys import PrivateKey
 
-# Per device: a device waits this long after each PUBACK (60 devices: ~600 events/s at most).
-PAUSE_SECONDS = 0.1
+# Per device: a device waits this long after each PUBACK (300 devices: ~600 events/s at most).
+PAUSE_SECONDS = 0.5
 # A device that gets no PUBACK this long treats its connection as broken.
 PUBACK_SECONDS = 10.0
 RECONNECT_SECONDS = 0.2

@@ -50,7 +50,7 @@ from tests.ops.orders import (
 )
 
 REG = "reg-load"
-DEVICES = 60
+DEVICES = 300
 SUBSCRIPTION = "before-the-run"
 
 
