@@ -30,7 +30,7 @@ from ironcore.api import tokens as api_tokens
 from ironcore.api.bodies import BodyLimitMiddleware
 from ironcore.api.envelope import error_response
 from ironcore.api.ops import ASGIApp, MetricsMiddleware, ReadinessCheck, Scope
-from ironcore.errors import Code, FieldViolation, IronCoreError
+from ironcore.errors import Code, IronCoreError
 from ironcore.firmware.rollout import Firmware
 from ironcore.metrics import Snapshot
 from ironcore.registry.revocation import Revocations
