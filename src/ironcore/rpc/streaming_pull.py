@@ -228,6 +228,11 @@ class _Stream:
         room = MAX_PULL_MESSAGES
         if self.max_messages:
             room = min(room, self.max_messages - len(self.outstanding))
+            # A pull's cost is mostly per transaction: while the client still holds messages,
+            # wait until a quarter of its window is free rather than pull the few each ack
+            # frees.
+            if self.outstanding and room < self.max_messages // 4:
+                return 0
         if self.max_bytes:
             free = self.max_bytes - self.outstanding_bytes
             if free <= 0:
@@ -247,7 +252,8 @@ class _Stream:
             message.data = event.data
             message.attributes.update(event.attributes)
             message.message_id = ack_id
-            message.publish_time.FromMicroseconds(event.publish_time)
+            seconds, micros = divmod(event.publish_time, 1_000_000)
+            message.publish_time.seconds, message.publish_time.nanos = seconds, micros * 1000
             size = message.ByteSize()
             self.sent_bytes += size
             previous = self.outstanding.get(ack_id)
