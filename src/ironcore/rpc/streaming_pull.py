@@ -13,10 +13,12 @@ its acks that way), or when its deadline passes; then the store hands it out aga
 stream or pull of the subscription.
 
 Waiting for new messages is an adaptive poll of the store: at once while messages come, then
-from `POLL_MIN_SECONDS` doubling to `POLL_MAX_SECONDS` while none do, and at once when an ack
-or nack makes room. Not a wake-up from the event log's append path: events are appended by
-other processes too (`--mqtt-workers`, other servers on the same database), and on PostgreSQL
-an event is deliverable only once every older transaction on the server ended (see
+from `POLL_MIN_SECONDS` doubling to `POLL_MAX_SECONDS` while none do, and at once when acks or
+nacks free room (a quarter of the client's window, while it still holds messages: a pull costs
+mostly per transaction, so one per freed message would cost the most when busiest). Not a
+wake-up from the event log's append path: events are appended by other processes too
+(`--mqtt-workers`, other servers on the same database), and on PostgreSQL an event is
+deliverable only once every older transaction on the server ended (see
 `registry.store.pubsub`), which no in-process signal knows. The poll's idle cost is a few
 empty pulls per second per stream.
 
@@ -75,7 +77,7 @@ class StreamingPull:
         self.pubsub = pubsub_service
         self.authenticator = authenticator
         self._streams: dict[str, set[_Stream]] = {}
-        self._closing = False
+        self.closing = False
 
     def handler(self) -> grpc.RpcMethodHandler[bytes, bytes]:
         return grpc.stream_stream_rpc_method_handler(self.call)
@@ -120,7 +122,7 @@ class StreamingPull:
     def close(self) -> None:
         """End every stream with UNAVAILABLE, which the client library answers by reconnecting
         (to this address, so to the server that takes over)."""
-        self._closing = True
+        self.closing = True
         for streams in self._streams.values():
             for stream in streams:
                 stream.wake.set()
@@ -197,7 +199,7 @@ class _Stream:
             if reader.done():
                 reader.result()  # a failed request ends the stream with its error
                 return  # the client half-closed
-            if self.service._closing:
+            if self.service.closing:
                 raise Unavailable("The server is shutting down; reconnect")
             now = self.loop.time()
             if now >= self.next_expiry:
