@@ -16,9 +16,11 @@ from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 from google.cloud.pubsub_v1.subscriber.message import Message
 from google.cloud.pubsub_v1.types import FlowControl
 from google.pubsub_v1 import types as pubsub
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.bridge import devices
-from tests.conftest import Server, wait_for
+from tests.conftest import Server, stop_server, wait_for
 from tests.interop.test_google_cloud_iot_grpc import StaticToken
 from tests.interop.test_google_cloud_pubsub_grpc import publisher_for
 
@@ -360,3 +362,57 @@ def test_streaming_pull_of_a_missing_subscription_is_not_found(
         stream.next()
     stream.close()
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.databases("sqlite")
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    first=st.one_of(
+        st.binary(max_size=200),
+        st.builds(
+            lambda name, deadline, ids, seconds, most: _Request(
+                subscription=name,
+                stream_ack_deadline_seconds=deadline,
+                modify_deadline_ack_ids=ids,
+                modify_deadline_seconds=seconds,
+                max_outstanding_messages=most,
+            ).SerializeToString(),
+            st.one_of(st.text(max_size=60), st.just(f"projects/{PROJECT}/subscriptions/none")),
+            st.integers(-(2**31), 2**31 - 1),
+            st.lists(st.text(max_size=25), max_size=3),
+            st.lists(st.integers(-(2**31), 2**31 - 1), max_size=3),
+            st.integers(-(2**63), 2**63 - 1),
+        ),
+    )
+)
+def test_any_first_request_gets_an_answer_not_a_crash(
+    channel: grpc.Channel, grpc_server: Server, first: bytes
+) -> None:
+    stream = Stream(channel, grpc_server)
+    stream.send_raw(first)
+    with pytest.raises(grpc.RpcError) as caught:
+        stream.next()
+    stream.close()
+    code = caught.value.code()
+    assert code in {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}, (
+        code,
+        caught.value.details(),
+    )
+
+
+@pytest.mark.databases("sqlite")
+def test_a_stopping_server_ends_streams_as_unavailable(
+    topic: str, publisher: PublisherClient, channel: grpc.Channel, grpc_server: Server
+) -> None:
+    stream = Stream(channel, grpc_server)
+    stream.send(subscription=SUBSCRIPTION, stream_ack_deadline_seconds=60)
+    [sent] = publish(publisher, b"before the restart")
+    assert [m.message.message_id for m in stream.next().received_messages] == [sent]
+    stop_server(grpc_server)
+    # UNAVAILABLE is what the client library reconnects on; CANCELLED would end subscribe().
+    with pytest.raises(grpc.RpcError) as caught:
+        stream.next()
+    stream.close()
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
