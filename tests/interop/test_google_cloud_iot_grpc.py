@@ -411,12 +411,7 @@ def call(channel: grpc.Channel, server: Server, method: str, body: bytes) -> byt
 
 @pytest.mark.databases("sqlite")
 def test_unknown_methods_are_unimplemented(channel: grpc.Channel, grpc_server: Server) -> None:
-    # StreamingPull is not served yet: UNIMPLEMENTED, as for any method not registered.
-    for method in (
-        f"{SERVICE}/NoSuchMethod",
-        "/google.pubsub.v9.Nothing/Get",
-        "/google.pubsub.v1.Subscriber/StreamingPull",
-    ):
+    for method in (f"{SERVICE}/NoSuchMethod", "/google.pubsub.v9.Nothing/Get"):
         with pytest.raises(grpc.RpcError) as caught:
             call(channel, grpc_server, method, b"")
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED

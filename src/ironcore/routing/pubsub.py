@@ -181,12 +181,15 @@ class PubSub:
     async def delete_subscription(self, name: str) -> None:
         await self.store.delete_subscription(name)
 
-    async def pull(self, name: str, max_messages: int) -> list[Delivered]:
+    async def pull(
+        self, name: str, max_messages: int, ack_deadline_seconds: int = 0
+    ) -> list[Delivered]:
+        """Lease up to `max_messages` for `ack_deadline_seconds` (0: the subscription's)."""
         if not 1 <= max_messages <= MAX_PULL_MESSAGES:
             raise InvalidArgument.field(
                 "max_messages", f"must be between 1 and {MAX_PULL_MESSAGES}"
             )
-        return await self.store.pull(name, max_messages, self._now_us())
+        return await self.store.pull(name, max_messages, self._now_us(), ack_deadline_seconds)
 
     async def acknowledge(self, name: str, ack_ids: Sequence[str]) -> None:
         await self.store.acknowledge(name, _event_ids(ack_ids))

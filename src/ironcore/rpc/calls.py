@@ -38,7 +38,7 @@ def unary(
 
     async def call(raw: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         try:
-            caller = await authenticator.caller(_authorization(context))
+            caller = await authenticator.caller(authorization(context))
             try:
                 request = request_type.FromString(raw)
             except DecodeError as error:
@@ -55,7 +55,8 @@ def unary(
     return grpc.unary_unary_rpc_method_handler(call)
 
 
-def _authorization(context: grpc.aio.ServicerContext[bytes, bytes]) -> str:
+def authorization(context: grpc.aio.ServicerContext[bytes, bytes]) -> str:
+    """The call's `authorization` metadata, or "" without one."""
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":
             return value if isinstance(value, str) else value.decode("latin-1")

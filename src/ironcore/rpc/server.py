@@ -39,13 +39,22 @@ class GrpcServer:
         self._stopping = asyncio.Event()
         # Without SO_REUSEPORT (grpc's default sets it), a second server on the same port fails
         # to start instead of silently sharing the calls.
-        self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 0),
+                # google-cloud-pubsub pings every 30 s on a StreamingPull that receives
+                # nothing; grpc's default (one ping per 5 minutes without data) would answer
+                # those with GOAWAY "too_many_pings" and break the stream.
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ]
+        )
         authenticator = TokenAuthenticator(tokens)
+        self._subscriber = SubscriberService(pubsub, authenticator)
         self._server.add_generic_rpc_handlers(
             (
                 DeviceManagerService(manager, authenticator).handler(),
                 PublisherService(pubsub, authenticator).handler(),
-                SubscriberService(pubsub, authenticator).handler(),
+                self._subscriber.handler(),
             )
         )
         cert, key = tls
@@ -66,6 +75,9 @@ class GrpcServer:
         await self._server.start()
         log.info("gRPC API on port %d (TLS)", self.port)
         await self._stopping.wait()
+        # Streams never finish on their own: they end first, as UNAVAILABLE, so that clients
+        # reconnect rather than take the cancellation at the end of the drain as final.
+        self._subscriber.streaming_pull.close()
         await self._server.stop(self.drain_seconds)
 
     def stop(self) -> None:

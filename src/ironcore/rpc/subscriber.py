@@ -1,6 +1,6 @@
 """`google.pubsub.v1.Subscriber`'s unary methods over the embedded Pub/Sub (`routing.pubsub`),
-with the same permission per method as the REST routes (`api.pubsub`). StreamingPull is not
-served yet (UNIMPLEMENTED, as any method not registered)."""
+with the same permission per method as the REST routes (`api.pubsub`), and StreamingPull
+(`rpc.streaming_pull`), which hears of the acks and nacks made by the unary methods."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from ironcore.routing.pubsub import (
 )
 from ironcore.rpc.calls import Method, message, unary
 from ironcore.rpc.publisher import project_id
+from ironcore.rpc.streaming_pull import StreamingPull
 
 with warnings.catch_warnings():
     # As in rpc.device_manager: google-api-core's Python-version warning is not for a log.
@@ -36,6 +37,7 @@ class SubscriberService:
     def __init__(self, pubsub_service: PubSub, authenticator: TokenAuthenticator) -> None:
         self.pubsub = pubsub_service
         self.authenticator = authenticator
+        self.streaming_pull = StreamingPull(pubsub_service, authenticator)
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods: dict[str, tuple[Method, type[Message]]] = {
@@ -50,13 +52,12 @@ class SubscriberService:
             "Acknowledge": (self.acknowledge, pubsub.AcknowledgeRequest.pb()),
             "ModifyAckDeadline": (self.modify_ack_deadline, pubsub.ModifyAckDeadlineRequest.pb()),
         }
-        return grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                name: unary(method, request_type, self.authenticator)
-                for name, (method, request_type) in methods.items()
-            },
-        )
+        handlers = {
+            name: unary(method, request_type, self.authenticator)
+            for name, (method, request_type) in methods.items()
+        }
+        handlers["StreamingPull"] = self.streaming_pull.handler()
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
     async def create_subscription(self, request: Any, caller: Caller) -> Message:
         require(caller, "pubsub.subscriptions.create")
@@ -111,14 +112,14 @@ class SubscriberService:
 
     async def acknowledge(self, request: Any, caller: Caller) -> Message:
         require(caller, "pubsub.subscriptions.consume")
-        await self.pubsub.acknowledge(
+        await self.streaming_pull.acknowledge(
             parse_subscription(request.subscription, "subscription"), list(request.ack_ids)
         )
         return empty_pb2.Empty()
 
     async def modify_ack_deadline(self, request: Any, caller: Caller) -> Message:
         require(caller, "pubsub.subscriptions.consume")
-        await self.pubsub.modify_ack_deadline(
+        await self.streaming_pull.modify_ack_deadline(
             parse_subscription(request.subscription, "subscription"),
             list(request.ack_ids),
             request.ack_deadline_seconds,

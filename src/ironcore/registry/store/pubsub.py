@@ -204,8 +204,11 @@ class PubSubStore:
 
     # Delivery
 
-    async def pull(self, name: str, max_messages: int, now_us: int) -> list[Delivered]:
-        """Lease up to `max_messages`: expired leases first, then new events.
+    async def pull(
+        self, name: str, max_messages: int, now_us: int, ack_deadline_seconds: int = 0
+    ) -> list[Delivered]:
+        """Lease up to `max_messages`: expired leases first, then new events; each for
+        `ack_deadline_seconds`, or the subscription's deadline when 0.
 
         A message whose lease expired `max_delivery_attempts` times goes to the subscription's
         dead-letter topic instead of being delivered again.
@@ -217,7 +220,8 @@ class PubSubStore:
             sub = (await conn.execute(query)).first()
             if sub is None:
                 raise NotFound(f"Subscription {name} not found")
-            deadline = now_us + sub.ack_deadline_seconds * 1_000_000
+            seconds = ack_deadline_seconds or sub.ack_deadline_seconds
+            deadline = now_us + seconds * 1_000_000
             expired = (
                 await conn.execute(
                     select(subscription_leases.c.event_pk, subscription_leases.c.attempts)
