@@ -32,6 +32,11 @@ class Settings:
     # The gRPC API (Google's DeviceManager), over TLS with the bridges' certificate, on the
     # API's host; 0 = off.
     grpc_port: int = 8443
+    # Google's Pub/Sub emulator protocol (plaintext gRPC, Publisher and Subscriber, no
+    # credentials: calls act as `access.callers.PUBSUB_EMULATOR`), for clients redirected by
+    # PUBSUB_EMULATOR_HOST; 0 = off. Loopback unless `pubsub_emulator_host` says otherwise.
+    pubsub_emulator_port: int = 0
+    pubsub_emulator_host: str = "127.0.0.1"
     # Serve the HTTP device bridge on its own port (0: on the API port).
     device_http_port: int = 0
     log_format: str = "text"

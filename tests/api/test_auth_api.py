@@ -299,6 +299,8 @@ async def test_bad_token_requests_are_refused(api: Api) -> None:
     before = (await api.client.get(TOKENS)).json()
     for body, field in [
         ({"role": "admin"}, "role"),
+        # The Pub/Sub emulator port's caller (`access.callers.PUBSUB_EMULATOR`), not a token's.
+        ({"role": "pubsub-client"}, "role"),
         ({"role": ""}, "role"),
         ({"name": "no role"}, "role"),
         ({"role": "viewer", "scopes": ["all"]}, "scopes"),

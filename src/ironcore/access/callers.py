@@ -1,5 +1,6 @@
 """Who is calling: the bearer token of an `Authorization` value (an HTTP header, gRPC
-metadata), looked up and cached, as a `Caller`.
+metadata), looked up and cached, as a `Caller`; or, on the Pub/Sub emulator port, whose
+clients send no credentials, one fixed caller.
 
 Every adapter authenticates here, so a credential means the same on every wire. Roles and
 permissions are `access.roles`; the tokens themselves `access.tokens`.
@@ -8,6 +9,7 @@ permissions are `access.roles`; the tokens themselves `access.tokens`.
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 from ironcore.access.roles import Caller
 from ironcore.access.tokens import AdminTokens, hash_token
@@ -15,6 +17,29 @@ from ironcore.errors import Unauthenticated
 
 # A revoked token stops working everywhere within this many seconds.
 _CACHE_SECONDS = 2.0
+
+
+# The caller of every call on the Pub/Sub emulator port: it may publish, read topics and
+# subscriptions, create subscriptions and consume from them, and nothing else. Once service
+# accounts exist, `--pubsub-emulator-as SERVICE_ACCOUNT` replaces it by the account named.
+PUBSUB_EMULATOR = Caller("pubsub-client")
+
+
+class Authenticator(Protocol):
+    async def caller(self, authorization: str) -> Caller:
+        """The caller a call's `Authorization` value stands for; Unauthenticated if none."""
+        ...
+
+
+class FixedCaller:
+    """Every call is `caller`'s, whatever its `Authorization` value: for a port whose clients
+    send no credentials (Google's Pub/Sub emulator protocol)."""
+
+    def __init__(self, caller: Caller) -> None:
+        self._caller = caller
+
+    async def caller(self, authorization: str) -> Caller:
+        return self._caller
 
 
 class TokenAuthenticator:

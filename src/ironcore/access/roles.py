@@ -40,18 +40,31 @@ _WRITE = {
     "cloudiot.devices.unbindGateway",
 }
 _OWN = {"cloudiot.registries.setIamPolicy", "ironcore.tokens.manage", "ironcore.revocations.manage"}
+# What the Pub/Sub emulator port's calls may do (`access.callers.PUBSUB_EMULATOR`): publish,
+# read topics and subscriptions, create subscriptions and consume from them.
+_PUBSUB_CLIENT = {
+    "pubsub.topics.get",
+    "pubsub.topics.list",
+    "pubsub.topics.publish",
+    "pubsub.subscriptions.get",
+    "pubsub.subscriptions.list",
+    "pubsub.subscriptions.create",
+    "pubsub.subscriptions.consume",
+}
 PERMISSIONS: dict[str, frozenset[str]] = {
     "viewer": frozenset(_READ),
     "editor": frozenset(_READ | _WRITE),
     "owner": frozenset(_READ | _WRITE | _OWN),
+    "pubsub-client": frozenset(_PUBSUB_CLIENT),
 }
-# Each role may do what the one before it may, and more.
-ROLES = tuple(PERMISSIONS)
+# The roles an admin token may have; each may do what the one before it may, and more.
+ROLES = ("viewer", "editor", "owner")
 
 
 @dataclass(frozen=True)
 class Caller:
-    """An authenticated principal: for now, the holder of an admin token with this role."""
+    """A principal: the holder of an admin token with this role, or the fixed caller of the
+    Pub/Sub emulator port (`access.callers.PUBSUB_EMULATOR`)."""
 
     role: str
 
@@ -62,5 +75,5 @@ class Caller:
 def require(caller: Caller, permission: str) -> None:
     if not caller.may(permission):
         raise PermissionDenied(
-            f"Permission '{permission}' denied: the token's role is {caller.role}"
+            f"Permission '{permission}' denied: the caller's role is {caller.role}"
         )

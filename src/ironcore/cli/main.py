@@ -88,6 +88,22 @@ def serve(
             "0 turns it off",
         ),
     ] = 8443,
+    pubsub_emulator_port: Annotated[
+        int,
+        typer.Option(
+            envvar="IRONCORE_PUBSUB_EMULATOR_PORT",
+            help="Plaintext gRPC Pub/Sub (Publisher, Subscriber) for clients with "
+            "PUBSUB_EMULATOR_HOST; no authentication, limited permissions; 0 turns it off",
+        ),
+    ] = 0,
+    pubsub_emulator_host: Annotated[
+        str,
+        typer.Option(
+            envvar="IRONCORE_PUBSUB_EMULATOR_HOST",
+            help="Address of --pubsub-emulator-port (anyone who reaches it may publish and "
+            "consume)",
+        ),
+    ] = "127.0.0.1",
     device_http_port: Annotated[
         int,
         typer.Option(
@@ -258,6 +274,8 @@ def serve(
             log_format=log_format,
             log_level=log_level,
             grpc_port=grpc_port,
+            pubsub_emulator_port=pubsub_emulator_port,
+            pubsub_emulator_host=pubsub_emulator_host,
             device_http_port=device_http_port,
             event_retention_days=event_retention_days,
             nats_url=nats_url,

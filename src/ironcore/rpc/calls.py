@@ -15,7 +15,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from pydantic import BaseModel, ValidationError
 
-from ironcore.access.callers import TokenAuthenticator
+from ironcore.access.callers import Authenticator
 from ironcore.access.roles import Caller
 from ironcore.errors import InvalidArgument, IronCoreError
 from ironcore.registry.wire import invalid_argument
@@ -29,7 +29,7 @@ Method = Callable[[Any, Caller], Awaitable[Message]]
 
 
 def unary(
-    method: Method, request_type: type[Message], authenticator: TokenAuthenticator
+    method: Method, request_type: type[Message], authenticator: Authenticator
 ) -> grpc.RpcMethodHandler[bytes, bytes]:
     """A unary method that takes and returns bytes itself: grpcio answers INTERNAL when a
     deserializer raises, and a request that does not parse is the caller's INVALID_ARGUMENT.

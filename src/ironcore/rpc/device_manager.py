@@ -11,7 +11,7 @@ from google.iam.v1 import iam_policy_pb2, policy_pb2
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
-from ironcore.access.callers import TokenAuthenticator
+from ironcore.access.callers import Authenticator
 from ironcore.access.grants import granted_permissions
 from ironcore.access.roles import Caller, require
 from ironcore.errors import InvalidArgument
@@ -37,7 +37,7 @@ _Device = iot.Device.pb()
 
 
 class DeviceManagerService:
-    def __init__(self, manager: DeviceManager, authenticator: TokenAuthenticator) -> None:
+    def __init__(self, manager: DeviceManager, authenticator: Authenticator) -> None:
         self.manager = manager
         self.authenticator = authenticator
 

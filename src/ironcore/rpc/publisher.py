@@ -11,7 +11,7 @@ import grpc
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
-from ironcore.access.callers import TokenAuthenticator
+from ironcore.access.callers import Authenticator
 from ironcore.access.roles import Caller, require
 from ironcore.errors import InvalidArgument
 from ironcore.registry.names import is_valid_project
@@ -28,7 +28,7 @@ _Topic = pubsub.Topic.pb()
 
 
 class PublisherService:
-    def __init__(self, pubsub_service: PubSub, authenticator: TokenAuthenticator) -> None:
+    def __init__(self, pubsub_service: PubSub, authenticator: Authenticator) -> None:
         self.pubsub = pubsub_service
         self.authenticator = authenticator
 

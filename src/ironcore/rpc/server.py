@@ -1,4 +1,6 @@
-"""The gRPC server: grpcio's asyncio server over TLS, serving the services of `ironcore.rpc`."""
+"""The gRPC server: grpcio's asyncio server serving the services of `ironcore.rpc`, either as
+the gRPC API (over TLS, every service, callers named by their bearer tokens) or as the Pub/Sub
+emulator port (plaintext, Publisher and Subscriber only, one fixed caller)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,7 @@ from pathlib import Path
 
 import grpc
 
-from ironcore.access.callers import TokenAuthenticator
-from ironcore.access.tokens import AdminTokens
+from ironcore.access.callers import Authenticator
 from ironcore.registry.service import DeviceManager
 from ironcore.routing.pubsub import PubSub
 from ironcore.rpc.device_manager import DeviceManagerService
@@ -23,19 +24,26 @@ log = logging.getLogger(__name__)
 class GrpcServer:
     """Listens as soon as it is built, so a port that cannot be had is known at start
     (OSError); serves from `serve` until `stop`, then lets in-flight calls finish for up to
-    `drain_seconds`."""
+    `drain_seconds`.
+
+    Publisher and Subscriber are always served, DeviceManager with a `manager`; each call acts
+    as the caller `authenticator` finds for it. With `tls` (certificate chain, key) it serves
+    TLS, without it plaintext."""
 
     def __init__(
         self,
-        manager: DeviceManager,
         pubsub: PubSub,
-        tokens: AdminTokens,
+        authenticator: Authenticator,
         host: str,
         port: int,
-        tls: tuple[Path, Path],
+        tls: tuple[Path, Path] | None,
         drain_seconds: float,
+        manager: DeviceManager | None = None,
+        name: str = "gRPC API",
     ) -> None:
         self.drain_seconds = drain_seconds
+        self.name = name
+        self.tls = tls is not None
         self._stopping = asyncio.Event()
         # Without SO_REUSEPORT (grpc's default sets it), a second server on the same port fails
         # to start instead of silently sharing the calls.
@@ -48,32 +56,33 @@ class GrpcServer:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ]
         )
-        authenticator = TokenAuthenticator(tokens)
         self._subscriber = SubscriberService(pubsub, authenticator)
-        self._server.add_generic_rpc_handlers(
-            (
-                DeviceManagerService(manager, authenticator).handler(),
-                PublisherService(pubsub, authenticator).handler(),
-                self._subscriber.handler(),
-            )
-        )
-        cert, key = tls
+        handlers = [PublisherService(pubsub, authenticator).handler(), self._subscriber.handler()]
+        if manager is not None:
+            handlers.append(DeviceManagerService(manager, authenticator).handler())
+        self._server.add_generic_rpc_handlers(handlers)
         self._next: grpc.ServerCertificateConfiguration | None = None
-        credentials = grpc.dynamic_ssl_server_credentials(
-            grpc.ssl_server_certificate_configuration([(key.read_bytes(), cert.read_bytes())]),
-            # grpc's documentation: the fetcher returns None to keep serving the current one;
-            # the stubs say it must return a configuration.
-            self._fetch_certificate,  # type: ignore[arg-type]
-        )
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
-            self.port = self._server.add_secure_port(address, credentials)
+            if tls is None:
+                self.port = self._server.add_insecure_port(address)
+            else:
+                cert, key = tls
+                credentials = grpc.dynamic_ssl_server_credentials(
+                    grpc.ssl_server_certificate_configuration(
+                        [(key.read_bytes(), cert.read_bytes())]
+                    ),
+                    # grpc's documentation: the fetcher returns None to keep serving the
+                    # current one; the stubs say it must return a configuration.
+                    self._fetch_certificate,  # type: ignore[arg-type]
+                )
+                self.port = self._server.add_secure_port(address, credentials)
         except RuntimeError as error:
             raise OSError(f"cannot listen for gRPC on {address}: {error}") from None
 
     async def serve(self) -> None:
         await self._server.start()
-        log.info("gRPC API on port %d (TLS)", self.port)
+        log.info("%s on port %d (%s)", self.name, self.port, "TLS" if self.tls else "plaintext")
         await self._stopping.wait()
         # Streams never finish on their own: they end first, as UNAVAILABLE, so that clients
         # reconnect rather than take the cancellation at the end of the drain as final.
@@ -85,7 +94,8 @@ class GrpcServer:
 
     def reload_tls(self, cert: Path, key: Path) -> None:
         """Serve this certificate chain and key to connections made from now on (SIGHUP); a
-        pair that does not load is refused and the previous one kept."""
+        pair that does not load is refused and the previous one kept. Only for a server built
+        with `tls`."""
         try:
             ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
             pair = (key.read_bytes(), cert.read_bytes())

@@ -43,7 +43,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from ironcore.access.callers import TokenAuthenticator
+from ironcore.access.callers import Authenticator
 from ironcore.access.roles import require
 from ironcore.errors import InvalidArgument, IronCoreError, Unavailable
 from ironcore.registry.store.pubsub import Delivered
@@ -73,7 +73,7 @@ class StreamingPull:
     """The method's handler and the registry of this process's open streams, which the unary
     Acknowledge and ModifyAckDeadline tell what they settled."""
 
-    def __init__(self, pubsub_service: PubSub, authenticator: TokenAuthenticator) -> None:
+    def __init__(self, pubsub_service: PubSub, authenticator: Authenticator) -> None:
         self.pubsub = pubsub_service
         self.authenticator = authenticator
         self._streams: dict[str, set[_Stream]] = {}

@@ -3,16 +3,17 @@ SIGTERM or SIGINT.
 
 It holds the parts every process has (`parts.Storage`, `parts.DeviceSide`) and a primary's
 `parts.Services`, and runs over them: the MQTT bridge, the MQTT workers (`--mqtt-workers`), the
-bus to the other servers (`--bus`), the adapters (`adapters`: the admin API, the gRPC API and the
-HTTP device bridge; the console goes there too), and the background tasks (event
-retention, firmware rollouts, push subscriptions). SIGTERM and SIGINT drain it; SIGHUP reloads
-the TLS certificate of the bridges and the gRPC API.
+bus to the other servers (`--bus`), the adapters (`adapters`: the admin API, the gRPC API, the
+Pub/Sub emulator port and the HTTP device bridge; the console goes there too), and the
+background tasks (event retention, firmware rollouts, push subscriptions). SIGTERM and SIGINT
+drain it; SIGHUP reloads the TLS certificate of the bridges and the gRPC API.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ from fastapi import FastAPI
 from nats.errors import Error as NatsError
 
 from ironcore import logs
+from ironcore.access.callers import PUBSUB_EMULATOR, FixedCaller, TokenAuthenticator
 from ironcore.access.tokens import AdminTokens
 from ironcore.api.app import create_app
 from ironcore.api.ops import ReadinessCheck
@@ -106,9 +108,14 @@ async def serve(settings: Settings) -> None:
     The data directory (and, in `tls_files` or `join_cluster`, the bridge's certificates) is
     made here, at start."""
     before, open_files = raise_open_files()
-    # The gRPC port gets an HTTP listener's share: grpcio caps no connections itself, so the
+    # Each gRPC port gets an HTTP listener's share: grpcio caps no connections itself, so the
     # share only keeps its descriptors out of the MQTT cap.
-    ports = 1 + bool(settings.device_http_port) + bool(settings.grpc_port)
+    ports = (
+        1
+        + bool(settings.device_http_port)
+        + bool(settings.grpc_port)
+        + bool(settings.pubsub_emulator_port)
+    )
     budget = Budget.of(settings, open_files, http_listeners=ports)
     _log_budget(before, budget)
     make_data_dir(settings.data_dir)
@@ -194,8 +201,9 @@ def adapters(
     """The servers the primary runs beside its MQTT bridge, over the services it built and
     the device channel its MQTT bridge shares: the admin API, with the HTTP device bridge in
     front of it or on `--device-http-port`, each answering /readyz with the `ready` checks and
-    holding at most `budget.http` connections; and the gRPC API on `--grpc-port`, over TLS with
-    the MQTT bridge's certificate. A new adapter is constructed here."""
+    holding at most `budget.http` connections; the gRPC API on `--grpc-port`, over TLS with
+    the MQTT bridge's certificate; and the Pub/Sub emulator port on `--pubsub-emulator-port`.
+    A new adapter is constructed here."""
     device_bridge = DeviceBridge(channel)
     limits = Limits(
         budget.http,
@@ -214,22 +222,57 @@ def adapters(
     admin_bridge = None if settings.device_http_port else device_bridge
     app = http_app(services, admin_bridge, worker_metrics, ready)
     found.append(serving(app, settings.api_host, settings.api_port, "api"))
-    if settings.grpc_port:
-        try:
+    try:
+        if settings.grpc_port:
             found.append(
                 GrpcServer(
-                    services.manager,
                     services.pubsub,
-                    services.tokens,
+                    TokenAuthenticator(services.tokens),
                     settings.api_host,
                     settings.grpc_port,
                     tls_files(settings),
                     DRAIN_SECONDS,
+                    manager=services.manager,
                 )
             )
-        except OSError as error:
-            raise CannotStart(str(error)) from None
+        if settings.pubsub_emulator_port:
+            found.append(pubsub_emulator(settings, services.pubsub))
+    except OSError as error:
+        raise CannotStart(str(error)) from None
     return found
+
+
+def pubsub_emulator(settings: Settings, pubsub: PubSub) -> GrpcServer:
+    """The Pub/Sub emulator port: Publisher and Subscriber in plaintext, for clients that
+    PUBSUB_EMULATOR_HOST redirects. They send no credentials, so every call acts as
+    `PUBSUB_EMULATOR` (publish and consume, read, create subscriptions), and anyone who can
+    reach the port may do that: a host other than loopback is warned about."""
+    host = settings.pubsub_emulator_host
+    if not _is_loopback(host):
+        log.warning(
+            "--pubsub-emulator-host %s is not a loopback address: anyone who reaches port %d "
+            "may publish and consume without authenticating",
+            host,
+            settings.pubsub_emulator_port,
+        )
+    return GrpcServer(
+        pubsub,
+        FixedCaller(PUBSUB_EMULATOR),
+        host,
+        settings.pubsub_emulator_port,
+        None,
+        DRAIN_SECONDS,
+        name="Pub/Sub emulator API",
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a hostname: it may resolve to anything
+        return False
 
 
 def _log_budget(before: int, budget: Budget) -> None:
@@ -369,7 +412,7 @@ async def _reload(
     if workers is not None:
         workers.reload_tls()
     for server in servers:
-        if isinstance(server, GrpcServer):
+        if isinstance(server, GrpcServer) and server.tls:
             server.reload_tls(*files)
 
 
