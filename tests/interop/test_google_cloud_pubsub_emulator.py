@@ -11,11 +11,13 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from google.api_core import exceptions
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 from google.cloud.pubsub_v1.subscriber.message import Message
 
+from ironcore.runtime.primary import is_loopback
 from tests.bridge import devices
 from tests.conftest import Database, Server, free_port, start_server, stop_server
 
@@ -100,7 +102,7 @@ def test_publish_pull_ack_and_create_subscription(
 def test_what_the_emulator_caller_may_not_do_is_refused(
     clients: tuple[Server, int, PublisherClient, SubscriberClient],
 ) -> None:
-    _, _, publisher, subscriber = clients
+    _, port, publisher, subscriber = clients
     subscriber.create_subscription(name=SUBSCRIPTION, topic=EVENTS)
     with pytest.raises(exceptions.PermissionDenied, match=r"pubsub\.topics\.create"):
         publisher.create_topic(name=f"projects/{devices.PROJECT}/topics/new")
@@ -108,6 +110,13 @@ def test_what_the_emulator_caller_may_not_do_is_refused(
         publisher.delete_topic(topic=EVENTS)
     with pytest.raises(exceptions.PermissionDenied, match=r"pubsub\.subscriptions\.delete"):
         subscriber.delete_subscription(subscription=SUBSCRIPTION)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            "/google.cloud.iot.v1.DeviceManager/ListDeviceRegistries"
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            stub(b"")
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED  # not served at all
     # Nothing was changed by the refusals.
     assert subscriber.get_subscription(subscription=SUBSCRIPTION).topic == EVENTS
     assert publisher.get_topic(topic=EVENTS).name == EVENTS
@@ -154,3 +163,20 @@ def test_a_host_other_than_loopback_is_warned_about(tmp_path: Path, database: Da
         assert "--pubsub-emulator-host 0.0.0.0 is not a loopback address" in server.log.read_text()
     finally:
         stop_server(server)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.10", False),
+        ("ironcore.example.com", False),
+    ],
+)
+def test_which_hosts_are_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback

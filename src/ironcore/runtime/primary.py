@@ -246,9 +246,11 @@ def pubsub_emulator(settings: Settings, pubsub: PubSub) -> GrpcServer:
     """The Pub/Sub emulator port: Publisher and Subscriber in plaintext, for clients that
     PUBSUB_EMULATOR_HOST redirects. They send no credentials, so every call acts as
     `PUBSUB_EMULATOR` (publish and consume, read, create subscriptions), and anyone who can
-    reach the port may do that: a host other than loopback is warned about."""
+    reach the port may do that: a host other than loopback is warned about. Once service
+    accounts exist, `--pubsub-emulator-as SERVICE_ACCOUNT` will replace that fixed caller by
+    the account named, given here as the server's authenticator."""
     host = settings.pubsub_emulator_host
-    if not _is_loopback(host):
+    if not is_loopback(host):
         log.warning(
             "--pubsub-emulator-host %s is not a loopback address: anyone who reaches port %d "
             "may publish and consume without authenticating",
@@ -266,12 +268,14 @@ def pubsub_emulator(settings: Settings, pubsub: PubSub) -> GrpcServer:
     )
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host`: `localhost` or a loopback address (a
+    hostname other than `localhost` may resolve to anything, so it is not)."""
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a hostname: it may resolve to anything
+    except ValueError:
         return False
 
 
