@@ -141,7 +141,7 @@ def test_mqtt_connections_past_the_cap_are_refused_and_counted(tmp_path: Path) -
         stop_server(server)
 
 
-@given(open_files=st.integers(128, 10_000_000), http_listeners=st.integers(0, 3))
+@given(open_files=st.integers(128, 10_000_000), http_listeners=st.integers(0, 4))
 def test_derived_caps_leave_the_reserve(open_files: int, http_listeners: int) -> None:
     budget = Budget.of(Settings(data_dir=Path("unused")), open_files, http_listeners)
     assert budget.reserve >= 64
