@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from ironcore import __version__
 from ironcore.access.callers import TokenAuthenticator
 from ironcore.access.tokens import AdminTokens
-from ironcore.api import devices, manifests, ops, registries, rotation
+from ironcore.api import devices, discovery, manifests, ops, registries, rotation
 from ironcore.api import firmware as api_firmware
 from ironcore.api import pubsub as api_pubsub
 from ironcore.api import tokens as api_tokens
@@ -51,7 +51,16 @@ _HTTP_CODES = {
     415: Code.INVALID_ARGUMENT,
     429: Code.RESOURCE_EXHAUSTED,
 }
-_PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
+# The discovery document is public, as Google's was: it describes the API, and holds no data.
+_PUBLIC_PATHS = (
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
+    "/$discovery/",
+    "/discovery/",
+)
 
 
 def create_app(
@@ -103,6 +112,7 @@ def create_app(
             manifests,
             rotation,
             api_firmware,
+            discovery,
         ):
             app.include_router(module.router)
     app.include_router(ops.router)
