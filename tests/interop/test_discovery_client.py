@@ -5,14 +5,16 @@ changed."""
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from google.oauth2.credentials import Credentials
 from googleapiclient import discovery
 from googleapiclient.errors import HttpError
 
-from tests.conftest import Server
+from tests.conftest import Server, start_server, stop_server
 
 PARENT = "projects/discovery-project/locations/us-central1"
 
@@ -55,3 +57,12 @@ def test_not_found_is_http_error(cloudiot: Any) -> None:
     with pytest.raises(HttpError) as caught:
         devices.get(name=f"{PARENT}/registries/none/devices/none").execute()
     assert caught.value.status_code == 404
+
+
+def test_public_url_is_the_root_url(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data", extra=["--public-url", "https://iot.example.com"])
+    try:
+        document = httpx.get(f"{server.url}/discovery/v1/apis/cloudiot/v1/rest").json()
+    finally:
+        stop_server(server)
+    assert document["rootUrl"] == "https://iot.example.com/"

@@ -75,6 +75,7 @@ def create_app(
     worker_metrics: Callable[[], Awaitable[list[Snapshot]]] | None = None,
     self_authenticating: Callable[[str], bool] = lambda path: False,
     readiness: Mapping[str, ReadinessCheck] | None = None,
+    public_url: str = "",
 ) -> FastAPI:
     """The admin API over the services the process built (`ironcore.runtime`); with
     `admin=False` only health and metrics, for an app that serves the device bridge alone on
@@ -84,7 +85,8 @@ def create_app(
     this process's. `self_authenticating` tells the paths whose routes authenticate callers
     themselves (the device bridge's, with device JWTs): those are let through without an admin
     token. `readiness` names the components /readyz checks (api/ops.py); without it, the
-    database alone.
+    database alone. `public_url` is the URL clients reach the API by (api/discovery.py);
+    empty: the one each request was sent to.
     """
     app = FastAPI(
         title="ironcore",
@@ -102,6 +104,7 @@ def create_app(
     app.state.revocations = revocations
     app.state.firmware = firmware
     app.state.worker_metrics = worker_metrics
+    app.state.public_url = public_url
     app.state.readiness = readiness or {"database": lambda: manager.store.ping()}
     if admin:
         for module in (

@@ -44,12 +44,17 @@ _SCALARS = {"string", "integer", "number", "boolean"}
 async def discovery_rest(request: Request, version: str = "v1") -> Response:
     if version != "v1":
         return error_response(Code.NOT_FOUND, f"No discovery document for cloudiot {version}")
-    return JSONResponse(document(request.app, str(request.base_url)))
+    return JSONResponse(document(request.app, _root_url(request)))
 
 
 @router.get("/discovery/v1/apis/cloudiot/v1/rest", include_in_schema=False)
 async def discovery_apis(request: Request) -> JSONResponse:
-    return JSONResponse(document(request.app, str(request.base_url)))
+    return JSONResponse(document(request.app, _root_url(request)))
+
+
+def _root_url(request: Request) -> str:
+    public: str = request.app.state.public_url
+    return public or str(request.base_url)
 
 
 def document(app: FastAPI, root_url: str) -> dict[str, Any]:
