@@ -68,6 +68,15 @@ async def test_google_methods_are_all_there(manager: DeviceManager) -> None:
     assert modify["path"] == "v1/{+name}:modifyCloudToDeviceConfig"
     request = document["schemas"][modify["request"]["$ref"]]
     assert request["properties"]["binaryData"] == {"type": "string", "format": "byte"}
+    registry = document["resources"]["projects"]["resources"]["locations"]["resources"][
+        "registries"
+    ]
+    group_get = registry["resources"]["groups"]["resources"]["devices"]["methods"]["get"]
+    assert group_get["description"] == device["get"]["description"] == "GetDevice"
+    assert device["list"]["response"] == {"$ref": "ListDevicesResponse"}
+    assert all(schema_id[0].isupper() for schema_id in document["schemas"])
+    log_level = document["schemas"]["Device"]["properties"]["logLevel"]
+    assert log_level["enum"][:2] == ["LOG_LEVEL_UNSPECIFIED", "NONE"]
     for method in methods(document):
         for ref in (method.get("request"), method["response"]):
             assert ref is None or ref["$ref"] in document["schemas"], method["id"]

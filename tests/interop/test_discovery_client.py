@@ -50,6 +50,14 @@ def test_registry_device_config(cloudiot: Any) -> None:
     assert got["config"]["binaryData"] == payload
     listed = devices.list(parent=registry["name"], pageSize=10).execute()
     assert [d["id"] for d in listed["devices"]] == ["disc-dev"]
+    blocked = devices.patch(name=name, updateMask="blocked", body={"blocked": True}).execute()
+    assert blocked["blocked"] is True
+    policy = {"bindings": [{"role": "roles/viewer", "members": ["user:a@example.com"]}]}
+    registries.setIamPolicy(resource=registry["name"], body={"policy": policy}).execute()
+    got_policy = registries.getIamPolicy(resource=registry["name"], body={}).execute()
+    assert got_policy["bindings"] == policy["bindings"]
+    assert devices.delete(name=name).execute() == {}
+    assert registries.delete(name=registry["name"]).execute() == {}
 
 
 def test_not_found_is_http_error(cloudiot: Any) -> None:

@@ -66,11 +66,13 @@ def document(app: FastAPI, root_url: str) -> dict[str, Any]:
     # (configVersions, states) are listed by the `name` of the resource they belong to.
     collections = {c for r in routes for c in re.findall(r"/(\w+)/\{", r.path)}
     bodies = {_resource_key(r.path): r for r in routes if _method_name(r) == "create"}
+    # The group forms of a method are unnamed routes of the same endpoint as the named one.
+    names = {r.endpoint: r.name for r in routes if r.include_in_schema}
     for route in routes:
         node: dict[str, Any] = {"resources": resources}
         for part in _resource_path(route.path):
             node = node.setdefault("resources", {}).setdefault(part, {})
-        method = _method(route, collections, bodies, schemas)
+        method = _method(route, names.get(route.endpoint, route.name), collections, bodies, schemas)
         node.setdefault("methods", {})[_method_name(route)] = method
     return {
         "kind": "discovery#restDescription",
@@ -133,6 +135,7 @@ def _method_name(route: APIRoute) -> str:
 
 def _method(
     route: APIRoute,
+    operation: str,
     collections: set[str],
     bodies: dict[str, APIRoute],
     schemas: dict[str, Any],
@@ -161,17 +164,21 @@ def _method(
         "httpMethod": http_method,
         "parameters": parameters,
         "parameterOrder": [parameter],
-        "description": route.name,
+        "description": operation,
     }
     body = route.body_field
     if body is not None and isinstance(body.field_info.annotation, type):
         method["request"] = {"$ref": _add_schema(body.field_info.annotation, schemas)}
-    method["response"] = {"$ref": _response(route, name, bodies, schemas)}
+    method["response"] = {"$ref": _response(route, operation, name, bodies, schemas)}
     return method
 
 
 def _response(
-    route: APIRoute, name: str, bodies: dict[str, APIRoute], schemas: dict[str, Any]
+    route: APIRoute,
+    operation: str,
+    name: str,
+    bodies: dict[str, APIRoute],
+    schemas: dict[str, Any],
 ) -> str:
     """The response schema: the declared model, else the resource itself for the standard
     methods that return it, else an open object named for the route (the routes return
@@ -186,7 +193,7 @@ def _response(
         annotation = create.body_field.field_info.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             return _add_schema(annotation, schemas)
-    schema_id = route.name + "Response"
+    schema_id = operation + "Response"
     schemas.setdefault(schema_id, {"id": schema_id, "type": "object"})
     return schema_id
 
@@ -217,8 +224,9 @@ def _schema(json_schema: dict[str, Any], schema_id: str | None = None) -> dict[s
         return {"$ref": json_schema["$ref"]}
     for combined in ("anyOf", "oneOf", "allOf"):
         if combined in json_schema:
+            # The first form is the one the API writes (enums: by name, not number).
             options = [s for s in json_schema[combined] if s.get("type") != "null"]
-            return _schema(options[0]) if len(options) == 1 else {"type": "any"}
+            return _schema(options[0]) if options else {"type": "any"}
     kind = json_schema.get("type")
     out: dict[str, Any] = {"id": schema_id} if schema_id else {}
     if "description" in json_schema:
