@@ -166,9 +166,9 @@ def _method(
         "parameterOrder": [parameter],
         "description": operation,
     }
-    body = route.body_field
-    if body is not None and isinstance(body.field_info.annotation, type):
-        method["request"] = {"$ref": _add_schema(body.field_info.annotation, schemas)}
+    body = route.body_field.field_info.annotation if route.body_field else None
+    if isinstance(body, type) and issubclass(body, BaseModel):
+        method["request"] = {"$ref": _add_schema(body, schemas)}
     method["response"] = {"$ref": _response(route, operation, name, bodies, schemas)}
     return method
 
@@ -181,7 +181,7 @@ def _response(
     schemas: dict[str, Any],
 ) -> str:
     """The response schema: the declared model, else the resource itself for the standard
-    methods that return it, else an open object named for the route (the routes return
+    methods that return it, else an open object named for the operation (the routes return
     JSONResponse, and the client needs a schema only to parse the body as JSON)."""
     model = route.response_model
     if isinstance(model, type) and issubclass(model, BaseModel):
