@@ -37,6 +37,10 @@ class Settings:
     # PUBSUB_EMULATOR_HOST; 0 = off. Loopback unless `pubsub_emulator_host` says otherwise.
     pubsub_emulator_port: int = 0
     pubsub_emulator_host: str = "127.0.0.1"
+    # The URL clients reach the API by (scheme://host[:port]/), where it differs from what a
+    # request says (behind a proxy); empty = each request's own. The discovery document's
+    # rootUrl.
+    public_url: str = ""
     # Serve the HTTP device bridge on its own port (0: on the API port).
     device_http_port: int = 0
     log_format: str = "text"

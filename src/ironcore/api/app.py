@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from ironcore import __version__
 from ironcore.access.callers import TokenAuthenticator
 from ironcore.access.tokens import AdminTokens
-from ironcore.api import devices, manifests, ops, registries, rotation
+from ironcore.api import devices, discovery, manifests, ops, registries, rotation
 from ironcore.api import firmware as api_firmware
 from ironcore.api import pubsub as api_pubsub
 from ironcore.api import tokens as api_tokens
@@ -51,7 +51,16 @@ _HTTP_CODES = {
     415: Code.INVALID_ARGUMENT,
     429: Code.RESOURCE_EXHAUSTED,
 }
-_PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
+# The discovery document is public, as Google's was: it describes the API, and holds no data.
+_PUBLIC_PATHS = (
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/docs",
+    "/$discovery/",
+    "/discovery/",
+)
 
 
 def create_app(
@@ -66,6 +75,7 @@ def create_app(
     worker_metrics: Callable[[], Awaitable[list[Snapshot]]] | None = None,
     self_authenticating: Callable[[str], bool] = lambda path: False,
     readiness: Mapping[str, ReadinessCheck] | None = None,
+    public_url: str = "",
 ) -> FastAPI:
     """The admin API over the services the process built (`ironcore.runtime`); with
     `admin=False` only health and metrics, for an app that serves the device bridge alone on
@@ -75,7 +85,8 @@ def create_app(
     this process's. `self_authenticating` tells the paths whose routes authenticate callers
     themselves (the device bridge's, with device JWTs): those are let through without an admin
     token. `readiness` names the components /readyz checks (api/ops.py); without it, the
-    database alone.
+    database alone. `public_url` is the URL clients reach the API by (api/discovery.py);
+    empty: the one each request was sent to.
     """
     app = FastAPI(
         title="ironcore",
@@ -93,6 +104,7 @@ def create_app(
     app.state.revocations = revocations
     app.state.firmware = firmware
     app.state.worker_metrics = worker_metrics
+    app.state.public_url = public_url
     app.state.readiness = readiness or {"database": lambda: manager.store.ping()}
     if admin:
         for module in (
@@ -103,6 +115,7 @@ def create_app(
             manifests,
             rotation,
             api_firmware,
+            discovery,
         ):
             app.include_router(module.router)
     app.include_router(ops.router)

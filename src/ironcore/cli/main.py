@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
@@ -104,6 +105,14 @@ def serve(
             "consume)",
         ),
     ] = "127.0.0.1",
+    public_url: Annotated[
+        str,
+        typer.Option(
+            envvar="IRONCORE_PUBLIC_URL",
+            help="URL clients reach the API by (https://host[:port]/), for the discovery "
+            "document; default: the URL each request was sent to",
+        ),
+    ] = "",
     device_http_port: Annotated[
         int,
         typer.Option(
@@ -276,6 +285,7 @@ def serve(
             grpc_port=grpc_port,
             pubsub_emulator_port=pubsub_emulator_port,
             pubsub_emulator_host=pubsub_emulator_host,
+            public_url=public_url_option(public_url),
             device_http_port=device_http_port,
             event_retention_days=event_retention_days,
             nats_url=nats_url,
@@ -300,6 +310,29 @@ def serve(
             mqtt_proxy_protocol=mqtt_proxy_protocol,
         )
     )
+
+
+def public_url_option(value: str) -> str:
+    """`--public-url` as the discovery document's rootUrl: scheme://host[:port][/path]/, with
+    the trailing slash clients join paths to; empty stays empty."""
+    if not value:
+        return ""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise typer.BadParameter(
+            f"{value!r} is not an http(s)://host[:port]/ URL", param_hint="--public-url"
+        )
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise typer.BadParameter(
+            f"{value!r} has a query, fragment or user; give scheme://host[:port]/ only",
+            param_hint="--public-url",
+        )
+    try:
+        # urlsplit checks the port only when asked for it.
+        _ = parts.port
+    except ValueError as error:
+        raise typer.BadParameter(f"{value!r}: {error}", param_hint="--public-url") from None
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/"))
 
 
 @app.command()

@@ -220,7 +220,7 @@ def adapters(
         found.append(serving(app, settings.api_host, settings.device_http_port, "device_http"))
         log.info("HTTP device bridge on port %d", settings.device_http_port)
     admin_bridge = None if settings.device_http_port else device_bridge
-    app = http_app(services, admin_bridge, worker_metrics, ready)
+    app = http_app(services, admin_bridge, worker_metrics, ready, public_url=settings.public_url)
     found.append(serving(app, settings.api_host, settings.api_port, "api"))
     try:
         if settings.grpc_port:
@@ -302,6 +302,7 @@ def http_app(
     worker_metrics: WorkerMetrics | None,
     ready: Mapping[str, ReadinessCheck] | None = None,
     admin: bool = True,
+    public_url: str = "",
 ) -> FastAPI:
     """The admin API (`api.app.create_app`) and, with `device_bridge`, the HTTP device bridge
     and firmware downloads served by the same app, in front of the API's middleware."""
@@ -316,6 +317,7 @@ def http_app(
         worker_metrics=worker_metrics,
         self_authenticating=http_bridge.is_device_path,
         readiness=ready,
+        public_url=public_url,
     )
     if device_bridge is not None:
         app.include_router(firmware_bridge.router(device_bridge, services.firmware))
