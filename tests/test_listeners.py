@@ -25,10 +25,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+from ironcore.bridge.proxy_protocol import Address
 from ironcore.runtime.http import Limits, http_server
 from ironcore.runtime.process import Budget
 from ironcore.settings import Settings
 from tests.bridge.devices import admin, create_device, create_registry, new_key, online
+from tests.bridge.test_proxy_protocol import header as proxy_header
 from tests.conftest import Server, free_port, start_server, stop_server, wait_for
 
 OPEN_FILES = (256, 512)
@@ -255,3 +257,36 @@ async def test_a_body_that_trickles_below_the_floor_is_cut_and_a_slow_one_above_
         assert answer.startswith(b"HTTP/1.1 200")
         writer.close()
     assert counted("rate-test", "body_timeout") == 1
+
+
+def test_the_mqtt_cap_counts_connections_behind_a_proxy_header_until_they_end(
+    tmp_path: Path,
+) -> None:
+    """A connection refused for its PROXY header and one handed on to MQTT both give their
+    place back when they end: otherwise a balancer's bad or short-lived connections would use up
+    the cap for good."""
+    server = start_server(
+        tmp_path / "data", None, ["--mqtt-proxy-protocol", "--mqtt-max-connections", "2"]
+    )
+    good = proxy_header(Address("203.0.113.7", 4242), Address("198.51.100.2", 8883))
+    try:
+        for _ in range(3):  # 6 connections through a cap of 2, each ending before the next
+            with socket.create_connection(("127.0.0.1", server.mqtt_port), timeout=5) as bad:
+                bad.sendall(b"GET / HTTP/1.0\r\n\r\n")  # not a PROXY header: closed by ironcore
+                wait_for(lambda: is_closed(bad), what="the headerless connection closed")
+            with socket.create_connection(("127.0.0.1", server.mqtt_port), timeout=5) as handed:
+                handed.sendall(good + b"\x00" * 64)  # handed on, then not TLS: closed by ironcore
+                wait_for(lambda: is_closed(handed), what="the handed-on connection closed")
+        with contextlib.ExitStack() as stack:
+            held = [
+                stack.enter_context(socket.create_connection(("127.0.0.1", server.mqtt_port)))
+                for _ in range(2)
+            ]
+            for sock in held:
+                sock.sendall(good)
+            extra = stack.enter_context(socket.create_connection(("127.0.0.1", server.mqtt_port)))
+            wait_for(lambda: is_closed(extra), what="the connection past the cap reset")
+            assert not any(is_closed(sock) for sock in held)
+        assert wait_for(lambda: refused(server, "mqtt", "full"), what="refusal counted") == 1
+    finally:
+        stop_server(server)
