@@ -12,14 +12,10 @@ IRONCORE_REQUIRE_SERVICES=1 (as CI sets).
 from __future__ import annotations
 
 import base64
-import json
 import os
-import queue
 import shutil
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +36,7 @@ from tests.conftest import (
     events_in_log,
     wait_for,
 )
+from tests.interop.processes import ReportingProcess
 from tests.keys import PrivateKey, es256_key, rsa_key
 
 # What is under test is the clients; the database is the other bridge tests' business.
@@ -163,67 +160,6 @@ def device_with_key(server: Server, device_id: str, alg: str) -> PrivateKey:
     return key
 
 
-class DeviceProcess:
-    """The paho 1.6.1 device script running, its JSON lines read as they come."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        self.records: list[dict[str, Any]] = []
-        self._lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self._lines.put(json.loads(line))
-        self._lines.put(None)
-
-    def expect(self, event: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
-        """The first record (seen or still to come) of `event` with these field values."""
-
-        def matches(record: dict[str, Any]) -> bool:
-            return record["event"] == event and all(record.get(k) == v for k, v in fields.items())
-
-        for seen in self.records:
-            if matches(seen):
-                return seen
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                record = self._lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                if time.monotonic() < deadline:
-                    continue
-                raise AssertionError(
-                    f"no {event} {fields} from the paho 1.6.1 device within {timeout} s; "
-                    f"it said {self.records}"
-                ) from None
-            if record is None:
-                self._lines.put(None)  # the device has exited: later calls end at once too
-                raise AssertionError(
-                    f"no {event} {fields} from the paho 1.6.1 device before it exited; it said "
-                    f"{self.records}; stderr: {self.stderr()}"
-                )
-            self.records.append(record)
-            if matches(record):
-                return record
-
-    def index(self, record: dict[str, Any]) -> int:
-        return next(i for i, seen in enumerate(self.records) if seen is record)
-
-    def stderr(self) -> str:
-        assert self.process.stderr is not None
-        return self.process.stderr.read()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=10)
-
-
 @pytest.mark.parametrize("alg", list(KEYS))
 def test_paho_1_6_1_device(paho1: Path, bridge: Server, tmp_path: Path, alg: str) -> None:
     create_registry(bridge, REG)
@@ -233,7 +169,7 @@ def test_paho_1_6_1_device(paho1: Path, bridge: Server, tmp_path: Path, alg: str
     env = {**os.environ, "PYTHONPATH": str(paho1)}
     args = [sys.executable, str(script), client_id(REG, "dev-paho1"), make_jwt(key, alg=alg)]
     args += [str(bridge.ca_file), str(bridge.mqtt_port), "dev-paho1"]
-    device = DeviceProcess(args, env)
+    device = ReportingProcess(args, env, "paho 1.6.1 device")
     try:
         subscribing = device.expect("subscribing")
         assert device.expect("connect")["rc"] == 0
