@@ -15,6 +15,8 @@ from ironcore.access.callers import Authenticator
 from ironcore.registry.service import DeviceManager
 from ironcore.routing.pubsub import PubSub
 from ironcore.rpc.device_manager import DeviceManagerService
+from ironcore.rpc.iam_policy import IAMPolicyService
+from ironcore.rpc.metrics import Counted
 from ironcore.rpc.publisher import PublisherService
 from ironcore.rpc.subscriber import SubscriberService
 
@@ -26,7 +28,8 @@ class GrpcServer:
     (OSError); serves from `serve` until `stop`, then lets in-flight calls finish for up to
     `drain_seconds`.
 
-    Publisher and Subscriber are always served, DeviceManager with a `manager`; each call acts
+    Publisher and Subscriber are always served, DeviceManager and IAMPolicy (of Pub/Sub
+    topics and subscriptions) with a `manager`; each call acts
     as the caller `authenticator` finds for it. With `tls` (certificate chain, key) it serves
     TLS, without it plaintext."""
 
@@ -59,8 +62,10 @@ class GrpcServer:
         self._subscriber = SubscriberService(pubsub, authenticator)
         handlers = [PublisherService(pubsub, authenticator).handler(), self._subscriber.handler()]
         if manager is not None:
+            # The gRPC API port; the emulator port (no manager) serves no IAM, as Google's.
             handlers.append(DeviceManagerService(manager, authenticator).handler())
-        self._server.add_generic_rpc_handlers(handlers)
+            handlers.append(IAMPolicyService(pubsub, authenticator).handler())
+        self._server.add_generic_rpc_handlers([Counted(handlers)])
         self._next: grpc.ServerCertificateConfiguration | None = None
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
