@@ -35,7 +35,7 @@ def publisher(grpc_server: Server) -> Iterator[PublisherClient]:
 @pytest.fixture
 def subscriber(grpc_server: Server) -> Iterator[SubscriberClient]:
     client = SubscriberClient(
-        credentials=StaticToken(token=grpc_server.token),
+        credentials=StaticToken(token=grpc_server.token),  # type: ignore[no-untyped-call]
         client_options={"api_endpoint": f"127.0.0.1:{grpc_server.grpc_port}"},
     )
     yield client
@@ -117,7 +117,7 @@ def test_refusals(publisher: PublisherClient, grpc_server: Server) -> None:
         ),
     ):
         with pytest.raises(exceptions.NotFound):
-            call()
+            call()  # type: ignore[no-untyped-call]
     # Google answers an empty set for a resource that does not exist.
     none = publisher.test_iam_permissions(
         request={"resource": missing, "permissions": ["pubsub.topics.get"]}
