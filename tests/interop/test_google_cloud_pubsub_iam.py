@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,8 +15,9 @@ from google.api_core import exceptions
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 from google.iam.v1 import policy_pb2
 
-from tests.conftest import Server
+from tests.conftest import Database, Server, stop_server
 from tests.interop.test_google_cloud_iot_grpc import StaticToken
+from tests.interop.test_google_cloud_pubsub_emulator import emulator_server
 from tests.interop.test_google_cloud_pubsub_grpc import publisher_for
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
@@ -249,3 +251,20 @@ def test_rest_forms(grpc_server: Server, kind: str) -> None:
         token(grpc_server, "editor"),
     )
     assert denied.status_code == 403
+
+
+@pytest.mark.databases("sqlite")
+def test_the_emulator_port_serves_no_iam(
+    tmp_path: Path, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, port = emulator_server(tmp_path, database)
+    try:
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{port}")
+        publisher = PublisherClient()
+        try:
+            with pytest.raises(exceptions.MethodNotImplemented):
+                publisher.get_iam_policy(request={"resource": TOPIC}, retry=None)
+        finally:
+            publisher.stop()
+    finally:
+        stop_server(server)

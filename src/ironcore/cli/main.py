@@ -217,7 +217,8 @@ def serve(
         typer.Option(
             envvar="IRONCORE_HTTP_MAX_CONNECTIONS",
             min=0,
-            help="Connections each HTTP port holds at most (0: derived from the open-file limit)",
+            help="Connections each HTTP and gRPC port holds at most (0: derived from the "
+            "open-file limit)",
         ),
     ] = 0,
     mqtt_max_connections: Annotated[
