@@ -67,7 +67,6 @@ class PubSubPolicies:
                     f"policy.bindings[{i}].condition",
                     "conditions are not supported on Pub/Sub topics and subscriptions",
                 )
-        await self._exists(kind, name)
         if paths != set(MASKABLE):
             current = await self.get_iam_policy(kind, name)
             policy = Policy(
@@ -78,7 +77,8 @@ class PubSubPolicies:
         write = policy_write(policy)
         body = dict(write.body)
         version = int(body.pop("version", 0))
-        if not await self.store.set(name, StoredPolicy(body, version, write.etag), write.expected):
+        stored = StoredPolicy(body, version, write.etag)
+        if not await self.store.set(kind, name, stored, write.expected):
             raise stale()
         return write.policy
 

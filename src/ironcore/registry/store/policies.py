@@ -6,10 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Delete, delete, insert, select, update
+from sqlalchemy import Delete, Table, delete, insert, select, update
 
+from ironcore.errors import NotFound
 from ironcore.registry.store.database import Database
-from ironcore.registry.store.schema import resource_policies
+from ironcore.registry.store.schema import resource_policies, subscriptions, topics
+
+# The tables of the resources whose policies are kept here, by kind.
+OWNERS: dict[str, Table] = {"topics": topics, "subscriptions": subscriptions}
 
 
 @dataclass(frozen=True)
@@ -41,11 +45,21 @@ class PolicyStore:
             ).first()
         return StoredPolicy(dict(row.policy), row.version, row.etag) if row else None
 
-    async def set(self, name: str, stored: StoredPolicy, expected_etag: str | None) -> bool:
-        """Store a policy; with `expected_etag`, only if the stored one still has it ("" when
-        there is none yet)."""
+    async def set(
+        self, kind: str, name: str, stored: StoredPolicy, expected_etag: str | None
+    ) -> bool:
+        """Store the policy of the `kind` resource `name`; with `expected_etag`, only if the
+        stored one still has it ("" when there is none yet). NotFound without the resource:
+        its row is read (and on PostgreSQL share-locked) in the same transaction, so that a
+        delete of the resource cannot slip in between and leave the policy behind."""
         values = {"policy": stored.policy, "version": stored.version, "etag": stored.etag}
+        owner = OWNERS[kind]
         async with self.db.write() as conn:
+            query = select(owner.c.name).where(owner.c.name == name)
+            if not self.db.is_sqlite:
+                query = query.with_for_update(read=True)
+            if await conn.scalar(query) is None:
+                raise NotFound(f"{kind.removesuffix('s').capitalize()} {name} not found")
             current = await conn.scalar(
                 select(resource_policies.c.etag).where(resource_policies.c.name == name)
             )
