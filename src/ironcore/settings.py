@@ -37,6 +37,9 @@ class Settings:
     # PUBSUB_EMULATOR_HOST; 0 = off. Loopback unless `pubsub_emulator_host` says otherwise.
     pubsub_emulator_port: int = 0
     pubsub_emulator_host: str = "127.0.0.1"
+    # Calls each gRPC port runs at once (open streams included); beyond it a new call is
+    # refused with RESOURCE_EXHAUSTED. Connections per gRPC port: `http_max_connections`.
+    grpc_max_concurrent_rpcs: int = 1000
     # The URL clients reach the API by (scheme://host[:port]/), where it differs from what a
     # request says (behind a proxy); empty = each request's own. The discovery document's
     # rootUrl.

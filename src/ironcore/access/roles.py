@@ -15,6 +15,8 @@ _READ = {
     "pubsub.topics.list",
     "pubsub.subscriptions.get",
     "pubsub.subscriptions.list",
+    "pubsub.topics.getIamPolicy",
+    "pubsub.subscriptions.getIamPolicy",
     "cloudiot.registries.get",
     "cloudiot.registries.list",
     "cloudiot.registries.getIamPolicy",
@@ -39,7 +41,13 @@ _WRITE = {
     "cloudiot.devices.bindGateway",
     "cloudiot.devices.unbindGateway",
 }
-_OWN = {"cloudiot.registries.setIamPolicy", "ironcore.tokens.manage", "ironcore.revocations.manage"}
+_OWN = {
+    "cloudiot.registries.setIamPolicy",
+    "pubsub.topics.setIamPolicy",
+    "pubsub.subscriptions.setIamPolicy",
+    "ironcore.tokens.manage",
+    "ironcore.revocations.manage",
+}
 # What the Pub/Sub emulator port's calls may do (`access.callers.PUBSUB_EMULATOR`): publish,
 # read topics and subscriptions, create subscriptions and consume from them.
 _PUBSUB_CLIENT = {

@@ -148,7 +148,7 @@ async def get_iam_policy(
 ) -> JSONResponse:
     allowed(caller, "cloudiot.registries.getIamPolicy")
     policy = await manager.get_iam_policy(registry_name(project, location, registry))
-    return ok(_policy_wire(policy))
+    return ok(policy_wire(policy))
 
 
 @router.post(REGISTRY + ":setIamPolicy", name="SetIamPolicy")
@@ -163,7 +163,7 @@ async def set_iam_policy(
 ) -> JSONResponse:
     allowed(caller, "cloudiot.registries.setIamPolicy")
     policy = await manager.set_iam_policy(registry_name(project, location, registry), body.policy)
-    return ok(_policy_wire(policy))
+    return ok(policy_wire(policy))
 
 
 @router.post(REGISTRY + ":testIamPermissions", name="TestIamPermissions")
@@ -182,7 +182,7 @@ async def test_iam_permissions(
     return ok({"permissions": granted} if granted else {})
 
 
-def _policy_wire(policy: Policy) -> dict[str, Any]:
+def policy_wire(policy: Policy) -> dict[str, Any]:
     wire = policy.to_wire()
     # Clients compare etags on read-modify-write; an etag is always present.
     wire["etag"] = Policy(etag=policy.etag).to_wire()["etag"]

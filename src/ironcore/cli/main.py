@@ -105,6 +105,15 @@ def serve(
             "consume)",
         ),
     ] = "127.0.0.1",
+    grpc_max_concurrent_rpcs: Annotated[
+        int,
+        typer.Option(
+            envvar="IRONCORE_GRPC_MAX_CONCURRENT_RPCS",
+            min=1,
+            help="Calls (streams included) each gRPC port runs at once; more are refused "
+            "with RESOURCE_EXHAUSTED",
+        ),
+    ] = 1000,
     public_url: Annotated[
         str,
         typer.Option(
@@ -208,7 +217,8 @@ def serve(
         typer.Option(
             envvar="IRONCORE_HTTP_MAX_CONNECTIONS",
             min=0,
-            help="Connections each HTTP port holds at most (0: derived from the open-file limit)",
+            help="Connections each HTTP and gRPC port holds at most (0: derived from the "
+            "open-file limit)",
         ),
     ] = 0,
     mqtt_max_connections: Annotated[
@@ -285,6 +295,7 @@ def serve(
             grpc_port=grpc_port,
             pubsub_emulator_port=pubsub_emulator_port,
             pubsub_emulator_host=pubsub_emulator_host,
+            grpc_max_concurrent_rpcs=grpc_max_concurrent_rpcs,
             public_url=public_url_option(public_url),
             device_http_port=device_http_port,
             event_retention_days=event_retention_days,

@@ -31,6 +31,7 @@ from ironcore.errors import (
     ResourceExhausted,
 )
 from ironcore.identity import credentials as creds
+from ironcore.registry.iam import empty_policy, policy_write, stale
 from ironcore.registry.masks import parse_mask, select_fields
 from ironcore.registry.names import (
     NUM_ID_LIMIT,
@@ -75,8 +76,6 @@ REGISTRY_UPDATABLE = frozenset(
 # What ListDevices returns without a field mask, as the real service did.
 LIST_ALWAYS = ("id", "numId")
 GET_ALWAYS = ("id", "name", "numId")
-# Google's IAM answers an unset policy with this etag (base64 "ACAB").
-EMPTY_POLICY_ETAG = b"\x00\x20\x01"
 T = TypeVar("T")
 
 
@@ -637,26 +636,18 @@ class DeviceManager:
         record = await self._registry(name)
         stored = await self.store.registries.get_policy(record.pk)
         if stored is None:
-            return Policy(etag=EMPTY_POLICY_ETAG)
+            return empty_policy()
         policy, etag = stored
         return Policy.model_validate({**policy, "etag": etag})
 
     async def set_iam_policy(self, name: RegistryName, policy: Policy) -> Policy:
         record = await self._registry(name)
-        expected = base64.b64encode(policy.etag).decode() if policy.etag else None
-        if expected == base64.b64encode(EMPTY_POLICY_ETAG).decode():
-            expected = ""
-        for i, binding in enumerate(policy.bindings):
-            if not binding.role:
-                raise InvalidArgument.field(f"policy.bindings[{i}].role", "is required")
-        fresh = Policy(
-            version=policy.version, bindings=policy.bindings, etag=secrets.token_bytes(8)
-        )
-        body = fresh.to_wire()
-        etag = body.pop("etag")
-        if not await self.store.registries.set_policy(record.pk, body, etag, expected):
-            raise Aborted("The policy was changed by someone else (etag mismatch); read it again")
-        return fresh
+        write = policy_write(policy)
+        if not await self.store.registries.set_policy(
+            record.pk, write.body, write.etag, write.expected
+        ):
+            raise stale()
+        return write.policy
 
 
 def _page_size(requested: int) -> int:

@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from prometheus_client import Counter
+
 from ironcore import limits
 from ironcore.errors import FailedPrecondition, InvalidArgument, NotFound
 from ironcore.registry.names import is_valid_project
@@ -28,6 +30,13 @@ ACK_DEADLINE_MIN, ACK_DEADLINE_MAX, ACK_DEADLINE_DEFAULT = 10, 600, 10
 MAX_PULL_MESSAGES = 1000
 MAX_PUBLISH_MESSAGES = 1000
 BACKENDS = ("embedded", "nats")
+# Pulls of every kind (REST, gRPC Pull, StreamingPull): messages handed out, acks received.
+MESSAGES = Counter(
+    "ironcore_pubsub_messages_total",
+    "Pub/Sub messages delivered by pulls (REST, gRPC Pull, StreamingPull) and acks received",
+    ["event"],
+)
+_DELIVERED, _ACKED = MESSAGES.labels("delivered"), MESSAGES.labels("acked")
 
 
 def topic_name(project: str, topic: str) -> str:
@@ -189,10 +198,13 @@ class PubSub:
             raise InvalidArgument.field(
                 "max_messages", f"must be between 1 and {MAX_PULL_MESSAGES}"
             )
-        return await self.store.pull(name, max_messages, self._now_us(), ack_deadline_seconds)
+        delivered = await self.store.pull(name, max_messages, self._now_us(), ack_deadline_seconds)
+        _DELIVERED.inc(len(delivered))
+        return delivered
 
     async def acknowledge(self, name: str, ack_ids: Sequence[str]) -> None:
         await self.store.acknowledge(name, _event_ids(ack_ids))
+        _ACKED.inc(len(ack_ids))
 
     async def modify_ack_deadline(self, name: str, ack_ids: Sequence[str], seconds: int) -> None:
         if not 0 <= seconds <= ACK_DEADLINE_MAX:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.iam.v1 import policy_pb2
 from google.protobuf import any_pb2, json_format
 from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from ironcore.access.callers import Authenticator
 from ironcore.access.roles import Caller
 from ironcore.errors import InvalidArgument, IronCoreError
+from ironcore.registry.resources import Policy
 from ironcore.registry.wire import invalid_argument
 from ironcore.rpc.protojson import to_message
 
@@ -96,6 +98,14 @@ def model(model_type: type[M], message: Message) -> M:
 def message(message_type: type[Message], wire: dict[str, Any]) -> Message:
     """The service's proto3 JSON form as a protobuf message (`rpc.protojson`)."""
     return to_message(message_type, wire)
+
+
+def policy_message(policy: Policy) -> Message:
+    """An IAM policy as google.iam.v1.Policy, its etag always set (clients send it back on
+    their read-modify-write)."""
+    found = message(policy_pb2.Policy, policy.to_wire())
+    found.etag = policy.etag
+    return found
 
 
 def mask(paths: Any) -> str:

@@ -7,7 +7,7 @@ import warnings
 from typing import Any
 
 import grpc
-from google.iam.v1 import iam_policy_pb2, policy_pb2
+from google.iam.v1 import iam_policy_pb2
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
@@ -23,7 +23,7 @@ from ironcore.registry.names import (
 )
 from ironcore.registry.resources import Device, DeviceRegistry, GatewayType, Policy
 from ironcore.registry.service import DeviceManager
-from ironcore.rpc.calls import Method, mask, message, model, unary
+from ironcore.rpc.calls import Method, mask, message, model, policy_message, unary
 
 with warnings.catch_warnings():
     # google-api-core warns at import about Python versions it will stop supporting; a
@@ -142,14 +142,14 @@ class DeviceManagerService:
         policy = await self.manager.get_iam_policy(
             parse_registry_name(request.resource, "resource")
         )
-        return _policy(policy)
+        return policy_message(policy)
 
     async def set_iam_policy(self, request: Any, caller: Caller) -> Message:
         require(caller, "cloudiot.registries.setIamPolicy")
         policy = await self.manager.set_iam_policy(
             parse_registry_name(request.resource, "resource"), model(Policy, request.policy)
         )
-        return _policy(policy)
+        return policy_message(policy)
 
     async def test_iam_permissions(self, request: Any, caller: Caller) -> Message:
         granted = await granted_permissions(
@@ -239,12 +239,6 @@ class DeviceManagerService:
             parse_device_name(request.name), request.binary_data, request.subfolder
         )
         return iot.SendCommandToDeviceResponse.pb()()
-
-
-def _policy(policy: Policy) -> Message:
-    found = message(policy_pb2.Policy, policy.to_wire())
-    found.etag = policy.etag
-    return found
 
 
 def _gateway_type(value: int) -> GatewayType | None:

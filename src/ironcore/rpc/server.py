@@ -1,12 +1,28 @@
 """The gRPC server: grpcio's asyncio server serving the services of `ironcore.rpc`, either as
 the gRPC API (over TLS, every service, callers named by their bearer tokens) or as the Pub/Sub
-emulator port (plaintext, Publisher and Subscriber only, one fixed caller)."""
+emulator port (plaintext, Publisher and Subscriber only, one fixed caller).
+
+What one port holds is bounded, so that a client cannot open connections or streams until
+the process runs out of file descriptors or memory (`GrpcLimits`, docs/operations.md):
+- connections: `grpc.max_allowed_incoming_connections`, the HTTP listener's share of the
+  process's open-file budget (`runtime.process.Budget`); grpc closes a connection beyond it
+  as soon as it is accepted, which the client sees as UNAVAILABLE and retries;
+- calls at once, streams included: `maximum_concurrent_rpcs`; a call beyond it is answered
+  RESOURCE_EXHAUSTED at once, and the calls and streams already running go on;
+- streams per connection: HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS (a client queues more);
+- a request's size: 10 MiB, Pub/Sub's largest publish request (grpc's default is 4 MiB);
+- idle and dead connections: closed after `IDLE_SECONDS` without a call, and after a
+  keep-alive ping unanswered for `PING_TIMEOUT_SECONDS`, so a vanished client's descriptor and
+  streams are freed. Connections are not recycled by age: a StreamingPull lives as long as its
+  subscriber.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -15,10 +31,36 @@ from ironcore.access.callers import Authenticator
 from ironcore.registry.service import DeviceManager
 from ironcore.routing.pubsub import PubSub
 from ironcore.rpc.device_manager import DeviceManagerService
+from ironcore.rpc.iam_policy import IAMPolicyService
+from ironcore.rpc.metrics import Counted
 from ironcore.rpc.publisher import PublisherService
 from ironcore.rpc.subscriber import SubscriberService
 
 log = logging.getLogger(__name__)
+
+STREAMS_PER_CONNECTION = 100
+MAX_REQUEST_BYTES = 10 << 20
+IDLE_SECONDS = 600
+PING_SECONDS = 120
+PING_TIMEOUT_SECONDS = 20
+
+
+@dataclass(frozen=True)
+class GrpcLimits:
+    """What one gRPC port holds at most: connections, and calls at once (streams included)."""
+
+    max_connections: int
+    max_concurrent_rpcs: int
+
+    def options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.max_allowed_incoming_connections", self.max_connections),
+            ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION),
+            ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+            ("grpc.max_connection_idle_ms", IDLE_SECONDS * 1000),
+            ("grpc.keepalive_time_ms", PING_SECONDS * 1000),
+            ("grpc.keepalive_timeout_ms", PING_TIMEOUT_SECONDS * 1000),
+        ]
 
 
 class GrpcServer:
@@ -26,7 +68,8 @@ class GrpcServer:
     (OSError); serves from `serve` until `stop`, then lets in-flight calls finish for up to
     `drain_seconds`.
 
-    Publisher and Subscriber are always served, DeviceManager with a `manager`; each call acts
+    Publisher and Subscriber are always served, DeviceManager and IAMPolicy (of Pub/Sub
+    topics and subscriptions) with a `manager`; each call acts
     as the caller `authenticator` finds for it. With `tls` (certificate chain, key) it serves
     TLS, without it plaintext."""
 
@@ -38,6 +81,7 @@ class GrpcServer:
         port: int,
         tls: tuple[Path, Path] | None,
         drain_seconds: float,
+        limits: GrpcLimits,
         manager: DeviceManager | None = None,
         name: str = "gRPC API",
     ) -> None:
@@ -54,13 +98,17 @@ class GrpcServer:
                 # nothing; grpc's default (one ping per 5 minutes without data) would answer
                 # those with GOAWAY "too_many_pings" and break the stream.
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ]
+                *limits.options(),
+            ],
+            maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
         )
         self._subscriber = SubscriberService(pubsub, authenticator)
         handlers = [PublisherService(pubsub, authenticator).handler(), self._subscriber.handler()]
         if manager is not None:
+            # The gRPC API port; the emulator port (no manager) serves no IAM, as Google's.
             handlers.append(DeviceManagerService(manager, authenticator).handler())
-        self._server.add_generic_rpc_handlers(handlers)
+            handlers.append(IAMPolicyService(pubsub, authenticator).handler())
+        self._server.add_generic_rpc_handlers([Counted(handlers)])
         self._next: grpc.ServerCertificateConfiguration | None = None
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:

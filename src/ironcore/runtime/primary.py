@@ -46,7 +46,7 @@ from ironcore.firmware.rollout import Firmware
 from ironcore.metrics import Snapshot
 from ironcore.routing.pubsub import PubSub
 from ironcore.routing.push import PushDelivery
-from ironcore.rpc.server import GrpcServer
+from ironcore.rpc.server import GrpcLimits, GrpcServer
 from ironcore.runtime import readiness
 from ironcore.runtime.http import Limits, http_server
 from ironcore.runtime.parts import (
@@ -108,8 +108,7 @@ async def serve(settings: Settings) -> None:
     The data directory (and, in `tls_files` or `join_cluster`, the bridge's certificates) is
     made here, at start."""
     before, open_files = raise_open_files()
-    # Each gRPC port gets an HTTP listener's share: grpcio caps no connections itself, so the
-    # share only keeps its descriptors out of the MQTT cap.
+    # Each gRPC port gets an HTTP listener's share, which it enforces (`rpc.server.GrpcLimits`).
     ports = (
         1
         + bool(settings.device_http_port)
@@ -232,17 +231,22 @@ def adapters(
                     settings.grpc_port,
                     tls_files(settings),
                     DRAIN_SECONDS,
+                    grpc_limits(settings, budget),
                     manager=services.manager,
                 )
             )
         if settings.pubsub_emulator_port:
-            found.append(pubsub_emulator(settings, services.pubsub))
+            found.append(pubsub_emulator(settings, services.pubsub, grpc_limits(settings, budget)))
     except OSError as error:
         raise CannotStart(str(error)) from None
     return found
 
 
-def pubsub_emulator(settings: Settings, pubsub: PubSub) -> GrpcServer:
+def grpc_limits(settings: Settings, budget: Budget) -> GrpcLimits:
+    return GrpcLimits(budget.http, settings.grpc_max_concurrent_rpcs)
+
+
+def pubsub_emulator(settings: Settings, pubsub: PubSub, limits: GrpcLimits) -> GrpcServer:
     """The Pub/Sub emulator port: Publisher and Subscriber in plaintext, for clients that
     PUBSUB_EMULATOR_HOST redirects. They send no credentials, so every call acts as
     `PUBSUB_EMULATOR` (publish and consume, read, create subscriptions), and anyone who can
@@ -264,6 +268,7 @@ def pubsub_emulator(settings: Settings, pubsub: PubSub) -> GrpcServer:
         settings.pubsub_emulator_port,
         None,
         DRAIN_SECONDS,
+        limits,
         name="Pub/Sub emulator API",
     )
 

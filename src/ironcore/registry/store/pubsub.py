@@ -69,6 +69,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ironcore.errors import AlreadyExists, NotFound
 from ironcore.registry.store.database import Database
+from ironcore.registry.store.policies import delete_policy
 from ironcore.registry.store.schema import events, subscription_leases, subscriptions, topics
 
 
@@ -151,6 +152,7 @@ class PubSubStore:
             result = await conn.execute(delete(topics).where(topics.c.name == name))
             if not result.rowcount:
                 raise NotFound(f"Topic {name} not found")
+            await conn.execute(delete_policy(name))
 
     # Subscriptions
 
@@ -201,6 +203,7 @@ class PubSubStore:
                 delete(subscription_leases).where(subscription_leases.c.subscription_pk == pk)
             )
             await conn.execute(delete(subscriptions).where(subscriptions.c.pk == pk))
+            await conn.execute(delete_policy(name))
 
     # Delivery
 

@@ -271,3 +271,15 @@ bridge_tls_servers = Table(
     Column("anchor", Text, nullable=False),
     Column("seen_at", BigInteger, nullable=False),
 )
+
+# IAM policies by resource name (`projects/p/topics/t`, `projects/p/subscriptions/s`, and
+# later other kinds): the policy's bindings as JSON, its version and etag. A registry's policy
+# is in `iam_policies`, tied to the registry's row. Deleting a resource deletes its policy.
+resource_policies = Table(
+    "resource_policies",
+    metadata,
+    Column("name", String(400), primary_key=True),
+    Column("policy", Json, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("etag", String(64), nullable=False),
+)

@@ -1,0 +1,54 @@
+"""The rules of setIamPolicy and getIamPolicy whatever the resource: what a policy must hold,
+the etag that makes a read-modify-write safe, and the policy of a resource that has none.
+
+Registries (`registry.service`) and Pub/Sub topics and subscriptions (`routing.policies`)
+keep their policies in different tables and follow these same rules."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from ironcore.errors import Aborted, InvalidArgument
+from ironcore.registry.resources import Policy
+
+# Google's IAM answers an unset policy with this etag (base64 "ACAB").
+EMPTY_POLICY_ETAG = b"\x00\x20\x01"
+STALE = "The policy was changed by someone else (etag mismatch); read it again"
+
+
+@dataclass(frozen=True)
+class PolicyWrite:
+    """A policy checked for storing: `policy` as it will be answered (with its new etag),
+    `body` and `etag` as stored, and the etag the stored policy must still have (`expected`:
+    None for an unconditional write, "" for "no policy yet")."""
+
+    policy: Policy
+    body: dict[str, Any]
+    etag: str
+    expected: str | None
+
+
+def empty_policy() -> Policy:
+    return Policy(etag=EMPTY_POLICY_ETAG)
+
+
+def policy_write(policy: Policy) -> PolicyWrite:
+    """Check a policy given to setIamPolicy (InvalidArgument naming the field) and give it a
+    fresh etag."""
+    for i, binding in enumerate(policy.bindings):
+        if not binding.role:
+            raise InvalidArgument.field(f"policy.bindings[{i}].role", "is required")
+    expected = base64.b64encode(policy.etag).decode() if policy.etag else None
+    if expected == base64.b64encode(EMPTY_POLICY_ETAG).decode():
+        expected = ""
+    fresh = Policy(version=policy.version, bindings=policy.bindings, etag=secrets.token_bytes(8))
+    body = fresh.to_wire()
+    etag = body.pop("etag")
+    return PolicyWrite(fresh, body, etag, expected)
+
+
+def stale() -> Aborted:
+    return Aborted(STALE)

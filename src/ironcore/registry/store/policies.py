@@ -1,0 +1,76 @@
+"""SQL of IAM policies kept by resource name (`schema.resource_policies`): Pub/Sub topics and
+subscriptions today. A registry's policy is kept with the registry (registries.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Delete, Table, delete, insert, select, update
+
+from ironcore.errors import NotFound
+from ironcore.registry.store.database import Database
+from ironcore.registry.store.schema import resource_policies, subscriptions, topics
+
+# The tables of the resources whose policies are kept here, by kind.
+OWNERS: dict[str, Table] = {"topics": topics, "subscriptions": subscriptions}
+
+
+@dataclass(frozen=True)
+class StoredPolicy:
+    policy: dict[str, Any]
+    version: int
+    etag: str
+
+
+def delete_policy(name: str) -> Delete:
+    """The statement that deletes a resource's policy, for the transaction deleting it."""
+    return delete(resource_policies).where(resource_policies.c.name == name)
+
+
+class PolicyStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def get(self, name: str) -> StoredPolicy | None:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(
+                        resource_policies.c.policy,
+                        resource_policies.c.version,
+                        resource_policies.c.etag,
+                    ).where(resource_policies.c.name == name)
+                )
+            ).first()
+        return StoredPolicy(dict(row.policy), row.version, row.etag) if row else None
+
+    async def set(
+        self, kind: str, name: str, stored: StoredPolicy, expected_etag: str | None
+    ) -> bool:
+        """Store the policy of the `kind` resource `name`; with `expected_etag`, only if the
+        stored one still has it ("" when there is none yet). NotFound without the resource:
+        its row is read (and on PostgreSQL share-locked) in the same transaction, so that a
+        delete of the resource cannot slip in between and leave the policy behind."""
+        values = {"policy": stored.policy, "version": stored.version, "etag": stored.etag}
+        owner = OWNERS[kind]
+        async with self.db.write() as conn:
+            query = select(owner.c.name).where(owner.c.name == name)
+            if not self.db.is_sqlite:
+                query = query.with_for_update(read=True)
+            if await conn.scalar(query) is None:
+                raise NotFound(f"{kind.removesuffix('s').capitalize()} {name} not found")
+            current = await conn.scalar(
+                select(resource_policies.c.etag).where(resource_policies.c.name == name)
+            )
+            if expected_etag is not None and expected_etag != (current or ""):
+                return False
+            if current is None:
+                await conn.execute(insert(resource_policies).values(name=name, **values))
+            else:
+                await conn.execute(
+                    update(resource_policies)
+                    .where(resource_policies.c.name == name)
+                    .values(**values)
+                )
+        return True
