@@ -22,13 +22,14 @@ from ironcore.factory.importer import import_manifest
 from ironcore.factory.manifest import ManifestError, PublicJwk
 from ironcore.pki.ca import ec_public_key
 from ironcore.registry.names import DeviceRef, LocationName, RegistryName
+from ironcore.registry.provenance import signer_key_id
 from ironcore.registry.resources import (
     Device,
     DeviceRegistry,
     PublicKeyCertificate,
     RegistryCredential,
 )
-from ironcore.registry.revocation import Revocations, RevokedSigners, signer_key_id
+from ironcore.registry.revocation import Revocations, RevokedSigners
 from ironcore.registry.service import DeviceManager
 from tests.factory.owner import VECTORS, Owner, decode, sign_with_dummy
 from tests.keys import es256_key, public_pem
