@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,11 @@ from ironcore.device.secure_element import SecureElement, public_key_from_raw
 from ironcore.device.software_element import SoftwareElement
 from ironcore.device.tokens import es256_jwt
 from tests.bridge.devices import LOCATION, PROJECT, admin, connect, create_registry, last_error
-from tests.conftest import Server, start_server, stop_server, wait_for
+from tests.conftest import Database, Server, need_service, start_server, stop_server, wait_for
 from tests.device.test_rotation_e2e import ROTATION, device, rotation_state, start_rotation
 from tests.device.test_sdk_clients import element_pem, register
 from tests.keys import es256_key
+from tests.ops.cluster import BUS
 
 REFUSED = 5  # CONNACK "not authorized"
 
@@ -191,6 +193,7 @@ def test_rotation_then_revocation_then_reattestation(tmp_path: Path, processes: 
         for credential in r.json()["credentials"]:
             assert credential["attestedBy"] == principal and credential["attestTime"]
             assert "revokedSigner" not in credential
+        assert f"re-attested by {principal}" in running.log.read_text()
         assert connack(running, "prov-a", token(tmp_path, "prov-a", rotated)) == 0
         assert http_status(running, "prov-a", token(tmp_path, "prov-a", rotated)) == 200
 
@@ -203,6 +206,34 @@ def test_rotation_then_revocation_then_reattestation(tmp_path: Path, processes: 
         assert "attestedBy" not in newest and "revokedSigner" not in newest
     finally:
         stop_server(running)
+
+
+@pytest.mark.databases("postgresql")
+def test_two_servers_cut_off_a_rotated_key(tmp_path: Path, database: Database) -> None:
+    """Two servers sharing the database and the bus: the device rotates on one, a session with
+    the rotated key lives on the other, and the signer is revoked through the first."""
+    need_service("NATS", "127.0.0.1", 4222)
+    first = start_server(tmp_path / "one", database, ["--bus", BUS])
+    (tmp_path / "two").mkdir()
+    shutil.copy(tmp_path / "one" / "admin-token", tmp_path / "two" / "admin-token")
+    second = start_server(tmp_path / "two", database, ["--bus", BUS])
+    try:
+        create_registry(first, "reg-sdk")
+        signer = Signer("p7")
+        certified_device(first, tmp_path, "prov-h", signer)
+        rotated = rotate(first, tmp_path, "prov-h").state.active
+        live = connect(second, "reg-sdk", "prov-h", token(tmp_path, "prov-h", rotated))
+        signer.revoke(first)
+        live.wait_disconnect()
+        live.close()
+        for server in (first, second):
+            for slot in (0, rotated):
+                assert connack(server, "prov-h", token(tmp_path, "prov-h", slot)) == REFUSED
+        assert reattest(first, "prov-h").status_code == 200
+        assert connack(second, "prov-h", token(tmp_path, "prov-h", rotated)) == 0
+    finally:
+        stop_server(second)
+        stop_server(first)
 
 
 def test_revoked_first_the_device_cannot_rotate(server: Server, tmp_path: Path) -> None:

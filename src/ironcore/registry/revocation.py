@@ -1,14 +1,17 @@
-"""Revoked batch signer CAs: record them, and tell whether a device certificate is affected.
+"""Revoked batch signer CAs: record them, and tell whether a device credential is affected;
+re-attestation, by which an operator vouches for a device all the same.
 
 A device certificate names its issuing signer by its AuthorityKeyIdentifier, which equals the
 signer's SubjectKeyIdentifier; revoked signers are kept by that key id (and by certificate
-fingerprint). Revoking one asks every registry's connected devices to be checked again, so
-devices it signed are disconnected at once; the bridges refuse them from then on.
+fingerprint). A credential is affected when it descends from a revoked signer: certified by
+it, or rotated in from a key that is (`registry.provenance`). Revoking one asks every
+registry's connected devices to be checked again, so devices it signed, and keys they rotated
+to, are disconnected at once; the bridges refuse them from then on.
 
 Two objects, because they sit on either side of the hub: the bridges keep a `RevokedSigners`
-for the life of the process, whose `revoked_signer_of` answers from an in-memory snapshot (no
-I/O on the hot path) and whose `check` refreshes a stale snapshot first, so revocations made by
-another process are seen within `refresh_seconds`. `Revocations`, what the admin API calls,
+for the life of the process, whose `get` answers from an in-memory snapshot (no I/O on the hot
+path) and whose `fresh` refreshes a stale snapshot first, so revocations made by another
+process are seen within `refresh_seconds`. `Revocations`, what the admin API calls,
 records a revocation, refreshes that same snapshot and tells the hub, which makes the bridges
 check their devices again against it. (One object holding both would need the hub before the
 hub's own cache, the device authenticator, could be built.)
@@ -31,7 +34,6 @@ from ironcore import jose
 from ironcore.errors import InvalidArgument, NotFound
 from ironcore.identity import credentials as creds
 from ironcore.registry import provenance as prov
-from ironcore.registry.provenance import signer_key_id
 from ironcore.registry.service import ConnectedDevices
 from ironcore.registry.store import Store
 from ironcore.registry.store.devices import DeviceRecord
@@ -62,20 +64,10 @@ class RevokedSigners:
         """From the snapshot: the revoked signer with this key id or fingerprint (hex)."""
         return self._snapshot.get(key_id_or_fingerprint)
 
-    def revoked_signer_of(self, certificate: x509.Certificate) -> RevokedSignerRecord | None:
-        """From the snapshot: the revoked signer that issued this device certificate, if any."""
-        key_id = signer_key_id(certificate)
-        return self._snapshot.get(key_id) if key_id else None
-
     async def fresh(self) -> None:
         """Refresh the snapshot if it is more than `refresh_seconds` old."""
         if time.monotonic() - self._loaded_at > self.refresh_seconds:
             await self.refresh()
-
-    async def check(self, certificate: x509.Certificate) -> RevokedSignerRecord | None:
-        """`revoked_signer_of` on a snapshot at most `refresh_seconds` old."""
-        await self.fresh()
-        return self.revoked_signer_of(certificate)
 
 
 class Revocations:
@@ -147,11 +139,10 @@ class Revocations:
         if found is None:
             raise NotFound(f"No device with numeric id {num_id}")
         log.warning(
-            "device %s: %d credential(s) re-attested by %s",
+            "device %s: %d credential(s) re-attested by %s: accepted whatever signer is revoked",
             num_id,
             len(found[1]),
             principal,
-            extra={"num_id": num_id, "principal": principal, "action": "reattest"},
         )
         if self.links is not None:
             await self.links.device_changed(num_id)
