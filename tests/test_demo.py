@@ -22,6 +22,8 @@ def test_demo_runs_the_story(tmp_path: Path) -> None:
     assert "1 command received" in out
     assert "now signs with slot" in out
     assert "10/10 reconnects refused" in out
+    assert "rotated key is refused too" in out
+    assert "connects again with its rotated key" in out
 
 
 def test_demo_refuses_a_used_directory(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ import httpx
 from ironcore.device.mqtt import DeviceClient, DeviceName, Endpoint
 from ironcore.device.rotation import KeyRotator
 from ironcore.device.software_element import SoftwareElement
+from ironcore.device.tokens import es256_jwt
 from ironcore.simulator.device import DeviceRefused, Stats, connect
 from ironcore.simulator.fleet import Fleet, Target, tls_context
 from ironcore.simulator.provision import members_from_reel
@@ -54,6 +55,7 @@ class Demo:
         self.token = ""
         self.started = time.monotonic()
         self.summary: list[tuple[str, str]] = []
+        self.rotator: KeyRotator | None = None
 
     # Narration
 
@@ -280,7 +282,7 @@ class Demo:
                 raise DemoFailed(f"the rotation ended {state}")
         finally:
             client.stop()
-        self.rotated = member.device_id
+        self.rotated, self.rotator = member.device_id, rotator
         self.check(
             "rotation",
             f"{member.device_id} now signs with slot {rotator.state.active}; its slot 0 key "
@@ -317,30 +319,51 @@ class Demo:
         still = [d for d in connected if d.transport and not d.transport.is_closing()]
         refused = 0
         for member in self.fleet.members:
-            try:
-                device = await connect(
-                    self.target.host,
-                    self.target.port,
-                    self.target.tls,
-                    self.target.client_id(member.device_id),
-                    member.device_id,
-                    member.token(),
-                    Stats(),
-                )
-                device.close()
-            except DeviceRefused:
-                refused += 1
+            refused += not await self._connects(member.device_id, member.token())
         await self.fleet.close()
         self.check(
             "revocation",
             f"{len(connected) - len(still)} connected devices dropped; {refused}/{DEVICES} "
             "reconnects refused with their certified slot 0 key",
         )
-        print(
-            f"  note: {self.rotated} also holds the key it rotated to, which the batch signer "
-            "never certified; revoking the batch does not cover it:"
+        assert self.rotator is not None
+        rotated_token = es256_jwt(
+            self.rotator.element, self.rotator.state.active, PROJECT, time.time()
         )
-        self.cli("devices", "block", self.rotated, "-r", REGISTRY)
+        if await self._connects(self.rotated, rotated_token):
+            raise DemoFailed(f"{self.rotated}'s rotated key survived the revocation")
+        self.check(
+            "provenance",
+            f"{self.rotated}'s rotated key is refused too: it was offered over a session of "
+            "the key the batch certified, so it descends from the revoked signer",
+        )
+        print(self.cli("devices", "provenance", self.rotated, "-r", REGISTRY).rstrip())
+
+        self.step(
+            f"Re-attest {self.rotated}",
+            "An operator who trusts this device vouches for it: its current keys are accepted "
+            "again, with who and when recorded; keys it rotates to later descend from that.",
+        )
+        self.cli("devices", "reattest", self.rotated, "-r", REGISTRY)
+        if not await self._connects(self.rotated, rotated_token):
+            raise DemoFailed(f"{self.rotated} was refused after its re-attestation")
+        self.check("reattest", f"{self.rotated} connects again with its rotated key")
+
+    async def _connects(self, device_id: str, token: str) -> bool:
+        try:
+            device = await connect(
+                self.target.host,
+                self.target.port,
+                self.target.tls,
+                self.target.client_id(device_id),
+                device_id,
+                token,
+                Stats(),
+            )
+        except DeviceRefused:
+            return False
+        device.close()
+        return True
 
     def stop_server(self) -> None:
         if self.server is not None:

@@ -1,6 +1,8 @@
-"""Manifest import and signer revocation (ironcore's own routes, beside Cloud IoT Core's).
+"""Manifest import, signer revocation and re-attestation (ironcore's own routes, beside
+Cloud IoT Core's).
 
-Thin adapters: the rules are in `factory.importer` and `registry.revocation`.
+Thin adapters: the rules are in `factory.importer`, `registry.revocation` and
+`registry.provenance`.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
-from ironcore.api.deps import CallerDep, Manager, allowed, ok, registry_name
+from ironcore.api.deps import CallerDep, Manager, allowed, device_ref, ok, registry_name
 from ironcore.factory.importer import DEFAULT_TEMPLATE, import_manifest
 from ironcore.registry.revocation import Revocations
 from ironcore.registry.store.revocation import RevokedSignerRecord
@@ -18,6 +20,9 @@ from ironcore.registry.wire import Message, format_timestamp
 router = APIRouter()
 IMPORT = "/ironcore/v1/projects/{project}/locations/{location}/registries/{registry}:importManifest"
 REVOCATIONS = "/ironcore/v1/revocations"
+DEVICE = (
+    "/ironcore/v1/projects/{project}/locations/{location}/registries/{registry}/devices/{device}"
+)
 
 
 class ImportManifestRequest(Message):
@@ -74,6 +79,48 @@ async def list_revocations(request: Request, caller: CallerDep) -> JSONResponse:
     revocations: Revocations = request.app.state.revocations
     records = await revocations.list()
     return ok({"revokedSigners": [_wire(record) for record in records]})
+
+
+@router.get(DEVICE + "/credentialProvenance", name="GetCredentialProvenance")
+async def get_provenance(
+    project: str,
+    location: str,
+    registry: str,
+    device: str,
+    request: Request,
+    manager: Manager,
+    caller: CallerDep,
+) -> JSONResponse:
+    allowed(caller, "cloudiot.devices.get")
+    record = await manager.device_record(device_ref(project, location, registry, device))
+    revocations: Revocations = request.app.state.revocations
+    found = await revocations.provenance(record)
+    return ok({"credentials": [c.to_wire() for c in found]})
+
+
+@router.post(DEVICE + ":reattest", name="ReattestDevice")
+async def reattest(
+    project: str,
+    location: str,
+    registry: str,
+    device: str,
+    request: Request,
+    manager: Manager,
+    caller: CallerDep,
+) -> JSONResponse:
+    allowed(caller, "ironcore.revocations.manage")
+    record = await manager.device_record(device_ref(project, location, registry, device))
+    revocations: Revocations = request.app.state.revocations
+    found = await revocations.reattest(record.device.num_id, _principal(request))
+    return ok({"credentials": [c.to_wire() for c in found]})
+
+
+def _principal(request: Request) -> str:
+    """Who re-attests, for the record: the admin token's id (a token is `ic_<id>_<secret>`).
+    Until callers carry a principal of their own, the id names the token's holder."""
+    token = request.headers.get("authorization", "").partition(" ")[2].strip()
+    parts = token.split("_", 2)
+    return f"token:{parts[1]}" if len(parts) == 3 and parts[0] == "ic" else "token:unknown"
 
 
 def _wire(record: RevokedSignerRecord) -> dict[str, str]:

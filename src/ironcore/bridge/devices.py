@@ -22,16 +22,19 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from ironcore.errors import InvalidArgument, NotFound
 from ironcore.identity import credentials as creds
 from ironcore.identity.jwt import Claims, InvalidToken, verify_device_jwt
+from ironcore.registry import provenance
 from ironcore.registry.names import DeviceRef, RegistryName
+from ironcore.registry.provenance import Provenance
 from ironcore.registry.resources import Device, DeviceCredential, DeviceRegistry
 from ironcore.registry.revocation import RevokedSigners
 from ironcore.registry.store import Store
+from ironcore.registry.store.revocation import RevokedSignerRecord
 from ironcore.registry.wire import EPOCH
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,8 @@ class DeviceContext:
     device: Device
     # A key rotation was under way when the device was read.
     rotating: bool = False
+    # Where each credential came from, by fingerprint: what a revoked signer cuts off.
+    provenance: dict[str, Provenance] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,9 @@ class ContextCache:
             return context
         known = self.registry(context.name)
         if known is not None and (known is context.registry or known == context.registry):
-            context = DeviceContext(context.name, known, context.device, context.rotating)
+            context = DeviceContext(
+                context.name, known, context.device, context.rotating, context.provenance
+            )
         else:
             self._registries[context.name] = (context.registry, time.monotonic() + self.seconds)
         self._remove(ref)
@@ -202,7 +209,7 @@ class DeviceAuthenticator:
         )
         if found is None:
             raise NotFound(f"Device {ref} not found")
-        return DeviceContext(ref.registry, registry, found.device, found.rotating)
+        return DeviceContext(ref.registry, registry, found.device, found.rotating, found.provenance)
 
     def forget_device(self, num_id: int) -> None:
         """The device changed or was deleted: its cached context must not be used again."""
@@ -268,12 +275,13 @@ class DeviceAuthenticator:
                     ) from None
                 first = first or error
                 continue
-            if key.certificate is not None and self.revoked is not None:
-                signer = await self.revoked.check(key.certificate)
+            if self.revoked is not None:
+                await self.revoked.fresh()
+                signer = self.revoked_ancestor(context, key)
                 if signer is not None:
                     raise DeviceRefused(
                         "signer_revoked",
-                        f"the certificate's signer {signer.subject} was revoked: {signer.reason}",
+                        f"the credential's signer {signer.subject} was revoked: {signer.reason}",
                         device.num_id,
                     )
             deadline = claims.deadline
@@ -315,12 +323,21 @@ class DeviceAuthenticator:
                 continue
             if not _unexpired(credential, now):
                 return "the credential the device connected with expired"
-            if key.certificate is not None and self.revoked is not None:
-                signer = self.revoked.revoked_signer_of(key.certificate)
-                if signer is not None:
-                    return f"the signer of its certificate ({signer.subject}) was revoked"
+            signer = self.revoked_ancestor(context, key)
+            if signer is not None:
+                return f"the signer its credential descends from ({signer.subject}) was revoked"
             return None
         return "the credential the device connected with was removed"
+
+    def revoked_ancestor(
+        self, context: DeviceContext, key: creds.ParsedKey
+    ) -> RevokedSignerRecord | None:
+        """From the revoked signers' snapshot: the revoked signer the credential with `key`
+        descends from (certified it, or certified a key whose session offered it), if any and
+        unless an operator re-attested it."""
+        if self.revoked is None:
+            return None
+        return provenance.of(key, context.provenance).revoked_by(self.revoked.get)
 
     def credential_deadline(self, context: DeviceContext, fingerprint: str) -> float:
         """When the credential with `fingerprint` expires: inf when it never does (or is gone,

@@ -311,6 +311,38 @@ def rotate_key(
 
 
 @app.command()
+def provenance(ctx: typer.Context, device_id: str, registry: Registry) -> None:
+    """Where each of a device's credentials came from, and whether a revoked signer cuts it
+    off (see docs/revocation.md)."""
+    c: Context = ctx.obj
+    path = c.device_path(registry, device_id).replace("/v1/", "/ironcore/v1/", 1)
+    _show_provenance(c, c.call("GET", f"{path}/credentialProvenance"))
+
+
+@app.command()
+def reattest(ctx: typer.Context, device_id: str, registry: Registry) -> None:
+    """Vouch for a device whose credentials descend from a revoked signer: its current
+    credentials are attested by you, now, and accepted again (owner role)."""
+    c: Context = ctx.obj
+    path = c.device_path(registry, device_id).replace("/v1/", "/ironcore/v1/", 1)
+    _show_provenance(c, c.call("POST", f"{path}:reattest", {}))
+
+
+def _show_provenance(c: Context, data: dict[str, Any]) -> None:
+    rows = [
+        {
+            **row,
+            "fingerprint": row["fingerprint"][:16],
+            "rotatedFrom": row.get("rotatedFrom", "")[:16],
+            "revoked": "revokedSigner" in row,
+        }
+        for row in data.get("credentials", [])
+    ]
+    columns = ["fingerprint", "format", "origin", "rotatedFrom", "attestedBy", "revoked"]
+    c.show(data, columns, rows)
+
+
+@app.command()
 def command(
     ctx: typer.Context,
     device_id: str,

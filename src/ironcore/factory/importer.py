@@ -10,9 +10,9 @@ The rules, in order, for each entry of a manifest:
 3. A device with that id and that key already exists: unchanged. A device with that id and
    another key, or another device with that key: rejected, and the device is left alone.
 4. Everything else is created, in bulk, with the certificate (`ES256_X509_PEM`) or the slot 0
-   key (`ES256_PEM`) as its credential; Lite entries (no keys) become devices without
-   credentials. Metadata keeps the part number, group id, unique id, provisioning time and
-   the signers.
+   key (`ES256_PEM`, provenance "manifest") as its credential; Lite entries (no keys) become
+   devices without credentials. Metadata keeps the part number, group id, unique id,
+   provisioning time and the signers.
 
 Signature and chain checks are CPU work: large manifests are verified in a process pool, off
 the event loop, on every core. Devices are inserted in transactions of `_BATCH` devices; if a
@@ -40,6 +40,7 @@ from ironcore.errors import AlreadyExists, InvalidArgument, NotFound
 from ironcore.factory import manifest as mf
 from ironcore.identity import credentials as creds
 from ironcore.pki.ca import ec_public_key
+from ironcore.registry import provenance
 from ironcore.registry.names import RegistryName
 from ironcore.registry.resources import (
     Device,
@@ -242,7 +243,7 @@ async def _create(
             device.num_id = _num_id()
         try:
             await manager.store.devices.create_devices(
-                registry_pk, registry, [d for _, d in batch], now
+                registry_pk, registry, [d for _, d in batch], now, provenance.MANIFEST
             )
             continue
         except (NumIdTaken, AlreadyExists):
@@ -251,7 +252,9 @@ async def _create(
             for _ in range(8):
                 device.num_id = _num_id()
                 try:
-                    await manager.store.devices.create_device(registry_pk, registry, device, now)
+                    await manager.store.devices.create_device(
+                        registry_pk, registry, device, now, provenance.MANIFEST
+                    )
                     break
                 except NumIdTaken:
                     continue

@@ -15,7 +15,6 @@ completes, which removes the new key (unless the device is using it).
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ from ironcore import jose, limits
 from ironcore.errors import Aborted, FailedPrecondition, InvalidArgument, IronCoreError, NotFound
 from ironcore.formats.rotation import proof_input
 from ironcore.identity import credentials as creds
+from ironcore.registry import provenance
 from ironcore.registry.resources import DeviceCredential, PublicKeyCredential, PublicKeyFormat
 from ironcore.registry.store.rotation import ACTIVE, RotationStore
 from ironcore.registry.wire import EPOCH, format_timestamp, parse_timestamp
@@ -109,10 +109,10 @@ class Rotations:
         Adds the key (state key_added) or refuses it (state failed, with the reason); offering
         the same key again is answered with the same result.
         """
-        found = await self.store.read(num_id)
+        found = await self.store.read_with_provenance(num_id)
         if found is None:
             raise NotFound(f"No device with numeric id {num_id}")
-        raw, credentials = found
+        raw, credentials, recorded = found
         rotation = KeyRotation(**raw) if raw else None
         if rotation is None or rotation.id != rotation_id:
             raise FailedPrecondition(f"There is no key rotation {rotation_id!r} for this device")
@@ -123,7 +123,7 @@ class Rotations:
             _check_proof(
                 key.public_key, proof, proof_input(rotation.id, rotation.nonce, public_key_pem)
             )
-            fingerprints = [_fingerprint(c) for c in credentials]
+            fingerprints = [provenance.fingerprint(c) for c in credentials]
             if key.fingerprint in fingerprints:
                 raise InvalidArgument.field(
                     "public_key", "is already one of the device's credentials"
@@ -133,6 +133,8 @@ class Rotations:
                     "the registry has CA certificates, so it accepts only X.509 credentials; "
                     "a device cannot certify its own new key"
                 )
+            # The new key is only as trusted as the one whose session offered it.
+            parent = _parent(credentials, recorded, used_key)
             live = [c for c in credentials if not _expired(c, self.clock())]
             if len(live) >= limits.DEVICE_CREDENTIALS:
                 raise FailedPrecondition(
@@ -149,7 +151,8 @@ class Rotations:
         added = _moved(
             rotation, self._now(), state="key_added", old_key=used_key, new_key=key.fingerprint
         )
-        if not await self.store.write(num_id, rotation.id, asdict(added), [*live, new]):
+        origin = {key.fingerprint: provenance.rotated(parent, used_key)}
+        if not await self.store.write(num_id, rotation.id, asdict(added), [*live, new], origin):
             raise Aborted("The rotation changed while the key was added; offer it again")
         return added
 
@@ -165,7 +168,7 @@ class Rotations:
             raise FailedPrecondition(f"There is no key rotation {rotation_id!r} for this device")
         if not current.active:
             return current
-        kept = [c for c in credentials if _fingerprint(c) != current.new_key]
+        kept = [c for c in credentials if provenance.fingerprint(c) != current.new_key]
         failed = _moved(current, self._now(), state="failed", reason=f"device: {reason[:500]}")
         if not await self.store.write(num_id, current.id, asdict(failed), kept):
             raise Aborted("The rotation changed meanwhile")
@@ -188,7 +191,7 @@ class Rotations:
             return rotation if rotation.active else None
         expires = format_timestamp(self.clock() + timedelta(seconds=rotation.grace_seconds))
         updated = [
-            {**c, "expirationTime": expires} if _fingerprint(c) == rotation.old_key else c
+            {**c, "expirationTime": expires} if provenance.fingerprint(c) == rotation.old_key else c
             for c in credentials
         ]
         completed = _moved(rotation, self._now(), state="completed")
@@ -209,7 +212,7 @@ class Rotations:
             raise FailedPrecondition(
                 "The device is connected with the new key; let the rotation complete instead"
             )
-        kept = [c for c in credentials if _fingerprint(c) != rotation.new_key]
+        kept = [c for c in credentials if provenance.fingerprint(c) != rotation.new_key]
         rolled = _moved(
             rotation, self._now(), state="rolled_back", reason="rolled back by an operator"
         )
@@ -236,14 +239,17 @@ def _check_proof(key: creds.PublicKey, proof: str, signed: bytes) -> None:
         raise InvalidArgument.field("proof", "does not verify with the offered key")
 
 
-def _fingerprint(credential: dict[str, Any]) -> str:
-    public = credential.get("publicKey", {})
-    try:
-        return creds.parse_device_key(
-            public.get("format", ""), public.get("key", ""), "credential"
-        ).fingerprint
-    except IronCoreError:
-        return hashlib.sha256(str(public).encode()).hexdigest()
+def _parent(
+    credentials: list[dict[str, Any]], recorded: dict[str, provenance.Provenance], used_key: str
+) -> provenance.Provenance:
+    """The provenance of the credential with fingerprint `used_key`, the session's."""
+    for credential in credentials:
+        key = provenance.parsed(credential)
+        if key is not None and key.fingerprint == used_key:
+            return provenance.of(key, recorded)
+    raise FailedPrecondition(
+        "the key the device connected with is no longer one of its credentials"
+    )
 
 
 def _expired(credential: dict[str, Any], now: datetime) -> bool:

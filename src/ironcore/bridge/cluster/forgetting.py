@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ironcore.bridge.cluster.messages import Change, RegistryChanged
+from ironcore.registry.provenance import Provenance
 from ironcore.registry.store import Store
 from ironcore.registry.store.rotation import RotationStore
 
@@ -48,8 +49,9 @@ class ForgettingRotationStore(RotationStore):
         expected_id: str | None,
         rotation: dict[str, Any],
         credentials: list[dict[str, Any]] | None = None,
+        added: dict[str, Provenance] | None = None,
     ) -> bool:
         try:
-            return await super().write(num_id, expected_id, rotation, credentials)
+            return await super().write(num_id, expected_id, rotation, credentials, added)
         finally:
             self.forget(num_id)

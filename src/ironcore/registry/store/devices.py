@@ -8,8 +8,8 @@ states are configs.py's.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +17,9 @@ from sqlalchemy import Row, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ironcore.errors import AlreadyExists, FailedPrecondition
+from ironcore.registry import provenance
 from ironcore.registry.names import RegistryName, device_name
+from ironcore.registry.provenance import Provenance
 from ironcore.registry.resources import Device, DeviceConfig, DeviceState, GatewayType, Status
 from ironcore.registry.store.database import Database
 from ironcore.registry.store.registries import REGISTRY_WHERE, registry_params
@@ -41,6 +43,8 @@ class DeviceRecord:
     config_update_time: datetime
     # A key rotation under way (docs/rotation.md): a connecting device may complete it.
     rotating: bool = False
+    # Where each credential came from, by fingerprint (registry.provenance).
+    provenance: dict[str, Provenance] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -61,14 +65,20 @@ class DeviceStore:
         self.db = db
 
     async def create_device(
-        self, registry_pk: int, registry: RegistryName, device: Device, now: datetime
+        self,
+        registry_pk: int,
+        registry: RegistryName,
+        device: Device,
+        now: datetime,
+        origin: str = provenance.ADMIN,
     ) -> Device:
-        """Insert a device with its first config version (1)."""
+        """Insert a device with its first config version (1); its plain keys have provenance
+        `origin` (certificates name their signer)."""
         now_us = to_us(now)
         async with self.db.write() as conn:
             try:
                 await conn.execute(
-                    insert(devices).values(_new_device_row(registry_pk, device, now_us))
+                    insert(devices).values(_new_device_row(registry_pk, device, now_us, origin))
                 )
             except IntegrityError as exc:
                 raise _id_taken(
@@ -81,14 +91,19 @@ class DeviceStore:
         return _device(registry, row)
 
     async def create_devices(
-        self, registry_pk: int, registry: RegistryName, batch: Sequence[Device], now: datetime
+        self,
+        registry_pk: int,
+        registry: RegistryName,
+        batch: Sequence[Device],
+        now: datetime,
+        origin: str = provenance.ADMIN,
     ) -> None:
         """Insert devices, each with config version 1, all in one transaction: all or none.
 
         NumIdTaken or AlreadyExists when a numeric or string id is in use; nothing is written.
         """
         now_us = to_us(now)
-        rows = [_new_device_row(registry_pk, device, now_us) for device in batch]
+        rows = [_new_device_row(registry_pk, device, now_us, origin) for device in batch]
         configs = [_first_config_row(device, now_us) for device in batch]
         async with self.db.write() as conn:
             try:
@@ -128,6 +143,7 @@ class DeviceStore:
             else _device(registry, row),
             from_us(row.config_update_time),
             rotating=_rotating(body),
+            provenance=provenance.read(body),
         )
 
     def _bridge_device_record(
@@ -150,15 +166,20 @@ class DeviceStore:
             _bridge_device(registry, num, device, bool(blocked), gateway_type, body),
             from_us(config_update_time),
             rotating=_rotating(body),
+            provenance=provenance.read(body),
         )
 
     async def update_device(self, device: Device) -> None:
         async with self.db.write() as conn:
-            # The body also holds what is not part of the resource (a key rotation); keep it.
+            # The body also holds what is not part of the resource (a key rotation, the
+            # credentials' provenance); keep it, for the credentials that stay.
             current = await conn.scalar(
                 select(devices.c.body).where(devices.c.num_id == device.num_id)
             )
             body = {**(current or {}), **_device_body(device)}
+            body[provenance.BODY_KEY] = provenance.carried(
+                (current or {}).get(provenance.BODY_KEY), body["credentials"]
+            )
             await conn.execute(
                 update(devices)
                 .where(devices.c.num_id == device.num_id)
@@ -168,6 +189,26 @@ class DeviceStore:
                     body=body,
                 )
             )
+
+    async def change_provenance(
+        self,
+        num_id: int,
+        change: Callable[[list[dict[str, Any]], dict[str, Provenance]], dict[str, Provenance]],
+    ) -> tuple[list[dict[str, Any]], dict[str, Provenance]] | None:
+        """Replace the device's credential provenance by `change(credentials in wire form,
+        provenance now)`, in one transaction; what it became (None if there is no device)."""
+        async with self.db.write() as conn:
+            query = select(devices.c.body).where(devices.c.num_id == num_id)
+            if not self.db.is_sqlite:
+                query = query.with_for_update()
+            body = await conn.scalar(query)
+            if body is None:
+                return None
+            credentials = list(body["credentials"])
+            changed = change(credentials, provenance.read(body))
+            body = {**body, provenance.BODY_KEY: {f: p.to_body() for f, p in changed.items()}}
+            await conn.execute(update(devices).where(devices.c.num_id == num_id).values(body=body))
+        return credentials, changed
 
     async def delete_device(self, registry: RegistryName, num_id: int) -> None:
         async with self.db.write() as conn:
@@ -307,14 +348,16 @@ _BRIDGE_DEVICE_BY_ID = _BRIDGE_DEVICE + " AND d.device_id = ?"
 _BRIDGE_DEVICE_BY_NUM_ID = _BRIDGE_DEVICE + " AND d.num_id = ?"
 
 
-def _new_device_row(registry_pk: int, device: Device, now_us: int) -> dict[str, Any]:
+def _new_device_row(registry_pk: int, device: Device, now_us: int, origin: str) -> dict[str, Any]:
+    body = _device_body(device)
+    body[provenance.BODY_KEY] = provenance.carried(None, body["credentials"], origin)
     return {
         "num_id": device.num_id,
         "registry_pk": registry_pk,
         "device_id": device.id,
         "blocked": device.blocked,
         "gateway_type": int(device.gateway_config.gateway_type),
-        "body": _device_body(device),
+        "body": body,
         "config_version": 1,
         "config_data": device.config.binary_data if device.config else b"",
         "config_update_time": now_us,
