@@ -12,7 +12,7 @@ import time
 from typing import Protocol
 
 from ironcore.access.roles import Caller
-from ironcore.access.tokens import AdminTokens, hash_token
+from ironcore.access.tokens import TOKEN_PREFIX, AdminTokens, hash_token
 from ironcore.errors import Unauthenticated
 
 # A revoked token stops working everywhere within this many seconds.
@@ -22,7 +22,7 @@ _CACHE_SECONDS = 2.0
 # The caller of every call on the Pub/Sub emulator port: it may publish, read topics and
 # subscriptions, create subscriptions and consume from them, and nothing else. Once service
 # accounts exist, `--pubsub-emulator-as SERVICE_ACCOUNT` replaces it by the account named.
-PUBSUB_EMULATOR = Caller("pubsub-client")
+PUBSUB_EMULATOR = Caller("ironcore:pubsub-emulator", frozenset({"pubsub-client"}))
 
 
 class Authenticator(Protocol):
@@ -40,6 +40,12 @@ class FixedCaller:
 
     async def caller(self, authorization: str) -> Caller:
         return self._caller
+
+
+def admin_caller(token: str, role: str) -> Caller:
+    """The caller of a valid admin token: global, named by the token's id (`ic_<id>_...`)."""
+    token_id = token.removeprefix(TOKEN_PREFIX).partition("_")[0]
+    return Caller(f"adminToken:{token_id}", frozenset({role}))
 
 
 class TokenAuthenticator:
@@ -64,7 +70,7 @@ class TokenAuthenticator:
         role = cached[0]
         if role is None:
             raise Unauthenticated("The bearer token is not valid (unknown or revoked)")
-        return Caller(role)
+        return admin_caller(token.strip(), role)
 
     def forget(self) -> None:
         self._cache.clear()

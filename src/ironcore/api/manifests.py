@@ -43,7 +43,11 @@ async def import_manifest_route(
     caller: CallerDep,
     body: ImportManifestRequest,
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.create")
+    allowed(
+        caller,
+        "cloudiot.devices.create",
+        f"projects/{project}/locations/{location}/registries/{registry}",
+    )
     report = await import_manifest(
         manager,
         registry_name(project, location, registry),
@@ -60,7 +64,7 @@ async def import_manifest_route(
 async def revoke_signer(
     request: Request, caller: CallerDep, body: RevokeSignerRequest
 ) -> JSONResponse:
-    allowed(caller, "ironcore.revocations.manage")
+    allowed(caller, "ironcore.revocations.manage", "revocations")
     # The process's own instance, shared with the bridges: its snapshot is fresh when the
     # connected devices are checked again.
     revocations: Revocations = request.app.state.revocations
@@ -70,7 +74,7 @@ async def revoke_signer(
 
 @router.get(REVOCATIONS, name="ListRevocations")
 async def list_revocations(request: Request, caller: CallerDep) -> JSONResponse:
-    allowed(caller, "cloudiot.registries.get")
+    allowed(caller, "cloudiot.registries.get", "revocations")
     revocations: Revocations = request.app.state.revocations
     records = await revocations.list()
     return ok({"revokedSigners": [_wire(record) for record in records]})
