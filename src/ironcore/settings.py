@@ -37,6 +37,9 @@ class Settings:
     # PUBSUB_EMULATOR_HOST; 0 = off. Loopback unless `pubsub_emulator_host` says otherwise.
     pubsub_emulator_port: int = 0
     pubsub_emulator_host: str = "127.0.0.1"
+    # The service account (email, or account id if unique) the emulator port's calls act as;
+    # empty = `access.callers.PUBSUB_EMULATOR`.
+    pubsub_emulator_as: str = ""
     # The URL clients reach the API by (scheme://host[:port]/), where it differs from what a
     # request says (behind a proxy); empty = each request's own. The discovery document's
     # rootUrl.
