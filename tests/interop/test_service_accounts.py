@@ -333,6 +333,13 @@ def test_token_endpoint_refusals(server: Server) -> None:
         "wrong iss": signed(key_file, claims(key_file, aud=aud, iss="x@y", sub=None)),
         "forged": forged,
         "unknown kid": signed(key_file, claims(key_file, aud=aud), kid="0" * 40),
+        "kid not hex": signed(key_file, claims(key_file, aud=aud), kid="\x00" * 40),
+        "no kid": jwt.encode(
+            claims(key_file, aud=aud),
+            serialization.load_pem_private_key(key_file["private_key"].encode(), None),
+            algorithm="RS256",
+        ),
+        "alg HS256": jwt.encode(claims(key_file, aud=aud), "s" * 32, algorithm="HS256"),
         "garbage": "not.a.jwt",
     }
     for case, assertion in cases.items():

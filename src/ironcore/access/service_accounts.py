@@ -76,10 +76,7 @@ class ServiceAccounts:
         self, project: str, account_id: str, roles: Iterable[str], display_name: str = ""
     ) -> AccountRecord:
         _check_project(project)
-        if not (
-            ACCOUNT_ID_MIN <= len(account_id) <= ACCOUNT_ID_MAX
-            and _ACCOUNT_ID.fullmatch(account_id)
-        ):
+        if not _valid_account_id(account_id):
             raise InvalidArgument.field(
                 "accountId",
                 f"{account_id[:40]!r} is not a valid account id: {ACCOUNT_ID_MIN} to "
@@ -114,21 +111,26 @@ class ServiceAccounts:
     async def get(self, project: str, name: str) -> AccountRecord:
         """An account of `project` by its email or its account id."""
         _check_project(project)
-        email = name if "@" in name else f"{name}@{project}.{EMAIL_DOMAIN}"
-        found = await self.store.get_account(email) if len(email) <= 255 else None
-        if found is None or found.project != project:
-            raise NotFound(f"Service account {email[:300]} does not exist in project {project}")
+        account_id, at, domain = name.partition("@")
+        email = f"{account_id}@{project}.{EMAIL_DOMAIN}"
+        # Only a well-formed id of this project's domain can name an account: nothing else
+        # reaches SQL (PostgreSQL refuses some characters outright).
+        named = _valid_account_id(account_id) and (not at or domain == email.partition("@")[2])
+        found = await self.store.get_account(email) if named else None
+        if found is None:
+            raise NotFound(f"Service account {name[:300]!r} does not exist in project {project}")
         return found
 
     async def find(self, name: str) -> AccountRecord:
         """An account of any project by its email, or by its account id if one project alone
         has an account of that id (`--pubsub-emulator-as`)."""
-        if "@" in name:
-            found = await self.store.get_account(name) if len(name) <= 255 else None
-            if found is None:
-                raise NotFound(f"Service account {name[:300]} does not exist")
-            return found
-        matches = await self.store.find_accounts(name[:ACCOUNT_ID_MAX])
+        account_id, at, domain = name.partition("@")
+        if at:
+            project = domain.removesuffix("." + EMAIL_DOMAIN)
+            if project != domain and is_valid_project(project):
+                return await self.get(project, account_id)
+            raise NotFound(f"{name[:300]!r} is not a service account's email")
+        matches = await self.store.find_accounts(name) if _valid_account_id(name) else []
         if not matches:
             raise NotFound(f"No service account has the id {name[:60]!r}")
         if len(matches) > 1:
@@ -184,8 +186,9 @@ class ServiceAccounts:
     async def delete_key(self, project: str, name: str, key_id: str) -> None:
         """Delete a key: JWTs it signed and access tokens issued for it stop working."""
         account = await self.get(project, name)
-        valid = len(key_id) == 40 and all(c in "0123456789abcdef" for c in key_id)
-        if not valid or not await self.store.delete_key(account.email, key_id, self.clock()):
+        if not _is_key_id(key_id) or not await self.store.delete_key(
+            account.email, key_id, self.clock()
+        ):
             raise NotFound(f"Service account {account.email} has no key {key_id[:60]!r}")
 
     # What credentials prove (access.assertions, access.callers)
@@ -193,7 +196,7 @@ class ServiceAccounts:
     async def signing_key(self, key_id: str) -> tuple[AccountRecord, str] | None:
         """The account and public key PEM of a key that verifies now; None for a deleted or
         unknown key, or one of a deleted account."""
-        if len(key_id) != 40:
+        if not _is_key_id(key_id):
             return None
         return await self.store.signing_key(key_id)
 
@@ -209,6 +212,18 @@ class ServiceAccounts:
         """The account of a valid access token; None if unknown, expired, or its key or
         account was deleted."""
         return await self.store.access_token(hash_token(token), self.clock())
+
+
+def _is_key_id(key_id: str) -> bool:
+    """Whether `key_id` has the form of the ids `create_key` makes (40 hex digits): nothing
+    else is looked up."""
+    return len(key_id) == 40 and all(c in "0123456789abcdef" for c in key_id)
+
+
+def _valid_account_id(account_id: str) -> bool:
+    return ACCOUNT_ID_MIN <= len(account_id) <= ACCOUNT_ID_MAX and bool(
+        _ACCOUNT_ID.fullmatch(account_id)
+    )
 
 
 def _check_project(project: str) -> None:
