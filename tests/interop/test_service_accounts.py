@@ -33,7 +33,7 @@ from google.oauth2 import service_account
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Server, free_port, start_server, stop_server
+from tests.conftest import Database, Server, free_port, start_server, stop_server
 
 pytestmark = pytest.mark.databases("sqlite")
 PROJECT, OTHER = "sa-project", "other-project"
@@ -450,6 +450,7 @@ def test_bad_jwts_are_unauthenticated_over_grpc(server: Server) -> None:
     good = signed(key_file, claims(key_file))
     assert rest_as(server, good).status_code == 200
     api(server, "DELETE", f"{PROJECT}/serviceAccounts/{email}/keys/{key_file['private_key_id']}")
+    assert rest_as(server, good).status_code == 401
     second = new_key(server, email)
     other = signed(second, claims(second))
     assert rest_as(server, other).status_code == 200
@@ -569,3 +570,30 @@ def test_pubsub_emulator_as_a_service_account(tmp_path: Path) -> None:
         publisher.stop()
     finally:
         stop_server(server)
+
+
+@pytest.mark.databases("postgresql")
+def test_key_file_lifecycle_on_postgresql(tmp_path: Path, database: Database) -> None:
+    """The same store on PostgreSQL: migration 0008, the token endpoint, JWTs, deletion, and
+    ids PostgreSQL would refuse (NUL) kept out of SQL."""
+    pg = start_server(tmp_path / "data", database)
+    try:
+        email = new_account(pg, ["roles/cloudiot.viewer"])
+        key_file = new_key(pg, email)
+        creds = credentials(key_file)
+        session = AuthorizedSession(creds)
+        assert session.get(f"{pg.url}/v1/{PARENT}/registries").status_code == 200
+        jwt_token = signed(key_file, claims(key_file, aud=pg.url + "/"))
+        assert rest_as(pg, jwt_token).status_code == 401  # no --public-url: not an audience
+        jwt_token = signed(key_file, claims(key_file))
+        assert rest_as(pg, jwt_token).status_code == 200
+        nul = signed(key_file, claims(key_file), kid="\x00" * 40)
+        assert rest_as(pg, nul).status_code == 401
+        assert token_endpoint(pg, nul).json()["error"] == "invalid_grant"
+        assert api(pg, "GET", f"{PROJECT}/serviceAccounts/a%00bcdefg").status_code == 404
+        api(pg, "DELETE", f"{PROJECT}/serviceAccounts/{email}/keys/{key_file['private_key_id']}")
+        assert rest_as(pg, jwt_token).status_code == 401
+        assert rest_as(pg, creds.token).status_code == 401
+        assert api(pg, "DELETE", f"{PROJECT}/serviceAccounts/{email}").status_code == 200
+    finally:
+        stop_server(pg)
