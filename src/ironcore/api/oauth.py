@@ -30,10 +30,16 @@ async def _accounts(request: Request) -> ServiceAccounts:
     return accounts
 
 
+def token_uri(request: Request) -> str:
+    """This endpoint's URL, as key files name it: under the public URL, else the URL the
+    request came to."""
+    public: str = request.app.state.public_url or str(request.base_url)
+    return public.rstrip("/") + TOKEN
+
+
 def token_uris(request: Request) -> set[str]:
     """This endpoint's URLs: under the public URL, and as this request reached it."""
-    roots = {request.app.state.public_url or str(request.base_url), str(request.base_url)}
-    return {root.rstrip("/") + TOKEN for root in roots}
+    return {token_uri(request), str(request.base_url).rstrip("/") + TOKEN}
 
 
 @router.post(TOKEN, include_in_schema=False)

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from ironcore.access.service_accounts import ServiceAccounts, account_name
 from ironcore.api.deps import CallerDep, allowed, ok
+from ironcore.api.oauth import token_uri
 from ironcore.registry.store.service_accounts import AccountRecord, KeyRecord
 from ironcore.registry.wire import Message, format_timestamp
 
@@ -37,12 +38,6 @@ class CreateServiceAccountRequest(Message):
     display_name: str = ""
 
 
-def token_uri(request: Request) -> str:
-    """The token endpoint's URL: under the public URL, else the URL the request came to."""
-    public: str = request.app.state.public_url or str(request.base_url)
-    return public.rstrip("/") + "/token"
-
-
 def account_wire(account: AccountRecord) -> dict[str, Any]:
     """An account as Google IAM's ServiceAccount, with ironcore's `roles` and `createTime`."""
     return {
@@ -57,10 +52,10 @@ def account_wire(account: AccountRecord) -> dict[str, Any]:
     }
 
 
-def key_wire(account: AccountRecord, key: KeyRecord) -> dict[str, Any]:
+def key_wire(project: str, key: KeyRecord) -> dict[str, Any]:
     """A key as Google IAM's ServiceAccountKey, without private data."""
     return {
-        "name": f"{account_name(account)}/keys/{key.key_id}",
+        "name": f"projects/{project}/serviceAccounts/{key.email}/keys/{key.key_id}",
         "privateKeyType": "TYPE_GOOGLE_CREDENTIALS_FILE",
         "keyAlgorithm": "KEY_ALG_RSA_2048",
         "validAfterTime": format_timestamp(key.created_at),
@@ -108,10 +103,9 @@ async def create_key(
     project: str, account: str, request: Request, accounts: Accounts, caller: CallerDep
 ) -> JSONResponse:
     allowed(caller, MANAGE, f"projects/{project}")
-    found = await accounts.get(project, account)
-    made = await accounts.create_key(project, found.email, token_uri(request))
+    made = await accounts.create_key(project, account, token_uri(request))
     key_file = json.dumps(made.key_file, indent=2).encode()
-    return ok(key_wire(found, made.key) | {"privateKeyData": base64.b64encode(key_file).decode()})
+    return ok(key_wire(project, made.key) | {"privateKeyData": base64.b64encode(key_file).decode()})
 
 
 @router.get(KEYS, name="ListServiceAccountKeys")
@@ -119,9 +113,8 @@ async def list_keys(
     project: str, account: str, accounts: Accounts, caller: CallerDep
 ) -> JSONResponse:
     allowed(caller, MANAGE, f"projects/{project}")
-    found = await accounts.get(project, account)
-    keys = await accounts.list_keys(project, found.email)
-    return ok({"keys": [key_wire(found, k) for k in keys]})
+    keys = await accounts.list_keys(project, account)
+    return ok({"keys": [key_wire(project, k) for k in keys]})
 
 
 @router.delete(KEYS + "/{key_id}", name="DeleteServiceAccountKey")
