@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import queue
 import shutil
 import stat
 import subprocess
@@ -384,9 +385,19 @@ def test_garbage_assertions_are_refused(
 # Self-signed JWTs over gRPC, with the real clients
 
 
-def test_google_cloud_iot_over_grpc_with_key_file(server: Server) -> None:
+def test_google_cloud_iot_over_grpc_with_key_file(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As docs/migrating.md has it: the key file in GOOGLE_APPLICATION_CREDENTIALS, the
+    client built with nothing but the endpoint."""
     key_file = new_key(server, new_account(server, ADMIN_ROLES))
-    client = iot_client(server, credentials(key_file))
+    path = tmp_path / "key.json"
+    # A token_uri nothing answers at: the calls below pass on self-signed JWTs alone.
+    path.write_text(json.dumps(key_file | {"token_uri": "http://127.0.0.1:9/token"}))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+    client = iot_v1.DeviceManagerClient(
+        client_options={"api_endpoint": f"127.0.0.1:{server.grpc_port}"}
+    )
     try:
         registry = client.create_device_registry(parent=PARENT, device_registry={"id": "grpc-sa"})
         client.create_device(parent=registry.name, device={"id": "dev-1"})
@@ -403,7 +414,9 @@ def test_google_cloud_iot_over_grpc_with_key_file(server: Server) -> None:
 
 
 def test_pubsub_clients_over_grpc_with_key_file(server: Server) -> None:
-    creds = credentials(new_key(server, new_account(server, ADMIN_ROLES)))
+    key_file = new_key(server, new_account(server, ADMIN_ROLES))
+    # Self-signed JWTs only: nothing answers at this token_uri.
+    creds = credentials(key_file | {"token_uri": "http://127.0.0.1:9/token"})
     endpoint = {"api_endpoint": f"127.0.0.1:{server.grpc_port}"}
     publisher = PublisherClient(credentials=creds, client_options=endpoint)
     subscriber = SubscriberClient(credentials=creds, client_options=endpoint)
@@ -416,6 +429,20 @@ def test_pubsub_clients_over_grpc_with_key_file(server: Server) -> None:
         pulled = subscriber.pull(subscription=name, max_messages=10, timeout=30)
         assert [m.message.data for m in pulled.received_messages] == [b"hello"]
         subscriber.acknowledge(subscription=name, ack_ids=[pulled.received_messages[0].ack_id])
+        # subscribe(): StreamingPull with the same credentials.
+        received: queue.Queue[bytes] = queue.Queue()
+
+        def callback(message: Any) -> None:
+            received.put(message.data)
+            message.ack()
+
+        streaming = subscriber.subscribe(name, callback)
+        try:
+            publisher.publish(topic, b"streamed").result(timeout=30)
+            assert received.get(timeout=30) == b"streamed"
+        finally:
+            streaming.cancel()
+            streaming.result(timeout=30)
     finally:
         publisher.stop()
         subscriber.close()
