@@ -40,6 +40,9 @@ class Settings:
     # Calls each gRPC port runs at once (open streams included); beyond it a new call is
     # refused with RESOURCE_EXHAUSTED. Connections per gRPC port: `http_max_connections`.
     grpc_max_concurrent_rpcs: int = 1000
+    # The service account (email, or account id if unique) the emulator port's calls act as;
+    # empty = `access.callers.PUBSUB_EMULATOR`.
+    pubsub_emulator_as: str = ""
     # The URL clients reach the API by (scheme://host[:port]/), where it differs from what a
     # request says (behind a proxy); empty = each request's own. The discovery document's
     # rootUrl.

@@ -189,7 +189,7 @@ def test_rotation_then_revocation_then_reattestation(tmp_path: Path, processes: 
 
         r = reattest(running, "prov-a")
         assert r.status_code == 200, r.text
-        principal = f"token:{running.token.split('_')[1]}"
+        principal = f"adminToken:{running.token.split('_')[1]}"
         for credential in r.json()["credentials"]:
             assert credential["attestedBy"] == principal and credential["attestTime"]
             assert "revokedSigner" not in credential

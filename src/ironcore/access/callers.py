@@ -3,26 +3,35 @@ metadata), looked up and cached, as a `Caller`; or, on the Pub/Sub emulator port
 clients send no credentials, one fixed caller.
 
 Every adapter authenticates here, so a credential means the same on every wire. Roles and
-permissions are `access.roles`; the tokens themselves `access.tokens`.
+permissions are `access.roles`; admin tokens `access.tokens`; service accounts, their access
+tokens and JWTs `access.service_accounts` and `access.assertions`.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Protocol
 
+from ironcore.access.assertions import LEEWAY_SECONDS, looks_like_jwt, verify
 from ironcore.access.roles import Caller
-from ironcore.access.tokens import AdminTokens, hash_token
+from ironcore.access.service_accounts import (
+    ACCESS_TOKEN_PREFIX,
+    ServiceAccounts,
+    service_account_caller,
+)
+from ironcore.access.tokens import TOKEN_PREFIX, AdminTokens, hash_token
 from ironcore.errors import Unauthenticated
 
+log = logging.getLogger(__name__)
 # A revoked token stops working everywhere within this many seconds.
 _CACHE_SECONDS = 2.0
 
 
 # The caller of every call on the Pub/Sub emulator port: it may publish, read topics and
-# subscriptions, create subscriptions and consume from them, and nothing else. Once service
-# accounts exist, `--pubsub-emulator-as SERVICE_ACCOUNT` replaces it by the account named.
-PUBSUB_EMULATOR = Caller("pubsub-client")
+# subscriptions, create subscriptions and consume from them, and nothing else, unless
+# `--pubsub-emulator-as SERVICE_ACCOUNT` names a service account to act as instead.
+PUBSUB_EMULATOR = Caller("ironcore:pubsub-emulator", frozenset({"pubsub-client"}))
 
 
 class Authenticator(Protocol):
@@ -42,29 +51,82 @@ class FixedCaller:
         return self._caller
 
 
+def admin_caller(token: str, role: str) -> Caller:
+    """The caller of a valid admin token: global, named by the token's id (`ic_<id>_...`)."""
+    token_id = token.removeprefix(TOKEN_PREFIX).partition("_")[0]
+    return Caller(f"adminToken:{token_id}", frozenset({role}))
+
+
 class TokenAuthenticator:
-    def __init__(self, tokens: AdminTokens) -> None:
+    """Every bearer credential ironcore accepts, told apart by its form: a self-signed JWT of
+    a service-account key (`access.assertions`), an access token from the token endpoint
+    (`ACCESS_TOKEN_PREFIX`), or an admin token. Answers, refusals included, are cached for a
+    moment, so a deleted key or revoked token stops working within `_CACHE_SECONDS`."""
+
+    def __init__(
+        self,
+        tokens: AdminTokens,
+        accounts: ServiceAccounts | None = None,
+        audiences: frozenset[str] = frozenset(),
+    ) -> None:
         self.tokens = tokens
-        self._cache: dict[str, tuple[str | None, float]] = {}
+        self.accounts = accounts
+        self.audiences = audiences
+        self._cache: dict[str, tuple[Caller | Unauthenticated, float]] = {}
 
     async def caller(self, authorization: str) -> Caller:
         """The caller an `Authorization` value (`Bearer <token>`) names; Unauthenticated if
-        it is missing, malformed, unknown or revoked."""
+        it is missing, malformed, unknown, revoked or expired."""
         scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             raise Unauthenticated("Request is missing an 'Authorization: Bearer <token>' header")
-        digest = hash_token(token.strip())
+        digest = hash_token(token)
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached is None or cached[1] < now:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            cached = (await self.tokens.role_of(digest), now + _CACHE_SECONDS)
+            found: Caller | Unauthenticated
+            try:
+                found, seconds = await self._resolve(token)
+            except Unauthenticated as refused:
+                found, seconds = refused, _CACHE_SECONDS
+            cached = (found, now + seconds)
             self._cache[digest] = cached
-        role = cached[0]
+        if isinstance(cached[0], Unauthenticated):
+            raise cached[0]
+        return cached[0]
+
+    async def _resolve(self, token: str) -> tuple[Caller, float]:
+        """The caller of a token, and for how long that answer may be cached."""
+        if self.accounts is not None and looks_like_jwt(token):
+            try:
+                verified = await verify(
+                    self.accounts, token, self.audiences, scope_instead_of_aud=True
+                )
+            except Unauthenticated as refused:
+                log.warning("refused a service-account JWT: %s", refused.message)
+                raise Unauthenticated(
+                    f"The service-account JWT is not valid: {refused.message}"
+                ) from None
+            left = verified.expires_at + LEEWAY_SECONDS - time.time()
+            return service_account_caller(verified.account), min(_CACHE_SECONDS, left)
+        if self.accounts is not None and token.startswith(ACCESS_TOKEN_PREFIX):
+            account = await self.accounts.access_token_account(token)
+            if account is None:
+                log.warning(
+                    "refused an access token: unknown, expired, or its key or account deleted"
+                )
+                raise Unauthenticated(
+                    "The access token is not valid (unknown or expired, or its key or service "
+                    "account was deleted)"
+                )
+            return service_account_caller(account), _CACHE_SECONDS
+        role = await self.tokens.role_of(hash_token(token))
         if role is None:
             raise Unauthenticated("The bearer token is not valid (unknown or revoked)")
-        return Caller(role)
+        return admin_caller(token, role), _CACHE_SECONDS
 
     def forget(self) -> None:
         self._cache.clear()

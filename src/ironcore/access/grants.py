@@ -19,4 +19,4 @@ async def granted_permissions(
     except NotFound:
         # Google answers an empty set, not NOT_FOUND, for a resource that does not exist.
         return []
-    return [p for p in permissions if caller.may(p)]
+    return [p for p in permissions if caller.may(p, str(registry))]

@@ -21,11 +21,14 @@ from pydantic.alias_generators import to_camel
 from starlette.exceptions import HTTPException
 
 from ironcore import __version__
+from ironcore.access.assertions import service_audiences
 from ironcore.access.callers import TokenAuthenticator
+from ironcore.access.service_accounts import ServiceAccounts
 from ironcore.access.tokens import AdminTokens
-from ironcore.api import devices, discovery, manifests, ops, registries, rotation
+from ironcore.api import devices, discovery, manifests, oauth, ops, registries, rotation
 from ironcore.api import firmware as api_firmware
 from ironcore.api import pubsub as api_pubsub
+from ironcore.api import service_accounts as api_service_accounts
 from ironcore.api import tokens as api_tokens
 from ironcore.api.bodies import BodyLimitMiddleware
 from ironcore.api.envelope import error_response
@@ -97,7 +100,10 @@ def create_app(
     )
     app.state.manager = manager
     app.state.tokens = tokens
-    app.state.auth = TokenAuthenticator(tokens)
+    app.state.service_accounts = ServiceAccounts(tokens.store, tokens.clock)
+    app.state.auth = TokenAuthenticator(
+        tokens, app.state.service_accounts, service_audiences(public_url)
+    )
     app.state.draining = False
     app.state.pubsub = pubsub
     app.state.rotations = rotations
@@ -116,6 +122,8 @@ def create_app(
             rotation,
             api_firmware,
             discovery,
+            api_service_accounts,
+            oauth,
         ):
             app.include_router(module.router)
     app.include_router(ops.router)
@@ -123,7 +131,11 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    app.add_middleware(AuthMiddleware, self_authenticating=self_authenticating)
+    app.add_middleware(
+        AuthMiddleware,
+        # The token endpoint's credential is the assertion in its body.
+        self_authenticating=lambda path: path == oauth.TOKEN or self_authenticating(path),
+    )
     app.add_middleware(NormalizeRequestMiddleware)
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(MetricsMiddleware)

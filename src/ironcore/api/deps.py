@@ -46,8 +46,9 @@ CallerDep = Annotated[Caller, Depends(_caller)]
 Tokens = Annotated[AdminTokens, Depends(_tokens)]
 
 
-def allowed(caller: Caller, permission: str) -> None:
-    require(caller, permission)
+def allowed(caller: Caller, permission: str, resource: str) -> None:
+    """`access.roles.require`: `resource` is the name the call acts on (`projects/P/...`)."""
+    require(caller, permission, resource)
 
 
 def location_name(project: str, location: str) -> LocationName:

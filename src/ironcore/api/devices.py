@@ -59,7 +59,11 @@ class SendCommandRequest(Message):
 async def create_device(
     project: str, location: str, registry: str, manager: Manager, caller: CallerDep, body: Device
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.create")
+    allowed(
+        caller,
+        "cloudiot.devices.create",
+        f"projects/{project}/locations/{location}/registries/{registry}",
+    )
     device = await manager.create_device(registry_name(project, location, registry), body)
     return ok(device.to_wire())
 
@@ -81,7 +85,11 @@ async def list_devices(
     page_size: int = Query(0, alias="pageSize"),
     page_token: str = Query("", alias="pageToken"),
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.list")
+    allowed(
+        caller,
+        "cloudiot.devices.list",
+        f"projects/{project}/locations/{location}/registries/{registry}",
+    )
     page = await manager.list_devices(
         registry_name(project, location, registry),
         device_ids=device_ids,
@@ -110,7 +118,11 @@ async def get_device(
     caller: CallerDep,
     field_mask: str = Query("", alias="fieldMask"),
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.get")
+    allowed(
+        caller,
+        "cloudiot.devices.get",
+        f"projects/{project}/locations/{location}/registries/{registry}/devices/{device}",
+    )
     return ok(await manager.get_device(device_ref(project, location, registry, device), field_mask))
 
 
@@ -126,7 +138,11 @@ async def update_device(
     body: Device,
     update_mask: str = Query("", alias="updateMask"),
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.update")
+    allowed(
+        caller,
+        "cloudiot.devices.update",
+        f"projects/{project}/locations/{location}/registries/{registry}/devices/{device}",
+    )
     ref = device_ref(project, location, registry, device)
     return ok((await manager.update_device(ref, body, update_mask)).to_wire())
 
@@ -136,7 +152,11 @@ async def update_device(
 async def delete_device(
     project: str, location: str, registry: str, device: str, manager: Manager, caller: CallerDep
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.delete")
+    allowed(
+        caller,
+        "cloudiot.devices.delete",
+        f"projects/{project}/locations/{location}/registries/{registry}/devices/{device}",
+    )
     await manager.delete_device(device_ref(project, location, registry, device))
     return ok()
 
@@ -152,7 +172,11 @@ async def modify_config(
     caller: CallerDep,
     body: ModifyConfigRequest,
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.updateConfig")
+    allowed(
+        caller,
+        "cloudiot.devices.updateConfig",
+        f"projects/{project}/locations/{location}/registries/{registry}/devices/{device}",
+    )
     ref = device_ref(project, location, registry, device)
     config = await manager.modify_config(ref, body.version_to_update, body.binary_data)
     return ok(config.to_wire())
@@ -167,7 +191,11 @@ async def modify_configs(
     caller: CallerDep,
     body: ModifyConfigsRequest,
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.updateConfig")
+    allowed(
+        caller,
+        "cloudiot.devices.updateConfig",
+        f"projects/{project}/locations/{location}/registries/{registry}",
+    )
     result = await manager.modify_configs(
         registry_name(project, location, registry),
         body.binary_data,
@@ -214,7 +242,11 @@ async def list_config_versions(
     caller: CallerDep,
     num_versions: int = Query(0, alias="numVersions"),
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.get")
+    allowed(
+        caller,
+        "cloudiot.devices.get",
+        f"projects/{project}/locations/{location}/registries/{registry}/devices/{device}",
+    )
     ref = device_ref(project, location, registry, device)
     configs = await manager.list_config_versions(ref, num_versions)
     return ok({"deviceConfigs": [c.to_wire() for c in configs]})
@@ -231,7 +263,11 @@ async def list_states(
     caller: CallerDep,
     num_states: int = Query(0, alias="numStates"),
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.get")
+    allowed(
+        caller,
+        "cloudiot.devices.get",
+        f"projects/{project}/locations/{location}/registries/{registry}/devices/{device}",
+    )
     ref = device_ref(project, location, registry, device)
     states = await manager.list_states(ref, num_states)
     return ok({"deviceStates": [s.to_wire() for s in states]})
@@ -248,7 +284,11 @@ async def send_command(
     caller: CallerDep,
     body: SendCommandRequest,
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.sendCommand")
+    allowed(
+        caller,
+        "cloudiot.devices.sendCommand",
+        f"projects/{project}/locations/{location}/registries/{registry}/devices/{device}",
+    )
     ref = device_ref(project, location, registry, device)
     await manager.send_command(ref, body.binary_data, body.subfolder)
     return ok()

@@ -59,7 +59,7 @@ def _firmware(request: Request) -> Firmware:
 async def upload(
     project: str, request: Request, caller: CallerDep, body: UploadFirmwareRequest
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.updateConfig")
+    allowed(caller, "cloudiot.devices.updateConfig", f"projects/{project}")
     manifest = body.manifest
     # surrogatepass: a lone surrogate in the text reaches the manifest parser, which refuses
     # it as not UTF-8, instead of failing here.
@@ -72,7 +72,7 @@ async def upload(
 
 @router.get(PROJECT + "/firmware", name="ListFirmware")
 async def list_images(project: str, request: Request, caller: CallerDep) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.get")
+    allowed(caller, "cloudiot.devices.get", f"projects/{project}")
     images = await _firmware(request).list_images(project)
     return ok({"images": [image_wire(image) for image in images]})
 
@@ -86,7 +86,11 @@ async def start_rollout(
     caller: CallerDep,
     body: StartRolloutRequest,
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.updateConfig")
+    allowed(
+        caller,
+        "cloudiot.devices.updateConfig",
+        f"projects/{project}/locations/{location}/registries/{registry}",
+    )
     spec = RolloutSpec(body.stages, body.failure_threshold, body.min_stage_size, body.device_ids)
     view = await _firmware(request).start(
         registry_name(project, location, registry), spec, body.sha256, body.model, body.version
@@ -98,7 +102,11 @@ async def start_rollout(
 async def list_rollouts(
     project: str, location: str, registry: str, request: Request, caller: CallerDep
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.get")
+    allowed(
+        caller,
+        "cloudiot.devices.get",
+        f"projects/{project}/locations/{location}/registries/{registry}",
+    )
     return ok(await _firmware(request).list(registry_name(project, location, registry)))
 
 
@@ -106,7 +114,11 @@ async def list_rollouts(
 async def get_rollout(
     project: str, location: str, registry: str, rollout: str, request: Request, caller: CallerDep
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.get")
+    allowed(
+        caller,
+        "cloudiot.devices.get",
+        f"projects/{project}/locations/{location}/registries/{registry}",
+    )
     return ok(await _firmware(request).get(registry_name(project, location, registry), rollout))
 
 
@@ -120,6 +132,10 @@ async def halt_rollout(
     caller: CallerDep,
     body: HaltRolloutRequest,
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.updateConfig")
+    allowed(
+        caller,
+        "cloudiot.devices.updateConfig",
+        f"projects/{project}/locations/{location}/registries/{registry}",
+    )
     name = registry_name(project, location, registry)
     return ok(await _firmware(request).halt(name, rollout, body.reason))

@@ -48,7 +48,11 @@ async def import_manifest_route(
     caller: CallerDep,
     body: ImportManifestRequest,
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.create")
+    allowed(
+        caller,
+        "cloudiot.devices.create",
+        f"projects/{project}/locations/{location}/registries/{registry}",
+    )
     report = await import_manifest(
         manager,
         registry_name(project, location, registry),
@@ -65,7 +69,7 @@ async def import_manifest_route(
 async def revoke_signer(
     request: Request, caller: CallerDep, body: RevokeSignerRequest
 ) -> JSONResponse:
-    allowed(caller, "ironcore.revocations.manage")
+    allowed(caller, "ironcore.revocations.manage", "revocations")
     # The process's own instance, shared with the bridges: its snapshot is fresh when the
     # connected devices are checked again.
     revocations: Revocations = request.app.state.revocations
@@ -75,7 +79,7 @@ async def revoke_signer(
 
 @router.get(REVOCATIONS, name="ListRevocations")
 async def list_revocations(request: Request, caller: CallerDep) -> JSONResponse:
-    allowed(caller, "cloudiot.registries.get")
+    allowed(caller, "cloudiot.registries.get", "revocations")
     revocations: Revocations = request.app.state.revocations
     records = await revocations.list()
     return ok({"revokedSigners": [_wire(record) for record in records]})
@@ -91,7 +95,11 @@ async def get_provenance(
     manager: Manager,
     caller: CallerDep,
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.get")
+    allowed(
+        caller,
+        "cloudiot.devices.get",
+        f"projects/{project}/locations/{location}/registries/{registry}/devices/{device}",
+    )
     record = await manager.device_record(device_ref(project, location, registry, device))
     revocations: Revocations = request.app.state.revocations
     found = await revocations.provenance(record)
@@ -108,19 +116,15 @@ async def reattest(
     manager: Manager,
     caller: CallerDep,
 ) -> JSONResponse:
-    allowed(caller, "ironcore.revocations.manage")
+    allowed(
+        caller,
+        "ironcore.revocations.manage",
+        f"projects/{project}/locations/{location}/registries/{registry}/devices/{device}",
+    )
     record = await manager.device_record(device_ref(project, location, registry, device))
     revocations: Revocations = request.app.state.revocations
-    found = await revocations.reattest(record.device.num_id, _principal(request))
+    found = await revocations.reattest(record.device.num_id, caller.principal)
     return ok({"credentials": [c.to_wire() for c in found]})
-
-
-def _principal(request: Request) -> str:
-    """Who re-attests, for the record: the admin token's id (a token is `ic_<id>_<secret>`).
-    Until callers carry a principal of their own, the id names the token's holder."""
-    token = request.headers.get("authorization", "").partition(" ")[2].strip()
-    parts = token.split("_", 2)
-    return f"token:{parts[1]}" if len(parts) == 3 and parts[0] == "ic" else "token:unknown"
 
 
 def _wire(record: RevokedSignerRecord) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -106,8 +107,9 @@ def _resource(project: str, kind: str, resource: str) -> str:
 async def get_pubsub_iam_policy(
     project: str, kind: PubSubKind, resource: str, request: Request, caller: CallerDep
 ) -> JSONResponse:
-    allowed(caller, permission(kind, "getIamPolicy"))
-    policy = await _policies(request).get_iam_policy(kind, _resource(project, kind, resource))
+    name = _resource(project, kind, resource)
+    allowed(caller, permission(kind, "getIamPolicy"), name)
+    policy = await _policies(request).get_iam_policy(kind, name)
     return ok(policy_wire(policy))
 
 
@@ -120,10 +122,9 @@ async def set_pubsub_iam_policy(
     caller: CallerDep,
     body: SetIamPolicyRequest,
 ) -> JSONResponse:
-    allowed(caller, permission(kind, "setIamPolicy"))
-    policy = await _policies(request).set_iam_policy(
-        kind, _resource(project, kind, resource), body.policy, body.update_mask
-    )
+    name = _resource(project, kind, resource)
+    allowed(caller, permission(kind, "setIamPolicy"), name)
+    policy = await _policies(request).set_iam_policy(kind, name, body.policy, body.update_mask)
     return ok(policy_wire(policy))
 
 
@@ -139,8 +140,9 @@ async def test_pubsub_iam_permissions(
     caller: CallerDep,
     body: TestIamPermissionsRequest,
 ) -> JSONResponse:
+    name = _resource(project, kind, resource)
     granted = await _policies(request).test_iam_permissions(
-        kind, _resource(project, kind, resource), caller.may, body.permissions
+        kind, name, partial(caller.may, resource=name), body.permissions
     )
     return ok({"permissions": granted} if granted else {})
 
@@ -149,21 +151,21 @@ async def test_pubsub_iam_permissions(
 async def create_topic(
     project: str, topic: str, request: Request, caller: CallerDep, body: TopicBody
 ) -> JSONResponse:
-    allowed(caller, "pubsub.topics.create")
+    allowed(caller, "pubsub.topics.create", f"projects/{project}/topics/{topic}")
     created = await _pubsub(request).create_topic(topic_name(project, topic), body.backend)
     return ok({"name": created.name, "backend": created.backend})
 
 
 @router.get(TOPICS, name="ListTopics")
 async def list_topics(project: str, request: Request, caller: CallerDep) -> JSONResponse:
-    allowed(caller, "pubsub.topics.list")
+    allowed(caller, "pubsub.topics.list", f"projects/{project}")
     topics = await _pubsub(request).list_topics(project)
     return ok({"topics": [{"name": t.name, "backend": t.backend} for t in topics]})
 
 
 @router.get(TOPIC, name="GetTopic")
 async def get_topic(project: str, topic: str, request: Request, caller: CallerDep) -> JSONResponse:
-    allowed(caller, "pubsub.topics.get")
+    allowed(caller, "pubsub.topics.get", f"projects/{project}/topics/{topic}")
     found = await _pubsub(request).get_topic(topic_name(project, topic))
     return ok({"name": found.name, "backend": found.backend})
 
@@ -172,7 +174,7 @@ async def get_topic(project: str, topic: str, request: Request, caller: CallerDe
 async def delete_topic(
     project: str, topic: str, request: Request, caller: CallerDep
 ) -> JSONResponse:
-    allowed(caller, "pubsub.topics.delete")
+    allowed(caller, "pubsub.topics.delete", f"projects/{project}/topics/{topic}")
     await _pubsub(request).delete_topic(topic_name(project, topic))
     return ok()
 
@@ -181,7 +183,7 @@ async def delete_topic(
 async def publish(
     project: str, topic: str, request: Request, caller: CallerDep, body: PublishRequest
 ) -> JSONResponse:
-    allowed(caller, "pubsub.topics.publish")
+    allowed(caller, "pubsub.topics.publish", f"projects/{project}/topics/{topic}")
     ids = await _pubsub(request).publish(
         topic_name(project, topic), [(m.data, m.attributes) for m in body.messages]
     )
@@ -197,7 +199,7 @@ async def tail_topic(
     limit: int = Query(0, ge=0, description="Stop after this many events (0: never)"),
 ) -> StreamingResponse:
     """Server-sent events: every event published to the topic from now on, as JSON."""
-    allowed(caller, "pubsub.topics.get")
+    allowed(caller, "pubsub.topics.get", f"projects/{project}/topics/{topic}")
     pubsub = _pubsub(request)
     name = topic_name(project, topic)
     await pubsub.get_topic(name)
@@ -222,7 +224,9 @@ async def tail_topic(
 async def create_subscription(
     project: str, subscription: str, request: Request, caller: CallerDep, body: SubscriptionBody
 ) -> JSONResponse:
-    allowed(caller, "pubsub.subscriptions.create")
+    allowed(
+        caller, "pubsub.subscriptions.create", f"projects/{project}/subscriptions/{subscription}"
+    )
     dead = body.dead_letter_policy or DeadLetterPolicy()
     created = await _pubsub(request).create_subscription(
         subscription_name(project, subscription),
@@ -241,7 +245,7 @@ async def create_subscription(
 
 @router.get(SUBSCRIPTIONS, name="ListSubscriptions")
 async def list_subscriptions(project: str, request: Request, caller: CallerDep) -> JSONResponse:
-    allowed(caller, "pubsub.subscriptions.list")
+    allowed(caller, "pubsub.subscriptions.list", f"projects/{project}")
     found = await _pubsub(request).list_subscriptions(project)
     return ok({"subscriptions": [subscription_wire(s) for s in found]})
 
@@ -250,7 +254,7 @@ async def list_subscriptions(project: str, request: Request, caller: CallerDep) 
 async def get_subscription(
     project: str, subscription: str, request: Request, caller: CallerDep
 ) -> JSONResponse:
-    allowed(caller, "pubsub.subscriptions.get")
+    allowed(caller, "pubsub.subscriptions.get", f"projects/{project}/subscriptions/{subscription}")
     found = await _pubsub(request).get_subscription(subscription_name(project, subscription))
     return ok(subscription_wire(found))
 
@@ -259,7 +263,9 @@ async def get_subscription(
 async def delete_subscription(
     project: str, subscription: str, request: Request, caller: CallerDep
 ) -> JSONResponse:
-    allowed(caller, "pubsub.subscriptions.delete")
+    allowed(
+        caller, "pubsub.subscriptions.delete", f"projects/{project}/subscriptions/{subscription}"
+    )
     await _pubsub(request).delete_subscription(subscription_name(project, subscription))
     return ok()
 
@@ -268,7 +274,9 @@ async def delete_subscription(
 async def pull(
     project: str, subscription: str, request: Request, caller: CallerDep, body: PullRequest
 ) -> JSONResponse:
-    allowed(caller, "pubsub.subscriptions.consume")
+    allowed(
+        caller, "pubsub.subscriptions.consume", f"projects/{project}/subscriptions/{subscription}"
+    )
     messages = await _pubsub(request).pull(
         subscription_name(project, subscription), body.max_messages
     )
@@ -283,7 +291,9 @@ async def pull(
 async def acknowledge(
     project: str, subscription: str, request: Request, caller: CallerDep, body: AcknowledgeRequest
 ) -> JSONResponse:
-    allowed(caller, "pubsub.subscriptions.consume")
+    allowed(
+        caller, "pubsub.subscriptions.consume", f"projects/{project}/subscriptions/{subscription}"
+    )
     await _pubsub(request).acknowledge(subscription_name(project, subscription), body.ack_ids)
     return ok()
 
@@ -296,7 +306,9 @@ async def modify_ack_deadline(
     caller: CallerDep,
     body: ModifyAckDeadlineRequest,
 ) -> JSONResponse:
-    allowed(caller, "pubsub.subscriptions.consume")
+    allowed(
+        caller, "pubsub.subscriptions.consume", f"projects/{project}/subscriptions/{subscription}"
+    )
     await _pubsub(request).modify_ack_deadline(
         subscription_name(project, subscription), body.ack_ids, body.ack_deadline_seconds
     )

@@ -47,7 +47,7 @@ class TestIamPermissionsRequest(Message):
 async def create_registry(
     project: str, location: str, manager: Manager, caller: CallerDep, body: DeviceRegistry
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.registries.create")
+    allowed(caller, "cloudiot.registries.create", f"projects/{project}/locations/{location}")
     registry = await manager.create_registry(location_name(project, location), body)
     return ok(registry.to_wire())
 
@@ -61,7 +61,7 @@ async def list_registries(
     page_size: int = Query(0, alias="pageSize"),
     page_token: str = Query("", alias="pageToken"),
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.registries.list")
+    allowed(caller, "cloudiot.registries.list", f"projects/{project}/locations/{location}")
     page = await manager.list_registries(location_name(project, location), page_size, page_token)
     out: dict[str, Any] = {"deviceRegistries": [r.to_wire() for r in page.items]}
     if page.next_page_token:
@@ -73,7 +73,11 @@ async def list_registries(
 async def get_registry(
     project: str, location: str, registry: str, manager: Manager, caller: CallerDep
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.registries.get")
+    allowed(
+        caller,
+        "cloudiot.registries.get",
+        f"projects/{project}/locations/{location}/registries/{registry}",
+    )
     found = await manager.get_registry(registry_name(project, location, registry))
     return ok(found.to_wire())
 
@@ -88,7 +92,11 @@ async def update_registry(
     body: DeviceRegistry,
     update_mask: str = Query("", alias="updateMask"),
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.registries.update")
+    allowed(
+        caller,
+        "cloudiot.registries.update",
+        f"projects/{project}/locations/{location}/registries/{registry}",
+    )
     updated = await manager.update_registry(
         registry_name(project, location, registry), body, update_mask
     )
@@ -99,7 +107,11 @@ async def update_registry(
 async def delete_registry(
     project: str, location: str, registry: str, manager: Manager, caller: CallerDep
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.registries.delete")
+    allowed(
+        caller,
+        "cloudiot.registries.delete",
+        f"projects/{project}/locations/{location}/registries/{registry}",
+    )
     await manager.delete_registry(registry_name(project, location, registry))
     return ok()
 
@@ -114,7 +126,11 @@ async def bind(
     caller: CallerDep,
     body: BindRequest,
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.bindGateway")
+    allowed(
+        caller,
+        "cloudiot.devices.bindGateway",
+        f"projects/{project}/locations/{location}/registries/{registry}",
+    )
     await manager.bind(registry_name(project, location, registry), body.gateway_id, body.device_id)
     return ok()
 
@@ -129,7 +145,11 @@ async def unbind(
     caller: CallerDep,
     body: BindRequest,
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.unbindGateway")
+    allowed(
+        caller,
+        "cloudiot.devices.unbindGateway",
+        f"projects/{project}/locations/{location}/registries/{registry}",
+    )
     await manager.unbind(
         registry_name(project, location, registry), body.gateway_id, body.device_id
     )
@@ -146,7 +166,11 @@ async def get_iam_policy(
     caller: CallerDep,
     body: GetIamPolicyRequest = Body(GetIamPolicyRequest()),
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.registries.getIamPolicy")
+    allowed(
+        caller,
+        "cloudiot.registries.getIamPolicy",
+        f"projects/{project}/locations/{location}/registries/{registry}",
+    )
     policy = await manager.get_iam_policy(registry_name(project, location, registry))
     return ok(policy_wire(policy))
 
@@ -161,7 +185,11 @@ async def set_iam_policy(
     caller: CallerDep,
     body: SetIamPolicyRequest,
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.registries.setIamPolicy")
+    allowed(
+        caller,
+        "cloudiot.registries.setIamPolicy",
+        f"projects/{project}/locations/{location}/registries/{registry}",
+    )
     policy = await manager.set_iam_policy(registry_name(project, location, registry), body.policy)
     return ok(policy_wire(policy))
 

@@ -35,7 +35,11 @@ async def start_rotation(
     caller: CallerDep,
     body: StartRotationRequest,
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.update")
+    allowed(
+        caller,
+        "cloudiot.devices.update",
+        f"projects/{project}/locations/{location}/registries/{registry}/devices/{device}",
+    )
     record = await manager.device_record(device_ref(project, location, registry, device))
     rotation = await _rotations(request).start(record.device.num_id, body.grace_seconds)
     if manager.links is not None:
@@ -53,7 +57,11 @@ async def get_rotation(
     manager: Manager,
     caller: CallerDep,
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.get")
+    allowed(
+        caller,
+        "cloudiot.devices.get",
+        f"projects/{project}/locations/{location}/registries/{registry}/devices/{device}",
+    )
     record = await manager.device_record(device_ref(project, location, registry, device))
     rotation = await _rotations(request).current(record.device.num_id)
     return ok(rotation.to_wire() if rotation else {})
@@ -69,7 +77,11 @@ async def rollback_rotation(
     manager: Manager,
     caller: CallerDep,
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.update")
+    allowed(
+        caller,
+        "cloudiot.devices.update",
+        f"projects/{project}/locations/{location}/registries/{registry}/devices/{device}",
+    )
     record = await manager.device_record(device_ref(project, location, registry, device))
     num_id = record.device.num_id
     in_use = await manager.links.key_in_use(num_id) if manager.links is not None else None

@@ -19,14 +19,14 @@ class CreateTokenRequest(Message):
 
 @router.post(TOKENS, name="CreateToken")
 async def create_token(tokens: Tokens, caller: CallerDep, body: CreateTokenRequest) -> JSONResponse:
-    allowed(caller, "ironcore.tokens.manage")
+    allowed(caller, "ironcore.tokens.manage", "tokens")
     token = await tokens.create(body.role, body.name)
     return ok({"token": token, "role": body.role, "name": body.name})
 
 
 @router.get(TOKENS, name="ListTokens")
 async def list_tokens(tokens: Tokens, caller: CallerDep) -> JSONResponse:
-    allowed(caller, "ironcore.tokens.manage")
+    allowed(caller, "ironcore.tokens.manage", "tokens")
     return ok(
         {
             "tokens": [
@@ -47,7 +47,7 @@ async def list_tokens(tokens: Tokens, caller: CallerDep) -> JSONResponse:
 async def revoke_token(
     token_id: str, request: Request, tokens: Tokens, caller: CallerDep
 ) -> JSONResponse:
-    allowed(caller, "ironcore.tokens.manage")
+    allowed(caller, "ironcore.tokens.manage", "tokens")
     await tokens.revoke(token_id)
     request.app.state.auth.forget()
     return ok()

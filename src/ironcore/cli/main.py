@@ -17,6 +17,7 @@ from ironcore.cli import (
     manifest,
     pubsub,
     registries,
+    service_accounts,
     simulate,
     tokens,
 )
@@ -33,6 +34,7 @@ app.add_typer(registries.app, name="registries")
 app.add_typer(devices.app, name="devices")
 app.add_typer(gateways.app, name="gateways")
 app.add_typer(tokens.app, name="tokens")
+app.add_typer(service_accounts.app, name="service-accounts")
 app.add_typer(ca.app, name="ca")
 app.add_typer(factory.app, name="factory")
 app.add_typer(manifest.app, name="manifest")
@@ -114,6 +116,14 @@ def serve(
             "with RESOURCE_EXHAUSTED",
         ),
     ] = 1000,
+    pubsub_emulator_as: Annotated[
+        str,
+        typer.Option(
+            envvar="IRONCORE_PUBSUB_EMULATOR_AS",
+            help="Service account (email, or NAME) whose roles the --pubsub-emulator-port's "
+            "calls have; default: publish, consume, read, create subscriptions",
+        ),
+    ] = "",
     public_url: Annotated[
         str,
         typer.Option(
@@ -296,6 +306,7 @@ def serve(
             pubsub_emulator_port=pubsub_emulator_port,
             pubsub_emulator_host=pubsub_emulator_host,
             grpc_max_concurrent_rpcs=grpc_max_concurrent_rpcs,
+            pubsub_emulator_as=pubsub_emulator_as,
             public_url=public_url_option(public_url),
             device_http_port=device_http_port,
             event_retention_days=event_retention_days,

@@ -83,19 +83,19 @@ class DeviceManagerService:
     # Registries
 
     async def create_registry(self, request: Any, caller: Caller) -> Message:
-        require(caller, "cloudiot.registries.create")
+        require(caller, "cloudiot.registries.create", request.parent)
         registry = await self.manager.create_registry(
             parse_location_name(request.parent), model(DeviceRegistry, request.device_registry)
         )
         return message(_Registry, registry.to_wire())
 
     async def get_registry(self, request: Any, caller: Caller) -> Message:
-        require(caller, "cloudiot.registries.get")
+        require(caller, "cloudiot.registries.get", request.name)
         registry = await self.manager.get_registry(parse_registry_name(request.name))
         return message(_Registry, registry.to_wire())
 
     async def update_registry(self, request: Any, caller: Caller) -> Message:
-        require(caller, "cloudiot.registries.update")
+        require(caller, "cloudiot.registries.update", request.device_registry.name)
         registry = await self.manager.update_registry(
             parse_registry_name(request.device_registry.name, "device_registry.name"),
             model(DeviceRegistry, request.device_registry),
@@ -104,12 +104,12 @@ class DeviceManagerService:
         return message(_Registry, registry.to_wire())
 
     async def delete_registry(self, request: Any, caller: Caller) -> Message:
-        require(caller, "cloudiot.registries.delete")
+        require(caller, "cloudiot.registries.delete", request.name)
         await self.manager.delete_registry(parse_registry_name(request.name))
         return empty_pb2.Empty()
 
     async def list_registries(self, request: Any, caller: Caller) -> Message:
-        require(caller, "cloudiot.registries.list")
+        require(caller, "cloudiot.registries.list", request.parent)
         page = await self.manager.list_registries(
             parse_location_name(request.parent), request.page_size, request.page_token
         )
@@ -122,14 +122,14 @@ class DeviceManagerService:
         )
 
     async def bind(self, request: Any, caller: Caller) -> Message:
-        require(caller, "cloudiot.devices.bindGateway")
+        require(caller, "cloudiot.devices.bindGateway", request.parent)
         await self.manager.bind(
             parse_registry_name(request.parent, "parent"), request.gateway_id, request.device_id
         )
         return iot.BindDeviceToGatewayResponse.pb()()
 
     async def unbind(self, request: Any, caller: Caller) -> Message:
-        require(caller, "cloudiot.devices.unbindGateway")
+        require(caller, "cloudiot.devices.unbindGateway", request.parent)
         await self.manager.unbind(
             parse_registry_name(request.parent, "parent"), request.gateway_id, request.device_id
         )
@@ -138,14 +138,14 @@ class DeviceManagerService:
     # IAM, on registries
 
     async def get_iam_policy(self, request: Any, caller: Caller) -> Message:
-        require(caller, "cloudiot.registries.getIamPolicy")
+        require(caller, "cloudiot.registries.getIamPolicy", request.resource)
         policy = await self.manager.get_iam_policy(
             parse_registry_name(request.resource, "resource")
         )
         return policy_message(policy)
 
     async def set_iam_policy(self, request: Any, caller: Caller) -> Message:
-        require(caller, "cloudiot.registries.setIamPolicy")
+        require(caller, "cloudiot.registries.setIamPolicy", request.resource)
         policy = await self.manager.set_iam_policy(
             parse_registry_name(request.resource, "resource"), model(Policy, request.policy)
         )
@@ -163,21 +163,21 @@ class DeviceManagerService:
     # Devices
 
     async def create_device(self, request: Any, caller: Caller) -> Message:
-        require(caller, "cloudiot.devices.create")
+        require(caller, "cloudiot.devices.create", request.parent)
         device = await self.manager.create_device(
             parse_registry_name(request.parent, "parent"), model(Device, request.device)
         )
         return message(_Device, device.to_wire())
 
     async def get_device(self, request: Any, caller: Caller) -> Message:
-        require(caller, "cloudiot.devices.get")
+        require(caller, "cloudiot.devices.get", request.name)
         device = await self.manager.get_device(
             parse_device_name(request.name), mask(request.field_mask)
         )
         return message(_Device, device)
 
     async def update_device(self, request: Any, caller: Caller) -> Message:
-        require(caller, "cloudiot.devices.update")
+        require(caller, "cloudiot.devices.update", request.device.name)
         device = await self.manager.update_device(
             parse_device_name(request.device.name, "device.name"),
             model(Device, request.device),
@@ -186,12 +186,12 @@ class DeviceManagerService:
         return message(_Device, device.to_wire())
 
     async def delete_device(self, request: Any, caller: Caller) -> Message:
-        require(caller, "cloudiot.devices.delete")
+        require(caller, "cloudiot.devices.delete", request.name)
         await self.manager.delete_device(parse_device_name(request.name))
         return empty_pb2.Empty()
 
     async def list_devices(self, request: Any, caller: Caller) -> Message:
-        require(caller, "cloudiot.devices.list")
+        require(caller, "cloudiot.devices.list", request.parent)
         options = request.gateway_list_options
         page = await self.manager.list_devices(
             parse_registry_name(request.parent, "parent"),
@@ -210,14 +210,14 @@ class DeviceManagerService:
         )
 
     async def modify_config(self, request: Any, caller: Caller) -> Message:
-        require(caller, "cloudiot.devices.updateConfig")
+        require(caller, "cloudiot.devices.updateConfig", request.name)
         config = await self.manager.modify_config(
             parse_device_name(request.name), request.version_to_update, request.binary_data
         )
         return message(iot.DeviceConfig.pb(), config.to_wire())
 
     async def list_config_versions(self, request: Any, caller: Caller) -> Message:
-        require(caller, "cloudiot.devices.get")
+        require(caller, "cloudiot.devices.get", request.name)
         configs = await self.manager.list_config_versions(
             parse_device_name(request.name), request.num_versions
         )
@@ -227,14 +227,14 @@ class DeviceManagerService:
         )
 
     async def list_states(self, request: Any, caller: Caller) -> Message:
-        require(caller, "cloudiot.devices.get")
+        require(caller, "cloudiot.devices.get", request.name)
         states = await self.manager.list_states(parse_device_name(request.name), request.num_states)
         return message(
             iot.ListDeviceStatesResponse.pb(), {"deviceStates": [s.to_wire() for s in states]}
         )
 
     async def send_command(self, request: Any, caller: Caller) -> Message:
-        require(caller, "cloudiot.devices.sendCommand")
+        require(caller, "cloudiot.devices.sendCommand", request.name)
         await self.manager.send_command(
             parse_device_name(request.name), request.binary_data, request.subfolder
         )

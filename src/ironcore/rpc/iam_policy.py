@@ -7,6 +7,7 @@ and Google's emulator has never served IAM either (googleapis/google-cloud-commo
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import grpc
@@ -47,12 +48,12 @@ class IAMPolicyService:
 
     async def get_iam_policy(self, request: Any, caller: Caller) -> Message:
         kind, name = parse_resource(request.resource)
-        require(caller, permission(kind, "getIamPolicy"))
+        require(caller, permission(kind, "getIamPolicy"), name)
         return policy_message(await self.policies.get_iam_policy(kind, name))
 
     async def set_iam_policy(self, request: Any, caller: Caller) -> Message:
         kind, name = parse_resource(request.resource)
-        require(caller, permission(kind, "setIamPolicy"))
+        require(caller, permission(kind, "setIamPolicy"), name)
         policy = await self.policies.set_iam_policy(
             kind, name, model(Policy, request.policy), mask(request.update_mask)
         )
@@ -61,6 +62,6 @@ class IAMPolicyService:
     async def test_iam_permissions(self, request: Any, caller: Caller) -> Message:
         kind, name = parse_resource(request.resource)
         granted = await self.policies.test_iam_permissions(
-            kind, name, caller.may, request.permissions
+            kind, name, partial(caller.may, resource=name), request.permissions
         )
         return iam_policy_pb2.TestIamPermissionsResponse(permissions=granted)

@@ -49,27 +49,27 @@ class PublisherService:
         )
 
     async def create_topic(self, request: Any, caller: Caller) -> Message:
-        require(caller, "pubsub.topics.create")
+        require(caller, "pubsub.topics.create", request.name)
         created = await self.pubsub.create_topic(parse_topic(request.name, "name"))
         return _Topic(name=created.name)
 
     async def get_topic(self, request: Any, caller: Caller) -> Message:
-        require(caller, "pubsub.topics.get")
+        require(caller, "pubsub.topics.get", request.topic)
         found = await self.pubsub.get_topic(parse_topic(request.topic, "topic"))
         return _Topic(name=found.name)
 
     async def list_topics(self, request: Any, caller: Caller) -> Message:
-        require(caller, "pubsub.topics.list")
+        require(caller, "pubsub.topics.list", request.project)
         topics = await self.pubsub.list_topics(project_id(request.project))
         return pubsub.ListTopicsResponse.pb()(topics=[_Topic(name=t.name) for t in topics])
 
     async def delete_topic(self, request: Any, caller: Caller) -> Message:
-        require(caller, "pubsub.topics.delete")
+        require(caller, "pubsub.topics.delete", request.topic)
         await self.pubsub.delete_topic(parse_topic(request.topic, "topic"))
         return empty_pb2.Empty()
 
     async def publish(self, request: Any, caller: Caller) -> Message:
-        require(caller, "pubsub.topics.publish")
+        require(caller, "pubsub.topics.publish", request.topic)
         ids = await self.pubsub.publish(
             parse_topic(request.topic, "topic"),
             [(m.data, dict(m.attributes)) for m in request.messages],

@@ -92,7 +92,7 @@ class StreamingPull:
                 raise InvalidArgument("The stream ended before its first request")
             request = _parse(first)
             name = parse_subscription(request.subscription, "subscription")
-            require(caller, "pubsub.subscriptions.consume")
+            require(caller, "pubsub.subscriptions.consume", name)
             stream = _Stream(self, name, request)
             self._streams.setdefault(name, set()).add(stream)
             try:

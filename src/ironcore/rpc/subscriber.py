@@ -60,7 +60,7 @@ class SubscriberService:
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
     async def create_subscription(self, request: Any, caller: Caller) -> Message:
-        require(caller, "pubsub.subscriptions.create")
+        require(caller, "pubsub.subscriptions.create", request.name)
         if request.push_config.push_endpoint:
             # A push subscription's signing secret is shown once, in REST's answer; Google's
             # Subscription has no field for it.
@@ -78,14 +78,14 @@ class SubscriberService:
         return message(_Subscription, subscription_wire(created))
 
     async def get_subscription(self, request: Any, caller: Caller) -> Message:
-        require(caller, "pubsub.subscriptions.get")
+        require(caller, "pubsub.subscriptions.get", request.subscription)
         found = await self.pubsub.get_subscription(
             parse_subscription(request.subscription, "subscription")
         )
         return message(_Subscription, subscription_wire(found))
 
     async def list_subscriptions(self, request: Any, caller: Caller) -> Message:
-        require(caller, "pubsub.subscriptions.list")
+        require(caller, "pubsub.subscriptions.list", request.project)
         found = await self.pubsub.list_subscriptions(project_id(request.project))
         return message(
             pubsub.ListSubscriptionsResponse.pb(),
@@ -93,14 +93,14 @@ class SubscriberService:
         )
 
     async def delete_subscription(self, request: Any, caller: Caller) -> Message:
-        require(caller, "pubsub.subscriptions.delete")
+        require(caller, "pubsub.subscriptions.delete", request.subscription)
         await self.pubsub.delete_subscription(
             parse_subscription(request.subscription, "subscription")
         )
         return empty_pb2.Empty()
 
     async def pull(self, request: Any, caller: Caller) -> Message:
-        require(caller, "pubsub.subscriptions.consume")
+        require(caller, "pubsub.subscriptions.consume", request.subscription)
         delivered = await self.pubsub.pull(
             parse_subscription(request.subscription, "subscription"), request.max_messages
         )
@@ -111,14 +111,14 @@ class SubscriberService:
         return message(pubsub.PullResponse.pb(), {"receivedMessages": received})
 
     async def acknowledge(self, request: Any, caller: Caller) -> Message:
-        require(caller, "pubsub.subscriptions.consume")
+        require(caller, "pubsub.subscriptions.consume", request.subscription)
         await self.streaming_pull.acknowledge(
             parse_subscription(request.subscription, "subscription"), list(request.ack_ids)
         )
         return empty_pb2.Empty()
 
     async def modify_ack_deadline(self, request: Any, caller: Caller) -> Message:
-        require(caller, "pubsub.subscriptions.consume")
+        require(caller, "pubsub.subscriptions.consume", request.subscription)
         await self.streaming_pull.modify_ack_deadline(
             parse_subscription(request.subscription, "subscription"),
             list(request.ack_ids),

@@ -29,7 +29,10 @@ from fastapi import FastAPI
 from nats.errors import Error as NatsError
 
 from ironcore import logs
+from ironcore.access.assertions import service_audiences
 from ironcore.access.callers import PUBSUB_EMULATOR, FixedCaller, TokenAuthenticator
+from ironcore.access.roles import Caller
+from ironcore.access.service_accounts import ServiceAccounts, service_account_caller
 from ironcore.access.tokens import AdminTokens
 from ironcore.api.app import create_app
 from ironcore.api.ops import ReadinessCheck
@@ -42,6 +45,7 @@ from ironcore.bridge.http import DeviceBridge
 from ironcore.bridge.mqtt.connection import Services as MqttServices
 from ironcore.bridge.mqtt.server import MqttBridge
 from ironcore.bridge.workers import Workers
+from ironcore.errors import IronCoreError
 from ironcore.firmware.rollout import Firmware
 from ironcore.metrics import Snapshot
 from ironcore.routing.pubsub import PubSub
@@ -174,6 +178,7 @@ async def serve(settings: Settings) -> None:
             workers.metrics if workers is not None else None,
             readiness.checks(settings, storage.store, bridge, bus),
             budget,
+            emulator_caller=await pubsub_emulator_caller(settings, built),
         )
         await _run(settings, servers, built, bridge, workers)
     finally:
@@ -196,6 +201,7 @@ def adapters(
     worker_metrics: WorkerMetrics | None,
     ready: Mapping[str, ReadinessCheck],
     budget: Budget,
+    emulator_caller: Caller = PUBSUB_EMULATOR,
 ) -> list[Adapter]:
     """The servers the primary runs beside its MQTT bridge, over the services it built and
     the device channel its MQTT bridge shares: the admin API, with the HTTP device bridge in
@@ -226,7 +232,11 @@ def adapters(
             found.append(
                 GrpcServer(
                     services.pubsub,
-                    TokenAuthenticator(services.tokens),
+                    TokenAuthenticator(
+                        services.tokens,
+                        ServiceAccounts(services.tokens.store, services.tokens.clock),
+                        service_audiences(settings.public_url),
+                    ),
                     settings.api_host,
                     settings.grpc_port,
                     tls_files(settings),
@@ -236,7 +246,11 @@ def adapters(
                 )
             )
         if settings.pubsub_emulator_port:
-            found.append(pubsub_emulator(settings, services.pubsub, grpc_limits(settings, budget)))
+            found.append(
+                pubsub_emulator(
+                    settings, services.pubsub, grpc_limits(settings, budget), emulator_caller
+                )
+            )
     except OSError as error:
         raise CannotStart(str(error)) from None
     return found
@@ -246,13 +260,29 @@ def grpc_limits(settings: Settings, budget: Budget) -> GrpcLimits:
     return GrpcLimits(budget.http, settings.grpc_max_concurrent_rpcs)
 
 
-def pubsub_emulator(settings: Settings, pubsub: PubSub, limits: GrpcLimits) -> GrpcServer:
+async def pubsub_emulator_caller(settings: Settings, services: Services) -> Caller:
+    """Whom the Pub/Sub emulator port's calls act as: the service account
+    `--pubsub-emulator-as` names (looked up once, at start; CannotStart if there is none),
+    else `PUBSUB_EMULATOR`."""
+    if not (settings.pubsub_emulator_port and settings.pubsub_emulator_as):
+        return PUBSUB_EMULATOR
+    accounts = ServiceAccounts(services.tokens.store, services.tokens.clock)
+    try:
+        account = await accounts.find(settings.pubsub_emulator_as)
+    except IronCoreError as error:
+        raise CannotStart(f"--pubsub-emulator-as: {error.message}") from None
+    log.info("the Pub/Sub emulator port's calls act as serviceAccount:%s", account.email)
+    return service_account_caller(account)
+
+
+def pubsub_emulator(
+    settings: Settings, pubsub: PubSub, limits: GrpcLimits, caller: Caller = PUBSUB_EMULATOR
+) -> GrpcServer:
     """The Pub/Sub emulator port: Publisher and Subscriber in plaintext, for clients that
-    PUBSUB_EMULATOR_HOST redirects. They send no credentials, so every call acts as
-    `PUBSUB_EMULATOR` (publish and consume, read, create subscriptions), and anyone who can
-    reach the port may do that: a host other than loopback is warned about. Once service
-    accounts exist, `--pubsub-emulator-as SERVICE_ACCOUNT` will replace that fixed caller by
-    the account named, given here as the server's authenticator."""
+    PUBSUB_EMULATOR_HOST redirects. They send no credentials, so every call acts as `caller`
+    (`PUBSUB_EMULATOR`: publish and consume, read, create subscriptions; or the service
+    account of `--pubsub-emulator-as`), and anyone who can reach the port may do that: a host
+    other than loopback is warned about."""
     host = settings.pubsub_emulator_host
     if not is_loopback(host):
         log.warning(
@@ -263,7 +293,7 @@ def pubsub_emulator(settings: Settings, pubsub: PubSub, limits: GrpcLimits) -> G
         )
     return GrpcServer(
         pubsub,
-        FixedCaller(PUBSUB_EMULATOR),
+        FixedCaller(caller),
         host,
         settings.pubsub_emulator_port,
         None,

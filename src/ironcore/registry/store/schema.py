@@ -283,3 +283,37 @@ resource_policies = Table(
     Column("version", Integer, nullable=False),
     Column("etag", String(64), nullable=False),
 )
+
+# Service accounts (ironcore.access.service_accounts): the account, its public keys (the
+# private key leaves the server once, in the key file) and the access tokens the token
+# endpoint issued, kept as hashes with the key they were issued for.
+service_accounts = Table(
+    "service_accounts",
+    metadata,
+    Column("email", String(255), primary_key=True),
+    Column("project", String(64), nullable=False),
+    Column("account_id", String(30), nullable=False),
+    Column("unique_id", String(21), nullable=False, unique=True),
+    Column("display_name", String(100), nullable=False),
+    Column("roles", Json, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_service_accounts_project", "project"),
+)
+
+service_account_keys = Table(
+    "service_account_keys",
+    metadata,
+    Column("key_id", String(40), primary_key=True),
+    Column("email", String(255), nullable=False, index=True),
+    Column("public_key", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("deleted_at", BigInteger, nullable=False),
+)
+
+service_account_tokens = Table(
+    "service_account_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("key_id", String(40), nullable=False),
+    Column("expires_at", BigInteger, nullable=False, index=True),
+)
