@@ -167,10 +167,13 @@ API_VERSION = "v1"
 # The one line a team changes: Google's was https://cloudiot.googleapis.com/$discovery/rest
 DISCOVERY_API = os.environ["DISCOVERY_API"]
 SERVICE_NAME = "cloudiot"
+# The subscriber runs callbacks on a pool of threads: one line at a time.
+emit_lock = Lock()
 
 
 def emit(**record):
-    print(json.dumps(record), flush=True)
+    with emit_lock:
+        print(json.dumps(record), flush=True)
 
 
 class Server(object):
