@@ -1,10 +1,11 @@
 """GetDevice over gRPC against GetDevice over REST: one server, one client machine, one run.
 
 Run from the project root: `.venv/bin/python -m benchmarks.grpc`. A fresh `ironcore serve`
-(SQLite) serves both its admin API and `--grpc-port` (TLS, as clients reach it); the benchmark
-creates one registry and `--devices` devices with one ES256 key each, then alternates REST and
-gRPC windows (`--pairs` of each, A/B/A/B, so drift on a shared machine hits both alike). In
-every window `--in-flight` GetDevice calls are kept in flight over the devices in random order:
+(SQLite, or PostgreSQL with `--database-url`) serves both its admin API and `--grpc-port`
+(TLS, as clients reach it); the benchmark creates one registry and `--devices` devices with one
+ES256 key each, then alternates REST and gRPC windows (`--pairs` of each, A/B/A/B, so drift
+on a shared machine hits both alike). In every window `--in-flight` GetDevice calls are kept in
+flight over the devices in random order:
 
 - REST: plain HTTP/1.1 keep-alive connections, one per call in flight, from the lean generator
   in benchmarks/loadgen.py (what the API benchmark uses);
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import itertools
 import json
 import os
@@ -36,7 +38,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,13 +49,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from google.cloud.iot_v1 import types as iot
 
 from benchmarks import profile
-from benchmarks.brokers import Ironcore, free_port, start_ironcore
+from benchmarks.brokers import Ironcore, drop_schema, free_port, start_ironcore
 from benchmarks.loadgen import (
     CpuMeter,
     Result,
     add_server_option,
     load_average,
     machine_busy_seconds,
+    postgres_backends,
     run_load,
     servers_option,
 )
@@ -61,6 +65,9 @@ PROJECT, LOCATION, REGISTRY = "bench-project", "us-central1", "bench-registry"
 REGISTRY_NAME = f"projects/{PROJECT}/locations/{LOCATION}/registries/{REGISTRY}"
 GET_DEVICE = "/google.cloud.iot.v1.DeviceManager/GetDevice"
 TARGET_RATIO = 1.5
+PG_URL = os.environ.get("IRONCORE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+# The PostgreSQL backends whose CPU a window counts, or None on SQLite.
+Database = Callable[[], Sequence[int]] | None
 
 
 def _post(url: str, token: str, body: dict[str, object]) -> None:
@@ -114,6 +121,7 @@ async def grpc_window(
     warmup: float,
     duration: float,
     server_pid: int,
+    database: Database = None,
 ) -> Result:
     """`in_flight` GetDevice calls kept going on one TLS channel; one measured window."""
     requests = itertools.cycle(
@@ -147,7 +155,7 @@ async def grpc_window(
         callers = [asyncio.create_task(caller()) for _ in range(in_flight)]
         await asyncio.sleep(warmup)
         measuring = True
-        meter = CpuMeter([server_pid])
+        meter = CpuMeter([server_pid], database)
         await asyncio.sleep(duration)
         result.cpu = meter.stop()
         measuring = False
@@ -158,14 +166,19 @@ async def grpc_window(
 
 
 def h2load_window(
-    server_pid: int, args: list[str], name: str, warmup: float, duration: float
+    server_pid: int,
+    args: list[str],
+    name: str,
+    warmup: float,
+    duration: float,
+    database: Database = None,
 ) -> Result:
     """One window of h2load (nghttp2's C load generator) against the server: a warm-up run,
     then a measured one. Every non-2xx answer counts as an error; a gRPC error would still be
     an HTTP 200, so the gRPC request is checked once with grpcio before (`check_grpc`)."""
     subprocess.run([*args, "-D", str(max(1, round(warmup)))], capture_output=True, check=True)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    meter = CpuMeter([server_pid])
+    meter = CpuMeter([server_pid], database)
     done = subprocess.run(
         [*args, "-D", str(round(duration))], capture_output=True, text=True, check=True
     ).stdout
@@ -204,8 +217,8 @@ class Row:
 def print_table(rows: list[Row]) -> None:
     header = (
         "| protocol | GetDevice/s (best) | all windows | p50 ms | p99 ms | errors "
-        "| server CPU µs / call (best window) | client CPU µs / call | client CPU % "
-        "| machine busy % |"
+        "| server CPU µs / call (best window) | PostgreSQL CPU µs / call "
+        "| client CPU µs / call | client CPU % | machine busy % |"
     )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
@@ -219,10 +232,11 @@ def print_table(rows: list[Row]) -> None:
         ours = bool(r.latencies)
         p50 = f"{1000 * r.percentile(50):.1f}" if ours else "-"
         p99 = f"{1000 * r.percentile(99):.1f}" if ours else "-"
+        db = f"{1e6 * cpu.database / r.completed:,.0f}" if cpu.database is not None else "-"
         print(
             f"| {row.protocol} | {r.rate:,.0f} | {spread} | {p50} | {p99} | {errors} "
-            f"| {1e6 * cpu.broker / r.completed:,.0f} | {1e6 * cpu.loadgen / r.completed:,.0f} "
-            f"| {cpu.generator()} | {cpu.machine:.0f} |"
+            f"| {1e6 * cpu.broker / r.completed:,.0f} | {db} "
+            f"| {1e6 * cpu.loadgen / r.completed:,.0f} | {cpu.generator()} | {cpu.machine:.0f} |"
         )
 
 
@@ -244,6 +258,12 @@ def main() -> None:
         type=Path,
         metavar="DIR",
         help="sample the server with py-spy in the last window of each protocol",
+    )
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help=f"serve from PostgreSQL (e.g. {PG_URL}), a fresh schema per server, dropped "
+        "afterwards, and count its backends' CPU; default: SQLite",
     )
     add_server_option(parser)
     args = parser.parse_args()
@@ -281,8 +301,13 @@ def measure(label: str, python: str, args: argparse.Namespace) -> list[tuple[Row
     rest_h2 = Row(f"{label}: REST (HTTP/1.1, JSON), h2load", [])
     rpc_h2 = Row(f"{label}: gRPC (HTTP/2, TLS, protobuf), h2load", [])
     spies: list[tuple[str, Path, subprocess.Popen[bytes]]] = []
+    extra = ["--grpc-port", str(port)]
+    schema = f"bench_{uuid.uuid4().hex[:12]}" if args.database_url else ""
+    if schema:
+        extra += ["--database-url", args.database_url, "--database-schema", schema]
     with tempfile.TemporaryDirectory(prefix="ironcore-bench-grpc-") as tmp:
-        server = start_ironcore(Path(tmp) / "data", ["--grpc-port", str(port)], python=python)
+        server = start_ironcore(Path(tmp) / "data", extra, python=python)
+        database = functools.partial(postgres_backends, [server.pid]) if schema else None
         try:
             ids = seed(server.url, server.token, args.devices)
             root = server.ca_file.read_bytes()
@@ -307,6 +332,7 @@ def measure(label: str, python: str, args: argparse.Namespace) -> list[tuple[Row
                         rounds=1,
                         duration=args.duration,
                         server_pids=[server.pid],
+                        database=database,
                     )
                 )
                 rest.windows.append(window)
@@ -322,13 +348,16 @@ def measure(label: str, python: str, args: argparse.Namespace) -> list[tuple[Row
                             warmup=args.warmup,
                             duration=args.duration,
                             server_pid=server.pid,
+                            database=database,
                         )
                     )
                 )
             if args.h2load:
-                bench_h2load(server, port, root, ids[0], args, rest_h2, rpc_h2)
+                bench_h2load(server, port, root, ids[0], args, rest_h2, rpc_h2, database)
         finally:
             server.stop()
+            if schema:
+                drop_schema(args.database_url, schema)
     for name, output, process in spies:
         process.communicate(timeout=60)
         print(f"\n{label}, {name}: server profile ({output})\n{profile.summarize(output)}")
@@ -360,6 +389,7 @@ def bench_h2load(
     args: argparse.Namespace,
     rest: Row,
     rpc: Row,
+    database: Database,
 ) -> None:
     """The same comparison with one C client for both protocols, so that neither rate is the
     client's: REST on `--in-flight` HTTP/1.1 connections, gRPC on one HTTP/2 connection with
@@ -379,7 +409,9 @@ def bench_h2load(
         for _ in range(args.pairs):
             for row, command in ((rest, rest_args), (rpc, rpc_args)):
                 row.windows.append(
-                    h2load_window(server.pid, command, row.protocol, args.warmup, args.duration)
+                    h2load_window(
+                        server.pid, command, row.protocol, args.warmup, args.duration, database
+                    )
                 )
 
 
