@@ -54,7 +54,7 @@ from ironcore.registry.resources import (
     X509CertificateDetails,
 )
 from ironcore.registry.store import Store
-from ironcore.registry.store.devices import DeviceFilter, DeviceRecord, NumIdTaken
+from ironcore.registry.store.devices import DeviceFilter, DeviceRecord, DeviceRow, NumIdTaken
 from ironcore.registry.store.registries import RegistryRecord
 
 DEVICE_UPDATABLE = frozenset(
@@ -306,6 +306,14 @@ class DeviceManager:
         paths = parse_mask(field_mask, Device, "field_mask")
         wire = device.to_wire()
         return select_fields(wire, paths, GET_ALWAYS) if paths else wire
+
+    async def device_row(self, ref: DeviceRef) -> DeviceRow:
+        """The device's stored row, for an adapter that builds its answer from it without the
+        resource in between (gRPC's GetDevice: `rpc.device_message`)."""
+        row = await self.store.devices.get_device_row(ref.registry, ref.device_id, ref.num_id)
+        if row is None:
+            raise NotFound(f"Device {ref} not found")
+        return row
 
     async def device_record(self, ref: DeviceRef) -> DeviceRecord:
         record = await self.store.devices.get_device(ref.registry, ref.device_id, ref.num_id)

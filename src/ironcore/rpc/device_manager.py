@@ -24,6 +24,7 @@ from ironcore.registry.names import (
 from ironcore.registry.resources import Device, DeviceRegistry, GatewayType, Policy
 from ironcore.registry.service import DeviceManager
 from ironcore.rpc.calls import Method, mask, message, model, policy_message, unary
+from ironcore.rpc.device_message import device_message
 
 with warnings.catch_warnings():
     # google-api-core warns at import about Python versions it will stop supporting; a
@@ -171,9 +172,11 @@ class DeviceManagerService:
 
     async def get_device(self, request: Any, caller: Caller) -> Message:
         require(caller, "cloudiot.devices.get", request.name)
-        device = await self.manager.get_device(
-            parse_device_name(request.name), mask(request.field_mask)
-        )
+        ref = parse_device_name(request.name)
+        if not request.field_mask.paths:
+            # The whole device, the hottest read: built from its row (rpc.device_message).
+            return device_message(ref.registry, await self.manager.device_row(ref))
+        device = await self.manager.get_device(ref, mask(request.field_mask))
         return message(_Device, device)
 
     async def update_device(self, request: Any, caller: Caller) -> Message:

@@ -38,18 +38,20 @@ _INTEGERS = {
 
 
 def to_message(message_type: type[Message], wire: dict[str, Any]) -> Message:
-    return message_type(**_arguments(message_type.DESCRIPTOR, wire))
+    return message_type(**arguments(message_type.DESCRIPTOR, wire))
 
 
-def _arguments(descriptor: Descriptor, wire: dict[str, Any]) -> dict[str, Any]:
+def arguments(descriptor: Descriptor, wire: dict[str, Any]) -> dict[str, Any]:
+    """The constructor arguments of a message of type `descriptor` for its proto3 JSON form:
+    what a message that holds one takes for it, without building it on its own first."""
     fields = _fields(descriptor)
-    arguments = {}
+    out = {}
     for key, value in wire.items():
         found = fields.get(key)
         if found is not None and value is not None:
             name, convert = found
-            arguments[name] = convert(value)
-    return arguments
+            out[name] = convert(value)
+    return out
 
 
 @cache
@@ -79,7 +81,7 @@ def _single(field: FieldDescriptor) -> Convert:
         if nested.full_name.startswith("google.protobuf."):
             well_known = message_factory.GetMessageClass(nested)
             return lambda value: json_format.ParseDict(value, well_known())
-        return lambda value: _arguments(nested, value)
+        return lambda value: arguments(nested, value)
     if field.type in _INTEGERS:
         return int
     if field.type == FieldDescriptor.TYPE_BYTES:
