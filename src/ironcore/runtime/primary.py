@@ -6,7 +6,7 @@ It holds the parts every process has (`parts.Storage`, `parts.DeviceSide`) and a
 bus to the other servers (`--bus`), the adapters (`adapters`: the admin API, the gRPC API, the
 Pub/Sub emulator port and the HTTP device bridge; the console goes there too), and the
 background tasks (event retention, firmware rollouts, push subscriptions). SIGTERM and SIGINT
-drain it; SIGHUP reloads the TLS certificate of the bridges and the gRPC API.
+drain it; SIGHUP reloads the TLS certificate of the bridges, the gRPC API and the admin API.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from fastapi import FastAPI
 from nats.errors import Error as NatsError
 
 from ironcore import logs
+from ironcore.access.backoff import Throttled
 from ironcore.access.callers import PUBSUB_EMULATOR, FixedCaller, TokenAuthenticator
 from ironcore.access.tokens import AdminTokens
 from ironcore.api.app import create_app
@@ -49,6 +50,7 @@ from ironcore.routing.push import PushDelivery
 from ironcore.rpc.server import GrpcServer
 from ironcore.runtime import readiness
 from ironcore.runtime.http import Limits, http_server
+from ironcore.runtime.http import Server as HttpServer
 from ironcore.runtime.parts import (
     DeviceSide,
     Services,
@@ -205,6 +207,8 @@ def adapters(
     the MQTT bridge's certificate; and the Pub/Sub emulator port on `--pubsub-emulator-port`.
     A new adapter is constructed here."""
     device_bridge = DeviceBridge(channel)
+    # One for every adapter: failures back off per client address whatever the wire.
+    authenticator = Throttled(TokenAuthenticator(services.tokens))
     limits = Limits(
         budget.http,
         settings.http_header_timeout,
@@ -216,18 +220,26 @@ def adapters(
     )
     found: list[Adapter] = []
     if settings.device_http_port:
-        app = http_app(services, device_bridge, worker_metrics, ready, admin=False)
+        app = http_app(services, device_bridge, worker_metrics, authenticator, ready, admin=False)
         found.append(serving(app, settings.api_host, settings.device_http_port, "device_http"))
         log.info("HTTP device bridge on port %d", settings.device_http_port)
     admin_bridge = None if settings.device_http_port else device_bridge
-    app = http_app(services, admin_bridge, worker_metrics, ready, public_url=settings.public_url)
-    found.append(serving(app, settings.api_host, settings.api_port, "api"))
+    app = http_app(
+        services,
+        admin_bridge,
+        worker_metrics,
+        authenticator,
+        ready,
+        public_url=settings.public_url,
+    )
+    api_tls = api_tls_files(settings)
+    found.append(serving(app, settings.api_host, settings.api_port, "api", tls=api_tls))
     try:
         if settings.grpc_port:
             found.append(
                 GrpcServer(
                     services.pubsub,
-                    TokenAuthenticator(services.tokens),
+                    authenticator,
                     settings.api_host,
                     settings.grpc_port,
                     tls_files(settings),
@@ -240,6 +252,34 @@ def adapters(
     except OSError as error:
         raise CannotStart(str(error)) from None
     return found
+
+
+def api_tls_files(settings: Settings) -> tuple[Path, Path] | None:
+    """The admin API's certificate chain and key: the operator's (`--api-cert/--api-key`), the
+    bridges' (`--api-tls`), or None for plain HTTP, which only loopback gets unless
+    `--insecure-api` says otherwise (CannotStart then; a warning at every start with it)."""
+    if settings.api_cert is not None and settings.api_key is not None:
+        return settings.api_cert, settings.api_key
+    if settings.api_tls:
+        return tls_files(settings)
+    if is_loopback(settings.api_host):
+        if settings.insecure_api:
+            log.warning("--insecure-api: the admin API is plain HTTP (on loopback only)")
+        return None
+    if not settings.insecure_api:
+        raise CannotStart(
+            f"--api-host {settings.api_host} is not a loopback address, and admin tokens must "
+            "not cross a network in clear: serve the API over TLS (--api-tls with the local "
+            "CA's server certificate, or --api-cert/--api-key with your own), or give "
+            "--insecure-api to serve plain HTTP anyway"
+        )
+    log.warning(
+        "--insecure-api: the admin API on %s:%d is plain HTTP; admin tokens and device JWTs "
+        "sent to it cross the network in clear",
+        settings.api_host,
+        settings.api_port,
+    )
+    return None
 
 
 def pubsub_emulator(settings: Settings, pubsub: PubSub) -> GrpcServer:
@@ -300,6 +340,7 @@ def http_app(
     services: Services,
     device_bridge: DeviceBridge | None,
     worker_metrics: WorkerMetrics | None,
+    authenticator: Throttled | None = None,
     ready: Mapping[str, ReadinessCheck] | None = None,
     admin: bool = True,
     public_url: str = "",
@@ -318,6 +359,7 @@ def http_app(
         self_authenticating=http_bridge.is_device_path,
         readiness=ready,
         public_url=public_url,
+        authenticator=authenticator,
     )
     if device_bridge is not None:
         app.include_router(firmware_bridge.router(device_bridge, services.firmware))
@@ -379,8 +421,10 @@ async def _run(
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop)
+    api = next((server for server in servers if isinstance(server, HttpServer)), None)
     log.info(
-        "ironcore serving the admin API on http://%s:%d (database: %s)",
+        "ironcore serving the admin API on %s://%s:%d (database: %s)",
+        "https" if api is not None and api.tls else "http",
         settings.api_host,
         settings.api_port,
         services.manager.store.engine.dialect.name,
@@ -420,6 +464,8 @@ async def _reload(
     for server in servers:
         if isinstance(server, GrpcServer) and server.tls:
             server.reload_tls(*files)
+        elif isinstance(server, HttpServer) and server.tls:
+            server.reload_tls(*(api_tls_files(settings) or files))
 
 
 async def _expire_events(pubsub: PubSub, days: float) -> None:
