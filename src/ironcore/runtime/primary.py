@@ -47,6 +47,7 @@ from ironcore.firmware.rollout import Firmware
 from ironcore.metrics import Snapshot
 from ironcore.routing.pubsub import PubSub
 from ironcore.routing.push import PushDelivery
+from ironcore.routing.sealing import Sealer
 from ironcore.rpc.server import GrpcServer
 from ironcore.runtime import readiness
 from ironcore.runtime.http import Limits, http_server
@@ -63,6 +64,7 @@ from ironcore.runtime.parts import (
 from ironcore.runtime.process import Budget, CannotStart, loop_factory, raise_open_files, tune_gc
 from ironcore.runtime.tls import (
     join_cluster,
+    secret_key,
     shared_certificates,
     stay_in_cluster,
     tls_context,
@@ -121,6 +123,7 @@ async def serve(settings: Settings) -> None:
     budget = Budget.of(settings, open_files, http_listeners=ports)
     _log_budget(before, budget)
     make_data_dir(settings.data_dir)
+    private_key_files(settings)
     storage = await Storage.open(settings)
     devices: DeviceSide | None = None
     bridge: MqttBridge | None = None
@@ -137,15 +140,20 @@ async def serve(settings: Settings) -> None:
             space = namespace(settings.effective_database_url, settings.database_schema)
             bus = Bus(settings.bus_url, space, server_id, settings.bus_lease_seconds)
         devices = device_side(storage, server_id, [bus] if bus is not None else [])
-        built = services(storage, devices, settings.data_dir / "firmware")
-        await ensure_admin_token(built.tokens, settings)
-        await devices.revoked.refresh()
-        if bus is not None:
-            await _start_nats(partial(bus.start, devices.hub), "--bus", settings.bus_url)
         listening = listeners(settings)
         if settings.cluster and any(listener.tls for listener in listening):
             anchor = await join_cluster(settings, storage.store, server_id)
             presence = asyncio.create_task(stay_in_cluster(storage.store, server_id, anchor))
+        # After joining: a cluster's first server made the secret key there, or brought its own.
+        sealer = Sealer(secret_key(settings, create=True))
+        built = services(storage, devices, settings.data_dir / "firmware", sealer)
+        sealed = await built.pubsub.seal_push_secrets()
+        if sealed:
+            log.warning("sealed %d push subscription secrets stored in clear", sealed)
+        await ensure_admin_token(built.tokens, settings)
+        await devices.revoked.refresh()
+        if bus is not None:
+            await _start_nats(partial(bus.start, devices.hub), "--bus", settings.bus_url)
         bridge = MqttBridge(
             MqttServices(devices.channel, devices.hub),
             listening,
@@ -381,6 +389,33 @@ def make_data_dir(path: Path) -> None:
         path.chmod(DATA_DIR_MODE)
         if mode & 0o077:
             log.warning("data directory %s was mode %04o; made it %04o", path, mode, DATA_DIR_MODE)
+
+
+def private_key_files(settings: Settings) -> None:
+    """The secret key, the first admin token and the local CA's and server's private keys in
+    the data directory readable by the server's user alone (0600): one that group or others
+    may read is tightened, and the log says so. Key files the operator named elsewhere are
+    theirs to keep: a warning only."""
+    ours = [
+        settings.data_dir / "secret-key",
+        settings.admin_token_file,
+        settings.tls_dir / "ca.key",
+        settings.tls_dir / "server.key",
+    ]
+    for path in (*ours, settings.secret_key_file, settings.tls_key, settings.api_key):
+        if path is None:
+            continue
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if not mode & 0o077:
+            continue
+        if path in ours:
+            path.chmod(mode & 0o700)
+            log.warning("%s was mode %04o; made it %04o", path, mode, mode & 0o700)
+        else:
+            log.warning("%s is mode %04o: others than its owner may read a private key", path, mode)
 
 
 async def ensure_admin_token(tokens: AdminTokens, settings: Settings) -> None:
