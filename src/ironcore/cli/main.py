@@ -157,9 +157,21 @@ def serve(
         int,
         typer.Option(
             envvar="IRONCORE_DEVICE_HTTP_PORT",
-            help="Serve the HTTP device bridge on this port instead of the API port",
+            help="Serve the HTTP device bridge on this port (over TLS with the bridges' "
+            "certificate) instead of the API port",
         ),
     ] = 0,
+    device_http_host: Annotated[
+        str,
+        typer.Option(envvar="IRONCORE_DEVICE_HTTP_HOST", help="Address of --device-http-port"),
+    ] = "0.0.0.0",
+    insecure_device_http: Annotated[
+        bool,
+        typer.Option(
+            envvar="IRONCORE_INSECURE_DEVICE_HTTP",
+            help="Serve --device-http-port in plain HTTP (device JWTs travel in clear)",
+        ),
+    ] = False,
     nats_url: Annotated[
         str,
         typer.Option(
@@ -335,6 +347,8 @@ def serve(
             pubsub_emulator_host=pubsub_emulator_host,
             public_url=public_url_option(public_url),
             device_http_port=device_http_port,
+            device_http_host=device_http_host,
+            insecure_device_http=insecure_device_http,
             event_retention_days=event_retention_days,
             nats_url=nats_url,
             mqtt_host=mqtt_host,

@@ -189,6 +189,10 @@ class GuardedHttp(HttpToolsProtocol):
 class Server(uvicorn.Server):
     """A uvicorn server that leaves signals to the primary, which stops every adapter at once."""
 
+    def __init__(self, config: uvicorn.Config, name: str) -> None:
+        super().__init__(config)
+        self.name = name
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
@@ -235,5 +239,6 @@ def http_server(
             server_header=False,
             ssl_certfile=str(tls[0]) if tls else None,
             ssl_keyfile=str(tls[1]) if tls else None,
-        )
+        ),
+        name,
     )

@@ -79,6 +79,8 @@ DRAIN_SECONDS = 30
 ROLLOUT_EVALUATION_SECONDS = 5
 # What the primary runs an MQTT worker with (`runtime/worker.py`); its arguments follow.
 WORKER_PROGRAM = (sys.executable, "-m", "ironcore.runtime.worker")
+# The HTTP device bridge's own listener (`--device-http-port`), in metrics and logs.
+DEVICE_HTTP = "device_http"
 # The data directory's mode: its owner's alone.
 DATA_DIR_MODE = 0o700
 
@@ -229,8 +231,26 @@ def adapters(
     found: list[Adapter] = []
     if settings.device_http_port:
         app = http_app(services, device_bridge, worker_metrics, authenticator, ready, admin=False)
-        found.append(serving(app, settings.api_host, settings.device_http_port, "device_http"))
-        log.info("HTTP device bridge on port %d", settings.device_http_port)
+        device_tls = None if settings.insecure_device_http else tls_files(settings)
+        found.append(
+            serving(
+                app,
+                settings.device_http_host,
+                settings.device_http_port,
+                DEVICE_HTTP,
+                tls=device_tls,
+            )
+        )
+        log.log(
+            logging.WARNING if device_tls is None else logging.INFO,
+            "HTTP device bridge on %s://%s:%d%s",
+            "http" if device_tls is None else "https",
+            settings.device_http_host,
+            settings.device_http_port,
+            " (--insecure-device-http: device JWTs cross the network in clear)"
+            if device_tls is None
+            else "",
+        )
     admin_bridge = None if settings.device_http_port else device_bridge
     app = http_app(
         services,
@@ -500,7 +520,8 @@ async def _reload(
         if isinstance(server, GrpcServer) and server.tls:
             server.reload_tls(*files)
         elif isinstance(server, HttpServer) and server.tls:
-            server.reload_tls(*(api_tls_files(settings) or files))
+            api = api_tls_files(settings) if server.name != DEVICE_HTTP else None
+            server.reload_tls(*(api or files))
 
 
 async def _expire_events(pubsub: PubSub, days: float) -> None:
