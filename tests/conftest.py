@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import resource
 import shutil
 import socket
@@ -291,12 +292,38 @@ def start_server(
 
 
 def stop_server(server: Server) -> int:
+    """Stop the server; then check its log holds no secret (`assert_no_secrets_logged`)."""
     server.process.terminate()
     try:
-        return server.process.wait(timeout=40)
+        code = server.process.wait(timeout=40)
     except subprocess.TimeoutExpired:
         server.process.kill()
-        return -9
+        code = -9
+    assert_no_secrets_logged(server)
+    return code
+
+
+# Admin tokens (`access.tokens`: ic_<id>_<secret>) and JWTs (a JSON header and payload begin
+# `eyJ`), whoever made them: none may be in any server's log.
+_LOGGED_SECRET = re.compile(r"ic_[0-9a-f]{12}_[\w-]{43}|eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+")
+
+
+def assert_no_secrets_logged(server: Server) -> None:
+    """No token, JWT, private key or secret key in the server's log: tokens and JWTs by their
+    form, whichever test made them; keys by the files the server was given or made."""
+    text = server.log.read_text(errors="replace")
+    found = _LOGGED_SECRET.search(text)
+    assert found is None, f"{server.log} logs a token or JWT: {found[0][:16]}..."
+    keys = [server.data_dir / "tls" / "ca.key", server.data_dir / "tls" / "server.key"]
+    for path in (*keys, server.data_dir / "secret-key", cluster_secret()):
+        try:
+            lines = path.read_text().splitlines()
+        except (FileNotFoundError, UnicodeDecodeError):
+            continue
+        for line in lines:
+            # A PEM's armour lines are the same in every key; its body is the secret.
+            if len(line) >= 16 and not line.startswith("-----"):
+                assert line not in text, f"{server.log} logs {path}: {line[:8]}..."
 
 
 @dataclass
