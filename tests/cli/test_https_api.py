@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -53,6 +54,13 @@ def test_the_cli_over_https_trusts_the_local_ca(https_server: Server, tmp_path: 
     # Plain HTTP on the TLS port gets no answer the client takes for one.
     plain = cli.run("registries", "list", server=https_server.url.replace("https", "http"))
     assert plain.code == 1
+    # The simulator registers and publishes over HTTPS too (HTTP devices on the API's port).
+    simulated = cli.ok(
+        *("--ca-file", ca, "simulate", "-r", "reg-sim", "--devices", "2", "--rate", "4"),
+        *("--duration", "1", "--protocol", "http"),
+    )
+    sent = re.search(r"events\s+(\d+) sent, (\d+) acknowledged", simulated.out)
+    assert sent is not None and int(sent[2]) > 0, simulated.out
     assert "ironcore serving the admin API on https://127.0.0.1" in https_server.log.read_text()
 
 

@@ -116,6 +116,7 @@ class Backoff:
         self._records.pop(_key(address), None)
 
     def failures(self, address: str, now: float) -> int:
+        """Failures in a row from `address` not yet forgotten."""
         record = self._record(address, now)
         return record.failures if record is not None else 0
 

@@ -76,7 +76,7 @@ async def _run(
             fail(str(error))
     else:
         err.print(f"registering {count} devices in {target.registry} …")
-        members = await register_generated(c.server, c.token, target, count, prefix)
+        members = await register_generated(c.server, c.token, target, count, prefix, c.verify)
     count = len(members)
 
     def progress(stats: Stats, elapsed: float) -> None:
@@ -88,7 +88,9 @@ async def _run(
 
     if protocol == "http":
         err.print(f"publishing from {count} devices over HTTP to {c.server} …")
-        report = await send_http(c.server, target, members, rate, duration, payload_size, progress)
+        report = await send_http(
+            c.server, target, members, rate, duration, payload_size, progress, c.verify
+        )
         sys.stderr.write("\n")
         return report.lines()[1:3]
     fleet = Fleet(target, members)
