@@ -259,6 +259,9 @@ def start_server(
     args += ["--api-host", "127.0.0.1", "--api-port", str(port)]
     args += ["--mqtt-host", "127.0.0.1", "--mqtt-port", str(mqtt_port)]
     args += ["--grpc-port", str(grpc_port), *(extra or [])]
+    if "--device-http-port" not in args:
+        # Device paths on the API's port, where the tests that speak HTTP for devices send them.
+        args += ["--device-http-port", "0"]
     if "--secret-key-file" not in args:
         args += ["--secret-key-file", str(cluster_secret())]
     if database and database.kind == "postgresql":

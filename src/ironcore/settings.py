@@ -50,9 +50,10 @@ class Settings:
     # request says (behind a proxy); empty = each request's own. The discovery document's
     # rootUrl.
     public_url: str = ""
-    # Serve the HTTP device bridge on its own port (0: on the API port), on its own address,
-    # over TLS with the bridges' certificate unless `insecure_device_http`.
-    device_http_port: int = 0
+    # The HTTP device bridge's own port (0: on the API's listener instead), on its own address
+    # (every interface, like MQTT: devices reach it from the network, while the API stays on
+    # loopback), over TLS with the bridges' certificate unless `insecure_device_http`.
+    device_http_port: int = 8081
     device_http_host: str = "0.0.0.0"
     insecure_device_http: bool = False
     log_format: str = "text"

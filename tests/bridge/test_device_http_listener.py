@@ -5,6 +5,7 @@ TLS with the bridges' certificate (the local CA devices trust) unless
 from __future__ import annotations
 
 import base64
+import re
 import ssl
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from tests.bridge.devices import PROJECT, create_device, create_registry, make_jwt, new_key
+from tests.cli.test_cli import Cli
 from tests.conftest import free_port, start_server, stop_server
 
 pytestmark = pytest.mark.databases("sqlite")
@@ -45,6 +47,14 @@ def test_the_device_port_is_tls_and_devices_only(tmp_path: Path) -> None:
         with pytest.raises(httpx.HTTPError):
             httpx.post(f"http://127.0.0.1:{port}{DEVICE}:publishEvent", json=body, headers=jwt)
         assert f"HTTP device bridge on https://127.0.0.1:{port}" in server.log.read_text()
+        # The simulator's HTTP devices, told where the bridge is, trusting the local CA.
+        simulated = Cli(server, tmp_path / "home").ok(
+            *("--ca-file", str(server.ca_file), "simulate", "-r", "reg-sim", "--devices", "2"),
+            *("--rate", "4", "--duration", "1", "--protocol", "http"),
+            *("--device-url", f"https://127.0.0.1:{port}"),
+        )
+        sent = re.search(r"events\s+(\d+) sent, (\d+) acknowledged", simulated.out)
+        assert sent is not None and int(sent[2]) > 0, simulated.out
     finally:
         stop_server(server)
 

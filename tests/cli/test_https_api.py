@@ -113,6 +113,8 @@ def test_another_address_without_tls_refuses_to_start(tmp_path: Path) -> None:
 def test_which_api_gets_tls(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     base = Settings(data_dir=tmp_path)
     assert base.api_host == "127.0.0.1"
+    # Devices reach their own port from the network: the API's is loopback.
+    assert (base.device_http_host, base.device_http_port) == ("0.0.0.0", 8081)
     assert api_tls_files(base) is None
     with pytest.raises(CannotStart, match="--api-tls"):
         api_tls_files(Settings(data_dir=tmp_path, api_host="0.0.0.0"))

@@ -157,10 +157,10 @@ def serve(
         int,
         typer.Option(
             envvar="IRONCORE_DEVICE_HTTP_PORT",
-            help="Serve the HTTP device bridge on this port (over TLS with the bridges' "
-            "certificate) instead of the API port",
+            help="The HTTP device bridge's own port, over TLS with the bridges' certificate; "
+            "0 serves it on the API port instead",
         ),
-    ] = 0,
+    ] = 8081,
     device_http_host: Annotated[
         str,
         typer.Option(envvar="IRONCORE_DEVICE_HTTP_HOST", help="Address of --device-http-port"),
