@@ -211,11 +211,14 @@ def adapters(
     budget: Budget,
 ) -> list[Adapter]:
     """The servers the primary runs beside its MQTT bridge, over the services it built and
-    the device channel its MQTT bridge shares: the admin API, with the HTTP device bridge in
-    front of it or on `--device-http-port`, each answering /readyz with the `ready` checks and
-    holding at most `budget.http` connections; the gRPC API on `--grpc-port`, over TLS with
-    the MQTT bridge's certificate; and the Pub/Sub emulator port on `--pubsub-emulator-port`.
-    A new adapter is constructed here."""
+    the device channel its MQTT bridge shares: the admin API (TLS as `api_tls_files` says),
+    and the HTTP device bridge on `--device-http-port` over TLS with the bridges' certificate
+    (or in front of the API with `--device-http-port 0`), each answering /readyz with the
+    `ready` checks and holding at most `budget.http` connections; the gRPC API on
+    `--grpc-port`, over TLS with the MQTT bridge's certificate; and the Pub/Sub emulator port
+    on `--pubsub-emulator-port`. The REST and gRPC APIs share one authenticator, so failed
+    authentication backs off per client address across both (`access.backoff`). A new
+    adapter is constructed here."""
     device_bridge = DeviceBridge(channel)
     # One for every adapter: failures back off per client address whatever the wire.
     authenticator = Throttled(TokenAuthenticator(services.tokens))
