@@ -134,9 +134,8 @@ def test_a_wrong_token_storm_is_slowed_and_other_addresses_are_served(
             assert grpc_code(channel, grpc_server.token) == grpc.StatusCode.OK
         assert statuses[:6] == [401] * 6, statuses
         assert retry_after >= 2, statuses
-        # The storming address is refused before its token is looked at: a valid one too, and
-        # on gRPC as on REST (which the test reaches from 127.0.0.1 only: the storm there is
-        # its own).
+        # The storming address is refused before its token is looked at: a valid one too.
+        # (gRPC, which the test reaches from 127.0.0.1 only, has a storm of its own below.)
         refused = storm.get(REGISTRIES, headers=valid)
         assert refused.status_code == 429, refused.text
         assert int(refused.headers["retry-after"]) >= 1
