@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import grpc
 import httpx
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ironcore.access.backoff import Backoff, grpc_peer_address
@@ -27,6 +27,8 @@ steps = st.lists(
 )
 
 
+# No deadline: a loaded test machine is not what these properties are about.
+@settings(deadline=None)
 @given(steps)
 def test_only_failing_addresses_wait_and_never_beyond_the_cap(
     history: list[tuple[str, bool, float]],
@@ -54,6 +56,7 @@ def test_only_failing_addresses_wait_and_never_beyond_the_cap(
                 assert backoff.wait("2001:db8::ffff", now) == 0
 
 
+@settings(deadline=None)
 @given(st.integers(min_value=0, max_value=6), st.integers(min_value=1, max_value=400))
 def test_free_failures_then_doubling_up_to_the_cap(free: int, storm: int) -> None:
     backoff = Backoff(free=free, base=1.0, cap=60.0)

@@ -108,6 +108,8 @@ def test_another_address_without_tls_refuses_to_start(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stderr
     assert "--api-host 192.0.2.1 is not a loopback address" in done.stderr
     assert "--insecure-api" in done.stderr
+    # Refused before the database was opened.
+    assert not (tmp_path / "data" / "ironcore.db").exists()
 
 
 def test_which_api_gets_tls(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

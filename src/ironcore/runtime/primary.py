@@ -126,6 +126,8 @@ async def serve(settings: Settings) -> None:
     _log_budget(before, budget)
     make_data_dir(settings.data_dir)
     private_key_files(settings)
+    # Before anything is opened: an API that may not be served plainly stops the start here.
+    api_tls = api_tls_files(settings)
     storage = await Storage.open(settings)
     devices: DeviceSide | None = None
     bridge: MqttBridge | None = None
@@ -187,6 +189,7 @@ async def serve(settings: Settings) -> None:
             workers.metrics if workers is not None else None,
             readiness.checks(settings, storage.store, bridge, bus),
             budget,
+            api_tls,
         )
         await _run(settings, servers, built, bridge, workers)
     finally:
@@ -209,9 +212,11 @@ def adapters(
     worker_metrics: WorkerMetrics | None,
     ready: Mapping[str, ReadinessCheck],
     budget: Budget,
+    api_tls: tuple[Path, Path] | None,
 ) -> list[Adapter]:
     """The servers the primary runs beside its MQTT bridge, over the services it built and
-    the device channel its MQTT bridge shares: the admin API (TLS as `api_tls_files` says),
+    the device channel its MQTT bridge shares: the admin API (over TLS with `api_tls`, what
+    `api_tls_files` says),
     and the HTTP device bridge on `--device-http-port` over TLS with the bridges' certificate
     (or in front of the API with `--device-http-port 0`), each answering /readyz with the
     `ready` checks and holding at most `budget.http` connections; the gRPC API on
@@ -263,7 +268,6 @@ def adapters(
         ready,
         public_url=settings.public_url,
     )
-    api_tls = api_tls_files(settings)
     found.append(serving(app, settings.api_host, settings.api_port, "api", tls=api_tls))
     try:
         if settings.grpc_port:
