@@ -142,6 +142,17 @@ class GuardedHttp(HttpToolsProtocol):
         if not self.transport.is_closing() and self._phase == _ANSWER:
             self._wait_for_head()
 
+    def shutdown(self) -> None:
+        # A connection waiting for a head has nothing in flight. Closed, a TLS one would wait
+        # for its client's close_notify, which an idle pooled client never sends, and hold the
+        # drain until the head timeout: cut it instead.
+        if self._phase == _HEAD and not self._refused:
+            self._disarm()
+            self.guard.waiting.pop(self, None)
+            self.transport.abort()
+            return
+        super().shutdown()
+
     def _wait_for_head(self) -> None:
         self._phase = _HEAD
         self.guard.waiting[self] = None
