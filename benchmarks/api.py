@@ -116,6 +116,7 @@ def server(
     log = data_dir.parent / f"{data_dir.name}-server.log"
     args = [python, "-m", "ironcore", "serve", "--data-dir", str(data_dir)]
     args += ["--api-host", "127.0.0.1", "--api-port", str(port), "--log-level", "warning"]
+    args += ["--device-http-port", "0"]
     if database_url:
         args += ["--database-url", database_url, "--database-schema", schema]
     env = {k: v for k, v in os.environ.items() if not k.startswith("IRONCORE_")}

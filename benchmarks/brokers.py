@@ -193,6 +193,7 @@ def start_ironcore(
     log = data_dir.parent / f"{data_dir.name}-server.log"
     args = [python or sys.executable, *module, "serve", "--data-dir", str(data_dir)]
     args += ["--api-host", "127.0.0.1", "--api-port", str(api), "--log-level", "warning"]
+    args += ["--device-http-port", "0"]
     args += ["--mqtt-host", "127.0.0.1", "--mqtt-port", str(mqtt)]
     # No gRPC port unless `extra` asks for one (the last --grpc-port given counts).
     args += ["--insecure-mqtt-port", str(insecure), "--grpc-port", "0", *extra]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import resource
 import shutil
 import socket
@@ -258,6 +259,9 @@ def start_server(
     args += ["--api-host", "127.0.0.1", "--api-port", str(port)]
     args += ["--mqtt-host", "127.0.0.1", "--mqtt-port", str(mqtt_port)]
     args += ["--grpc-port", str(grpc_port), *(extra or [])]
+    if "--device-http-port" not in args:
+        # Device paths on the API's port, where the tests that speak HTTP for devices send them.
+        args += ["--device-http-port", "0"]
     if "--secret-key-file" not in args:
         args += ["--secret-key-file", str(cluster_secret())]
     if database and database.kind == "postgresql":
@@ -270,13 +274,15 @@ def start_server(
         process = subprocess.Popen(
             args, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=limit
         )
-    url = f"http://127.0.0.1:{port}"
+    https = "--api-tls" in args or "--api-cert" in args
+    url = f"{'https' if https else 'http'}://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"ironcore serve exited: {log.read_text()}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+            # Whether it is up, not whom it is: the tests check its certificate themselves.
+            if httpx.get(f"{url}/readyz", timeout=1, verify=False).status_code == 200:
                 break
         except httpx.HTTPError:
             pass
@@ -289,12 +295,38 @@ def start_server(
 
 
 def stop_server(server: Server) -> int:
+    """Stop the server; then check its log holds no secret (`assert_no_secrets_logged`)."""
     server.process.terminate()
     try:
-        return server.process.wait(timeout=40)
+        code = server.process.wait(timeout=40)
     except subprocess.TimeoutExpired:
         server.process.kill()
-        return -9
+        code = -9
+    assert_no_secrets_logged(server)
+    return code
+
+
+# Admin tokens (`access.tokens`: ic_<id>_<secret>) and JWTs (a JSON header and payload begin
+# `eyJ`), whoever made them: none may be in any server's log.
+_LOGGED_SECRET = re.compile(r"ic_[0-9a-f]{12}_[\w-]{43}|eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+")
+
+
+def assert_no_secrets_logged(server: Server) -> None:
+    """No token, JWT, private key or secret key in the server's log: tokens and JWTs by their
+    form, whichever test made them; keys by the files the server was given or made."""
+    text = server.log.read_text(errors="replace")
+    found = _LOGGED_SECRET.search(text)
+    assert found is None, f"{server.log} logs a token or JWT: {found[0][:16]}..."
+    keys = [server.data_dir / "tls" / "ca.key", server.data_dir / "tls" / "server.key"]
+    for path in (*keys, server.data_dir / "secret-key", cluster_secret()):
+        try:
+            lines = path.read_text().splitlines()
+        except (FileNotFoundError, UnicodeDecodeError):
+            continue
+        for line in lines:
+            # A PEM's armour lines are the same in every key; its body is the secret.
+            if len(line) >= 16 and not line.startswith("-----"):
+                assert line not in text, f"{server.log} logs {path}: {line[:8]}..."
 
 
 @dataclass

@@ -110,7 +110,7 @@ class Demo:
         log = (self.data / "server.log").open("wb")
         args = ["serve", "--data-dir", str(self.data), "--api-host", "127.0.0.1"]
         args += ["--api-port", str(self.api_port), "--mqtt-port", str(self.mqtt_port)]
-        args += ["--grpc-port", "0"]
+        args += ["--grpc-port", "0", "--device-http-port", "0"]
         print(f"  $ ironcore {shlex.join(args)}")
         env = {k: v for k, v in os.environ.items() if not k.startswith("IRONCORE_")}
         self.server = subprocess.Popen(

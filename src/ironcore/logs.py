@@ -29,6 +29,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+_QUIET = ("aiosqlite", "asyncpg", "sqlite3")
+
+
 def configure(log_format: str, level: str, process: str = "") -> None:
     """`process` names a process other than the main one (an MQTT worker) in every line."""
     handler = logging.StreamHandler(sys.stderr)
@@ -45,6 +48,10 @@ def configure(log_format: str, level: str, process: str = "") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # The database drivers log every statement's parameters at debug (token hashes, sealed
+    # secrets): never below warning, whatever --log-level says.
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
 
 
 class RateLimited:

@@ -19,8 +19,17 @@ def default_data_dir() -> Path:
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
-    api_host: str = "0.0.0.0"
+    # Loopback by default: another address needs TLS (`api_tls`, or `api_cert`/`api_key`)
+    # unless `insecure_api` (`runtime.primary.api_tls_files`).
+    api_host: str = "127.0.0.1"
     api_port: int = 8080
+    # Serve the admin API over TLS with the bridges' certificate (`runtime.tls.tls_files`)...
+    api_tls: bool = False
+    # ...or with the operator's own certificate chain and key.
+    api_cert: Path | None = None
+    api_key: Path | None = None
+    # Plain HTTP on an address other than loopback, warned about at every start.
+    insecure_api: bool = False
     # Empty means the embedded SQLite database in the data directory.
     database_url: str = ""
     # PostgreSQL schema for every table (created if missing); keeps deployments or test runs apart.
@@ -47,8 +56,12 @@ class Settings:
     # request says (behind a proxy); empty = each request's own. The discovery document's
     # rootUrl.
     public_url: str = ""
-    # Serve the HTTP device bridge on its own port (0: on the API port).
-    device_http_port: int = 0
+    # The HTTP device bridge's own port (0: on the API's listener instead), on its own address
+    # (every interface, like MQTT: devices reach it from the network, while the API stays on
+    # loopback), over TLS with the bridges' certificate unless `insecure_device_http`.
+    device_http_port: int = 8081
+    device_http_host: str = "0.0.0.0"
+    insecure_device_http: bool = False
     log_format: str = "text"
     log_level: str = "info"
     mqtt_host: str = "0.0.0.0"
@@ -127,7 +140,7 @@ class Settings:
     @classmethod
     def from_json(cls, text: str) -> Settings:
         values = json.loads(text)
-        for name in ("data_dir", "tls_cert", "tls_key", "secret_key_file"):
+        for name in ("data_dir", "tls_cert", "tls_key", "secret_key_file", "api_cert", "api_key"):
             if name in values:
                 values[name] = Path(values[name])
         values["mqtt_hostnames"] = tuple(values.get("mqtt_hostnames", ()))

@@ -8,14 +8,16 @@ import base64
 import contextlib
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import requests
 from google.api_core import exceptions
 from google.cloud import iot_v1
 from google.oauth2.credentials import Credentials
 from google.protobuf import field_mask_pb2
 
-from tests.conftest import Server
+from tests.conftest import Server, start_server, stop_server
 from tests.keys import es256_key, public_pem, rsa_key, self_signed_pem
 
 PROJECT, LOCATION = "interop-project", "us-central1"
@@ -404,3 +406,30 @@ def test_raw_http_snake_case_and_url_safe(server: Server) -> None:
     )
     assert r.status_code == 200, r.text
     assert r.json()["devices"][0]["gatewayConfig"]["gatewayType"] == "GATEWAY"
+
+
+@pytest.mark.databases("sqlite")
+def test_google_cloud_iot_over_https(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The admin API served over TLS (`--api-tls`) with the local CA's certificate, which the
+    client is told to trust as requests is (under google-auth's AuthorizedSession)."""
+    server = start_server(tmp_path / "data", extra=["--api-tls"])
+    try:
+        assert server.url.startswith("https://")
+        client = iot_v1.DeviceManagerClient(
+            credentials=StaticToken(token=server.token),
+            transport="rest",
+            client_options={"api_endpoint": server.url},
+        )
+        with pytest.raises(requests.exceptions.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
+            client.list_device_registries(parent=PARENT)
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(server.ca_file))
+        created = client.create_device_registry(
+            parent=PARENT, device_registry=iot_v1.DeviceRegistry(id="reg-google")
+        )
+        assert created.name == f"{PARENT}/registries/reg-google"
+        assert [r.id for r in client.list_device_registries(parent=PARENT)] == ["reg-google"]
+    finally:
+        stop_server(server)
+    # The client's idle kept-alive TLS connection was cut at SIGTERM, not left to hold the
+    # drain until the head timeout closed it.
+    assert "(header_timeout)" not in server.log.read_text()

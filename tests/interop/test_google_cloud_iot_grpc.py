@@ -508,7 +508,7 @@ def test_a_taken_grpc_port_stops_the_server_at_start(grpc_server: Server, tmp_pa
     command = [sys.executable, "-m", "ironcore", "serve", "--data-dir", str(tmp_path / "second")]
     command += ["--api-host", "127.0.0.1", "--api-port", str(free_port())]
     command += ["--mqtt-host", "127.0.0.1", "--mqtt-port", str(free_port())]
-    command += ["--grpc-port", str(grpc_server.grpc_port)]
+    command += ["--grpc-port", str(grpc_server.grpc_port), "--device-http-port", "0"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert (

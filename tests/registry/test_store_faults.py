@@ -22,7 +22,8 @@ from ironcore.registry.service import DeviceManager
 from ironcore.registry.store import Store
 from ironcore.registry.store.faults import storage_fault
 from ironcore.runtime.inprocess import admin_api
-from ironcore.runtime.primary import make_data_dir
+from ironcore.runtime.primary import make_data_dir, private_key_files
+from ironcore.settings import Settings
 
 
 def sqlite_error(code: int, message: str) -> sqlite3.OperationalError:
@@ -80,6 +81,24 @@ def test_data_directory_is_private(tmp_path: Path) -> None:
     older.chmod(0o755)
     make_data_dir(older)
     assert stat.S_IMODE(older.stat().st_mode) == 0o700
+
+
+def test_key_files_are_private(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "tls").mkdir()
+    ours = [tmp_path / "secret-key", tmp_path / "admin-token", tmp_path / "tls" / "ca.key"]
+    operators = tmp_path / "elsewhere.key"
+    for path in (*ours, operators):
+        path.write_text("secret")
+        path.chmod(0o644)
+    settings = Settings(data_dir=tmp_path, tls_cert=tmp_path / "c.crt", tls_key=operators)
+    with caplog.at_level(logging.WARNING):
+        private_key_files(settings)
+    for path in ours:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        assert f"{path} was mode 0644; made it 0600" in caplog.text
+    # The operator's own file is theirs: said, not changed.
+    assert stat.S_IMODE(operators.stat().st_mode) == 0o644
+    assert f"{operators} is mode 0644" in caplog.text
 
 
 def test_rate_limited_log_says_what_it_left_out(caplog: pytest.LogCaptureFixture) -> None:

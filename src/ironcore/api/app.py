@@ -22,7 +22,8 @@ from starlette.exceptions import HTTPException
 
 from ironcore import __version__
 from ironcore.access.assertions import service_audiences
-from ironcore.access.callers import TokenAuthenticator
+from ironcore.access.backoff import Slowed, client_address
+from ironcore.access.callers import Authenticator, TokenAuthenticator
 from ironcore.access.service_accounts import ServiceAccounts
 from ironcore.access.tokens import AdminTokens
 from ironcore.api import devices, discovery, manifests, oauth, ops, registries, rotation
@@ -79,6 +80,7 @@ def create_app(
     self_authenticating: Callable[[str], bool] = lambda path: False,
     readiness: Mapping[str, ReadinessCheck] | None = None,
     public_url: str = "",
+    authenticator: Authenticator | None = None,
 ) -> FastAPI:
     """The admin API over the services the process built (`ironcore.runtime`); with
     `admin=False` only health and metrics, for an app that serves the device bridge alone on
@@ -89,7 +91,9 @@ def create_app(
     themselves (the device bridge's, with device JWTs): those are let through without an admin
     token. `readiness` names the components /readyz checks (api/ops.py); without it, the
     database alone. `public_url` is the URL clients reach the API by (api/discovery.py);
-    empty: the one each request was sent to.
+    empty: the one each request was sent to. `authenticator` is the one the process's other
+    adapters share (`access.backoff.Throttled` in a server, where failures back off per client
+    address across all of them); default: the tokens' own, without back-off.
     """
     app = FastAPI(
         title="ironcore",
@@ -101,7 +105,7 @@ def create_app(
     app.state.manager = manager
     app.state.tokens = tokens
     app.state.service_accounts = ServiceAccounts(tokens.store, tokens.clock)
-    app.state.auth = TokenAuthenticator(
+    app.state.auth = authenticator or TokenAuthenticator(
         tokens, app.state.service_accounts, service_audiences(public_url)
     )
     app.state.draining = False
@@ -144,7 +148,8 @@ def create_app(
 
 class AuthMiddleware:
     """Authenticates every API request before routing, so a caller without a valid token gets
-    401 whatever else is wrong with the request."""
+    401 whatever else is wrong with the request; a client address that failed too often gets
+    429 with Retry-After (`access.backoff`) before its token is looked at."""
 
     def __init__(self, app: ASGIApp, self_authenticating: Callable[[str], bool]) -> None:
         self.app = app
@@ -164,11 +169,15 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
+        client_address(request.client.host if request.client else "")
         try:
             authorization = request.headers.get("authorization", "")
             caller = await request.app.state.auth.caller(authorization)
         except IronCoreError as error:
-            await error_response(error.code, error.message)(scope, receive, send)
+            response = error_response(error.code, error.message)
+            if isinstance(error, Slowed):
+                response.headers["retry-after"] = str(error.retry_after)
+            await response(scope, receive, send)
             return
         scope.setdefault("state", {})["caller"] = caller
         await self.app(scope, receive, send)

@@ -157,7 +157,7 @@ def signer_revoke(
     out.print(f"revoked {signer.subject.rfc4514_string()} (key id {signer_id}) in the CRL")
     if server:
         c: Context = ctx.obj
-        remote = Context(server, c.token, c.project, c.location, c.as_json)
+        remote = Context(server, c.token, c.project, c.location, c.as_json, c.verify)
         answer = remote.call(
             "POST", "/ironcore/v1/revocations", {"certificate": pem(signer), "reason": reason}
         )

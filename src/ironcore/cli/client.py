@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import ssl
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ class Context:
     project: str
     location: str
     as_json: bool
+    # What an https server's certificate is checked against (`trusted`).
+    verify: ssl.SSLContext | bool = True
 
     @property
     def location_path(self) -> str:
@@ -62,6 +65,7 @@ class Context:
                 params=params,
                 headers={"Authorization": f"Bearer {self.token}"},
                 timeout=30,
+                verify=self.verify,
             )
         except httpx.InvalidURL as exc:
             fail(f"--server {self.server!r} is not a valid URL: {exc}")
@@ -129,6 +133,19 @@ def token_from(token: str | None, data_dir: Path | None) -> str | None:
         return path.read_text().strip() or None
     except (OSError, UnicodeDecodeError):
         return None
+
+
+def trusted(ca_file: Path | None, data_dir: Path | None) -> ssl.SSLContext:
+    """The system's CAs and `ca_file`, or else the local CA of the server on this machine
+    (`<data-dir>/tls/ca.crt`) when there is one: what an https --server is checked against."""
+    context = ssl.create_default_context()
+    path = ca_file or (data_dir or default_data_dir()) / "tls" / "ca.crt"
+    try:
+        context.load_verify_locations(cafile=path)
+    except (OSError, ssl.SSLError) as exc:
+        if ca_file is not None:
+            fail(f"--ca-file {ca_file}: {getattr(exc, 'strerror', None) or exc}")
+    return context
 
 
 def payload_text(b64: str) -> str:

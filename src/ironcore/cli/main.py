@@ -21,7 +21,7 @@ from ironcore.cli import (
     simulate,
     tokens,
 )
-from ironcore.cli.client import Context, token_from
+from ironcore.cli.client import Context, token_from, trusted
 from ironcore.settings import Settings, default_data_dir
 
 app = typer.Typer(
@@ -55,11 +55,21 @@ def main(
         str | None,
         typer.Option(help="Admin token (default: $IRONCORE_TOKEN, else <data-dir>/admin-token)"),
     ] = None,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="IRONCORE_CA_FILE",
+            help="CA certificate an https --server is checked against, beside the system's "
+            "(default: <data-dir>/tls/ca.crt, the local CA, when it exists)",
+        ),
+    ] = None,
     project: Annotated[str, typer.Option(envvar="IRONCORE_PROJECT")] = "my-project",
     location: Annotated[str, typer.Option(envvar="IRONCORE_LOCATION")] = "us-central1",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts")] = False,
 ) -> None:
-    ctx.obj = Context(server, token_from(token, None), project, location, as_json)
+    ctx.obj = Context(
+        server, token_from(token, None), project, location, as_json, trusted(ca_file, None)
+    )
 
 
 @app.command()
@@ -67,8 +77,38 @@ def serve(
     data_dir: Annotated[
         Path | None, typer.Option(envvar="IRONCORE_DATA_DIR", help="Default: ~/.ironcore")
     ] = None,
-    api_host: Annotated[str, typer.Option(envvar="IRONCORE_API_HOST")] = "0.0.0.0",
+    api_host: Annotated[
+        str,
+        typer.Option(
+            envvar="IRONCORE_API_HOST",
+            help="Address of the admin API; one other than loopback needs --api-tls or "
+            "--api-cert/--api-key (or --insecure-api)",
+        ),
+    ] = "127.0.0.1",
     api_port: Annotated[int, typer.Option(envvar="IRONCORE_API_PORT")] = 8080,
+    api_tls: Annotated[
+        bool,
+        typer.Option(
+            envvar="IRONCORE_API_TLS",
+            help="Serve the admin API over TLS with the bridges' certificate (the local CA's, "
+            "or --tls-cert's)",
+        ),
+    ] = False,
+    api_cert: Annotated[
+        Path | None,
+        typer.Option(envvar="IRONCORE_API_CERT", help="The admin API's own certificate chain"),
+    ] = None,
+    api_key: Annotated[
+        Path | None, typer.Option(envvar="IRONCORE_API_KEY", help="Its private key (PEM)")
+    ] = None,
+    insecure_api: Annotated[
+        bool,
+        typer.Option(
+            envvar="IRONCORE_INSECURE_API",
+            help="Serve the admin API in plain HTTP on an address other than loopback "
+            "(admin tokens cross the network in clear)",
+        ),
+    ] = False,
     database_url: Annotated[
         str,
         typer.Option(
@@ -136,9 +176,21 @@ def serve(
         int,
         typer.Option(
             envvar="IRONCORE_DEVICE_HTTP_PORT",
-            help="Serve the HTTP device bridge on this port instead of the API port",
+            help="The HTTP device bridge's own port, over TLS with the bridges' certificate; "
+            "0 serves it on the API port instead",
         ),
-    ] = 0,
+    ] = 8081,
+    device_http_host: Annotated[
+        str,
+        typer.Option(envvar="IRONCORE_DEVICE_HTTP_HOST", help="Address of --device-http-port"),
+    ] = "0.0.0.0",
+    insecure_device_http: Annotated[
+        bool,
+        typer.Option(
+            envvar="IRONCORE_INSECURE_DEVICE_HTTP",
+            help="Serve --device-http-port in plain HTTP (device JWTs travel in clear)",
+        ),
+    ] = False,
     nats_url: Annotated[
         str,
         typer.Option(
@@ -285,6 +337,10 @@ def serve(
     """Run ironcore: the admin API (REST and gRPC) and the MQTT bridge."""
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("give both --tls-cert and --tls-key, or neither")
+    if (api_cert is None) != (api_key is None):
+        raise typer.BadParameter("give both --api-cert and --api-key, or neither")
+    if api_cert is not None and api_tls:
+        raise typer.BadParameter("give --api-tls or --api-cert/--api-key, not both")
     from ironcore.runtime import primary
 
     if log_format not in ("text", "json"):
@@ -298,6 +354,10 @@ def serve(
             data_dir=data_dir or default_data_dir(),
             api_host=api_host,
             api_port=api_port,
+            api_tls=api_tls,
+            api_cert=api_cert,
+            api_key=api_key,
+            insecure_api=insecure_api,
             database_url=database_url,
             database_schema=database_schema,
             log_format=log_format,
@@ -309,6 +369,8 @@ def serve(
             pubsub_emulator_as=pubsub_emulator_as,
             public_url=public_url_option(public_url),
             device_http_port=device_http_port,
+            device_http_host=device_http_host,
+            insecure_device_http=insecure_device_http,
             event_retention_days=event_retention_days,
             nats_url=nats_url,
             mqtt_host=mqtt_host,

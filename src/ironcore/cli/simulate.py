@@ -31,6 +31,13 @@ def simulate(
     payload_size: Annotated[int, typer.Option(help="Bytes per event")] = 64,
     prefix: Annotated[str, typer.Option(help="Device ids are PREFIX-000000, …")] = "sim",
     protocol: Annotated[str, typer.Option(help="mqtt or http")] = "mqtt",
+    device_url: Annotated[
+        str,
+        typer.Option(
+            help="With --protocol http: the HTTP device bridge's URL (https://host:8081); "
+            "default: --server, for a server with --device-http-port 0"
+        ),
+    ] = "",
     reel: Annotated[
         Path | None,
         typer.Option(help="Run the elements of a reel (imported into the registry) instead"),
@@ -51,7 +58,18 @@ def simulate(
     tls = tls_context(str(ca)) if protocol == "mqtt" else None
     target = Target(mqtt_host, mqtt_port, tls, c.project, c.location, registry)
     report = asyncio.run(
-        _run(c, target, devices, rate, duration, payload_size, prefix, reel, protocol)
+        _run(
+            c,
+            target,
+            devices,
+            rate,
+            duration,
+            payload_size,
+            prefix,
+            reel,
+            protocol,
+            device_url or c.server,
+        )
     )
     for line in report:
         print(line)
@@ -67,6 +85,7 @@ async def _run(
     prefix: str,
     reel: Path | None,
     protocol: str,
+    device_url: str,
 ) -> list[str]:
     assert c.token is not None
     if reel is not None:
@@ -76,7 +95,7 @@ async def _run(
             fail(str(error))
     else:
         err.print(f"registering {count} devices in {target.registry} …")
-        members = await register_generated(c.server, c.token, target, count, prefix)
+        members = await register_generated(c.server, c.token, target, count, prefix, c.verify)
     count = len(members)
 
     def progress(stats: Stats, elapsed: float) -> None:
@@ -87,8 +106,10 @@ async def _run(
         sys.stderr.flush()
 
     if protocol == "http":
-        err.print(f"publishing from {count} devices over HTTP to {c.server} …")
-        report = await send_http(c.server, target, members, rate, duration, payload_size, progress)
+        err.print(f"publishing from {count} devices over HTTP to {device_url} …")
+        report = await send_http(
+            device_url, target, members, rate, duration, payload_size, progress, c.verify
+        )
         sys.stderr.write("\n")
         return report.lines()[1:3]
     fleet = Fleet(target, members)

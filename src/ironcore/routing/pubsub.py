@@ -13,6 +13,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from prometheus_client import Counter
@@ -24,6 +25,7 @@ from ironcore.registry.store.pubsub import Delivered, PubSubStore, Subscription,
 from ironcore.registry.store.schema import from_us
 from ironcore.registry.wire import format_timestamp
 from ironcore.routing.nats import JetStreamSink
+from ironcore.routing.sealing import Sealer, is_sealed
 
 # Pub/Sub's bounds on the ack deadline, in seconds.
 ACK_DEADLINE_MIN, ACK_DEADLINE_MAX, ACK_DEADLINE_DEFAULT = 10, 600, 10
@@ -84,10 +86,14 @@ class PubSub:
         store: PubSubStore,
         clock: Callable[[], float] = time.time,
         nats: JetStreamSink | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
+        """`sealer` seals push subscriptions' signing secrets in the database (a server's
+        always does); without one they are stored in clear."""
         self.store = store
         self.clock = clock
         self.nats = nats
+        self.sealer = sealer
 
     def _now_us(self) -> int:
         return int(self.clock() * 1_000_000)
@@ -175,8 +181,32 @@ class PubSub:
             dead_letter_topic=dead_letter_topic,
             max_delivery_attempts=max_delivery_attempts,
         )
-        await self.store.create_subscription(subscription, self._now_us())
+        stored = subscription
+        if self.sealer is not None and subscription.push_secret:
+            stored = replace(subscription, push_secret=self.sealer.seal(subscription.push_secret))
+        await self.store.create_subscription(stored, self._now_us())
         return subscription
+
+    def push_secret(self, subscription: Subscription) -> str:
+        """A push subscription's signing secret in clear, as read from the database."""
+        if self.sealer is None:
+            return subscription.push_secret
+        return self.sealer.open(subscription.push_secret)
+
+    async def seal_push_secrets(self) -> int:
+        """Seal the signing secrets stored in clear (by a server before sealing existed);
+        returns how many."""
+        if self.sealer is None:
+            return 0
+        sealed = 0
+        for subscription in await self.store.list_subscriptions(""):
+            if subscription.push_secret and not is_sealed(subscription.push_secret):
+                value = self.sealer.seal(subscription.push_secret)
+                if await self.store.replace_push_secret(
+                    subscription.name, subscription.push_secret, value
+                ):
+                    sealed += 1
+        return sealed
 
     async def get_subscription(self, name: str) -> Subscription:
         subscription = await self.store.get_subscription(name)

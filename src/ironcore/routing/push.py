@@ -110,7 +110,7 @@ class PushDelivery:
         ).encode()
         headers = {
             "Content-Type": "application/json",
-            SIGNATURE_HEADER: signature(subscription.push_secret, body),
+            SIGNATURE_HEADER: signature(self.pubsub.push_secret(subscription), body),
         }
         try:
             response = await self._client.post(

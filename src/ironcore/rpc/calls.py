@@ -16,6 +16,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from pydantic import BaseModel, ValidationError
 
+from ironcore.access.backoff import client_address, grpc_peer_address
 from ironcore.access.callers import Authenticator
 from ironcore.access.roles import Caller
 from ironcore.errors import InvalidArgument, IronCoreError
@@ -40,6 +41,7 @@ def unary(
 
     async def call(raw: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         try:
+            client_address(grpc_peer_address(context.peer()))
             caller = await authenticator.caller(authorization(context))
             try:
                 request = request_type.FromString(raw)

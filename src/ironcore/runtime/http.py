@@ -29,6 +29,7 @@ import logging
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, cast
 
 import uvicorn
@@ -141,6 +142,17 @@ class GuardedHttp(HttpToolsProtocol):
         if not self.transport.is_closing() and self._phase == _ANSWER:
             self._wait_for_head()
 
+    def shutdown(self) -> None:
+        # A connection waiting for a head has nothing in flight. Closed, a TLS one would wait
+        # for its client's close_notify, which an idle pooled client never sends, and hold the
+        # drain until the head timeout: cut it instead.
+        if self._phase == _HEAD and not self._refused:
+            self._disarm()
+            self.guard.waiting.pop(self, None)
+            self.transport.abort()
+            return
+        super().shutdown()
+
     def _wait_for_head(self) -> None:
         self._phase = _HEAD
         self.guard.waiting[self] = None
@@ -188,6 +200,10 @@ class GuardedHttp(HttpToolsProtocol):
 class Server(uvicorn.Server):
     """A uvicorn server that leaves signals to the primary, which stops every adapter at once."""
 
+    def __init__(self, config: uvicorn.Config, name: str) -> None:
+        super().__init__(config)
+        self.name = name
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
@@ -195,13 +211,31 @@ class Server(uvicorn.Server):
     def stop(self) -> None:
         self.should_exit = True
 
+    @property
+    def tls(self) -> bool:
+        return self.config.ssl_certfile is not None
+
+    def reload_tls(self, cert: Path, key: Path) -> None:
+        """New connections get `cert` and `key` (SIGHUP); ones open keep what they had. Before
+        `serve` loaded the config, the files it will load are replaced instead."""
+        self.config.ssl_certfile, self.config.ssl_keyfile = str(cert), str(key)
+        if self.config.loaded and self.config.ssl is not None:
+            self.config.ssl.load_cert_chain(cert, key)
+
 
 def http_server(
-    app: Any, host: str, port: int, name: str, limits: Limits, idle_timeout: int, drain: int
+    app: Any,
+    host: str,
+    port: int,
+    name: str,
+    limits: Limits,
+    idle_timeout: int,
+    drain: int,
+    tls: tuple[Path, Path] | None = None,
 ) -> Server:
     """A guarded uvicorn server for `app` on `host:port`, named `name` in metrics and logs,
     which closes kept-alive connections idle for `idle_timeout` seconds and gives requests in
-    flight `drain` seconds when stopped."""
+    flight `drain` seconds when stopped; over TLS with `tls` (certificate chain, key)."""
     protocol = partial(GuardedHttp, guard=Guard(name, limits))
     return Server(
         uvicorn.Config(
@@ -214,5 +248,8 @@ def http_server(
             timeout_keep_alive=idle_timeout,
             timeout_graceful_shutdown=drain,
             server_header=False,
-        )
+            ssl_certfile=str(tls[0]) if tls else None,
+            ssl_keyfile=str(tls[1]) if tls else None,
+        ),
+        name,
     )

@@ -52,6 +52,7 @@ from ironcore.routing.log import EventLog
 from ironcore.routing.nats import JetStreamSink
 from ironcore.routing.pubsub import PubSub
 from ironcore.routing.router import Router
+from ironcore.routing.sealing import Sealer
 from ironcore.runtime.process import CannotStart
 from ironcore.settings import Settings
 
@@ -132,10 +133,13 @@ class Services:
     firmware: Firmware
 
 
-def services(storage: Storage, devices: DeviceSide, firmware_directory: Path) -> Services:
-    """A primary's services over its storage, telling its hub of every change."""
+def services(
+    storage: Storage, devices: DeviceSide, firmware_directory: Path, sealer: Sealer | None = None
+) -> Services:
+    """A primary's services over its storage, telling its hub of every change; push
+    subscriptions' signing secrets sealed by `sealer`."""
     store = storage.store
-    pubsub = PubSub(PubSubStore(store), nats=storage.sink)
+    pubsub = PubSub(PubSubStore(store), nats=storage.sink, sealer=sealer)
     manager = DeviceManager(store, links=devices.hub, topics=pubsub)
     return Services(
         manager=manager,

@@ -6,7 +6,7 @@ It holds the parts every process has (`parts.Storage`, `parts.DeviceSide`) and a
 bus to the other servers (`--bus`), the adapters (`adapters`: the admin API, the gRPC API, the
 Pub/Sub emulator port and the HTTP device bridge; the console goes there too), and the
 background tasks (event retention, firmware rollouts, push subscriptions). SIGTERM and SIGINT
-drain it; SIGHUP reloads the TLS certificate of the bridges and the gRPC API.
+drain it; SIGHUP reloads the TLS certificate of the bridges, the gRPC API and the admin API.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from nats.errors import Error as NatsError
 
 from ironcore import logs
 from ironcore.access.assertions import service_audiences
+from ironcore.access.backoff import Throttled
 from ironcore.access.callers import PUBSUB_EMULATOR, FixedCaller, TokenAuthenticator
 from ironcore.access.roles import Caller
 from ironcore.access.service_accounts import ServiceAccounts, service_account_caller
@@ -50,9 +51,11 @@ from ironcore.firmware.rollout import Firmware
 from ironcore.metrics import Snapshot
 from ironcore.routing.pubsub import PubSub
 from ironcore.routing.push import PushDelivery
+from ironcore.routing.sealing import Sealer
 from ironcore.rpc.server import GrpcLimits, GrpcServer
 from ironcore.runtime import readiness
 from ironcore.runtime.http import Limits, http_server
+from ironcore.runtime.http import Server as HttpServer
 from ironcore.runtime.parts import (
     DeviceSide,
     Services,
@@ -65,6 +68,7 @@ from ironcore.runtime.parts import (
 from ironcore.runtime.process import Budget, CannotStart, loop_factory, raise_open_files, tune_gc
 from ironcore.runtime.tls import (
     join_cluster,
+    secret_key,
     shared_certificates,
     stay_in_cluster,
     tls_context,
@@ -79,6 +83,8 @@ DRAIN_SECONDS = 30
 ROLLOUT_EVALUATION_SECONDS = 5
 # What the primary runs an MQTT worker with (`runtime/worker.py`); its arguments follow.
 WORKER_PROGRAM = (sys.executable, "-m", "ironcore.runtime.worker")
+# The HTTP device bridge's own listener (`--device-http-port`), in metrics and logs.
+DEVICE_HTTP = "device_http"
 # The data directory's mode: its owner's alone.
 DATA_DIR_MODE = 0o700
 
@@ -122,6 +128,9 @@ async def serve(settings: Settings) -> None:
     budget = Budget.of(settings, open_files, http_listeners=ports)
     _log_budget(before, budget)
     make_data_dir(settings.data_dir)
+    private_key_files(settings)
+    # Before anything is opened: an API that may not be served plainly stops the start here.
+    api_tls = api_tls_files(settings)
     storage = await Storage.open(settings)
     devices: DeviceSide | None = None
     bridge: MqttBridge | None = None
@@ -138,15 +147,20 @@ async def serve(settings: Settings) -> None:
             space = namespace(settings.effective_database_url, settings.database_schema)
             bus = Bus(settings.bus_url, space, server_id, settings.bus_lease_seconds)
         devices = device_side(storage, server_id, [bus] if bus is not None else [])
-        built = services(storage, devices, settings.data_dir / "firmware")
-        await ensure_admin_token(built.tokens, settings)
-        await devices.revoked.refresh()
-        if bus is not None:
-            await _start_nats(partial(bus.start, devices.hub), "--bus", settings.bus_url)
         listening = listeners(settings)
         if settings.cluster and any(listener.tls for listener in listening):
             anchor = await join_cluster(settings, storage.store, server_id)
             presence = asyncio.create_task(stay_in_cluster(storage.store, server_id, anchor))
+        # After joining: a cluster's first server made the secret key there, or brought its own.
+        sealer = Sealer(secret_key(settings, create=True))
+        built = services(storage, devices, settings.data_dir / "firmware", sealer)
+        sealed = await built.pubsub.seal_push_secrets()
+        if sealed:
+            log.warning("sealed %d push subscription secrets stored in clear", sealed)
+        await ensure_admin_token(built.tokens, settings)
+        await devices.revoked.refresh()
+        if bus is not None:
+            await _start_nats(partial(bus.start, devices.hub), "--bus", settings.bus_url)
         bridge = MqttBridge(
             MqttServices(devices.channel, devices.hub),
             listening,
@@ -178,6 +192,7 @@ async def serve(settings: Settings) -> None:
             workers.metrics if workers is not None else None,
             readiness.checks(settings, storage.store, bridge, bus),
             budget,
+            api_tls,
             emulator_caller=await pubsub_emulator_caller(settings, built),
         )
         await _run(settings, servers, built, bridge, workers)
@@ -201,15 +216,28 @@ def adapters(
     worker_metrics: WorkerMetrics | None,
     ready: Mapping[str, ReadinessCheck],
     budget: Budget,
+    api_tls: tuple[Path, Path] | None,
     emulator_caller: Caller = PUBSUB_EMULATOR,
 ) -> list[Adapter]:
     """The servers the primary runs beside its MQTT bridge, over the services it built and
-    the device channel its MQTT bridge shares: the admin API, with the HTTP device bridge in
-    front of it or on `--device-http-port`, each answering /readyz with the `ready` checks and
-    holding at most `budget.http` connections; the gRPC API on `--grpc-port`, over TLS with
-    the MQTT bridge's certificate; and the Pub/Sub emulator port on `--pubsub-emulator-port`.
-    A new adapter is constructed here."""
+    the device channel its MQTT bridge shares: the admin API (over TLS with `api_tls`, what
+    `api_tls_files` says),
+    and the HTTP device bridge on `--device-http-port` over TLS with the bridges' certificate
+    (or in front of the API with `--device-http-port 0`), each answering /readyz with the
+    `ready` checks and holding at most `budget.http` connections; the gRPC API on
+    `--grpc-port`, over TLS with the MQTT bridge's certificate; and the Pub/Sub emulator port
+    on `--pubsub-emulator-port`. The REST and gRPC APIs share one authenticator, so failed
+    authentication backs off per client address across both (`access.backoff`). A new
+    adapter is constructed here."""
     device_bridge = DeviceBridge(channel)
+    # One for every adapter: failures back off per client address whatever the wire.
+    authenticator = Throttled(
+        TokenAuthenticator(
+            services.tokens,
+            ServiceAccounts(services.tokens.store, services.tokens.clock),
+            service_audiences(settings.public_url),
+        )
+    )
     limits = Limits(
         budget.http,
         settings.http_header_timeout,
@@ -221,22 +249,43 @@ def adapters(
     )
     found: list[Adapter] = []
     if settings.device_http_port:
-        app = http_app(services, device_bridge, worker_metrics, ready, admin=False)
-        found.append(serving(app, settings.api_host, settings.device_http_port, "device_http"))
-        log.info("HTTP device bridge on port %d", settings.device_http_port)
+        app = http_app(services, device_bridge, worker_metrics, authenticator, ready, admin=False)
+        device_tls = None if settings.insecure_device_http else tls_files(settings)
+        found.append(
+            serving(
+                app,
+                settings.device_http_host,
+                settings.device_http_port,
+                DEVICE_HTTP,
+                tls=device_tls,
+            )
+        )
+        log.log(
+            logging.WARNING if device_tls is None else logging.INFO,
+            "HTTP device bridge on %s://%s:%d%s",
+            "http" if device_tls is None else "https",
+            settings.device_http_host,
+            settings.device_http_port,
+            " (--insecure-device-http: device JWTs cross the network in clear)"
+            if device_tls is None
+            else "",
+        )
     admin_bridge = None if settings.device_http_port else device_bridge
-    app = http_app(services, admin_bridge, worker_metrics, ready, public_url=settings.public_url)
-    found.append(serving(app, settings.api_host, settings.api_port, "api"))
+    app = http_app(
+        services,
+        admin_bridge,
+        worker_metrics,
+        authenticator,
+        ready,
+        public_url=settings.public_url,
+    )
+    found.append(serving(app, settings.api_host, settings.api_port, "api", tls=api_tls))
     try:
         if settings.grpc_port:
             found.append(
                 GrpcServer(
                     services.pubsub,
-                    TokenAuthenticator(
-                        services.tokens,
-                        ServiceAccounts(services.tokens.store, services.tokens.clock),
-                        service_audiences(settings.public_url),
-                    ),
+                    authenticator,
                     settings.api_host,
                     settings.grpc_port,
                     tls_files(settings),
@@ -273,6 +322,34 @@ async def pubsub_emulator_caller(settings: Settings, services: Services) -> Call
         raise CannotStart(f"--pubsub-emulator-as: {error.message}") from None
     log.info("the Pub/Sub emulator port's calls act as serviceAccount:%s", account.email)
     return service_account_caller(account)
+
+
+def api_tls_files(settings: Settings) -> tuple[Path, Path] | None:
+    """The admin API's certificate chain and key: the operator's (`--api-cert/--api-key`), the
+    bridges' (`--api-tls`), or None for plain HTTP, which only loopback gets unless
+    `--insecure-api` says otherwise (CannotStart then; a warning at every start with it)."""
+    if settings.api_cert is not None and settings.api_key is not None:
+        return settings.api_cert, settings.api_key
+    if settings.api_tls:
+        return tls_files(settings)
+    if is_loopback(settings.api_host):
+        if settings.insecure_api:
+            log.warning("--insecure-api: the admin API is plain HTTP (on loopback only)")
+        return None
+    if not settings.insecure_api:
+        raise CannotStart(
+            f"--api-host {settings.api_host} is not a loopback address, and admin tokens must "
+            "not cross a network in clear: serve the API over TLS (--api-tls with the local "
+            "CA's server certificate, or --api-cert/--api-key with your own), or give "
+            "--insecure-api to serve plain HTTP anyway"
+        )
+    log.warning(
+        "--insecure-api: the admin API on %s:%d is plain HTTP; admin tokens and device JWTs "
+        "sent to it cross the network in clear",
+        settings.api_host,
+        settings.api_port,
+    )
+    return None
 
 
 def pubsub_emulator(
@@ -335,6 +412,7 @@ def http_app(
     services: Services,
     device_bridge: DeviceBridge | None,
     worker_metrics: WorkerMetrics | None,
+    authenticator: Throttled | None = None,
     ready: Mapping[str, ReadinessCheck] | None = None,
     admin: bool = True,
     public_url: str = "",
@@ -353,6 +431,7 @@ def http_app(
         self_authenticating=http_bridge.is_device_path,
         readiness=ready,
         public_url=public_url,
+        authenticator=authenticator,
     )
     if device_bridge is not None:
         app.include_router(firmware_bridge.router(device_bridge, services.firmware))
@@ -374,6 +453,33 @@ def make_data_dir(path: Path) -> None:
         path.chmod(DATA_DIR_MODE)
         if mode & 0o077:
             log.warning("data directory %s was mode %04o; made it %04o", path, mode, DATA_DIR_MODE)
+
+
+def private_key_files(settings: Settings) -> None:
+    """The secret key, the first admin token and the local CA's and server's private keys in
+    the data directory readable by the server's user alone (0600): one that group or others
+    may read is tightened, and the log says so. Key files the operator named elsewhere are
+    theirs to keep: a warning only."""
+    ours = [
+        settings.data_dir / "secret-key",
+        settings.admin_token_file,
+        settings.tls_dir / "ca.key",
+        settings.tls_dir / "server.key",
+    ]
+    for path in (*ours, settings.secret_key_file, settings.tls_key, settings.api_key):
+        if path is None:
+            continue
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if not mode & 0o077:
+            continue
+        if path in ours:
+            path.chmod(mode & 0o700)
+            log.warning("%s was mode %04o; made it %04o", path, mode, mode & 0o700)
+        else:
+            log.warning("%s is mode %04o: others than its owner may read a private key", path, mode)
 
 
 async def ensure_admin_token(tokens: AdminTokens, settings: Settings) -> None:
@@ -414,8 +520,10 @@ async def _run(
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop)
+    api = next((server for server in servers if isinstance(server, HttpServer)), None)
     log.info(
-        "ironcore serving the admin API on http://%s:%d (database: %s)",
+        "ironcore serving the admin API on %s://%s:%d (database: %s)",
+        "https" if api is not None and api.tls else "http",
         settings.api_host,
         settings.api_port,
         services.manager.store.engine.dialect.name,
@@ -455,6 +563,9 @@ async def _reload(
     for server in servers:
         if isinstance(server, GrpcServer) and server.tls:
             server.reload_tls(*files)
+        elif isinstance(server, HttpServer) and server.tls:
+            api = api_tls_files(settings) if server.name != DEVICE_HTTP else None
+            server.reload_tls(*(api or files))
 
 
 async def _expire_events(pubsub: PubSub, days: float) -> None:

@@ -127,7 +127,7 @@ async def shared_certificates(settings: Settings, store: Store) -> str:
     key they are encrypted under."""
     tls = BridgeTlsStore(store)
     stored_ca = await tls.get("ca")
-    secret = _secret(settings, create=stored_ca is None)
+    secret = secret_key(settings, create=stored_ca is None)
     local = certificates.local_ca(settings.tls_dir)
     if stored_ca is None:
         ca_cert, ca_key = local or certificates.new_ca()
@@ -182,9 +182,10 @@ async def shared_certificates(settings: Settings, store: Store) -> str:
     return certificates.anchor(stored_ca.certificate.encode())
 
 
-def _secret(settings: Settings, create: bool) -> bytes:
-    """The cluster's secret key; made in `<data-dir>/secret-key` when `create` (nothing is
-    encrypted under one yet) and no file was named."""
+def secret_key(settings: Settings, create: bool) -> bytes:
+    """The cluster's secret key (the bridges' generated TLS keys and push subscriptions'
+    signing secrets are encrypted under it); made in `<data-dir>/secret-key` when `create`
+    (nothing is encrypted under one yet) and no file was named."""
     path = settings.secret_key_path
     if not path.exists():
         if not create:
@@ -203,9 +204,12 @@ def _secret(settings: Settings, create: bool) -> bytes:
             with os.fdopen(fd, "w") as file:
                 file.write(secrets.token_hex(32) + "\n")
             log.warning(
-                "created the cluster's secret key in %s (mode 0600): every server sharing "
-                "this database needs a copy of it (--secret-key-file)",
+                "created the secret key in %s (mode 0600): secrets kept in the database are "
+                "encrypted under it; back it up apart from the database%s",
                 path,
+                ", and give every server sharing this database a copy (--secret-key-file)"
+                if settings.cluster
+                else "",
             )
     secret = path.read_bytes().strip()
     if len(secret) < SECRET_MIN_BYTES:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
+import ssl
 import time
 from collections.abc import Callable, Sequence
 
@@ -26,6 +27,7 @@ async def send_http(
     duration: float,
     payload_size: int = 64,
     progress: Callable[[Stats, float], None] | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> Report:
     stats = Stats()
     tokens = {m.device_id: m.token() for m in members}
@@ -38,7 +40,9 @@ async def send_http(
     deadline = started + duration
     per_device = rate / len(members) if members else 0.0
 
-    async with httpx.AsyncClient(base_url=api_url, limits=limits, timeout=30) as client:
+    async with httpx.AsyncClient(
+        base_url=api_url, limits=limits, timeout=30, verify=verify
+    ) as client:
 
         async def run(member: Member) -> None:
             interval = 1.0 / per_device

@@ -7,6 +7,7 @@ theirs in a secure element (see `ironcore.device`).
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,16 +38,24 @@ def member_with_key(device_id: str, key: ec.EllipticCurvePrivateKey, project: st
 
 
 async def register_generated(
-    api_url: str, token: str, target: Target, count: int, prefix: str = "sim"
+    api_url: str,
+    token: str,
+    target: Target,
+    count: int,
+    prefix: str = "sim",
+    verify: ssl.SSLContext | bool = True,
 ) -> list[Member]:
     """Create the registry (if needed) and `count` devices with fresh ES256 keys; devices left
-    from an earlier run get the new key instead."""
+    from an earlier run get the new key instead. `verify`: what an https API is checked
+    against."""
     headers = {"Authorization": f"Bearer {token}"}
     location = f"/v1/projects/{target.project}/locations/{target.location}"
     registry = f"{location}/registries/{target.registry}"
     keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(count)]
     topic = f"projects/{target.project}/topics/{target.registry}-events"
-    async with httpx.AsyncClient(base_url=api_url, headers=headers, timeout=60) as api:
+    async with httpx.AsyncClient(
+        base_url=api_url, headers=headers, timeout=60, verify=verify
+    ) as api:
         response = await api.post(
             f"{location}/registries",
             json={"id": target.registry, "eventNotificationConfigs": [{"pubsubTopicName": topic}]},

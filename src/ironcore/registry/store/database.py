@@ -94,7 +94,10 @@ class Database:
         connect_args: dict[str, Any] = {}
         if schema and url.startswith("postgresql"):
             connect_args["server_settings"] = {"search_path": schema}
-        engine = create_async_engine(url, connect_args=connect_args, **_pool_options(url))
+        # Parameters carry token hashes and sealed secrets: never in a log, at any level.
+        engine = create_async_engine(
+            url, connect_args=connect_args, hide_parameters=True, **_pool_options(url)
+        )
         if engine.dialect.name == "sqlite":
             if engine.url.database and "memory" not in url:
                 private_files(Path(engine.url.database))
@@ -115,6 +118,7 @@ class Database:
                 pool_size=2,
                 max_overflow=-1,
                 connect_args={"check_same_thread": False},
+                hide_parameters=True,
             )
             event.listen(loop_reads, "connect", _sqlite_read_pragmas)
             database = engine.url.database

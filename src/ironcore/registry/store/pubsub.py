@@ -194,6 +194,17 @@ class PubSubStore:
             )
             return [_subscription(row) for row in rows]
 
+    async def replace_push_secret(self, name: str, old: str, new: str) -> bool:
+        """Store `new` as subscription `name`'s push secret if it is still `old` (another
+        server may have replaced it meanwhile); whether it was."""
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                update(subscriptions)
+                .where(subscriptions.c.name == name, subscriptions.c.push_secret == old)
+                .values(push_secret=new)
+            )
+            return bool(result.rowcount)
+
     async def delete_subscription(self, name: str) -> None:
         async with self.db.write() as conn:
             pk = await conn.scalar(select(subscriptions.c.pk).where(subscriptions.c.name == name))
