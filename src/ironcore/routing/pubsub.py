@@ -18,9 +18,16 @@ from typing import Any
 from ironcore import limits
 from ironcore.errors import FailedPrecondition, InvalidArgument, NotFound
 from ironcore.registry.names import is_valid_project
-from ironcore.registry.store.pubsub import Delivered, PubSubStore, Subscription, Topic
+from ironcore.registry.store.pubsub import (
+    Delivered,
+    LeaseChange,
+    PubSubStore,
+    Subscription,
+    Topic,
+)
 from ironcore.registry.store.schema import from_us
 from ironcore.registry.wire import format_timestamp
+from ironcore.routing.leases import LeaseWriter
 from ironcore.routing.nats import JetStreamSink
 
 # Pub/Sub's bounds on the ack deadline, in seconds.
@@ -79,6 +86,8 @@ class PubSub:
         self.store = store
         self.clock = clock
         self.nats = nats
+        # Acknowledgements and deadline changes, committed together as they come.
+        self.leases = LeaseWriter(store)
 
     def _now_us(self) -> int:
         return int(self.clock() * 1_000_000)
@@ -192,7 +201,7 @@ class PubSub:
         return await self.store.pull(name, max_messages, self._now_us(), ack_deadline_seconds)
 
     async def acknowledge(self, name: str, ack_ids: Sequence[str]) -> None:
-        await self.store.acknowledge(name, _event_ids(ack_ids))
+        await self.leases.change(LeaseChange(name, _event_ids(ack_ids), None))
 
     async def modify_ack_deadline(self, name: str, ack_ids: Sequence[str], seconds: int) -> None:
         if not 0 <= seconds <= ACK_DEADLINE_MAX:
@@ -200,7 +209,7 @@ class PubSub:
                 "ack_deadline_seconds", f"must be between 0 and {ACK_DEADLINE_MAX}"
             )
         deadline = self._now_us() + seconds * 1_000_000
-        await self.store.modify_ack_deadline(name, _event_ids(ack_ids), deadline)
+        await self.leases.change(LeaseChange(name, _event_ids(ack_ids), deadline))
 
 
 def _event_ids(ack_ids: Sequence[str]) -> list[int]:
