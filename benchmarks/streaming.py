@@ -311,6 +311,12 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="sample the server with py-spy in each window"
     )
+    parser.add_argument(
+        "--server-python",
+        metavar="PYTHON",
+        help="the server's interpreter: another checkout's .venv/bin/python measures that "
+        "checkout's server (before/after)",
+    )
     parser.add_argument("--consume", choices=("stream", "rest"), help=argparse.SUPPRESS)
     parser.add_argument("--token", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -335,11 +341,12 @@ def main() -> None:
         f"StreamingPull vs REST pull: {args.backlog:,} messages of {args.size} B published "
         f"before each window, {args.pairs} rounds of {args.duration:g} s windows (after "
         f"{args.warmup:g} s warm-up), {os.cpu_count()} CPUs, "
-        f"{'PostgreSQL' if args.database_url else 'SQLite'}; load average "
+        f"{'PostgreSQL' if args.database_url else 'SQLite'}, server "
+        f"{args.server_python or sys.executable}; load average "
         f"{os.getloadavg()[0]:.2f}"
     )
     with tempfile.TemporaryDirectory(prefix="ironcore-bench-streaming-") as tmp:
-        server = start_ironcore(Path(tmp) / "data", extra)
+        server = start_ironcore(Path(tmp) / "data", extra, python=args.server_python)
         try:
             _post(f"{server.url}/v1/{TOPIC}", server.token, {}, "PUT")
             _post(
@@ -362,6 +369,7 @@ def main() -> None:
     print_table([one, rest, many])
     verdict = "meets" if one.best.rate >= TARGET else "MISSES"
     print(f"\nOne subscriber process: {one.best.rate:,.0f} messages/s ({verdict} {TARGET:,}).")
+    print(f"Load average at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
