@@ -49,6 +49,7 @@ commit in order; `xid` is 0 there and readers order by `pk` alone.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -369,7 +370,11 @@ class PubSubStore:
         """
         names = sorted({change.subscription for change in changes})
         if self.db.appender is not None:
-            found = await self.db.write_sqlite(partial(_change_leases_sqlite, names, changes))
+            # Shielded, as the event log's appends: this process's writers wait for the thread
+            # even if the caller stops waiting, since the thread goes on holding the lock.
+            found = await asyncio.shield(
+                self.db.write_sqlite(partial(_change_leases_sqlite, names, changes))
+            )
         else:
             async with self.db.write() as conn:
                 rows = await conn.execute(

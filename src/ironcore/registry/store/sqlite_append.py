@@ -1,5 +1,5 @@
-"""The event log's appends to a SQLite file: one thread call per batch, holding the write lock
-only while SQLite works.
+"""The event log's appends to a SQLite file (and the Pub/Sub's acknowledgements): one thread
+call per batch, holding the write lock only while SQLite works.
 
 Measured with three MQTT processes appending to one file (docs/benchmarks.md, session 3):
 
