@@ -18,6 +18,11 @@ count and its own CPU when the benchmark asks on its stdin) and the server's CPU
 same marks (benchmarks/loadgen.py's per-process meter), after each consumer acked its first
 message and `--warmup` seconds more. The issue's bar: ≥ 10,000 messages/s
 with one subscriber process. A window whose consumers ran out of backlog says so.
+
+The subscriber processes also time the library's unary Acknowledge calls: it sends them from
+one thread, at most 100 ids each, the next once the last returned, so one process acks at most
+100 messages per call's duration, whatever its CPU (the table's "time in Acknowledge" near
+100 % says a process is bound there).
 """
 
 from __future__ import annotations
@@ -103,6 +108,9 @@ def _split(total: int, parts: int) -> list[int]:
 class Counter:
     def __init__(self) -> None:
         self.acked = 0
+        # The client library's Acknowledge calls: how many, and the seconds spent in them.
+        self.ack_calls = 0
+        self.ack_seconds = 0.0
         self.lock = threading.Lock()
 
 
@@ -112,7 +120,20 @@ def consume_stream(endpoint: str, token: str, counter: Counter, max_messages: in
     from google.cloud.pubsub_v1.types import FlowControl
     from google.oauth2.credentials import Credentials
 
-    client = SubscriberClient(
+    class TimedClient(SubscriberClient):  # type: ignore[misc]  # untyped library
+        """Times the unary Acknowledge calls the library makes (at most 100 ids each, one at
+        a time, from one thread of its own): how long a call takes bounds its rate."""
+
+        def acknowledge(self, *args: Any, **kwargs: Any) -> None:
+            start = time.perf_counter()
+            try:
+                super().acknowledge(*args, **kwargs)
+            finally:
+                with counter.lock:
+                    counter.ack_calls += 1
+                    counter.ack_seconds += time.perf_counter() - start
+
+    client = TimedClient(
         credentials=Credentials(token=token),  # type: ignore[no-untyped-call]  # google-auth
         client_options={"api_endpoint": endpoint},
     )
@@ -163,8 +184,8 @@ def consumer_main(args: argparse.Namespace) -> None:
         consume_rest(args.url, args.token, counter, args.in_flight)
     for _ in sys.stdin:
         with counter.lock:
-            acked = counter.acked
-        print(json.dumps({"acked": acked, "cpu": self_cpu_seconds()}), flush=True)
+            state = {"acked": counter.acked, "calls": counter.ack_calls, "ack": counter.ack_seconds}
+        print(json.dumps({**state, "cpu": self_cpu_seconds()}), flush=True)
     os._exit(0)  # the client library's threads would otherwise hold the process
 
 
@@ -180,6 +201,9 @@ class Window:
     busiest_client: float
     machine: float
     ran_dry: bool
+    processes: int = 1
+    ack_calls: int = 0
+    ack_seconds: float = 0.0  # summed over the consumers
 
     @property
     def rate(self) -> float:
@@ -255,6 +279,9 @@ def run_window(
         busiest_client=max(clients),
         machine=100 * (busy_end[0] - busy_start[0]) / (busy_end[1] - busy_start[1]),
         ran_dry=ran_dry,
+        processes=processes,
+        ack_calls=int(sum(e["calls"] - s["calls"] for s, e in zip(start, end, strict=True))),
+        ack_seconds=sum(e["ack"] - s["ack"] for s, e in zip(start, end, strict=True)),
     )
 
 
@@ -273,9 +300,10 @@ def drain(server: Ironcore) -> None:
 def print_table(rows: list[Row]) -> None:
     print(
         "| consumer | messages/s (best) | all windows | server CPU µs / message "
-        "| consumers' CPU µs / message | busiest consumer % of a core | machine busy % |"
+        "| consumers' CPU µs / message | busiest consumer % of a core "
+        "| Acknowledge call, mean ms | time in Acknowledge, % per process | machine busy % |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         w = row.best
         spread = " / ".join(
@@ -284,8 +312,15 @@ def print_table(rows: list[Row]) -> None:
         print(
             f"| {row.name} | {w.rate:,.0f} | {spread} | {1e6 * w.server_cpu / w.messages:,.0f} "
             f"| {1e6 * w.client_cpu / w.messages:,.0f} | {100 * w.busiest_client / w.seconds:.0f} "
-            f"| {w.machine:.0f} |"
+            f"| {_ack_columns(w)} | {w.machine:.0f} |"
         )
+
+
+def _ack_columns(w: Window) -> str:
+    if not w.ack_calls:  # REST consumers are not timed
+        return "- | -"
+    busy = w.ack_seconds / w.seconds / w.processes  # of each process's wall time, on average
+    return f"{1e3 * w.ack_seconds / w.ack_calls:.1f} | {100 * busy:.0f}"
 
 
 def main() -> None:
@@ -311,6 +346,12 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="sample the server with py-spy in each window"
     )
+    parser.add_argument(
+        "--server-python",
+        metavar="PYTHON",
+        help="the server's interpreter: another checkout's .venv/bin/python measures that "
+        "checkout's server (before/after)",
+    )
     parser.add_argument("--consume", choices=("stream", "rest"), help=argparse.SUPPRESS)
     parser.add_argument("--token", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -335,11 +376,12 @@ def main() -> None:
         f"StreamingPull vs REST pull: {args.backlog:,} messages of {args.size} B published "
         f"before each window, {args.pairs} rounds of {args.duration:g} s windows (after "
         f"{args.warmup:g} s warm-up), {os.cpu_count()} CPUs, "
-        f"{'PostgreSQL' if args.database_url else 'SQLite'}; load average "
+        f"{'PostgreSQL' if args.database_url else 'SQLite'}, server "
+        f"{args.server_python or sys.executable}; load average "
         f"{os.getloadavg()[0]:.2f}"
     )
     with tempfile.TemporaryDirectory(prefix="ironcore-bench-streaming-") as tmp:
-        server = start_ironcore(Path(tmp) / "data", extra)
+        server = start_ironcore(Path(tmp) / "data", extra, python=args.server_python)
         try:
             _post(f"{server.url}/v1/{TOPIC}", server.token, {}, "PUT")
             _post(
@@ -362,6 +404,7 @@ def main() -> None:
     print_table([one, rest, many])
     verdict = "meets" if one.best.rate >= TARGET else "MISSES"
     print(f"\nOne subscriber process: {one.best.rate:,.0f} messages/s ({verdict} {TARGET:,}).")
+    print(f"Load average at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
+from typing import Any
 
 from ironcore.errors import IronCoreError, Unavailable
 from ironcore.logs import RateLimited
@@ -25,6 +27,23 @@ log = logging.getLogger(__name__)
 failures = RateLimited(log)
 # Rows in one transaction at most; a larger backlog is committed in several.
 MAX_BATCH = 2000
+
+
+def fail_waiters(
+    futures: Iterable[asyncio.Future[Any]], error: Exception, what: str
+) -> IronCoreError:
+    """Fail the waiters of a commit that failed with `error`: the store's error, or
+    UNAVAILABLE naming `what` for one it did not classify. Returns that error."""
+    failure = (
+        error
+        if isinstance(error, IronCoreError)
+        else Unavailable(f"The {what} is unavailable: {error}")
+    )
+    for future in futures:
+        if not future.done():
+            # One each: an exception raised in many tasks gathers all their tracebacks.
+            future.set_exception(type(failure)(failure.message))
+    return failure
 
 
 class EventLog:
@@ -61,22 +80,13 @@ class EventLog:
                 try:
                     await self.store.bridge.append_events([row for row, _ in batch])
                 except Exception as error:  # the database failed: every waiter hears of it
-                    failure = (
-                        error
-                        if isinstance(error, IronCoreError)
-                        else Unavailable(f"The event log is unavailable: {error}")
-                    )
+                    failure = fail_waiters([future for _, future in batch], error, "event log")
                     failures.error(
                         failure.code.name,
                         "event log commit of %d events failed, none acknowledged: %s",
                         len(batch),
                         failure,
                     )
-                    for _, future in batch:
-                        if not future.done():
-                            # One each: an exception raised in many tasks gathers all their
-                            # tracebacks.
-                            future.set_exception(type(failure)(failure.message))
                     continue
                 for _, future in batch:
                     if not future.done():

@@ -21,9 +21,16 @@ from prometheus_client import Counter
 from ironcore import limits
 from ironcore.errors import FailedPrecondition, InvalidArgument, NotFound
 from ironcore.registry.names import is_valid_project
-from ironcore.registry.store.pubsub import Delivered, PubSubStore, Subscription, Topic
+from ironcore.registry.store.pubsub import (
+    Delivered,
+    LeaseChange,
+    PubSubStore,
+    Subscription,
+    Topic,
+)
 from ironcore.registry.store.schema import from_us
 from ironcore.registry.wire import format_timestamp
+from ironcore.routing.leases import LeaseWriter
 from ironcore.routing.nats import JetStreamSink
 from ironcore.routing.sealing import Sealer, is_sealed
 
@@ -94,6 +101,8 @@ class PubSub:
         self.clock = clock
         self.nats = nats
         self.sealer = sealer
+        # Acknowledgements and deadline changes, committed together as they come.
+        self.leases = LeaseWriter(store)
 
     def _now_us(self) -> int:
         return int(self.clock() * 1_000_000)
@@ -233,7 +242,7 @@ class PubSub:
         return delivered
 
     async def acknowledge(self, name: str, ack_ids: Sequence[str]) -> None:
-        await self.store.acknowledge(name, _event_ids(ack_ids))
+        await self.leases.change(LeaseChange(name, _event_ids(ack_ids), None))
         _ACKED.inc(len(ack_ids))
 
     async def modify_ack_deadline(self, name: str, ack_ids: Sequence[str], seconds: int) -> None:
@@ -242,7 +251,7 @@ class PubSub:
                 "ack_deadline_seconds", f"must be between 0 and {ACK_DEADLINE_MAX}"
             )
         deadline = self._now_us() + seconds * 1_000_000
-        await self.store.modify_ack_deadline(name, _event_ids(ack_ids), deadline)
+        await self.leases.change(LeaseChange(name, _event_ids(ack_ids), deadline))
 
 
 def _event_ids(ack_ids: Sequence[str]) -> list[int]:

@@ -18,11 +18,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import stat
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -31,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from ironcore.errors import ResourceExhausted
 from ironcore.registry.store.faults import storage_fault
-from ironcore.registry.store.sqlite_append import SqliteAppender
+from ironcore.registry.store.sqlite_append import SqliteAppender, insert_events
 from ironcore.registry.store.writer_lock import WriterLock
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -43,6 +45,7 @@ _SQLITE_SUFFIXES = ("", "-wal", "-shm")
 _PRIVATE_FILE_MODE = 0o600
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def database_url(url: str) -> str:
@@ -188,11 +191,17 @@ class Database:
     async def append_sqlite(self, rows: Sequence[tuple[str, bytes, str, int]]) -> None:
         """Append events through the appender's own connection (a SQLite file only), in this
         process's turn among its writers; the appender takes the file's lock in its thread."""
+        await self.write_sqlite(partial(insert_events, rows=rows))
+
+    async def write_sqlite(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` in one write transaction on the appender's connection (a SQLite file
+        only), in one thread call, in this process's turn among its writers."""
         assert self.appender is not None
         with self.faults():
             async with self._write_lock:
-                await self.appender.append(rows)
+                result = await self.appender.run(work)
         self.disk_full = None
+        return result
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

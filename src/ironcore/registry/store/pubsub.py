@@ -49,8 +49,11 @@ commit in order; `xid` is 0 there and readers order by `pk` alone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import sqlite3
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sqlalchemy import (
@@ -61,6 +64,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal,
     select,
     tuple_,
     update,
@@ -71,6 +75,9 @@ from ironcore.errors import AlreadyExists, NotFound
 from ironcore.registry.store.database import Database
 from ironcore.registry.store.policies import delete_policy
 from ironcore.registry.store.schema import events, subscription_leases, subscriptions, topics
+
+# Event ids in one statement's IN list at most: under SQLite's oldest limit of 999 parameters.
+IDS_PER_STATEMENT = 900
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,16 @@ class Subscription:
     push_secret: str
     dead_letter_topic: str
     max_delivery_attempts: int
+
+
+@dataclass(frozen=True)
+class LeaseChange:
+    """An acknowledgement (`deadline_us` None: the leases are deleted) or a new deadline for
+    leases of one subscription."""
+
+    subscription: str
+    event_pks: Sequence[int]
+    deadline_us: int | None
 
 
 Position = tuple[int, int]
@@ -278,17 +295,16 @@ class PubSubStore:
                 ).all()
                 fresh = [row.pk for row in new]
                 if fresh:
+                    # One INSERT ... SELECT, not a row at a time: SQLite's executemany gives
+                    # up the GIL around every row and waits to win it back from the event
+                    # loop, holding the one writer meanwhile.
                     await conn.execute(
-                        insert(subscription_leases),
-                        [
-                            {
-                                "subscription_pk": sub.pk,
-                                "event_pk": pk,
-                                "deadline": deadline,
-                                "attempts": 1,
-                            }
-                            for pk in fresh
-                        ],
+                        insert(subscription_leases).from_select(
+                            ["subscription_pk", "event_pk", "deadline", "attempts"],
+                            select(
+                                literal(sub.pk), events.c.pk, literal(deadline), literal(1)
+                            ).where(events.c.pk.in_(fresh)),
+                        )
                     )
                     await conn.execute(
                         update(subscriptions)
@@ -298,22 +314,27 @@ class PubSubStore:
                     attempts.update(dict.fromkeys(fresh, 1))
             if not attempts:
                 return []
+        # The leased events are read once the leases are committed: an event does not change
+        # once written, and SQLite's one writer (acks wait for it) is not held while a
+        # thousand rows are read and decoded.
+        async with self.db.read() as conn:
             rows = await conn.execute(
                 select(events)
                 .where(events.c.pk.in_(list(attempts)))
                 .order_by(events.c.xid, events.c.pk)
             )
             delivered = [_delivered(row, attempts[row.pk]) for row in rows]
-            gone = set(attempts) - {d.event_pk for d in delivered}
-            if gone:
-                # Past retention: the events are deleted, so are their leases.
+        gone = set(attempts) - {d.event_pk for d in delivered}
+        if gone:
+            # Past retention: the events are deleted, so are their leases.
+            async with self.db.write() as conn:
                 await conn.execute(
                     delete(subscription_leases).where(
                         subscription_leases.c.subscription_pk == sub.pk,
                         subscription_leases.c.event_pk.in_(list(gone)),
                     )
                 )
-            return delivered
+        return delivered
 
     async def _dead_letter(self, conn: Any, sub: Any, event_pks: list[int], now_us: int) -> None:
         if sub.dead_letter_topic:
@@ -337,32 +358,63 @@ class PubSubStore:
         )
 
     async def acknowledge(self, name: str, event_pks: Sequence[int]) -> None:
-        async with self.db.write() as conn:
-            pk = await conn.scalar(select(subscriptions.c.pk).where(subscriptions.c.name == name))
-            if pk is None:
-                raise NotFound(f"Subscription {name} not found")
-            await conn.execute(
-                delete(subscription_leases).where(
-                    subscription_leases.c.subscription_pk == pk,
-                    subscription_leases.c.event_pk.in_(list(event_pks)),
-                )
-            )
+        await self._change_one(LeaseChange(name, event_pks, None))
 
     async def modify_ack_deadline(
         self, name: str, event_pks: Sequence[int], deadline_us: int
     ) -> None:
-        async with self.db.write() as conn:
-            pk = await conn.scalar(select(subscriptions.c.pk).where(subscriptions.c.name == name))
-            if pk is None:
-                raise NotFound(f"Subscription {name} not found")
-            await conn.execute(
-                update(subscription_leases)
-                .where(
-                    subscription_leases.c.subscription_pk == pk,
-                    subscription_leases.c.event_pk.in_(list(event_pks)),
-                )
-                .values(deadline=deadline_us)
+        await self._change_one(LeaseChange(name, event_pks, deadline_us))
+
+    async def _change_one(self, change: LeaseChange) -> None:
+        if not (await self.change_leases([change]))[0]:
+            raise NotFound(f"Subscription {change.subscription} not found")
+
+    async def change_leases(self, changes: Sequence[LeaseChange]) -> list[bool]:
+        """Apply acknowledgements and deadline changes, of any subscriptions, in one
+        transaction; per change, whether its subscription exists (nothing is changed for one
+        that does not).
+
+        The result is the same as applying them one by one in their order: deadline changes
+        keep their order (the last one of a lease wins), and acknowledgements go last, since
+        a deleted lease stays deleted whatever came before or after it.
+
+        On a SQLite file the transaction is one call in the appender's thread
+        (`sqlite_append`): through aiosqlite each statement of it, and BEGIN and COMMIT, came
+        back only when the busy event loop got round to it, holding the one writer meanwhile.
+        """
+        names = sorted({change.subscription for change in changes})
+        if self.db.appender is not None:
+            # Shielded, as the event log's appends: this process's writers wait for the thread
+            # even if the caller stops waiting, since the thread goes on holding the lock.
+            found = await asyncio.shield(
+                self.db.write_sqlite(partial(_change_leases_sqlite, names, changes))
             )
+        else:
+            async with self.db.write() as conn:
+                rows = await conn.execute(
+                    select(subscriptions.c.name, subscriptions.c.pk).where(
+                        subscriptions.c.name.in_(names)
+                    )
+                )
+                found = {row.name: row.pk for row in rows}
+                deadlines, acked = _lease_statements(changes, found)
+                for pk, deadline_us, chunk in deadlines:
+                    await conn.execute(
+                        update(subscription_leases)
+                        .where(
+                            subscription_leases.c.subscription_pk == pk,
+                            subscription_leases.c.event_pk.in_(chunk),
+                        )
+                        .values(deadline=deadline_us)
+                    )
+                for pk, chunk in acked:
+                    await conn.execute(
+                        delete(subscription_leases).where(
+                            subscription_leases.c.subscription_pk == pk,
+                            subscription_leases.c.event_pk.in_(chunk),
+                        )
+                    )
+        return [change.subscription in found for change in changes]
 
     async def publish(
         self, topic: str, messages: Sequence[tuple[bytes, dict[str, str]]], now_us: int
@@ -416,6 +468,64 @@ class PubSubStore:
         async with self.db.write() as conn:
             result = await conn.execute(delete(events).where(events.c.publish_time < before_us))
             return int(result.rowcount or 0)
+
+
+def _lease_statements(
+    changes: Sequence[LeaseChange], found: dict[str, int]
+) -> tuple[list[tuple[int, int, Sequence[int]]], list[tuple[int, Sequence[int]]]]:
+    """What `change_leases` runs, in order: deadline changes (subscription pk, deadline, event
+    ids), consecutive ones to the same deadline merged, then acknowledgements (subscription
+    pk, event ids); at most `IDS_PER_STATEMENT` ids each. Changes of subscriptions missing
+    from `found` (name -> pk) are left out."""
+    runs: list[tuple[int, int, list[int]]] = []
+    acked: dict[int, set[int]] = {}
+    for change in changes:
+        pk = found.get(change.subscription)
+        if pk is None:
+            continue
+        if change.deadline_us is None:
+            acked.setdefault(pk, set()).update(change.event_pks)
+        elif runs and runs[-1][:2] == (pk, change.deadline_us):
+            runs[-1][2].extend(change.event_pks)
+        else:
+            runs.append((pk, change.deadline_us, list(change.event_pks)))
+    deadlines = [(pk, when, chunk) for pk, when, ids in runs for chunk in _chunks(ids)]
+    acks = [(pk, chunk) for pk, ids in acked.items() for chunk in _chunks(sorted(ids))]
+    return deadlines, acks
+
+
+def _chunks(event_pks: Sequence[int]) -> Iterator[Sequence[int]]:
+    for start in range(0, len(event_pks), IDS_PER_STATEMENT):
+        yield event_pks[start : start + IDS_PER_STATEMENT]
+
+
+def _change_leases_sqlite(
+    names: Sequence[str], changes: Sequence[LeaseChange], conn: sqlite3.Connection
+) -> dict[str, int]:
+    """`change_leases` on the appender's connection, in its transaction."""
+    found = dict(
+        conn.execute(
+            f"SELECT name, pk FROM subscriptions WHERE name IN ({_marks(len(names))})", names
+        ).fetchall()
+    )
+    deadlines, acked = _lease_statements(changes, found)
+    for pk, deadline_us, chunk in deadlines:
+        conn.execute(
+            "UPDATE subscription_leases SET deadline = ? WHERE subscription_pk = ? "
+            f"AND event_pk IN ({_marks(len(chunk))})",
+            [deadline_us, pk, *chunk],
+        )
+    for pk, chunk in acked:
+        conn.execute(
+            "DELETE FROM subscription_leases WHERE subscription_pk = ? "
+            f"AND event_pk IN ({_marks(len(chunk))})",
+            [pk, *chunk],
+        )
+    return found
+
+
+def _marks(count: int) -> str:
+    return ",".join("?" * count)
 
 
 def _subscription(row: Any) -> Subscription:

@@ -1,5 +1,5 @@
-"""The event log's appends to a SQLite file: one thread call per batch, holding the write lock
-only while SQLite works.
+"""The event log's appends to a SQLite file (and the Pub/Sub's acknowledgements): one thread
+call per batch, holding the write lock only while SQLite works.
 
 Measured with three MQTT processes appending to one file (docs/benchmarks.md, session 3):
 
@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from ironcore.registry.store.writer_lock import WriterLock
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Row = tuple[str, bytes, str, int]  # topic, data, attributes (JSON text), publish time (µs)
 # 4 parameters a row: 800 in all, under SQLite's oldest limit of 999 per statement.
 ROWS_PER_STATEMENT = 200
@@ -45,21 +47,20 @@ class SqliteAppender:
         self._conn.execute("PRAGMA wal_autocheckpoint=0")
         self._commits = 0
 
-    async def append(self, rows: Sequence[Row]) -> None:
-        """Insert `rows` in one transaction. A cancelled caller does not stop the thread,
-        which commits (or rolls back) and gives the lock back on its own."""
-        await asyncio.to_thread(self._append, rows)
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` on this connection in one write transaction, in one thread call; its
+        result once committed. The Pub/Sub's acknowledgements take this path too
+        (`registry.store.pubsub`), for the same reasons as appends. A cancelled caller does
+        not stop the thread, which commits (or rolls back) and gives the lock back on its
+        own."""
+        return await asyncio.to_thread(self._transaction, work)
 
-    def _append(self, rows: Sequence[Row]) -> None:
-        whole = len(rows) - len(rows) % ROWS_PER_STATEMENT
+    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
         self.lock.hold()
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                for start in range(0, whole, ROWS_PER_STATEMENT):
-                    chunk = rows[start : start + ROWS_PER_STATEMENT]
-                    self._conn.execute(_APPEND_MANY, [value for row in chunk for value in row])
-                self._conn.executemany(APPEND_ONE, rows[whole:])
+                result = work(self._conn)
                 self._conn.execute("COMMIT")
             except BaseException:
                 if self._conn.in_transaction:
@@ -73,6 +74,15 @@ class SqliteAppender:
                 self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except sqlite3.Error as error:  # the events are committed; the next one tries again
                 log.warning("could not checkpoint the event log's WAL: %s", error)
+        return result
 
     def close(self) -> None:
         self._conn.close()
+
+
+def insert_events(conn: sqlite3.Connection, rows: Sequence[Row]) -> None:
+    whole = len(rows) - len(rows) % ROWS_PER_STATEMENT
+    for start in range(0, whole, ROWS_PER_STATEMENT):
+        chunk = rows[start : start + ROWS_PER_STATEMENT]
+        conn.execute(_APPEND_MANY, [value for row in chunk for value in row])
+    conn.executemany(APPEND_ONE, rows[whole:])
