@@ -8,13 +8,18 @@ import types
 from datetime import timedelta
 
 import pytest
+from alembic import command
+from alembic.config import Config
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import Connection, inspect
 
-from ironcore.access.tokens import MAX_LIFETIME, AdminTokens, parse_duration
+from ironcore.access.tokens import MAX_LIFETIME, AdminTokens, hash_token, parse_duration
+from ironcore.registry.store import Store
+from ironcore.registry.store.database import _MIGRATIONS
 from ironcore.registry.wire import format_timestamp, parse_timestamp
 from tests.api.test_auth_api import REGISTRIES, TOKENS, assert_error, client
-from tests.conftest import Api, Clock
+from tests.conftest import Api, Clock, Database
 
 
 def app_tokens(api: Api) -> AdminTokens:
@@ -210,3 +215,36 @@ def test_durations_named_in_the_docs() -> None:
     assert parse_duration("2w") == timedelta(weeks=2)
     assert parse_duration("1d12h") == timedelta(hours=36)
     assert parse_duration("3600s") == timedelta(hours=1)
+
+
+# Migration 0014
+
+
+def _downgrade_to_0011(connection: Connection) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.downgrade(config, "0011")
+
+
+async def test_migration_0014_keeps_tokens_working_and_can_be_undone(
+    database: Database, clock: Clock
+) -> None:
+    store = await Store.open(database.url, database.schema)
+    tokens = AdminTokens(store, clock)
+    kept = await tokens.create("editor", "from before", clock.now + timedelta(days=1))
+    async with store.engine.begin() as conn:
+        await conn.run_sync(_downgrade_to_0011)
+        columns = await conn.run_sync(
+            lambda c: {col["name"] for col in inspect(c).get_columns("admin_tokens")}
+        )
+    assert not {"expires_at", "last_used_at"} & columns
+    await store.close()
+    # Opening it again upgrades it: the token written before is valid, and never expires.
+    store = await Store.open(database.url, database.schema)
+    try:
+        found = await AdminTokens(store, clock).find(hash_token(kept))
+        assert found is not None and found.role == "editor" and found.expires_at is None
+        assert found.last_used_at is None
+    finally:
+        await store.close()
