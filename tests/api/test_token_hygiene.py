@@ -156,7 +156,8 @@ async def test_rotation_needs_the_tokens_permission(api: Api) -> None:
     assert (await api.client.get(TOKENS)).status_code == 200
 
 
-async def test_last_use_is_written_behind(api: Api, clock: Clock) -> None:
+async def test_last_use_is_written_behind(api: Api, moving: Clock) -> None:
+    clock = moving
     tokens = app_tokens(api)
     token = await api.tokens.create("viewer", "used")
     token_id = token.split("_")[1]
