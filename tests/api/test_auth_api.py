@@ -269,7 +269,15 @@ async def test_token_creation_shows_the_token_once(api: Api) -> None:
     assert listing.status_code == 200
     tokens = listing.json()["tokens"]
     for item in tokens:
-        assert set(item) == {"id", "name", "role", "createTime", "revoked"}
+        assert set(item) == {
+            "id",
+            "name",
+            "role",
+            "createTime",
+            "expireTime",
+            "lastUseTime",
+            "revoked",
+        }
     [mine] = [t for t in tokens if t["id"] == token_id]
     assert mine["role"] == "viewer" and mine["name"] == "dashboard" and mine["revoked"] is False
     text = json.dumps(listing.json())

@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import httpx
 import jwt
 import pytest
 
+from ironcore.registry.wire import format_timestamp
 from tests.conftest import Server, free_port
 from tests.keys import es256_key, make_ca, public_pem
 
@@ -461,6 +463,54 @@ def test_token_create_json_and_bad_role(cli: Cli) -> None:
     bad = cli.run("tokens", "create", "--role", "superuser")
     assert bad.error_line.startswith("error: INVALID_ARGUMENT: ")
     assert "viewer, editor, owner" in bad.error_line
+
+
+def test_tokens_expiry_rotation_and_bad_input(cli: Cli) -> None:
+    created = cli.json("tokens", "create", "--role", "viewer", "--expires-in", "30d")
+    token, expire_time = created["token"], created["expireTime"]
+    token_id = token.split("_")[1]
+    assert cli.json("registries", "list", token=token) is not None
+    listed = cli.json("tokens", "list")["tokens"]
+    [mine] = [t for t in listed if t["id"] == token_id]
+    assert mine["expireTime"] == expire_time and "lastUseTime" in mine
+    table = cli.ok("tokens", "list").out
+    assert "expireTime" in table and "lastUseTime" in table
+
+    soon = format_timestamp((datetime.now(UTC) + timedelta(days=60)).replace(microsecond=0))
+    at = cli.json("tokens", "create", "--role", "viewer", "--expires-at", soon)
+    assert at["expireTime"] == soon
+
+    rotated = cli.ok("tokens", "rotate", token_id)
+    new = rotated.out.strip()
+    assert new.startswith(f"ic_{token_id}_") and new != token
+    assert "cannot be shown again" in rotated.err
+    assert cli.run("registries", "list", token=token).error_line.startswith(
+        "error: UNAUTHENTICATED: "
+    )
+    assert cli.json("registries", "list", token=new) is not None
+    assert cli.json("tokens", "rotate", token_id)["id"] == token_id
+
+    for bad in ("30", "30x", "0d", "-1h", "1.5h", "9999d"):
+        result = cli.run("tokens", "create", "--role", "viewer", "--expires-in", bad)
+        assert result.code != 0 and "--expires-in" in result.err, (bad, result.err)
+    past = cli.run("tokens", "create", "--role", "viewer", "--expires-at", "2001-01-01T00:00:00Z")
+    assert past.error_line.startswith("error: INVALID_ARGUMENT: ")
+    both = cli.run(
+        "tokens",
+        "create",
+        "--role",
+        "viewer",
+        "--expires-in",
+        "1d",
+        "--expires-at",
+        soon,
+    )
+    assert both.code != 0 and "not both" in both.err
+    assert cli.run("tokens", "rotate", "000000000000").error_line.startswith("error: NOT_FOUND: ")
+    cli.ok("tokens", "revoke", token_id)
+    assert cli.run("tokens", "rotate", token_id).error_line.startswith(
+        "error: FAILED_PRECONDITION: "
+    )
 
 
 # How the token is found

@@ -185,6 +185,10 @@ class Throttled:
         """What the inner authenticator cached is forgotten (a token was revoked)."""
         self.inner.forget()
 
+    async def invalidated(self) -> None:
+        """A credential was revoked or changed: `TokenAuthenticator.invalidated`."""
+        await self.inner.invalidated()
+
 
 class Slowed(ResourceExhausted):
     """A call refused because its address must still wait `retry_after` seconds."""

@@ -34,7 +34,7 @@ from ironcore.access.backoff import Throttled
 from ironcore.access.callers import PUBSUB_EMULATOR, FixedCaller, TokenAuthenticator
 from ironcore.access.roles import Caller
 from ironcore.access.service_accounts import ServiceAccounts, service_account_caller
-from ironcore.access.tokens import AdminTokens
+from ironcore.access.tokens import LAST_USED_SECONDS, AdminTokens
 from ironcore.api.app import create_app
 from ironcore.api.ops import ReadinessCheck
 from ironcore.bridge import firmware as firmware_bridge
@@ -236,6 +236,8 @@ def adapters(
             services.tokens,
             ServiceAccounts(services.tokens.store, services.tokens.clock),
             service_audiences(settings.public_url),
+            # Other servers may share a PostgreSQL database: revocation waits out their caches.
+            shared=not services.tokens.store.is_sqlite,
         )
     )
     limits = Limits(
@@ -532,12 +534,15 @@ async def _run(
     rollouts = asyncio.create_task(_evaluate_rollouts(services.firmware))
     push = PushDelivery(services.pubsub)
     push.start()
+    token_uses = asyncio.create_task(_write_token_uses(services.tokens))
     try:
         await asyncio.gather(*(server.serve() for server in servers))
     finally:
         retention.cancel()
         rollouts.cancel()
+        token_uses.cancel()
         await push.stop()
+        await _flush_token_uses(services.tokens)
 
 
 async def _reload(
@@ -579,6 +584,20 @@ async def _expire_events(pubsub: PubSub, days: float) -> None:
         except Exception as error:  # retention is retried next hour; serving goes on
             log.warning("could not delete old events: %s", error)
         await asyncio.sleep(3600)
+
+
+async def _write_token_uses(tokens: AdminTokens) -> None:
+    """Write when admin tokens were last used, every LAST_USED_SECONDS."""
+    while True:
+        await asyncio.sleep(LAST_USED_SECONDS)
+        await _flush_token_uses(tokens)
+
+
+async def _flush_token_uses(tokens: AdminTokens) -> None:
+    try:
+        await tokens.flush_uses()
+    except Exception as error:  # kept for the next flush; serving goes on
+        log.warning("could not record when admin tokens were last used: %s", error)
 
 
 async def _evaluate_rollouts(firmware: Firmware) -> None:

@@ -141,6 +141,8 @@ admin_tokens = Table(
     Column("token_hash", String(64), nullable=False, unique=True),
     Column("created_at", BigInteger, nullable=False),
     Column("revoked_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger),  # None: never expires
+    Column("last_used_at", BigInteger),  # written behind (access.callers)
 )
 
 # Telemetry and state notifications, appended in order; routing reads them per topic.
