@@ -94,7 +94,7 @@ async def delete_account(
 ) -> JSONResponse:
     allowed(caller, MANAGE, f"projects/{project}")
     await accounts.delete(project, account)
-    request.app.state.auth.forget()
+    await request.app.state.auth.invalidated()
     return ok()
 
 
@@ -123,5 +123,5 @@ async def delete_key(
 ) -> JSONResponse:
     allowed(caller, MANAGE, f"projects/{project}")
     await accounts.delete_key(project, account, key_id)
-    request.app.state.auth.forget()
+    await request.app.state.auth.invalidated()
     return ok()
