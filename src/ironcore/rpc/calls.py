@@ -16,11 +16,12 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from pydantic import BaseModel, ValidationError
 
-from ironcore.access.backoff import client_address, grpc_peer_address
-from ironcore.access.callers import Authenticator
+from ironcore.access.backoff import client_address, current_client_address, grpc_peer_address
+from ironcore.access.callers import Authenticator, credential_kind
 from ironcore.access.roles import Caller
 from ironcore.errors import InvalidArgument, IronCoreError
 from ironcore.registry.resources import Policy
+from ironcore.registry.store import audit
 from ironcore.registry.wire import invalid_argument
 from ironcore.rpc.protojson import to_message
 
@@ -47,7 +48,11 @@ def unary(
                 request = request_type.FromString(raw)
             except DecodeError as error:
                 raise InvalidArgument(f"The request is not a valid {name}: {error}") from None
-            answer: bytes = (await method(request, caller)).SerializeToString()
+            token = audit.acting(actor(request, caller, authorization(context)))
+            try:
+                answer: bytes = (await method(request, caller)).SerializeToString()
+            finally:
+                audit.done(token)
             return answer
         except IronCoreError as error:
             await context.abort_with_status(status(error))
@@ -57,6 +62,32 @@ def unary(
         raise AssertionError("abort returns only by raising")
 
     return grpc.unary_unary_rpc_method_handler(call)
+
+
+# Methods whose writes are the data plane, not changes to audit: Pub/Sub message traffic.
+_UNAUDITED = frozenset({"Publish", "Pull", "Acknowledge", "ModifyAckDeadline"})
+
+
+def actor(request: Message, caller: Caller, credential: str) -> audit.Actor:
+    """Who acts in a unary call, for the audit entry its writes carry (registry/store/audit.py):
+    the method is the request's name without `Request` (`CreateDevice`, as on REST), the
+    resource the request's `name`, `resource`, `parent` or `subscription`."""
+    method = request.DESCRIPTOR.name.removesuffix("Request")
+    fields = json_format.MessageToDict(request)
+    resource = next(
+        (str(fields[k]) for k in ("name", "resource", "parent", "subscription") if fields.get(k)),
+        "",
+    )
+    return audit.Actor(
+        wire="grpc",
+        principal=caller.principal,
+        authentication=credential_kind(credential),
+        address=current_client_address(),
+        method=method,
+        resource=resource,
+        fields={"body": fields},
+        records=method not in _UNAUDITED,
+    )
 
 
 def authorization(context: grpc.aio.ServicerContext[bytes, bytes]) -> str:

@@ -49,6 +49,7 @@ from ironcore.bridge.workers import Workers
 from ironcore.errors import IronCoreError
 from ironcore.firmware.rollout import Firmware
 from ironcore.metrics import Snapshot
+from ironcore.registry.store import Store
 from ironcore.routing.pubsub import PubSub
 from ironcore.routing.push import PushDelivery
 from ironcore.routing.sealing import Sealer
@@ -530,6 +531,9 @@ async def _run(
     )
     retention = asyncio.create_task(_expire_events(services.pubsub, settings.event_retention_days))
     rollouts = asyncio.create_task(_evaluate_rollouts(services.firmware))
+    audit_retention = asyncio.create_task(
+        _expire_audit(services.manager.store, settings.audit_retention_days)
+    )
     push = PushDelivery(services.pubsub)
     push.start()
     try:
@@ -537,6 +541,7 @@ async def _run(
     finally:
         retention.cancel()
         rollouts.cancel()
+        audit_retention.cancel()
         await push.stop()
 
 
@@ -578,6 +583,20 @@ async def _expire_events(pubsub: PubSub, days: float) -> None:
                 log.info("deleted %d events older than %g days", expired, days)
         except Exception as error:  # retention is retried next hour; serving goes on
             log.warning("could not delete old events: %s", error)
+        await asyncio.sleep(3600)
+
+
+async def _expire_audit(store: Store, days: float) -> None:
+    """Delete audit log entries older than the retention period, once an hour: the only
+    delete of the audit log."""
+    while True:
+        before = int((time.time() - days * 86400) * 1_000_000)
+        try:
+            expired = await store.audit.delete_before(before)
+            if expired:
+                log.info("deleted %d audit log entries older than %g days", expired, days)
+        except Exception as error:  # retried next hour; serving goes on
+            log.warning("could not delete old audit log entries: %s", error)
         await asyncio.sleep(3600)
 
 
