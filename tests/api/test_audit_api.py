@@ -11,7 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
 
 from ironcore.registry.store.schema import audit_log
 from tests.conftest import Api
@@ -241,3 +242,26 @@ async def test_entries_cannot_be_changed_or_deleted_or_read_without_permission(a
     async with await api.as_role("editor") as editor:
         assert (await editor.get(AUDIT)).status_code == 403
     assert [e["id"] for e in await entries(api, filter="status=OK")] == [entry["id"]]
+
+
+@pytest.mark.databases("sqlite")
+async def test_a_change_whose_entry_cannot_be_written_is_not_made(api: Api) -> None:
+    """The entry is written in the change's transaction: when the database refuses the entry,
+    the change is rolled back with it (and a crash between the two cannot happen)."""
+    store = api.manager.store
+    async with store.write() as conn:
+        await conn.execute(
+            text(
+                "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log "
+                "BEGIN SELECT RAISE(ABORT, 'audit log refused'); END"
+            )
+        )
+    # The in-process transport hands the app's exception to the caller (a server answers 500).
+    with pytest.raises(IntegrityError, match="audit log refused"):
+        await api.client.post(REGISTRIES, json={"id": "reg-audit"})
+    async with store.write() as conn:
+        await conn.execute(text("DROP TRIGGER refuse_audit"))
+    assert (await api.client.get(REGISTRY)).status_code == 404
+    assert await count_rows(api) == 0
+    assert (await api.client.post(REGISTRIES, json={"id": "reg-audit"})).status_code == 200
+    assert await count_rows(api) == 1
