@@ -69,6 +69,8 @@ DENIALS_PER_MINUTE = 20
 # Client addresses whose denials are counted at once; beyond it the oldest window is dropped.
 _MAX_ADDRESSES = 10_000
 PAGE_SIZE = 100
+# One statement, its values as parameters: compiled once (SQLAlchemy's cache), not per entry.
+_INSERT = insert(audit_log)
 MAX_PAGE_SIZE = 1000
 
 
@@ -190,7 +192,7 @@ async def record_change(conn: AsyncConnection) -> dict[str, Any] | None:
     if actor.changes:
         detail["changes"] = actor.changes
     row = _row(actor, "OK", detail)
-    await conn.execute(insert(audit_log).values(**row))
+    await conn.execute(_INSERT, row)
     return row
 
 
@@ -327,7 +329,7 @@ class AuditStore:
         token = acting(None)
         try:
             async with self.db.write() as conn:
-                await conn.execute(insert(audit_log).values(**row))
+                await conn.execute(_INSERT, row)
         finally:
             done(token)
         logged(row)
