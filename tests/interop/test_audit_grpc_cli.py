@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from google.api_core import exceptions
 from google.cloud import iot_v1
@@ -100,3 +101,18 @@ def test_grpc_changes_and_refusals_are_recorded_and_listed(
     ]
     assert guess not in grpc_server.log.read_text()
     assert viewer_token not in grpc_server.log.read_text()
+    # Behind a proxy on the same host (uvicorn trusts X-Forwarded-For from loopback by
+    # default), the address recorded is the client's the proxy names.
+    forwarded = httpx.post(
+        f"{grpc_server.url}/v1/{PARENT}/registries",
+        json={"id": "reg-forwarded"},
+        headers={
+            "Authorization": f"Bearer {grpc_server.token}",
+            "X-Forwarded-For": "203.0.113.7",
+        },
+    )
+    assert forwarded.status_code == 200, forwarded.text
+    [entry] = cli.json(
+        "audit", "list", "--project", PROJECT, "--filter", "clientAddress=203.0.113.7"
+    )["auditLogs"]
+    assert (entry["method"], entry["wire"]) == ("CreateDeviceRegistry", "rest")
