@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -265,3 +266,17 @@ async def test_a_change_whose_entry_cannot_be_written_is_not_made(api: Api) -> N
     assert await count_rows(api) == 0
     assert (await api.client.post(REGISTRIES, json={"id": "reg-audit"})).status_code == 200
     assert await count_rows(api) == 1
+
+
+async def test_retention_deletes_only_entries_older_than_the_cutoff(api: Api) -> None:
+    assert (await api.client.post(REGISTRIES, json={"id": "reg-audit"})).status_code == 200
+    [entry] = await entries(api)
+    written = int(
+        datetime.fromisoformat(entry["time"].replace("Z", "+00:00")).timestamp() * 1_000_000
+    )
+    assert await api.manager.store.audit.delete_before(written) == 0
+    assert await count_rows(api) == 1
+    assert await api.manager.store.audit.delete_before(written + 1) == 1
+    assert await entries(api) == []
+    # The sweep is not a change anyone made: it leaves no entry of its own.
+    assert await count_rows(api) == 0

@@ -1,7 +1,8 @@
 """The audit log: who changed what, from where, how, and with what result (`schema.audit_log`).
 
 Who, from where, how and which method are known where a call comes in (the REST middleware,
-the gRPC method handler); whether it changed anything is known where its transaction commits.
+the gRPC method handler, the MQTT bridge for a device's own key-rotation steps); whether it
+changed anything is known where its transaction commits.
 So the adapter says who is acting (`acting`, a context variable for the call's task) and
 `Database.write()` appends one entry to every write transaction made while an actor acts, in
 that same transaction: the entry and the change commit or roll back together, and a call that
