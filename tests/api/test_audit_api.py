@@ -4,6 +4,7 @@ deleted through the API. Against the in-process app on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -15,6 +16,7 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
+from ironcore.registry.store import audit
 from ironcore.registry.store.schema import audit_log
 from tests.conftest import Api
 
@@ -280,3 +282,26 @@ async def test_retention_deletes_only_entries_older_than_the_cutoff(api: Api) ->
     assert await entries(api) == []
     # The sweep is not a change anyone made: it leaves no entry of its own.
     assert await count_rows(api) == 0
+
+
+async def test_a_task_started_by_a_call_records_nothing_after_the_call(api: Api) -> None:
+    """A task copies its context, actor included; its writes after the call are not the
+    call's change."""
+    actor = audit.Actor("rest", "adminToken:x", "adminToken", "", "CreateDevice", "projects/p1")
+    token = audit.acting(actor)
+    try:
+        later = asyncio.get_running_loop().create_future()
+
+        async def background() -> None:
+            await later
+            async with api.manager.store.write() as conn:
+                await conn.execute(text("SELECT 1"))
+
+        task = asyncio.create_task(background())
+        async with api.manager.store.write() as conn:
+            await conn.execute(text("SELECT 1"))
+    finally:
+        audit.done(token)
+    later.set_result(None)
+    await task
+    assert await count_rows(api) == 1

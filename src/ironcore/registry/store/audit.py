@@ -104,6 +104,12 @@ def current() -> Actor | None:
 
 
 def done(token: contextvars.Token[Actor | None]) -> None:
+    """The call is over: nothing written from here on is its change. A task it started holds a
+    copy of its context, and so the actor; marking the actor finished keeps that task's later
+    writes (bookkeeping, deliveries) out of the call's entries."""
+    finished = _actor.get()
+    if finished is not None:
+        finished.records = False
     _actor.reset(token)
 
 
