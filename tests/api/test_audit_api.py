@@ -121,6 +121,7 @@ async def test_denials_and_authentication_failures_are_recorded(api: Api) -> Non
     assert len(denials) == 1
     assert denials[0]["principal"] == f"adminToken:{token_id(viewer_token)}"
     assert denials[0]["method"] == "DeleteDeviceRegistry"
+    assert "cloudiot.registries.delete" in denials[0]["message"]
     assert denials[0]["resource"] == f"{PARENT}/registries/reg-audit"
 
 

@@ -116,10 +116,14 @@ async def audited(
                 _body_fields(found, b"".join(chunks))
         return message
 
+    answer: list[bytes] = []
+
     async def send_status(message: Any) -> None:
         nonlocal status
         if message["type"] == "http.response.start":
             status = message["status"]
+        elif message["type"] == "http.response.body" and status in _DENIALS:
+            answer.append(message.get("body", b""))  # the error envelope: a few hundred bytes
         await send(message)
 
     token = audit.acting(found)
@@ -129,7 +133,16 @@ async def audited(
         audit.done(token)
     if status in _DENIALS:
         store: Store = scope["app"].state.manager.store
-        await store.audit.denied(found, _DENIALS[status], "")
+        await store.audit.denied(found, _DENIALS[status], _error_message(b"".join(answer)))
+
+
+def _error_message(envelope: bytes) -> str:
+    """The message of a JSON error envelope (`{"error": {"message": …}}`), or ""."""
+    try:
+        message = json.loads(envelope)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return ""
+    return str(message)
 
 
 async def refused(scope: Scope, authorization: str, status: str, message: str) -> None:
