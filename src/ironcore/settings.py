@@ -38,6 +38,8 @@ class Settings:
     nats_url: str = ""
     # Events older than this are deleted from the embedded log (Pub/Sub's default is 7 days).
     event_retention_days: float = 7.0
+    # Audit log entries older than this are deleted (registry/store/audit.py).
+    audit_retention_days: float = 400.0
     # The gRPC API (Google's DeviceManager), over TLS with the bridges' certificate, on the
     # API's host; 0 = off.
     grpc_port: int = 8443

@@ -8,18 +8,16 @@ import types
 from datetime import timedelta
 
 import pytest
-from alembic import command
-from alembic.config import Config
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import Connection, inspect
+from sqlalchemy import inspect
 
 from ironcore.access.tokens import MAX_LIFETIME, AdminTokens, hash_token, parse_duration
 from ironcore.registry.store import Store
-from ironcore.registry.store.database import _MIGRATIONS
 from ironcore.registry.wire import format_timestamp, parse_timestamp
 from tests.api.test_auth_api import REGISTRIES, TOKENS, assert_error, client
 from tests.conftest import Api, Clock, Database
+from tests.migrations import downgrade, revision_before
 
 
 def app_tokens(api: Api) -> AdminTokens:
@@ -221,13 +219,6 @@ def test_durations_named_in_the_docs() -> None:
 # Migration 0014
 
 
-def _downgrade_to_0011(connection: Connection) -> None:
-    config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS))
-    config.attributes["connection"] = connection
-    command.downgrade(config, "0011")
-
-
 async def test_migration_0014_keeps_tokens_working_and_can_be_undone(
     database: Database, clock: Clock
 ) -> None:
@@ -235,7 +226,7 @@ async def test_migration_0014_keeps_tokens_working_and_can_be_undone(
     tokens = AdminTokens(store, clock)
     kept = await tokens.create("editor", "from before", clock.now + timedelta(days=1))
     async with store.engine.begin() as conn:
-        await conn.run_sync(_downgrade_to_0011)
+        await conn.run_sync(downgrade, revision_before("0014"))
         columns = await conn.run_sync(
             lambda c: {col["name"] for col in inspect(c).get_columns("admin_tokens")}
         )

@@ -95,6 +95,23 @@ def test_rotation_completes_and_the_old_key_expires_after_grace(
         wait_for(lambda: rotator.state.pending_slot is None, 10, "the device to finish")
     finally:
         client.stop()
+    # The audit log has the operator's start and the device's own steps, whichever process
+    # took them, from the device's address.
+    answer = httpx.get(
+        f"{server.url}/ironcore/v1/projects/{PROJECT}/auditLogs",
+        params={"filter": f"resource:{ROTATION.removeprefix('/ironcore/v1/')}/rot-ok"},
+        headers={"Authorization": f"Bearer {server.token}"},
+    )
+    assert answer.status_code == 200, answer.text
+    steps = [(e["method"], e["principal"]) for e in reversed(answer.json()["auditLogs"])]
+    device_name = f"device:{ROTATION.removeprefix('/ironcore/v1/')}/rot-ok"
+    assert steps[0] == ("StartKeyRotation", f"adminToken:{server.token.split('_')[1]}")
+    assert ("OfferRotationKey", device_name) in steps
+    assert ("CompleteKeyRotation", device_name) in steps
+    for entry in answer.json()["auditLogs"]:
+        if entry["wire"] == "mqtt":
+            assert entry["clientAddress"] == "127.0.0.1"
+            assert entry["authentication"] == "deviceJwt"
 
 
 def test_all_slots_busy_fails_cleanly(server: Server, tmp_path: Path) -> None:

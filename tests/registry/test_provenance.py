@@ -4,12 +4,10 @@ backfill of devices written before provenance was recorded."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from alembic.script import ScriptDirectory
 from cryptography import x509
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 
 from ironcore.registry import provenance as prov
 from ironcore.registry.names import DeviceRef
@@ -17,16 +15,13 @@ from ironcore.registry.resources import Device
 from ironcore.registry.rotation import Rotations
 from ironcore.registry.service import DeviceManager
 from ironcore.registry.store import Store
-from ironcore.registry.store import database as store_database
 from ironcore.registry.store.rotation import RotationStore
 from ironcore.registry.store.schema import devices
 from tests.bridge.test_http_cache import signer_and_device_certificate
 from tests.conftest import Clock, Database
 from tests.keys import es256_key, public_pem
+from tests.migrations import downgrade, revision_before
 from tests.registry.test_rotation import REGISTRY, device_with_key, fingerprint, proof
-
-MIGRATIONS = Path(store_database.__file__).parent / "migrations"
-BEFORE_0011 = ScriptDirectory(str(MIGRATIONS)).get_revision("0011").down_revision
 
 
 def plain(pem: str) -> dict[str, Any]:
@@ -141,9 +136,7 @@ async def test_migration_0011_backfills_devices_written_before_it(
             await conn.execute(
                 update(devices).where(devices.c.num_id == row.num_id).values(body=body)
             )
-        await conn.execute(
-            text("UPDATE alembic_version SET version_num = :before"), {"before": BEFORE_0011}
-        )
+        await conn.run_sync(downgrade, revision_before("0011"))
     assert not await recorded(manager, num_id)
     await manager.store.close()
     reopened = await Store.open(database.url, database.schema)

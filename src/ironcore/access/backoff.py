@@ -46,6 +46,11 @@ def client_address(address: str) -> None:
     _client.set(address)
 
 
+def current_client_address() -> str:
+    """The client address its adapter said this task's call comes from ("" if none)."""
+    return _client.get()
+
+
 def grpc_peer_address(peer: str) -> str:
     """The address of a gRPC peer string (`ipv4:127.0.0.1:5000`, `ipv6:[::1]:5000`); "" for
     one that names none (`unix:...`)."""

@@ -71,6 +71,20 @@ def admin_caller(token: str, role: str) -> Caller:
     return Caller(f"adminToken:{token_id}", frozenset({role}))
 
 
+def credential_kind(authorization: str) -> str:
+    """How a call authenticated, told by its credential's form (for the audit log): `adminToken`,
+    `serviceAccountJwt`, `accessToken`, `none` without a bearer token, else `unknown`."""
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return "none"
+    if looks_like_jwt(token):
+        return "serviceAccountJwt"
+    if token.startswith(ACCESS_TOKEN_PREFIX):
+        return "accessToken"
+    return "adminToken" if token.startswith(TOKEN_PREFIX) else "unknown"
+
+
 class TokenAuthenticator:
     """Every bearer credential ironcore accepts, told apart by its form: a self-signed JWT of
     a service-account key (`access.assertions`), an access token from the token endpoint

@@ -49,6 +49,7 @@ _OWN = {
     "ironcore.tokens.manage",
     "ironcore.revocations.manage",
     "ironcore.serviceAccounts.manage",
+    "ironcore.audit.list",
 }
 # What the Pub/Sub emulator port's calls may do (`access.callers.PUBSUB_EMULATOR`): publish,
 # read topics and subscriptions, create subscriptions and consume from them.

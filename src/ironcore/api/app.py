@@ -26,7 +26,7 @@ from ironcore.access.backoff import Slowed, client_address
 from ironcore.access.callers import Authenticator, TokenAuthenticator
 from ironcore.access.service_accounts import ServiceAccounts
 from ironcore.access.tokens import AdminTokens
-from ironcore.api import devices, discovery, manifests, oauth, ops, registries, rotation
+from ironcore.api import audit, devices, discovery, manifests, oauth, ops, registries, rotation
 from ironcore.api import firmware as api_firmware
 from ironcore.api import pubsub as api_pubsub
 from ironcore.api import service_accounts as api_service_accounts
@@ -128,6 +128,7 @@ def create_app(
             discovery,
             api_service_accounts,
             oauth,
+            audit,
         ):
             app.include_router(module.router)
     app.include_router(ops.router)
@@ -170,17 +171,18 @@ class AuthMiddleware:
             return
         request = Request(scope)
         client_address(request.client.host if request.client else "")
+        authorization = request.headers.get("authorization", "")
         try:
-            authorization = request.headers.get("authorization", "")
             caller = await request.app.state.auth.caller(authorization)
         except IronCoreError as error:
             response = error_response(error.code, error.message)
             if isinstance(error, Slowed):
                 response.headers["retry-after"] = str(error.retry_after)
             await response(scope, receive, send)
+            await audit.refused(scope, authorization, error.code.name, error.message)
             return
         scope.setdefault("state", {})["caller"] = caller
-        await self.app(scope, receive, send)
+        await audit.audited(self.app, scope, receive, send, caller, authorization)
 
 
 class NormalizeRequestMiddleware:

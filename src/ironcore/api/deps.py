@@ -12,6 +12,7 @@ from ironcore.access.roles import Caller, require
 from ironcore.access.tokens import AdminTokens
 from ironcore.registry.names import DeviceRef, LocationName, RegistryName
 from ironcore.registry.service import DeviceManager
+from ironcore.registry.store import audit
 
 REGISTRIES = "/v1/projects/{project}/locations/{location}/registries"
 REGISTRY = REGISTRIES + "/{registry}"
@@ -33,12 +34,29 @@ async def _manager(request: Request) -> DeviceManager:
 async def _caller(request: Request) -> Caller:
     # The authentication middleware has run before routing; see ironcore.api.app.
     caller: Caller = request.scope["state"]["caller"]
+    name_method(request)
     return caller
 
 
 async def _tokens(request: Request) -> AdminTokens:
     tokens: AdminTokens = request.app.state.tokens
     return tokens
+
+
+# Routes whose writes are the data plane, not changes to audit: Pub/Sub message traffic.
+_UNAUDITED = frozenset({"Publish", "Pull", "Acknowledge", "ModifyAckDeadline"})
+
+
+def name_method(request: Request) -> None:
+    """Once routed, the audited call's method is its route's name (`CreateDevice`), and a
+    data-plane route's writes are not recorded (api/audit.py)."""
+    found = audit.current()
+    name = getattr(request.scope.get("route"), "name", "")
+    if found is None or not name:
+        return
+    found.method = name
+    if name in _UNAUDITED:
+        found.records = False
 
 
 Manager = Annotated[DeviceManager, Depends(_manager)]

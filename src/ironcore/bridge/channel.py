@@ -32,6 +32,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable
+from typing import Any
 
 from ironcore import limits
 from ironcore.bridge import metrics
@@ -50,6 +51,7 @@ from ironcore.formats import rotation as rotation_protocol
 from ironcore.registry.names import DeviceRef, RegistryName
 from ironcore.registry.resources import DeviceConfig, GatewayAuthMethod
 from ironcore.registry.rotation import KeyRotation, Rotations
+from ironcore.registry.store import audit
 from ironcore.routing.router import Router
 
 # ironcore's key rotation messages: commands to the device, offers from it (docs/rotation.md).
@@ -274,21 +276,32 @@ class DeviceChannel:
 
     # Key rotation
 
-    async def connected(self, auth: Authenticated) -> KeyRotation | None:
-        """A device connected: connecting with the new key completes its rotation. The rotation
-        to tell the device of (`rotation_command`) once it listens for commands."""
+    async def connected(self, auth: Authenticated, address: str = "") -> KeyRotation | None:
+        """A device connected (from `address`): connecting with the new key completes its
+        rotation. The rotation to tell the device of (`rotation_command`) once it listens for
+        commands."""
         if self.rotations is None or not auth.context.rotating:
             return None
-        return await self.rotations.connected(auth.context.device.num_id, auth.key.fingerprint)
+        token = audit.acting(_device_actor(auth.context, "CompleteKeyRotation", address, {}))
+        try:
+            return await self.rotations.connected(auth.context.device.num_id, auth.key.fingerprint)
+        finally:
+            audit.done(token)
 
     async def rotation(self, num_id: int) -> KeyRotation | None:
         return await self.rotations.current(num_id) if self.rotations is not None else None
 
     async def control(
-        self, context: DeviceContext, fingerprint: str, name: str, payload: bytes
+        self,
+        context: DeviceContext,
+        fingerprint: str,
+        name: str,
+        payload: bytes,
+        address: str = "",
     ) -> KeyRotation:
         """A message on ironcore's own device topic `name`: the key a device offers for its
-        rotation, or its report that it could not make one. InvalidArgument when bad."""
+        rotation, or its report that it could not make one. InvalidArgument when bad. What it
+        changes is recorded in the audit log as the device's doing, from `address`."""
         if name != ROTATION_TOPIC or self.rotations is None:
             raise InvalidArgument(f"unknown ironcore topic {name!r}")
         try:
@@ -300,15 +313,21 @@ class DeviceChannel:
         if not isinstance(offer, dict):
             raise InvalidArgument("a key offer is a JSON object")
         num_id, rotation_id = context.device.num_id, str(offer.get("rotation", ""))
-        if "error" in offer:
-            return await self.rotations.fail(num_id, rotation_id, str(offer["error"]))
-        return await self.rotations.offer(
-            num_id,
-            rotation_id,
-            str(offer.get("publicKey", "")),
-            str(offer.get("proof", "")),
-            fingerprint,
-        )
+        method = "FailKeyRotation" if "error" in offer else "OfferRotationKey"
+        fields = {k: offer[k] for k in ("rotation", "error", "publicKey") if k in offer}
+        token = audit.acting(_device_actor(context, method, address, fields))
+        try:
+            if "error" in offer:
+                return await self.rotations.fail(num_id, rotation_id, str(offer["error"]))
+            return await self.rotations.offer(
+                num_id,
+                rotation_id,
+                str(offer.get("publicKey", "")),
+                str(offer.get("proof", "")),
+                fingerprint,
+            )
+        finally:
+            audit.done(token)
 
     @staticmethod
     def rotation_command(rotation: KeyRotation | None) -> bytes | None:
@@ -367,3 +386,13 @@ def _device_ref(registry: RegistryName, device_id: str) -> DeviceRef:
 def _now_us() -> int:
     """Now in the store's microseconds, without a datetime (this runs for every event)."""
     return time.time_ns() // 1000
+
+
+def _device_actor(
+    context: DeviceContext, method: str, address: str, fields: dict[str, Any]
+) -> audit.Actor:
+    """A device acting on its own key rotation over a bridge, authenticated by its JWT."""
+    resource = f"{context.name}/devices/{context.device.id}"
+    return audit.Actor(
+        "mqtt", f"device:{resource}", "deviceJwt", address, method, resource, {"body": fields}
+    )

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 import typer
 
 from ironcore.cli import (
+    audit,
     ca,
     devices,
     factory,
@@ -34,6 +35,7 @@ app.add_typer(registries.app, name="registries")
 app.add_typer(devices.app, name="devices")
 app.add_typer(gateways.app, name="gateways")
 app.add_typer(tokens.app, name="tokens")
+app.add_typer(audit.app, name="audit")
 app.add_typer(service_accounts.app, name="service-accounts")
 app.add_typer(ca.app, name="ca")
 app.add_typer(factory.app, name="factory")
@@ -201,6 +203,12 @@ def serve(
         float,
         typer.Option(envvar="IRONCORE_EVENT_RETENTION_DAYS", help="Keep events this long"),
     ] = 7.0,
+    audit_retention_days: Annotated[
+        float,
+        typer.Option(
+            envvar="IRONCORE_AUDIT_RETENTION_DAYS", help="Keep audit log entries this long"
+        ),
+    ] = 400.0,
     mqtt_host: Annotated[str, typer.Option(envvar="IRONCORE_MQTT_HOST")] = "0.0.0.0",
     mqtt_port: Annotated[
         int, typer.Option(envvar="IRONCORE_MQTT_PORT", help="MQTT over TLS; 0 turns it off")
@@ -372,6 +380,7 @@ def serve(
             device_http_host=device_http_host,
             insecure_device_http=insecure_device_http,
             event_retention_days=event_retention_days,
+            audit_retention_days=audit_retention_days,
             nats_url=nats_url,
             mqtt_host=mqtt_host,
             mqtt_port=mqtt_port,

@@ -53,7 +53,7 @@ from ironcore.registry.resources import (
     PublicKeyCertificateFormat,
     X509CertificateDetails,
 )
-from ironcore.registry.store import Store
+from ironcore.registry.store import Store, audit
 from ironcore.registry.store.devices import DeviceFilter, DeviceRecord, DeviceRow, NumIdTaken
 from ironcore.registry.store.registries import RegistryRecord
 
@@ -181,6 +181,7 @@ class DeviceManager:
             top = path.split(".")[0]
             setattr(updated, top, getattr(patch, top))
         self._check_registry(updated)
+        audit.changed(record.registry.to_wire(), updated.to_wire())
         await self._ensure_topics(updated)
         await self.store.registries.update_registry(record.pk, name, updated)
         if self.links is not None:
@@ -344,6 +345,7 @@ class DeviceManager:
             c for c in current.credentials if "credentials" not in paths or c in patch.credentials
         ]
         self._check_device(registry, updated, previous)
+        audit.changed(current.to_wire(), updated.to_wire())
         await self.store.devices.update_device(updated)
         if self.links is not None:
             await self.links.device_changed(updated.num_id)

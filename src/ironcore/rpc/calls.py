@@ -4,6 +4,7 @@ messages and the services' proto3 JSON form."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -16,11 +17,18 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from pydantic import BaseModel, ValidationError
 
-from ironcore.access.backoff import client_address, grpc_peer_address
-from ironcore.access.callers import Authenticator
+from ironcore.access.backoff import (
+    Slowed,
+    client_address,
+    current_client_address,
+    grpc_peer_address,
+)
+from ironcore.access.callers import Authenticator, credential_kind
 from ironcore.access.roles import Caller
-from ironcore.errors import InvalidArgument, IronCoreError
+from ironcore.errors import InvalidArgument, IronCoreError, PermissionDenied, Unauthenticated
 from ironcore.registry.resources import Policy
+from ironcore.registry.store import audit
+from ironcore.registry.store.audit import AuditStore
 from ironcore.registry.wire import invalid_argument
 from ironcore.rpc.protojson import to_message
 
@@ -32,24 +40,48 @@ Method = Callable[[Any, Caller], Awaitable[Message]]
 
 
 def unary(
-    method: Method, request_type: type[Message], authenticator: Authenticator
+    method: Method,
+    request_type: type[Message],
+    authenticator: Authenticator,
+    audit_log: AuditStore | None = None,
 ) -> grpc.RpcMethodHandler[bytes, bytes]:
     """A unary method that takes and returns bytes itself: grpcio answers INTERNAL when a
     deserializer raises, and a request that does not parse is the caller's INVALID_ARGUMENT.
-    Authentication comes first, as on REST: without a valid token nothing else is said."""
+    Authentication comes first, as on REST: without a valid token nothing else is said.
+
+    The call's writes carry its audit entry (`actor`); with `audit_log`, a call refused for
+    its credential or its permissions is recorded there (rate-limited)."""
     name = request_type.DESCRIPTOR.full_name
 
     async def call(raw: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        credential = authorization(context)
+        found = audit.Actor(
+            "grpc", "", credential_kind(credential), "", _method_name(request_type), ""
+        )
         try:
             client_address(grpc_peer_address(context.peer()))
-            caller = await authenticator.caller(authorization(context))
+            found.address = current_client_address()
+            try:
+                caller = await authenticator.caller(credential)
+            except IronCoreError:
+                # What the refused call was after, if its request parses at all.
+                with contextlib.suppress(DecodeError):
+                    found = actor(request_type.FromString(raw), None, credential)
+                raise
             try:
                 request = request_type.FromString(raw)
             except DecodeError as error:
                 raise InvalidArgument(f"The request is not a valid {name}: {error}") from None
-            answer: bytes = (await method(request, caller)).SerializeToString()
+            found = actor(request, caller, credential)
+            token = audit.acting(found)
+            try:
+                answer: bytes = (await method(request, caller)).SerializeToString()
+            finally:
+                audit.done(token)
             return answer
         except IronCoreError as error:
+            if audit_log is not None and isinstance(error, _DENIALS):
+                await audit_log.denied(found, error.code.name, error.message)
             await context.abort_with_status(status(error))
         except Exception:
             log.exception("unexpected error in gRPC %s", name)
@@ -57,6 +89,47 @@ def unary(
         raise AssertionError("abort returns only by raising")
 
     return grpc.unary_unary_rpc_method_handler(call)
+
+
+# Refusals recorded in the audit log: a bad credential, a client address backing off, a
+# permission the caller lacks.
+_DENIALS = (Unauthenticated, Slowed, PermissionDenied)
+# Methods whose writes are the data plane, not changes to audit: Pub/Sub message traffic.
+_UNAUDITED = frozenset({"Publish", "Pull", "Acknowledge", "ModifyAckDeadline"})
+
+
+def _method_name(request_type: type[Message]) -> str:
+    name: str = request_type.DESCRIPTOR.name
+    return name.removesuffix("Request")
+
+
+def actor(request: Message, caller: Caller | None, credential: str) -> audit.Actor:
+    """Who acts in a unary call, for the audit entry its writes carry (registry/store/audit.py):
+    the method is the request's name without `Request` (`CreateDevice`, as on REST), the
+    resource the request's `name`, `resource`, `parent` or `subscription`, or that of the
+    resource it carries (an update's `device.name`)."""
+    method = _method_name(type(request))
+    fields = json_format.MessageToDict(request)
+    named = [fields, *(v for v in fields.values() if isinstance(v, dict))]
+    resource = next(
+        (
+            str(found[k])
+            for found in named
+            for k in ("name", "resource", "parent", "subscription")
+            if found.get(k)
+        ),
+        "",
+    )
+    return audit.Actor(
+        wire="grpc",
+        principal=caller.principal if caller is not None else "",
+        authentication=credential_kind(credential),
+        address=current_client_address(),
+        method=method,
+        resource=resource,
+        fields={"body": fields},
+        records=method not in _UNAUDITED,
+    )
 
 
 def authorization(context: grpc.aio.ServicerContext[bytes, bytes]) -> str:

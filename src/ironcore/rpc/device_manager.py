@@ -76,7 +76,7 @@ class DeviceManagerService:
         return grpc.method_handlers_generic_handler(
             SERVICE,
             {
-                name: unary(method, request_type, self.authenticator)
+                name: unary(method, request_type, self.authenticator, self.manager.store.audit)
                 for name, (method, request_type) in methods.items()
             },
         )

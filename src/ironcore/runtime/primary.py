@@ -49,6 +49,7 @@ from ironcore.bridge.workers import Workers
 from ironcore.errors import IronCoreError
 from ironcore.firmware.rollout import Firmware
 from ironcore.metrics import Snapshot
+from ironcore.registry.store import Store
 from ironcore.routing.pubsub import PubSub
 from ironcore.routing.push import PushDelivery
 from ironcore.routing.sealing import Sealer
@@ -532,6 +533,9 @@ async def _run(
     )
     retention = asyncio.create_task(_expire_events(services.pubsub, settings.event_retention_days))
     rollouts = asyncio.create_task(_evaluate_rollouts(services.firmware))
+    audit_retention = asyncio.create_task(
+        _expire_audit(services.manager.store, settings.audit_retention_days)
+    )
     push = PushDelivery(services.pubsub)
     push.start()
     token_uses = asyncio.create_task(_write_token_uses(services.tokens))
@@ -541,6 +545,7 @@ async def _run(
         retention.cancel()
         rollouts.cancel()
         token_uses.cancel()
+        audit_retention.cancel()
         await push.stop()
         await _flush_token_uses(services.tokens)
 
@@ -598,6 +603,20 @@ async def _flush_token_uses(tokens: AdminTokens) -> None:
         await tokens.flush_uses()
     except Exception as error:  # kept for the next flush; serving goes on
         log.warning("could not record when admin tokens were last used: %s", error)
+
+
+async def _expire_audit(store: Store, days: float) -> None:
+    """Delete audit log entries older than the retention period, once an hour: the only
+    delete of the audit log."""
+    while True:
+        before = int((time.time() - days * 86400) * 1_000_000)
+        try:
+            expired = await store.audit.delete_before(before)
+            if expired:
+                log.info("deleted %d audit log entries older than %g days", expired, days)
+        except Exception as error:  # retried next hour; serving goes on
+            log.warning("could not delete old audit log entries: %s", error)
+        await asyncio.sleep(3600)
 
 
 async def _evaluate_rollouts(firmware: Firmware) -> None:

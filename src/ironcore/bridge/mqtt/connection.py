@@ -156,6 +156,12 @@ class MqttConnection(asyncio.Protocol):
         return self._key.fingerprint if self._key is not None else ""
 
     @property
+    def _peer_host(self) -> str:
+        """The client's host (PROXY-protocol aware), for the audit log; "" if unknown."""
+        peer = self.peer
+        return peer.host if peer is not None else ""
+
+    @property
     def peer(self) -> Address | None:
         """The client's address (through a load balancer, the one its PROXY header named)."""
         if self._peer_address is not None or self.transport is None:
@@ -457,7 +463,7 @@ class MqttConnection(asyncio.Protocol):
         self.services.hub.register(device.num_id, self)
         # Connecting with the new key completes a rotation; the device hears of it (or of a
         # rotation still waiting for it) once it subscribes to commands.
-        self._rotation = await self.channel.connected(auth)
+        self._rotation = await self.channel.connected(auth, self._peer_host)
         metrics.CONNECTS.labels("accepted").inc()
         metrics.CONNECTED.inc()
         if log.isEnabledFor(logging.DEBUG):  # looking the address up is not free
@@ -503,7 +509,7 @@ class MqttConnection(asyncio.Protocol):
         primary = self._contexts[self.session.device_id]
         try:
             rotation = await self.channel.control(
-                primary, self._fingerprint, event.name, event.payload
+                primary, self._fingerprint, event.name, event.payload, self._peer_host
             )
         except IronCoreError as error:
             self.session.close(

@@ -11,6 +11,7 @@ a small module of its own:
     store.tokens       tokens.py       admin tokens
     store.bridge       bridge.py       what the bridges write: events, `last*` times, errors, acks
     store.revocations  revocation.py   revoked batch signers
+    store.audit        audit.py        the audit log
 
 The stores of other features are made by their users over the database: pubsub.py (the embedded
 Pub/Sub), firmware.py (images and rollouts), rotation.py (key rotations).
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ironcore.registry.store.audit import AuditStore
 from ironcore.registry.store.bridge import BridgeStore
 from ironcore.registry.store.configs import ConfigStore
 from ironcore.registry.store.database import Database
@@ -39,6 +41,7 @@ class Store(Database):
         self.tokens = TokenStore(self)
         self.bridge = BridgeStore(self)
         self.revocations = RevocationStore(self)
+        self.audit = AuditStore(self)
 
 
 __all__ = ["Store"]

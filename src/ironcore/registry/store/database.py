@@ -32,6 +32,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ironcore.errors import ResourceExhausted
+from ironcore.registry.store import audit
 from ironcore.registry.store.faults import storage_fault
 from ironcore.registry.store.sqlite_append import SqliteAppender, insert_events
 from ironcore.registry.store.writer_lock import WriterLock
@@ -164,15 +165,20 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction; on SQLite, writers take turns (one writer at a time)."""
+        """A write transaction; on SQLite, writers take turns (one writer at a time). While
+        an actor acts (audit.py), the transaction carries its audit entry."""
         with self.faults():
             if self.is_sqlite:
                 async with self._sqlite_writer(), self.engine.begin() as conn:
                     yield conn
+                    entry = await audit.record_change(conn)
             else:
                 async with self.engine.begin() as conn:
                     yield conn
+                    entry = await audit.record_change(conn)
         self.disk_full = None
+        if entry is not None:
+            audit.logged(entry)
 
     @contextlib.asynccontextmanager
     async def _sqlite_writer(self) -> AsyncIterator[None]:

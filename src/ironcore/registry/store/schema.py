@@ -319,3 +319,23 @@ service_account_tokens = Table(
     Column("key_id", String(40), nullable=False),
     Column("expires_at", BigInteger, nullable=False, index=True),
 )
+
+# The audit log (registry/store/audit.py): append-only; the retention sweep is its only delete.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("time", BigInteger, nullable=False),
+    Column("project", String(100), nullable=False),
+    Column("principal", String(300), nullable=False),
+    Column("authentication", String(40), nullable=False),
+    Column("address", String(64), nullable=False),
+    Column("method", String(200), nullable=False),
+    Column("resource", String(1000), nullable=False),
+    Column("status", String(40), nullable=False),
+    Column("detail", Json, nullable=False),
+    Index("ix_audit_log_project_id", "project", "id"),
+    Index("ix_audit_log_time", "time"),
+)
