@@ -148,6 +148,7 @@ class RegistryStore:
                     .where(iam_policies.c.registry_pk == registry_pk)
                     .values(policy=policy, etag=etag)
                 )
+        self.db.policies_changed()
         return True
 
 
