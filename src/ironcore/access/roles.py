@@ -6,7 +6,7 @@ have (credential rotation, manifests, revocation, firmware, admin tokens, servic
 the audit log), so `testIamPermissions` answers in the vocabulary clients already use. The
 predefined roles are Google's, as far as their permissions are ironcore's (Google's also hold
 resourcemanager.*, pubsub.snapshots.*, ..., which ironcore does not have). docs/access.md
-lists every role's permissions; tests/unit/test_roles_doc.py keeps that table equal to
+lists every role's permissions; tests/test_roles_doc.py keeps that table equal to
 `PERMISSIONS`.
 
 A caller's permissions on a resource are those of its own roles (an admin token's, a service
