@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ironcore.access.roles import GOOGLE_ROLES, PERMISSIONS
+from ironcore.access.roles import ALL_PERMISSIONS, GOOGLE_ROLES, PERMISSIONS
 from ironcore.access.service_accounts import ServiceAccounts
 from tests.conftest import Api
 
@@ -226,6 +226,13 @@ async def test_every_role_on_every_method(seeded: Api) -> None:
         )
         await bind(api, f"projects/{PROJECT}", member, role)
         async with client:
+            # testIamPermissions answers what the calls below do, on every kind of resource.
+            for resource in (f"ironcore/v1/projects/{PROJECT}", f"v1/{REGISTRY}", f"v1/{TOPIC}"):
+                asked = sorted(ALL_PERMISSIONS)
+                answer = await ok(
+                    client, "POST", f"/{resource}:testIamPermissions", {"permissions": asked}
+                )
+                assert answer.get("permissions", []) == sorted(PERMISSIONS[role]), resource
             for permission, method, path, body in calls(slug):
                 checked.add(permission)
                 response = await client.request(method, path, json=body)
@@ -247,3 +254,69 @@ async def test_every_role_on_every_method(seeded: Api) -> None:
     # is the audit log's, which has no route yet).
     bindable = frozenset().union(*(PERMISSIONS[r] for r in GOOGLE_ROLES))
     assert bindable - checked <= {"ironcore.auditLogs.list"}, bindable - checked
+
+
+async def test_registry_binding_grants_only_inside_its_registry(seeded: Api) -> None:
+    api = seeded
+    member, client = await principal(api, "registry-editor")
+    await bind(api, REGISTRY, member, "roles/cloudiot.editor")
+    config = {"binaryData": base64.b64encode(b"c").decode()}
+    async with client:
+        await ok(client, "POST", f"/v1/{REGISTRY}/devices/dev-1:modifyCloudToDeviceConfig", config)
+        await ok(client, "POST", f"/v1/{REGISTRY}/devices", {"id": "dev-new"})
+        await ok(client, "GET", f"/v1/{REGISTRY}")
+        for method, path, body in [
+            ("POST", f"/v1/{OTHER_REGISTRY}/devices/dev-1:modifyCloudToDeviceConfig", config),
+            ("GET", f"/v1/{OTHER_REGISTRY}/devices", None),
+            ("GET", f"/v1/{PARENT}/registries", None),
+            ("POST", f"/v1/{PARENT}/registries", {"id": "reg-new"}),
+            ("GET", f"/v1/{TOPIC}", None),
+            ("POST", f"/v1/{REGISTRY}:getIamPolicy", {}),
+        ]:
+            response = await client.request(method, path, json=body)
+            assert response.status_code == 403, (path, response.text)
+        asked = {"permissions": ["cloudiot.devices.updateConfig", "cloudiot.devices.get"]}
+        mine = await ok(client, "POST", f"/v1/{REGISTRY}:testIamPermissions", asked)
+        assert mine == {"permissions": ["cloudiot.devices.updateConfig", "cloudiot.devices.get"]}
+        assert await ok(client, "POST", f"/v1/{OTHER_REGISTRY}:testIamPermissions", asked) == {}
+        project = f"/ironcore/v1/projects/{PROJECT}:testIamPermissions"
+        assert await ok(client, "POST", project, asked) == {}
+        # Taken away, at once on this server.
+        await ok(api.client, "POST", f"/v1/{REGISTRY}:setIamPolicy", {"policy": {}})
+        response = await client.get(f"/v1/{REGISTRY}")
+        assert response.status_code == 403, response.text
+
+
+async def test_project_binding_grants_in_its_project_only(seeded: Api) -> None:
+    api = seeded
+    member, client = await principal(api, "project-viewer")
+    await bind(api, f"projects/{PROJECT}", member, "roles/viewer")
+    async with client:
+        await ok(client, "GET", f"/v1/{REGISTRY}/devices/dev-1")
+        await ok(client, "GET", f"/v1/{TOPIC}")
+        for path in [
+            "/v1/projects/p2/locations/us-central1/registries",
+            "/v1/projects/p2/topics",
+            "/ironcore/v1/tokens",
+        ]:
+            response = await client.get(path)
+            assert response.status_code == 403, (path, response.text)
+
+
+async def test_admin_token_members_and_inert_members(seeded: Api) -> None:
+    """An admin token is bound as `adminToken:<id>`; `user:` and `group:` bindings are kept
+    and grant nothing."""
+    api = seeded
+    viewer = await api.as_role("viewer")
+    token_id = viewer.headers["Authorization"].removeprefix("Bearer ic_").partition("_")[0]
+    config = {"binaryData": base64.b64encode(b"c").decode()}
+    path = f"/v1/{REGISTRY}/devices/dev-1:modifyCloudToDeviceConfig"
+    async with viewer:
+        assert (await viewer.post(path, json=config)).status_code == 403
+        await bind(api, REGISTRY, "user:someone@example.com", "roles/cloudiot.editor")
+        await bind(api, REGISTRY, "group:ops@example.com", "roles/cloudiot.editor")
+        assert (await viewer.post(path, json=config)).status_code == 403
+        await bind(api, REGISTRY, f"adminToken:{token_id}", "roles/cloudiot.deviceController")
+        await ok(viewer, "POST", path, config)
+        other = f"/v1/{OTHER_REGISTRY}/devices/dev-1:modifyCloudToDeviceConfig"
+        assert (await viewer.post(other, json=config)).status_code == 403
