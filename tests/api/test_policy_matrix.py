@@ -6,6 +6,7 @@ agreeing with what the calls do. In process, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,7 +16,12 @@ import pytest
 
 from ironcore.access.roles import ALL_PERMISSIONS, GOOGLE_ROLES, PERMISSIONS
 from ironcore.access.service_accounts import ServiceAccounts
-from tests.conftest import Api
+from ironcore.registry.service import DeviceManager
+from ironcore.registry.store import Store
+from ironcore.registry.store.pubsub import PubSubStore
+from ironcore.routing.pubsub import PubSub
+from ironcore.runtime.inprocess import admin_api
+from tests.conftest import Api, Database
 
 PROJECT = "p1"
 PARENT = f"projects/{PROJECT}/locations/us-central1"
@@ -320,3 +326,43 @@ async def test_admin_token_members_and_inert_members(seeded: Api) -> None:
         await ok(viewer, "POST", path, config)
         other = f"/v1/{OTHER_REGISTRY}/devices/dev-1:modifyCloudToDeviceConfig"
         assert (await viewer.post(other, json=config)).status_code == 403
+
+
+async def test_a_policy_written_on_one_server_decides_on_another(
+    seeded: Api, database: Database
+) -> None:
+    """Two servers of a cluster, sharing the database: a binding written through one takes
+    effect on the other at its next read of the policies (`access.policies.POLL_SECONDS`)."""
+    api = seeded
+    store = await Store.open(database.url, database.schema)
+    try:
+        other = DeviceManager(store, clock=api.manager.clock, topics=PubSub(PubSubStore(store)))
+        member, client = await principal(api, "cluster-reader")
+        token = client.headers["Authorization"]
+        async with (
+            client,
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=admin_api(other)),
+                base_url="http://ironcore",
+                headers={"Authorization": token},
+            ) as elsewhere,
+        ):
+            path = f"/v1/{REGISTRY}/devices/dev-1"
+            assert (await elsewhere.get(path)).status_code == 403
+            await bind(api, REGISTRY, member, "roles/cloudiot.viewer")
+            assert (await client.get(path)).status_code == 200
+            for _ in range(50):
+                if (await elsewhere.get(path)).status_code == 200:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the other server never took the binding")
+            await ok(api.client, "POST", f"/v1/{REGISTRY}:setIamPolicy", {"policy": {}})
+            for _ in range(50):
+                if (await elsewhere.get(path)).status_code == 403:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the other server kept the binding")
+    finally:
+        await store.close()

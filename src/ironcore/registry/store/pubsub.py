@@ -153,6 +153,7 @@ class PubSubStore:
             if not result.rowcount:
                 raise NotFound(f"Topic {name} not found")
             await conn.execute(delete_policy(name))
+        self.db.policies_changed()
 
     # Subscriptions
 
@@ -215,6 +216,7 @@ class PubSubStore:
             )
             await conn.execute(delete(subscriptions).where(subscriptions.c.pk == pk))
             await conn.execute(delete_policy(name))
+        self.db.policies_changed()
 
     # Delivery
 
