@@ -69,16 +69,25 @@ class PolicyIndex:
 
     async def fresh(self) -> None:
         """Read the bindings again if this process wrote a policy since the last read, or if
-        that read is older than `POLL_SECONDS`. One read at a time; calls meanwhile decide by
-        the bindings read before, except after a write of this process, which they wait for."""
-        written = self.db.policy_writes != self._writes_read
-        if not written and time.monotonic() - self._read_at < POLL_SECONDS:
+        that read is older than `POLL_SECONDS`. One read at a time. A call after a write of
+        this process waits for a read that began after the write; other calls decide by the
+        bindings read before, except the very first."""
+        if self.db.policy_writes != self._writes_read:
+            if self._reading is not None:
+                await asyncio.shield(self._reading)
+            if self.db.policy_writes != self._writes_read:
+                await asyncio.shield(self._start())
             return
+        if time.monotonic() - self._read_at < POLL_SECONDS:
+            return
+        reading = self._start()
+        if self._writes_read < 0:
+            await asyncio.shield(reading)
+
+    def _start(self) -> asyncio.Future[None]:
         if self._reading is None:
             self._reading = asyncio.ensure_future(self._read())
-        reading = self._reading
-        if written or self._writes_read < 0:
-            await asyncio.shield(reading)
+        return self._reading
 
     async def _read(self) -> None:
         writes = self.db.policy_writes
