@@ -89,6 +89,7 @@ _VIEWER = (
         "pubsub.topics.getIamPolicy",
         "pubsub.subscriptions.getIamPolicy",
         "resourcemanager.projects.getIamPolicy",
+        "ironcore.revocations.list",
     }
 )
 _EDITOR = _VIEWER | _CLOUDIOT_EDITOR | _PUBSUB_WRITE
