@@ -147,6 +147,23 @@ def test_project_binding_grants_in_the_project_only(server: Server, tmp_path: Pa
         client.transport.close()
     bad = cli(server, tmp_path, "iam", "add-binding", "--role", "roles/nonesuch", "--member", "x")
     assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
+    held = cli(
+        server, tmp_path, "--json", "iam", "test-permissions",
+        "cloudiot.devices.get", "made.up",
+    )  # fmt: skip
+    assert held.returncode == 0, held.stderr
+    assert json.loads(held.stdout) == {"permissions": ["cloudiot.devices.get"]}
+    # set-policy from a file: the etag read makes a stale write fail.
+    policy = json.loads(cli(server, tmp_path, "--json", "iam", "get-policy").stdout)
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps({**policy, "bindings": []}))
+    assert cli(server, tmp_path, "iam", "set-policy", str(path)).returncode == 0
+    stale = cli(server, tmp_path, "iam", "set-policy", str(path))
+    assert stale.returncode == 1 and "ABORTED" in stale.stderr
+    assert (
+        json.loads(cli(server, tmp_path, "--json", "iam", "get-policy").stdout).get("bindings", [])
+        == []
+    )
 
 
 def test_every_role_on_every_grpc_method(server: Server) -> None:
