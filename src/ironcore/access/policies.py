@@ -97,9 +97,12 @@ class PolicyIndex:
                 name: by_member for name, p in policies if (by_member := _by_member(p))
             }
             self._writes_read = writes
-        except Exception:
-            # The bindings read before stay in force; the next call tries again.
-            log.exception("could not read the IAM policies; deciding by the last ones read")
+        except Exception as error:
+            # The bindings read before stay in force; the next call tries again. The database
+            # out of reach is logged by the calls that need it; one line here is enough.
+            log.warning(
+                "could not read the IAM policies (%s); deciding by the last ones read", error
+            )
         finally:
             self._read_at = time.monotonic()
             self._reading = None
