@@ -612,7 +612,6 @@ async def test_set_then_get_round_trips_bindings(api: Api) -> None:
             {
                 "role": "roles/cloudiot.deviceController",
                 "members": ["serviceAccount:sa@p1.iam.gserviceaccount.com"],
-                "condition": {"title": "t", "expression": "request.time < timestamp('2030')"},
             },
         ],
     }
@@ -666,6 +665,18 @@ async def test_set_policy_refuses_bad_bindings(api: Api) -> None:
         ([{"role": "roles/viewer\x00", "members": []}], "policy.bindings.0.role"),
         ([{"role": "roles/viewer", "members": ["user:\x00"]}], "policy.bindings.0.members"),
         ([{"role": "roles/viewer", "members": "user:a"}], "policy.bindings.0.members"),
+        ([{"role": "roles/viewer", "members": ["someone"]}], "policy.bindings[0].members[0]"),
+        ([{"role": "roles/nonesuch", "members": ["user:a"]}], "policy.bindings[0].role"),
+        (
+            [
+                {
+                    "role": "roles/viewer",
+                    "members": ["user:a"],
+                    "condition": {"title": "t", "expression": "request.time < timestamp('2030')"},
+                }
+            ],
+            "policy.bindings[0].condition",
+        ),
     ]:
         response = await api.client.post(
             f"{REGISTRIES}/reg-iam:setIamPolicy", json={"policy": {"bindings": bindings}}

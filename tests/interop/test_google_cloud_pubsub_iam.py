@@ -143,7 +143,7 @@ def test_refusals(publisher: PublisherClient, grpc_server: Server) -> None:
             )
         ],
     )
-    invalid({"resource": TOPIC, "policy": conditional}, "conditions are not supported")
+    invalid({"resource": TOPIC, "policy": conditional}, "conditional bindings are not supported")
     plain = policy_pb2.Policy(bindings=[role])
     invalid({"resource": "topics/telemetry", "policy": plain}, "resource")
     invalid(

@@ -160,9 +160,9 @@ def test_accounts_api(server: Server) -> None:
         server,
         "POST",
         f"{PROJECT}/serviceAccounts",
-        {"accountId": "backend-2", "roles": ["roles/owner"]},
+        {"accountId": "backend-2", "roles": ["roles/iot.owner"]},
     )
-    assert unknown.status_code == 400 and "roles/owner" in unknown.text
+    assert unknown.status_code == 400 and "roles/iot.owner" in unknown.text
     listed = api(server, "GET", f"{PROJECT}/serviceAccounts").json()["accounts"]
     assert account["email"] in [a["email"] for a in listed]
     by_name = api(server, "GET", f"{PROJECT}/serviceAccounts/backend-1")

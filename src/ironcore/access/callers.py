@@ -22,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import Protocol
 
 from ironcore.access.assertions import LEEWAY_SECONDS, looks_like_jwt, verify
+from ironcore.access.policies import PolicyIndex
 from ironcore.access.roles import Caller
 from ironcore.access.service_accounts import (
     ACCESS_TOKEN_PREFIX,
@@ -89,7 +91,8 @@ class TokenAuthenticator:
     """Every bearer credential ironcore accepts, told apart by its form: a self-signed JWT of
     a service-account key (`access.assertions`), an access token from the token endpoint
     (`ACCESS_TOKEN_PREFIX`), or an admin token. Answers, refusals included, are cached for a
-    moment, so a deleted key or revoked token stops working within `_CACHE_SECONDS`."""
+    moment, so a deleted key or revoked token stops working within `_CACHE_SECONDS`. Every
+    caller is also granted what the IAM policies bind to it (`access.policies`)."""
 
     def __init__(
         self,
@@ -108,6 +111,7 @@ class TokenAuthenticator:
         self._cache: dict[str, tuple[Caller | Unauthenticated, float, str]] = {}
         self._generation = 0  # `forget`s so far
         self._noted: dict[str, float] = {}  # admin token id → when its use was last noted
+        self.policies = PolicyIndex(tokens.store)
 
     async def caller(self, authorization: str) -> Caller:
         """The caller an `Authorization` value (`Bearer <token>`) names; Unauthenticated if
@@ -116,6 +120,7 @@ class TokenAuthenticator:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Unauthenticated("Request is missing an 'Authorization: Bearer <token>' header")
+        await self.policies.fresh()
         digest = hash_token(token)
         now = time.monotonic()
         cached = self._cache.get(digest)
@@ -126,7 +131,8 @@ class TokenAuthenticator:
             token_id = ""
             generation = self._generation
             try:
-                found, seconds, token_id = await self._resolve(token)
+                resolved, seconds, token_id = await self._resolve(token)
+                found = replace(resolved, bound=self.policies.roles)
             except Unauthenticated as refused:
                 found, seconds = refused, _CACHE_SECONDS
             cached = (found, now + seconds, token_id)

@@ -26,7 +26,17 @@ from ironcore.access.backoff import Slowed, client_address
 from ironcore.access.callers import Authenticator, TokenAuthenticator
 from ironcore.access.service_accounts import ServiceAccounts
 from ironcore.access.tokens import AdminTokens
-from ironcore.api import audit, devices, discovery, manifests, oauth, ops, registries, rotation
+from ironcore.api import (
+    audit,
+    devices,
+    discovery,
+    manifests,
+    oauth,
+    ops,
+    project_policies,
+    registries,
+    rotation,
+)
 from ironcore.api import firmware as api_firmware
 from ironcore.api import pubsub as api_pubsub
 from ironcore.api import service_accounts as api_service_accounts
@@ -129,6 +139,7 @@ def create_app(
             api_service_accounts,
             oauth,
             audit,
+            project_policies,
         ):
             app.include_router(module.router)
     app.include_router(ops.router)

@@ -46,7 +46,7 @@ async def list_audit_logs(
 ) -> JSONResponse:
     """A project's entries, newest first (`projects/-`: every project's, and the global
     ones: tokens, revocations)."""
-    allowed(caller, "ironcore.audit.list", f"projects/{project}")
+    allowed(caller, "ironcore.auditLogs.list", f"projects/{project}")
     store: Store = request.app.state.manager.store
     entries, next_token = await store.audit.list(
         None if project == "-" else project, filter, pageSize, pageToken

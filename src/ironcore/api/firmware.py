@@ -59,7 +59,7 @@ def _firmware(request: Request) -> Firmware:
 async def upload(
     project: str, request: Request, caller: CallerDep, body: UploadFirmwareRequest
 ) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.updateConfig", f"projects/{project}")
+    allowed(caller, "ironcore.firmware.upload", f"projects/{project}")
     manifest = body.manifest
     # surrogatepass: a lone surrogate in the text reaches the manifest parser, which refuses
     # it as not UTF-8, instead of failing here.
@@ -72,7 +72,7 @@ async def upload(
 
 @router.get(PROJECT + "/firmware", name="ListFirmware")
 async def list_images(project: str, request: Request, caller: CallerDep) -> JSONResponse:
-    allowed(caller, "cloudiot.devices.get", f"projects/{project}")
+    allowed(caller, "ironcore.firmware.get", f"projects/{project}")
     images = await _firmware(request).list_images(project)
     return ok({"images": [image_wire(image) for image in images]})
 
@@ -88,7 +88,7 @@ async def start_rollout(
 ) -> JSONResponse:
     allowed(
         caller,
-        "cloudiot.devices.updateConfig",
+        "ironcore.firmware.rollout",
         f"projects/{project}/locations/{location}/registries/{registry}",
     )
     spec = RolloutSpec(body.stages, body.failure_threshold, body.min_stage_size, body.device_ids)
@@ -104,7 +104,7 @@ async def list_rollouts(
 ) -> JSONResponse:
     allowed(
         caller,
-        "cloudiot.devices.get",
+        "ironcore.firmware.get",
         f"projects/{project}/locations/{location}/registries/{registry}",
     )
     return ok(await _firmware(request).list(registry_name(project, location, registry)))
@@ -116,7 +116,7 @@ async def get_rollout(
 ) -> JSONResponse:
     allowed(
         caller,
-        "cloudiot.devices.get",
+        "ironcore.firmware.get",
         f"projects/{project}/locations/{location}/registries/{registry}",
     )
     return ok(await _firmware(request).get(registry_name(project, location, registry), rollout))
@@ -134,7 +134,7 @@ async def halt_rollout(
 ) -> JSONResponse:
     allowed(
         caller,
-        "cloudiot.devices.updateConfig",
+        "ironcore.firmware.rollout",
         f"projects/{project}/locations/{location}/registries/{registry}",
     )
     name = registry_name(project, location, registry)

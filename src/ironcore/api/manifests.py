@@ -50,7 +50,7 @@ async def import_manifest_route(
 ) -> JSONResponse:
     allowed(
         caller,
-        "cloudiot.devices.create",
+        "ironcore.manifests.import",
         f"projects/{project}/locations/{location}/registries/{registry}",
     )
     report = await import_manifest(
@@ -79,7 +79,7 @@ async def revoke_signer(
 
 @router.get(REVOCATIONS, name="ListRevocations")
 async def list_revocations(request: Request, caller: CallerDep) -> JSONResponse:
-    allowed(caller, "cloudiot.registries.get", "revocations")
+    allowed(caller, "ironcore.revocations.list", "revocations")
     revocations: Revocations = request.app.state.revocations
     records = await revocations.list()
     return ok({"revokedSigners": [_wire(record) for record in records]})

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import Field
 
+from ironcore.access.policies import bindable
 from ironcore.api.deps import CallerDep, allowed, ok
 from ironcore.api.registries import SetIamPolicyRequest, TestIamPermissionsRequest, policy_wire
 from ironcore.registry.wire import Bytes, Message
@@ -124,7 +125,9 @@ async def set_pubsub_iam_policy(
 ) -> JSONResponse:
     name = _resource(project, kind, resource)
     allowed(caller, permission(kind, "setIamPolicy"), name)
-    policy = await _policies(request).set_iam_policy(kind, name, body.policy, body.update_mask)
+    policy = await _policies(request).set_iam_policy(
+        kind, name, bindable(body.policy), body.update_mask
+    )
     return ok(policy_wire(policy))
 
 

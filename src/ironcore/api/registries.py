@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from ironcore.access.grants import granted_permissions
+from ironcore.access.policies import bindable
 from ironcore.api.deps import (
     REGISTRIES,
     REGISTRY,
@@ -190,7 +191,9 @@ async def set_iam_policy(
         "cloudiot.registries.setIamPolicy",
         f"projects/{project}/locations/{location}/registries/{registry}",
     )
-    policy = await manager.set_iam_policy(registry_name(project, location, registry), body.policy)
+    policy = await manager.set_iam_policy(
+        registry_name(project, location, registry), bindable(body.policy)
+    )
     return ok(policy_wire(policy))
 
 

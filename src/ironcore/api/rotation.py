@@ -37,7 +37,7 @@ async def start_rotation(
 ) -> JSONResponse:
     allowed(
         caller,
-        "cloudiot.devices.update",
+        "ironcore.devices.rotateCredentials",
         f"projects/{project}/locations/{location}/registries/{registry}/devices/{device}",
     )
     record = await manager.device_record(device_ref(project, location, registry, device))
@@ -79,7 +79,7 @@ async def rollback_rotation(
 ) -> JSONResponse:
     allowed(
         caller,
-        "cloudiot.devices.update",
+        "ironcore.devices.rotateCredentials",
         f"projects/{project}/locations/{location}/registries/{registry}/devices/{device}",
     )
     record = await manager.device_record(device_ref(project, location, registry, device))

@@ -15,6 +15,7 @@ from ironcore.cli import (
     factory,
     firmware,
     gateways,
+    iam,
     manifest,
     pubsub,
     registries,
@@ -37,6 +38,7 @@ app.add_typer(gateways.app, name="gateways")
 app.add_typer(tokens.app, name="tokens")
 app.add_typer(audit.app, name="audit")
 app.add_typer(service_accounts.app, name="service-accounts")
+app.add_typer(iam.app, name="iam")
 app.add_typer(ca.app, name="ca")
 app.add_typer(factory.app, name="factory")
 app.add_typer(manifest.app, name="manifest")

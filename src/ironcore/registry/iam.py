@@ -16,6 +16,9 @@ from ironcore.registry.resources import Policy
 
 # Google's IAM answers an unset policy with this etag (base64 "ACAB").
 EMPTY_POLICY_ETAG = b"\x00\x20\x01"
+# The members a binding may name: `adminToken:<id>` is an admin token (`access.callers`);
+# `user:` and `group:` are kept, for clients that manage them, and grant nothing here.
+MEMBER_KINDS = ("serviceAccount", "adminToken", "user", "group")
 STALE = "The policy was changed by someone else (etag mismatch); read it again"
 
 
@@ -37,10 +40,24 @@ def empty_policy() -> Policy:
 
 def policy_write(policy: Policy) -> PolicyWrite:
     """Check a policy given to setIamPolicy (InvalidArgument naming the field) and give it a
-    fresh etag."""
+    fresh etag: every binding names a role and members of a kind ironcore knows, and has no
+    condition (ironcore does not evaluate conditions, and a
+    binding that silently granted without its condition would grant too much)."""
     for i, binding in enumerate(policy.bindings):
         if not binding.role:
             raise InvalidArgument.field(f"policy.bindings[{i}].role", "is required")
+        if binding.condition is not None:
+            raise InvalidArgument.field(
+                f"policy.bindings[{i}].condition",
+                "conditional bindings are not supported; bind the role without a condition",
+            )
+        for j, member in enumerate(binding.members):
+            kind, _, value = member.partition(":")
+            if kind not in MEMBER_KINDS or not value:
+                raise InvalidArgument.field(
+                    f"policy.bindings[{i}].members[{j}]",
+                    f"{member[:100]!r} is not one of {', '.join(k + ':...' for k in MEMBER_KINDS)}",
+                )
     expected = base64.b64encode(policy.etag).decode() if policy.etag else None
     if expected == base64.b64encode(EMPTY_POLICY_ETAG).decode():
         expected = ""

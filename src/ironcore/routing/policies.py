@@ -61,12 +61,6 @@ class PubSubPolicies:
     ) -> Policy:
         paths = set(parse_mask(update_mask, Policy, "update_mask", frozenset(MASKABLE)))
         paths = paths or set(MASKABLE)
-        for i, binding in enumerate(policy.bindings):
-            if binding.condition is not None:
-                raise InvalidArgument.field(
-                    f"policy.bindings[{i}].condition",
-                    "conditions are not supported on Pub/Sub topics and subscriptions",
-                )
         if paths != set(MASKABLE):
             current = await self.get_iam_policy(kind, name)
             policy = Policy(

@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 
 from ironcore.access.callers import Authenticator
 from ironcore.access.grants import granted_permissions
+from ironcore.access.policies import bindable
 from ironcore.access.roles import Caller, require
 from ironcore.errors import InvalidArgument
 from ironcore.registry.names import (
@@ -148,7 +149,8 @@ class DeviceManagerService:
     async def set_iam_policy(self, request: Any, caller: Caller) -> Message:
         require(caller, "cloudiot.registries.setIamPolicy", request.resource)
         policy = await self.manager.set_iam_policy(
-            parse_registry_name(request.resource, "resource"), model(Policy, request.policy)
+            parse_registry_name(request.resource, "resource"),
+            bindable(model(Policy, request.policy)),
         )
         return policy_message(policy)
 

@@ -15,6 +15,7 @@ from google.iam.v1 import iam_policy_pb2
 from google.protobuf.message import Message
 
 from ironcore.access.callers import Authenticator
+from ironcore.access.policies import bindable
 from ironcore.access.roles import Caller, require
 from ironcore.registry.resources import Policy
 from ironcore.routing.policies import PubSubPolicies, parse_resource, permission
@@ -55,7 +56,7 @@ class IAMPolicyService:
         kind, name = parse_resource(request.resource)
         require(caller, permission(kind, "setIamPolicy"), name)
         policy = await self.policies.set_iam_policy(
-            kind, name, model(Policy, request.policy), mask(request.update_mask)
+            kind, name, bindable(model(Policy, request.policy)), mask(request.update_mask)
         )
         return policy_message(policy)
 

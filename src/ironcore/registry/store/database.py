@@ -86,6 +86,12 @@ class Database:
         # until a write succeeds again.
         self.disk_full: ResourceExhausted | None = None
         self.disk_full_at = 0.0
+        # Counts the IAM policies this process wrote, so that its policy index
+        # (`access.policies`) reads them again at once rather than at its next poll.
+        self.policy_writes = 0
+
+    def policies_changed(self) -> None:
+        self.policy_writes += 1
 
     @classmethod
     async def open(cls, url: str, schema: str | None = None) -> Self:

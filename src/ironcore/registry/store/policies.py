@@ -1,5 +1,6 @@
-"""SQL of IAM policies kept by resource name (`schema.resource_policies`): Pub/Sub topics and
-subscriptions today. A registry's policy is kept with the registry (registries.py)."""
+"""SQL of IAM policies kept by resource name (`schema.resource_policies`): projects', Pub/Sub
+topics' and subscriptions'. A registry's policy is kept with the registry (registries.py);
+`all_policies` reads both, for the policy index every server keeps (`access.policies`)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,21 @@ from sqlalchemy import Delete, Table, delete, insert, select, update
 
 from ironcore.errors import NotFound
 from ironcore.registry.store.database import Database
-from ironcore.registry.store.schema import resource_policies, subscriptions, topics
+from ironcore.registry.store.schema import (
+    iam_policies,
+    registries,
+    resource_policies,
+    subscriptions,
+    topics,
+)
 
-# The tables of the resources whose policies are kept here, by kind.
-OWNERS: dict[str, Table] = {"topics": topics, "subscriptions": subscriptions}
+# The tables of the resources whose policies are kept here, by kind. A project has no row of
+# its own: it exists as far as its policy goes.
+OWNERS: dict[str, Table | None] = {
+    "topics": topics,
+    "subscriptions": subscriptions,
+    "projects": None,
+}
 
 
 @dataclass(frozen=True)
@@ -55,11 +67,12 @@ class PolicyStore:
         values = {"policy": stored.policy, "version": stored.version, "etag": stored.etag}
         owner = OWNERS[kind]
         async with self.db.write() as conn:
-            query = select(owner.c.name).where(owner.c.name == name)
-            if not self.db.is_sqlite:
-                query = query.with_for_update(read=True)
-            if await conn.scalar(query) is None:
-                raise NotFound(f"{kind.removesuffix('s').capitalize()} {name} not found")
+            if owner is not None:
+                query = select(owner.c.name).where(owner.c.name == name)
+                if not self.db.is_sqlite:
+                    query = query.with_for_update(read=True)
+                if await conn.scalar(query) is None:
+                    raise NotFound(f"{kind.removesuffix('s').capitalize()} {name} not found")
             current = await conn.scalar(
                 select(resource_policies.c.etag).where(resource_policies.c.name == name)
             )
@@ -73,4 +86,31 @@ class PolicyStore:
                     .where(resource_policies.c.name == name)
                     .values(**values)
                 )
+        self.db.policies_changed()
         return True
+
+    async def all_policies(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every stored policy, registries' included, by resource name."""
+        async with self.db.read() as conn:
+            named = (
+                await conn.execute(select(resource_policies.c.name, resource_policies.c.policy))
+            ).all()
+            registry_rows = (
+                await conn.execute(
+                    select(
+                        registries.c.project,
+                        registries.c.location,
+                        registries.c.registry_id,
+                        iam_policies.c.policy,
+                    ).join(iam_policies, iam_policies.c.registry_pk == registries.c.pk)
+                )
+            ).all()
+        found = [(row.name, dict(row.policy)) for row in named]
+        found += [
+            (
+                f"projects/{row.project}/locations/{row.location}/registries/{row.registry_id}",
+                dict(row.policy),
+            )
+            for row in registry_rows
+        ]
+        return found

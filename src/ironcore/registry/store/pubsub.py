@@ -170,6 +170,7 @@ class PubSubStore:
             if not result.rowcount:
                 raise NotFound(f"Topic {name} not found")
             await conn.execute(delete_policy(name))
+        self.db.policies_changed()
 
     # Subscriptions
 
@@ -232,6 +233,7 @@ class PubSubStore:
             )
             await conn.execute(delete(subscriptions).where(subscriptions.c.pk == pk))
             await conn.execute(delete_policy(name))
+        self.db.policies_changed()
 
     # Delivery
 

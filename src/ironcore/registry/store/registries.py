@@ -84,6 +84,7 @@ class RegistryStore:
                 raise FailedPrecondition(f"Registry {name} is not empty; delete its devices first")
             await conn.execute(delete(iam_policies).where(iam_policies.c.registry_pk == pk))
             await conn.execute(delete(registries).where(registries.c.pk == pk))
+        self.db.policies_changed()
         return True
 
     async def list_registries(
@@ -148,6 +149,7 @@ class RegistryStore:
                     .where(iam_policies.c.registry_pk == registry_pk)
                     .values(policy=policy, etag=etag)
                 )
+        self.db.policies_changed()
         return True
 
 

@@ -1,0 +1,332 @@
+"""The issue's "done when": a contractor's service account given
+roles/cloudiot.deviceController on one registry, with the CLI, pushes configs and commands
+there with Google's client and its key file, and can do nothing else; taking the binding away
+takes the access away. Against a real server over gRPC."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from google.api_core import exceptions
+from google.cloud import iot_v1
+from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
+
+from ironcore.access.roles import GOOGLE_ROLES, PERMISSIONS
+from tests.conftest import Server
+from tests.interop.test_service_accounts import (
+    PARENT,
+    PROJECT,
+    credentials,
+    iot_client,
+    new_account,
+    new_key,
+    server,
+)
+
+__all__ = ["server"]
+CONTROLLER = "roles/cloudiot.deviceController"
+
+
+def cli(server: Server, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IRONCORE_")}
+    env |= {"HOME": str(tmp_path), "IRONCORE_TOKEN": server.token}
+    return subprocess.run(
+        [sys.executable, "-m", "ironcore", "--server", server.url, "--project", PROJECT, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def owner(server: Server, path: str, body: object) -> None:
+    response = httpx.post(
+        f"{server.url}/v1/{path}", json=body, headers={"Authorization": f"Bearer {server.token}"}
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_contractor_with_device_controller_on_one_registry(server: Server, tmp_path: Path) -> None:
+    for registry in ("contract-a", "contract-b"):
+        owner(server, f"{PARENT}/registries", {"id": registry})
+        owner(server, f"{PARENT}/registries/{registry}/devices", {"id": "dev-1"})
+    mine, other = f"{PARENT}/registries/contract-a", f"{PARENT}/registries/contract-b"
+    email = new_account(server, [])
+    member = f"serviceAccount:{email}"
+    granted = cli(
+        server, tmp_path, "iam", "add-binding", "--registry", "contract-a",
+        "--role", CONTROLLER, "--member", member,
+    )  # fmt: skip
+    assert granted.returncode == 0, granted.stderr
+    shown = cli(server, tmp_path, "--json", "iam", "get-policy", "--registry", "contract-a")
+    assert json.loads(shown.stdout)["bindings"] == [{"role": CONTROLLER, "members": [member]}]
+
+    client = iot_client(server, credentials(new_key(server, email)))
+    try:
+        device = f"{mine}/devices/dev-1"
+        client.modify_cloud_to_device_config(name=device, binary_data=b"v2")
+        assert client.get_device(name=device).config.binary_data == b"v2"
+        # Allowed, and refused only because the device is not connected.
+        with pytest.raises(exceptions.FailedPrecondition):
+            client.send_command_to_device(name=device, binary_data=b"reboot")
+        held = client.test_iam_permissions(
+            resource=mine,
+            permissions=[
+                "cloudiot.devices.updateConfig",
+                "cloudiot.devices.sendCommand",
+                "cloudiot.devices.create",
+                "cloudiot.devices.delete",
+                "cloudiot.registries.setIamPolicy",
+            ],
+        )
+        assert list(held.permissions) == [
+            "cloudiot.devices.updateConfig",
+            "cloudiot.devices.sendCommand",
+        ]
+        assert not client.test_iam_permissions(
+            resource=other, permissions=["cloudiot.devices.updateConfig"]
+        ).permissions
+        refused: list[tuple[Callable[[], object], str]] = [
+            (
+                lambda: client.create_device(parent=mine, device=iot_v1.Device(id="dev-2")),
+                "devices.create",
+            ),
+            (lambda: client.delete_device(name=device), "devices.delete"),
+            (lambda: client.delete_device_registry(name=mine), "registries.delete"),
+            (lambda: client.get_iam_policy(resource=mine), "registries.getIamPolicy"),
+            (lambda: client.list_device_registries(parent=PARENT), "registries.list"),
+            (
+                lambda: client.modify_cloud_to_device_config(
+                    name=f"{other}/devices/dev-1", binary_data=b"x"
+                ),
+                "devices.updateConfig",
+            ),
+            (lambda: client.get_device(name=f"{other}/devices/dev-1"), "devices.get"),
+        ]
+        for call, permission in refused:
+            with pytest.raises(exceptions.PermissionDenied) as denied:
+                call()
+            assert f"cloudiot.{permission}" in str(denied.value.message)
+
+        taken = cli(
+            server, tmp_path, "iam", "remove-binding", "--registry", "contract-a",
+            "--role", CONTROLLER, "--member", member,
+        )  # fmt: skip
+        assert taken.returncode == 0, taken.stderr
+        with pytest.raises(exceptions.PermissionDenied):
+            client.modify_cloud_to_device_config(name=device, binary_data=b"v3")
+    finally:
+        client.transport.close()
+
+
+def test_project_binding_grants_in_the_project_only(server: Server, tmp_path: Path) -> None:
+    email = new_account(server, [])
+    granted = cli(
+        server, tmp_path, "iam", "add-binding", "--role", "roles/cloudiot.viewer",
+        "--member", f"serviceAccount:{email}",
+    )  # fmt: skip
+    assert granted.returncode == 0, granted.stderr
+    client = iot_client(server, credentials(new_key(server, email)))
+    try:
+        client.list_device_registries(parent=PARENT)
+        with pytest.raises(exceptions.PermissionDenied):
+            client.list_device_registries(parent="projects/elsewhere/locations/us-central1")
+        with pytest.raises(exceptions.PermissionDenied):
+            client.create_device_registry(
+                parent=PARENT, device_registry=iot_v1.DeviceRegistry(id="nope-nope")
+            )
+    finally:
+        client.transport.close()
+    bad = cli(server, tmp_path, "iam", "add-binding", "--role", "roles/nonesuch", "--member", "x")
+    assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
+    held = cli(
+        server, tmp_path, "--json", "iam", "test-permissions",
+        "cloudiot.devices.get", "made.up",
+    )  # fmt: skip
+    assert held.returncode == 0, held.stderr
+    assert json.loads(held.stdout) == {"permissions": ["cloudiot.devices.get"]}
+    # set-policy from a file: the etag read makes a stale write fail.
+    policy = json.loads(cli(server, tmp_path, "--json", "iam", "get-policy").stdout)
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps({**policy, "bindings": []}))
+    assert cli(server, tmp_path, "iam", "set-policy", str(path)).returncode == 0
+    stale = cli(server, tmp_path, "iam", "set-policy", str(path))
+    assert stale.returncode == 1 and "ABORTED" in stale.stderr
+    assert (
+        json.loads(cli(server, tmp_path, "--json", "iam", "get-policy").stdout).get("bindings", [])
+        == []
+    )
+
+
+def test_every_role_on_every_grpc_method(server: Server) -> None:
+    """Each predefined role, bound on the project to an account with no roles of its own,
+    against each DeviceManager and Pub/Sub gRPC method: allowed or PERMISSION_DENIED exactly as
+    `access.roles.PERMISSIONS` says (tests/api/test_policy_matrix.py is the same over REST)."""
+    base = f"{PARENT}/registries/grpc-m"
+    owner(server, f"{PARENT}/registries", {"id": "grpc-m"})
+    owner(server, f"{base}/devices", {"id": "dev-1"})
+    owner(server, f"{base}/devices", {"id": "gw-1", "gatewayConfig": {"gatewayType": "GATEWAY"}})
+    topic = f"projects/{PROJECT}/topics/grpc-topic"
+    subscription = f"projects/{PROJECT}/subscriptions/grpc-sub"
+    for path, body in [(topic, {}), (subscription, {"topic": topic})]:
+        response = httpx.put(
+            f"{server.url}/v1/{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {server.token}"},
+        )
+        assert response.status_code == 200, response.text
+    endpoint = {"api_endpoint": f"127.0.0.1:{server.grpc_port}"}
+    for role in GOOGLE_ROLES:
+        slug = role.removeprefix("roles/").replace(".", "-").lower()
+        for kind, name in [("registries", f"g-{slug}"), ("devices", f"g-{slug}")]:
+            parent = f"{PARENT}/registries" if kind == "registries" else f"{base}/devices"
+            owner(server, parent, {"id": name})
+        email = new_account(server, [])
+        policy_path = f"/ironcore/v1/projects/{PROJECT}"
+        bound = bind(server, policy_path, f"serviceAccount:{email}", role)
+        creds = credentials(new_key(server, email))
+        iot = iot_client(server, creds)
+        publisher = PublisherClient(credentials=creds, client_options=endpoint)
+        subscriber = SubscriberClient(credentials=creds, client_options=endpoint)
+        calls = grpc_calls(iot, publisher, subscriber, slug, base, topic, subscription)
+        try:
+            granted = iot.test_iam_permissions(
+                resource=base, permissions=sorted({p for p, _ in calls})
+            )
+            assert set(granted.permissions) == {p for p, _ in calls} & PERMISSIONS[role], role
+            for permission, call in calls:
+                try:
+                    call()
+                except exceptions.PermissionDenied as denied:
+                    assert permission not in PERMISSIONS[role], (role, permission, denied)
+                    assert f"Permission '{permission}' denied" in str(denied.message)
+                except exceptions.GoogleAPICallError as error:
+                    # Allowed, and refused for another reason (the device is not connected).
+                    assert permission in PERMISSIONS[role], (role, permission, error)
+                    assert permission == "cloudiot.devices.sendCommand", (role, error)
+                else:
+                    assert permission in PERMISSIONS[role], (role, permission)
+        finally:
+            iot.transport.close()
+            publisher.stop()
+            subscriber.close()
+        assert bound
+
+
+def bind(server: Server, path: str, member: str, role: str) -> bool:
+    """Add a binding to a policy over REST with the owner's token."""
+    headers = {"Authorization": f"Bearer {server.token}"}
+    policy = httpx.post(f"{server.url}{path}:getIamPolicy", json={}, headers=headers).json()
+    policy.setdefault("bindings", []).append({"role": role, "members": [member]})
+    written = httpx.post(
+        f"{server.url}{path}:setIamPolicy", json={"policy": policy}, headers=headers
+    )
+    assert written.status_code == 200, written.text
+    return True
+
+
+def grpc_calls(
+    iot: Any, publisher: Any, subscriber: Any, slug: str, base: str, topic: str, subscription: str
+) -> list[tuple[str, Callable[[], object]]]:
+    """Every DeviceManager method and the Pub/Sub ones a role can tell apart: (the permission
+    it checks, the call). Creations and deletions act on names of the role's own (`slug`)."""
+    device = f"{base}/devices/dev-1"
+    return [
+        (
+            "cloudiot.registries.create",
+            lambda: iot.create_device_registry(parent=PARENT, device_registry={"id": f"n-{slug}"}),
+        ),
+        ("cloudiot.registries.get", lambda: iot.get_device_registry(name=base)),
+        ("cloudiot.registries.list", lambda: list(iot.list_device_registries(parent=PARENT))),
+        (
+            "cloudiot.registries.update",
+            lambda: iot.update_device_registry(
+                device_registry={"name": base, "log_level": "INFO"},
+                update_mask={"paths": ["log_level"]},
+            ),
+        ),
+        (
+            "cloudiot.registries.delete",
+            lambda: iot.delete_device_registry(name=f"{PARENT}/registries/g-{slug}"),
+        ),
+        ("cloudiot.registries.getIamPolicy", lambda: iot.get_iam_policy(resource=base)),
+        (
+            "cloudiot.registries.setIamPolicy",
+            lambda: iot.set_iam_policy(request={"resource": base, "policy": {}}),
+        ),
+        (
+            "cloudiot.devices.create",
+            lambda: iot.create_device(parent=base, device={"id": f"n-{slug}"}),
+        ),
+        ("cloudiot.devices.get", lambda: iot.get_device(name=device)),
+        ("cloudiot.devices.list", lambda: list(iot.list_devices(parent=base))),
+        (
+            "cloudiot.devices.update",
+            lambda: iot.update_device(
+                device={"name": device, "metadata": {"k": "v"}}, update_mask={"paths": ["metadata"]}
+            ),
+        ),
+        ("cloudiot.devices.delete", lambda: iot.delete_device(name=f"{base}/devices/g-{slug}")),
+        (
+            "cloudiot.devices.updateConfig",
+            lambda: iot.modify_cloud_to_device_config(name=device, binary_data=b"c"),
+        ),
+        ("cloudiot.devices.get", lambda: iot.list_device_config_versions(name=device)),
+        ("cloudiot.devices.get", lambda: iot.list_device_states(name=device)),
+        (
+            "cloudiot.devices.sendCommand",
+            lambda: iot.send_command_to_device(name=device, binary_data=b"c"),
+        ),
+        (
+            "cloudiot.devices.bindGateway",
+            lambda: iot.bind_device_to_gateway(parent=base, gateway_id="gw-1", device_id="dev-1"),
+        ),
+        (
+            "cloudiot.devices.unbindGateway",
+            lambda: iot.unbind_device_from_gateway(
+                parent=base, gateway_id="gw-1", device_id="dev-1"
+            ),
+        ),
+        (
+            "pubsub.topics.create",
+            lambda: publisher.create_topic(name=f"projects/{PROJECT}/topics/n-{slug}"),
+        ),
+        ("pubsub.topics.get", lambda: publisher.get_topic(topic=topic)),
+        ("pubsub.topics.list", lambda: list(publisher.list_topics(project=f"projects/{PROJECT}"))),
+        (
+            "pubsub.topics.getIamPolicy",
+            lambda: publisher.get_iam_policy(request={"resource": topic}),
+        ),
+        (
+            "pubsub.subscriptions.create",
+            lambda: subscriber.create_subscription(
+                name=f"projects/{PROJECT}/subscriptions/n-{slug}", topic=topic
+            ),
+        ),
+        (
+            "pubsub.subscriptions.get",
+            lambda: subscriber.get_subscription(subscription=subscription),
+        ),
+        (
+            "pubsub.subscriptions.list",
+            lambda: list(subscriber.list_subscriptions(project=f"projects/{PROJECT}")),
+        ),
+        (
+            "pubsub.subscriptions.consume",
+            lambda: subscriber.pull(
+                subscription=subscription, max_messages=1, return_immediately=True
+            ),
+        ),
+        (
+            "pubsub.subscriptions.getIamPolicy",
+            lambda: subscriber.get_iam_policy(request={"resource": subscription}),
+        ),
+    ]
