@@ -13,6 +13,7 @@ from ironcore.access.tokens import AdminTokens
 from ironcore.registry.names import DeviceRef, LocationName, RegistryName
 from ironcore.registry.service import DeviceManager
 from ironcore.registry.store import audit
+from ironcore.registry.store.devices import DeviceRecord
 
 REGISTRIES = "/v1/projects/{project}/locations/{location}/registries"
 REGISTRY = REGISTRIES + "/{registry}"
@@ -67,6 +68,25 @@ Tokens = Annotated[AdminTokens, Depends(_tokens)]
 def allowed(caller: Caller, permission: str, resource: str) -> None:
     """`access.roles.require`: `resource` is the name the call acts on (`projects/P/...`)."""
     require(caller, permission, resource)
+
+
+async def permitted_device(
+    manager: DeviceManager,
+    caller: Caller,
+    permission: str,
+    project: str,
+    location: str,
+    registry: str,
+    device: str,
+) -> DeviceRecord:
+    """The device a route acts on, once `caller` holds `permission` on it (checked on the name
+    as the path gives it, before it is parsed, as every route checks)."""
+    allowed(
+        caller,
+        permission,
+        f"projects/{project}/locations/{location}/registries/{registry}/devices/{device}",
+    )
+    return await manager.device_record(device_ref(project, location, registry, device))
 
 
 def location_name(project: str, location: str) -> LocationName:

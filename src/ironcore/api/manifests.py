@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
-from ironcore.api.deps import CallerDep, Manager, allowed, device_ref, ok, registry_name
+from ironcore.api.deps import CallerDep, Manager, allowed, ok, permitted_device, registry_name
 from ironcore.factory.importer import DEFAULT_TEMPLATE, import_manifest
 from ironcore.registry.revocation import Revocations
 from ironcore.registry.store.revocation import RevokedSignerRecord
@@ -95,12 +95,9 @@ async def get_provenance(
     manager: Manager,
     caller: CallerDep,
 ) -> JSONResponse:
-    allowed(
-        caller,
-        "cloudiot.devices.get",
-        f"projects/{project}/locations/{location}/registries/{registry}/devices/{device}",
+    record = await permitted_device(
+        manager, caller, "cloudiot.devices.get", project, location, registry, device
     )
-    record = await manager.device_record(device_ref(project, location, registry, device))
     revocations: Revocations = request.app.state.revocations
     found = await revocations.provenance(record)
     return ok({"credentials": [c.to_wire() for c in found]})
@@ -116,12 +113,9 @@ async def reattest(
     manager: Manager,
     caller: CallerDep,
 ) -> JSONResponse:
-    allowed(
-        caller,
-        "ironcore.revocations.manage",
-        f"projects/{project}/locations/{location}/registries/{registry}/devices/{device}",
+    record = await permitted_device(
+        manager, caller, "ironcore.revocations.manage", project, location, registry, device
     )
-    record = await manager.device_record(device_ref(project, location, registry, device))
     revocations: Revocations = request.app.state.revocations
     found = await revocations.reattest(record.device.num_id, caller.principal)
     return ok({"credentials": [c.to_wire() for c in found]})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from ironcore.api.deps import CallerDep, Manager, allowed, device_ref, ok
+from ironcore.api.deps import CallerDep, Manager, ok, permitted_device
 from ironcore.registry.rotation import DEFAULT_GRACE_SECONDS, Rotations
 from ironcore.registry.wire import Message
 
@@ -35,12 +35,9 @@ async def start_rotation(
     caller: CallerDep,
     body: StartRotationRequest,
 ) -> JSONResponse:
-    allowed(
-        caller,
-        "ironcore.devices.rotateCredentials",
-        f"projects/{project}/locations/{location}/registries/{registry}/devices/{device}",
+    record = await permitted_device(
+        manager, caller, "ironcore.devices.rotateCredentials", project, location, registry, device
     )
-    record = await manager.device_record(device_ref(project, location, registry, device))
     rotation = await _rotations(request).start(record.device.num_id, body.grace_seconds)
     if manager.links is not None:
         await manager.links.rotation_changed(record.device.num_id)
@@ -57,12 +54,9 @@ async def get_rotation(
     manager: Manager,
     caller: CallerDep,
 ) -> JSONResponse:
-    allowed(
-        caller,
-        "cloudiot.devices.get",
-        f"projects/{project}/locations/{location}/registries/{registry}/devices/{device}",
+    record = await permitted_device(
+        manager, caller, "cloudiot.devices.get", project, location, registry, device
     )
-    record = await manager.device_record(device_ref(project, location, registry, device))
     rotation = await _rotations(request).current(record.device.num_id)
     return ok(rotation.to_wire() if rotation else {})
 
@@ -77,12 +71,9 @@ async def rollback_rotation(
     manager: Manager,
     caller: CallerDep,
 ) -> JSONResponse:
-    allowed(
-        caller,
-        "ironcore.devices.rotateCredentials",
-        f"projects/{project}/locations/{location}/registries/{registry}/devices/{device}",
+    record = await permitted_device(
+        manager, caller, "ironcore.devices.rotateCredentials", project, location, registry, device
     )
-    record = await manager.device_record(device_ref(project, location, registry, device))
     num_id = record.device.num_id
     in_use = await manager.links.key_in_use(num_id) if manager.links is not None else None
     rotation = await _rotations(request).rollback(num_id, in_use)
