@@ -21,6 +21,7 @@ fail when IRONCORE_REQUIRE_SERVICES=1 (as CI sets).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import resource
@@ -206,9 +207,19 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: each socket stays bound until all are chosen, or the
+    kernel may hand the same port out twice."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 @dataclass
@@ -252,8 +263,9 @@ def start_server(
     MQTT ports (default: free ones), for a server started again where a balancer expects it;
     `open_files`: the process's RLIMIT_NOFILE (soft, hard); with `grpc`, its gRPC API on a free
     port too."""
-    port, mqtt_port = ports or (free_port(), free_port())
-    grpc_port = free_port() if grpc else 0
+    chosen = free_ports(3)
+    port, mqtt_port = ports or (chosen[0], chosen[1])
+    grpc_port = chosen[2] if grpc else 0
     log = data_dir.parent / f"{data_dir.name}-server.log"
     args = [sys.executable, "-m", "ironcore", "serve", "--data-dir", str(data_dir)]
     args += ["--api-host", "127.0.0.1", "--api-port", str(port)]
