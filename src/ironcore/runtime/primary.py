@@ -52,7 +52,6 @@ from ironcore.metrics import Snapshot
 from ironcore.registry.store import Store
 from ironcore.routing.pubsub import PubSub
 from ironcore.routing.push import PushDelivery
-from ironcore.routing.sealing import Sealer
 from ironcore.rpc.server import GrpcLimits, GrpcServer
 from ironcore.runtime import readiness
 from ironcore.runtime.http import Limits, http_server
@@ -68,8 +67,8 @@ from ironcore.runtime.parts import (
 )
 from ironcore.runtime.process import Budget, CannotStart, loop_factory, raise_open_files, tune_gc
 from ironcore.runtime.tls import (
+    database_sealer,
     join_cluster,
-    secret_key,
     shared_certificates,
     stay_in_cluster,
     tls_context,
@@ -153,7 +152,7 @@ async def serve(settings: Settings) -> None:
             anchor = await join_cluster(settings, storage.store, server_id)
             presence = asyncio.create_task(stay_in_cluster(storage.store, server_id, anchor))
         # After joining: a cluster's first server made the secret key there, or brought its own.
-        sealer = Sealer(secret_key(settings, create=True))
+        sealer = await database_sealer(settings, storage.store)
         built = services(storage, devices, settings.data_dir / "firmware", sealer)
         sealed = await built.pubsub.seal_push_secrets()
         if sealed:

@@ -39,6 +39,8 @@ from ironcore.bridge import certificates
 from ironcore.bridge.mqtt.server import Listener
 from ironcore.registry.store import Store
 from ironcore.registry.store.bridge_tls import BridgeTlsStore, Material
+from ironcore.registry.store.pubsub import PubSubStore
+from ironcore.routing.sealing import Sealer, is_sealed
 from ironcore.runtime.process import CannotStart
 from ironcore.settings import Settings
 
@@ -50,6 +52,8 @@ PRESENCE_SECONDS = 10
 LIVE_SECONDS = 30
 # A secret key shorter than this (in bytes, as the file holds it) is refused.
 SECRET_MIN_BYTES = 32
+# The `bridge_tls` row whose sealed value tells whether a server holds the database's secret key.
+_KEY_CHECK = "secret-check"
 
 
 def tls_files(settings: Settings) -> tuple[Path, Path]:
@@ -127,7 +131,8 @@ async def shared_certificates(settings: Settings, store: Store) -> str:
     key they are encrypted under."""
     tls = BridgeTlsStore(store)
     stored_ca = await tls.get("ca")
-    secret = secret_key(settings, create=stored_ca is None)
+    # A key is made only for a database that holds nothing sealed yet (`database_sealer`).
+    secret = secret_key(settings, create=stored_ca is None and await tls.get(_KEY_CHECK) is None)
     local = certificates.local_ca(settings.tls_dir)
     if stored_ca is None:
         ca_cert, ca_key = local or certificates.new_ca()
@@ -218,6 +223,34 @@ def secret_key(settings: Settings, create: bool) -> bytes:
             f"{SECRET_MIN_BYTES} (e.g. `openssl rand -hex 32 > {path}`)"
         )
     return secret
+
+
+async def database_sealer(settings: Settings, store: Store) -> Sealer:
+    """The sealer of the secrets kept in the database, under the secret key every server
+    sharing it must hold. The first server to start stores a value sealed under its key; a
+    server whose key does not open it refuses to start, rather than sealing secrets that the
+    others cannot open (a cluster without TLS listeners never compares keys otherwise)."""
+    tls = BridgeTlsStore(store)
+    check = await tls.get(_KEY_CHECK)
+    sealer = Sealer(secret_key(settings, create=check is None))
+    try:
+        if check is None:
+            # A database from before the check: its push secrets tell whose key sealed them.
+            for subscription in await PubSubStore(store).list_subscriptions(""):
+                if is_sealed(subscription.push_secret):
+                    sealer.open(subscription.push_secret)
+            check = await tls.add(
+                _KEY_CHECK, Material("", sealer.seal(_KEY_CHECK).encode()), _now()
+            )
+        sealer.open(check.encrypted_key.decode())
+    except ValueError:
+        raise CannotStart(
+            f"the secret key in {settings.secret_key_path} does not open the secrets kept in "
+            "the database: they were sealed under another server's secret key; every server "
+            "sharing a database needs the same one (copy the file of the server that started "
+            "first, or give each --secret-key-file)"
+        ) from None
+    return sealer
 
 
 def _pem(cert: x509.Certificate) -> str:
