@@ -24,6 +24,10 @@ def test_demo_runs_the_story(tmp_path: Path) -> None:
     assert "10/10 reconnects refused" in out
     assert "rotated key is refused too" in out
     assert "connects again with its rotated key" in out
+    # The audit step lists the rotated device's changes, the device's own steps among them.
+    summary = out[out.index("• audit:") :]
+    for method in ("StartKeyRotation", "OfferRotationKey", "CompleteKeyRotation", "ReattestDevice"):
+        assert method in summary
 
 
 def test_demo_refuses_a_used_directory(tmp_path: Path) -> None:

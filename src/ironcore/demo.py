@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import shlex
 import socket
@@ -348,6 +349,20 @@ class Demo:
         if not await self._connects(self.rotated, rotated_token):
             raise DemoFailed(f"{self.rotated} was refused after its re-attestation")
         self.check("reattest", f"{self.rotated} connects again with its rotated key")
+
+        self.step(
+            f"Who changed {self.rotated}",
+            "Every change is recorded in its own transaction: when, who, from where, the "
+            "method and its result; refused calls too.",
+        )
+        device = f"projects/{PROJECT}/locations/{LOCATION}/registries/{REGISTRY}/devices/"
+        found = f"resource:{device}{self.rotated}"
+        entries = json.loads(self.cli("--json", "audit", "list", "--filter", found, show=False))
+        print(self.cli("audit", "list", "--filter", found).rstrip())
+        methods = {entry["method"] for entry in entries["auditLogs"]}
+        if not methods:
+            raise DemoFailed(f"the audit log holds no entry for {self.rotated}")
+        self.check("audit", f"{len(entries['auditLogs'])} entries: {', '.join(sorted(methods))}")
 
     async def _connects(self, device_id: str, token: str) -> bool:
         try:

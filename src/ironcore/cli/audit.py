@@ -15,7 +15,10 @@ _COLUMNS = ["time", "principal", "clientAddress", "method", "resource", "status"
 @app.command("list")
 def list_(
     ctx: typer.Context,
-    project: Annotated[str, typer.Option(help="The project; - for every project")],
+    project: Annotated[
+        str | None,
+        typer.Option(help="The project (default: the global --project); - for every project"),
+    ] = None,
     filter_: Annotated[
         str,
         typer.Option(
@@ -35,7 +38,9 @@ def list_(
         params: dict[str, Any] = {"filter": filter_, "pageToken": token}
         if limit:
             params["pageSize"] = min(limit - len(entries), 1000)
-        page = c.call("GET", f"/ironcore/v1/projects/{project}/auditLogs", params=params)
+        page = c.call(
+            "GET", f"/ironcore/v1/projects/{project or c.project}/auditLogs", params=params
+        )
         entries.extend(page.get("auditLogs", []))
         token = page.get("nextPageToken", "")
         if not token or (limit and len(entries) >= limit):
