@@ -278,6 +278,55 @@ async def test_every_role_on_every_method(seeded: Api) -> None:
     assert bindable - checked <= {"ironcore.auditLogs.list"}, bindable - checked
 
 
+async def test_test_iam_permissions_answers_about_what_applies_to_the_resource(
+    seeded: Api,
+) -> None:
+    """The owner holds all of these everywhere; each resource answers only those that act on
+    it or what lies in it, in the order asked; a wildcard is INVALID_ARGUMENT."""
+    api = seeded
+    asked = [
+        "pubsub.topics.publish",
+        "cloudiot.devices.updateConfig",
+        "ironcore.firmware.upload",
+        "pubsub.subscriptions.consume",
+        "resourcemanager.projects.getIamPolicy",
+        "ironcore.devices.rotateCredentials",
+        "cloudiot.registries.get",
+        "ironcore.tokens.manage",
+        "made.up",
+    ]
+    answers = {
+        f"/v1/{REGISTRY}": [
+            "cloudiot.devices.updateConfig",
+            "ironcore.devices.rotateCredentials",
+            "cloudiot.registries.get",
+        ],
+        f"/v1/{TOPIC}": ["pubsub.topics.publish"],
+        f"/v1/{SUBSCRIPTION}": ["pubsub.subscriptions.consume"],
+        f"/ironcore/v1/projects/{PROJECT}": [p for p in asked if p != "made.up"],
+    }
+    for resource, answer in answers.items():
+        held = await ok(
+            api.client, "POST", f"{resource}:testIamPermissions", {"permissions": asked}
+        )
+        assert held == {"permissions": answer}, resource
+        for wildcard in ("*", "cloudiot.*", "cloudiot.devices.*"):
+            response = await api.client.post(
+                f"{resource}:testIamPermissions",
+                json={"permissions": ["cloudiot.devices.get", wildcard]},
+            )
+            assert response.status_code == 400, (resource, response.text)
+            error = response.json()["error"]
+            assert error["status"] == "INVALID_ARGUMENT" and "wildcard" in error["message"]
+            [violation] = error["details"][0]["fieldViolations"]
+            assert violation["field"] == "permissions[1]"
+    # A wildcard is refused before the resource is looked up.
+    missing = await api.client.post(
+        f"/v1/{PARENT}/registries/none:testIamPermissions", json={"permissions": ["*"]}
+    )
+    assert missing.status_code == 400, missing.text
+
+
 async def test_registry_binding_grants_only_inside_its_registry(seeded: Api) -> None:
     api = seeded
     member, client = await principal(api, "registry-editor")
@@ -326,8 +375,8 @@ async def test_project_binding_grants_in_its_project_only(seeded: Api) -> None:
 
 
 async def test_admin_token_members_and_inert_members(seeded: Api) -> None:
-    """An admin token is bound as `adminToken:<id>`; `user:` and `group:` bindings are kept
-    and grant nothing."""
+    """An admin token is bound as `adminToken:<id>`; a `user:` binding grants only to that
+    user's tokens (tests/api/test_user_tokens.py), a `group:` binding to no one."""
     api = seeded
     viewer = await api.as_role("viewer")
     token_id = viewer.headers["Authorization"].removeprefix("Bearer ic_").partition("_")[0]
