@@ -2,8 +2,8 @@
 testIamPermissions, as Cloud Pub/Sub serves them (`google.iam.v1.IAMPolicy` over gRPC, the
 `:getIamPolicy` verbs over REST).
 
-Policies are stored and answered; what a caller may do is still decided by its role
-(`access.roles`), not by the bindings stored here. The rules of a policy are the registries'
+Policies are stored and answered here; what their bindings grant is decided with the caller's
+own roles (`access.policies` reads them). The rules of a policy are the registries'
 (`registry.iam`), plus one of Pub/Sub's: no conditional bindings.
 """
 
