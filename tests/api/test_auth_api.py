@@ -259,11 +259,12 @@ async def test_token_creation_shows_the_token_once(api: Api) -> None:
     response = await api.client.post(TOKENS, json={"role": "viewer", "name": "dashboard"})
     assert response.status_code == 200, response.text
     created = response.json()
-    assert set(created) == {"token", "role", "name"}
+    assert set(created) == {"token", "principal", "role", "name"}
     assert created["role"] == "viewer" and created["name"] == "dashboard"
     token = created["token"]
     token_id, secret = token.split("_")[1], token.split("_", 2)[2]
     assert len(secret) >= 32
+    assert created["principal"] == f"adminToken:{token_id}"
 
     listing = await api.client.get(TOKENS)
     assert listing.status_code == 200
@@ -271,6 +272,7 @@ async def test_token_creation_shows_the_token_once(api: Api) -> None:
     for item in tokens:
         assert set(item) == {
             "id",
+            "principal",
             "name",
             "role",
             "createTime",
@@ -280,6 +282,7 @@ async def test_token_creation_shows_the_token_once(api: Api) -> None:
         }
     [mine] = [t for t in tokens if t["id"] == token_id]
     assert mine["role"] == "viewer" and mine["name"] == "dashboard" and mine["revoked"] is False
+    assert mine["principal"] == created["principal"]
     text = json.dumps(listing.json())
     assert secret not in text and api.token.split("_", 2)[2] not in text
     # Each creation makes a new token.

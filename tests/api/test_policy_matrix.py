@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from ironcore.access.roles import ALL_PERMISSIONS, GOOGLE_ROLES, PERMISSIONS, ROLES
+from ironcore.access.roles import ALL_PERMISSIONS, GOOGLE_ROLES, NO_ROLE, PERMISSIONS, ROLES
 from ironcore.access.service_accounts import ServiceAccounts
+from ironcore.registry.iam import APPLICABLE
 from ironcore.registry.service import DeviceManager
 from ironcore.registry.store import Store
 from ironcore.registry.store.pubsub import PubSubStore
@@ -221,9 +222,10 @@ async def test_every_role_on_every_method(seeded: Api) -> None:
     api = seeded
     checked = set()
     # Each predefined role bound on the project to an account with no roles of its own; then
-    # each admin token role, held of its own.
+    # each admin token role, held of its own (`none`: nothing).
     for role in (*GOOGLE_ROLES, *ROLES):
         token = role in ROLES
+        held = frozenset() if role == NO_ROLE else PERMISSIONS[role]
         slug = f"token-{role}" if token else slug_of(role)
         if token:
             client = await api.as_role(role)
@@ -239,20 +241,27 @@ async def test_every_role_on_every_method(seeded: Api) -> None:
         if not token:
             await bind(api, f"projects/{PROJECT}", member, role)
         async with client:
-            # testIamPermissions answers what the calls below do, on every kind of resource.
-            for resource in (f"ironcore/v1/projects/{PROJECT}", f"v1/{REGISTRY}", f"v1/{TOPIC}"):
+            # testIamPermissions answers what the calls below do, on every kind of resource,
+            # about the permissions that apply to it.
+            for kind, resource in [
+                ("projects", f"ironcore/v1/projects/{PROJECT}"),
+                ("registries", f"v1/{REGISTRY}"),
+                ("topics", f"v1/{TOPIC}"),
+                ("subscriptions", f"v1/{SUBSCRIPTION}"),
+            ]:
                 asked = sorted(ALL_PERMISSIONS)
                 answer = await ok(
                     client, "POST", f"/{resource}:testIamPermissions", {"permissions": asked}
                 )
-                assert answer.get("permissions", []) == sorted(PERMISSIONS[role]), resource
+                expected = [p for p in sorted(held) if p.startswith(APPLICABLE[kind])]
+                assert answer.get("permissions", []) == expected, resource
             for permission, method, path, body in calls(slug):
                 checked.add(permission)
                 response = await client.request(method, path, json=body)
                 denied = response.status_code == 403
                 # ironcore's global resources (admin tokens, revocations) lie in no project:
                 # only an admin token's own role reaches them.
-                if permission in PERMISSIONS[role] and (token or path not in GLOBAL):
+                if permission in held and (token or path not in GLOBAL):
                     assert not denied, (role, permission, path, response.text)
                 else:
                     assert denied, (role, permission, path, response.status_code, response.text)
@@ -267,6 +276,55 @@ async def test_every_role_on_every_method(seeded: Api) -> None:
     # is the audit log's, which has no route yet).
     bindable = frozenset().union(*(PERMISSIONS[r] for r in GOOGLE_ROLES))
     assert bindable - checked <= {"ironcore.auditLogs.list"}, bindable - checked
+
+
+async def test_test_iam_permissions_answers_about_what_applies_to_the_resource(
+    seeded: Api,
+) -> None:
+    """The owner holds all of these everywhere; each resource answers only those that act on
+    it or what lies in it, in the order asked; a wildcard is INVALID_ARGUMENT."""
+    api = seeded
+    asked = [
+        "pubsub.topics.publish",
+        "cloudiot.devices.updateConfig",
+        "ironcore.firmware.upload",
+        "pubsub.subscriptions.consume",
+        "resourcemanager.projects.getIamPolicy",
+        "ironcore.devices.rotateCredentials",
+        "cloudiot.registries.get",
+        "ironcore.tokens.manage",
+        "made.up",
+    ]
+    answers = {
+        f"/v1/{REGISTRY}": [
+            "cloudiot.devices.updateConfig",
+            "ironcore.devices.rotateCredentials",
+            "cloudiot.registries.get",
+        ],
+        f"/v1/{TOPIC}": ["pubsub.topics.publish"],
+        f"/v1/{SUBSCRIPTION}": ["pubsub.subscriptions.consume"],
+        f"/ironcore/v1/projects/{PROJECT}": [p for p in asked if p != "made.up"],
+    }
+    for resource, answer in answers.items():
+        held = await ok(
+            api.client, "POST", f"{resource}:testIamPermissions", {"permissions": asked}
+        )
+        assert held == {"permissions": answer}, resource
+        for wildcard in ("*", "cloudiot.*", "cloudiot.devices.*"):
+            response = await api.client.post(
+                f"{resource}:testIamPermissions",
+                json={"permissions": ["cloudiot.devices.get", wildcard]},
+            )
+            assert response.status_code == 400, (resource, response.text)
+            error = response.json()["error"]
+            assert error["status"] == "INVALID_ARGUMENT" and "wildcard" in error["message"]
+            [violation] = error["details"][0]["fieldViolations"]
+            assert violation["field"] == "permissions[1]"
+    # A wildcard is refused before the resource is looked up.
+    missing = await api.client.post(
+        f"/v1/{PARENT}/registries/none:testIamPermissions", json={"permissions": ["*"]}
+    )
+    assert missing.status_code == 400, missing.text
 
 
 async def test_registry_binding_grants_only_inside_its_registry(seeded: Api) -> None:
@@ -317,8 +375,8 @@ async def test_project_binding_grants_in_its_project_only(seeded: Api) -> None:
 
 
 async def test_admin_token_members_and_inert_members(seeded: Api) -> None:
-    """An admin token is bound as `adminToken:<id>`; `user:` and `group:` bindings are kept
-    and grant nothing."""
+    """An admin token is bound as `adminToken:<id>`; a `user:` binding grants only to that
+    user's tokens (tests/api/test_user_tokens.py), a `group:` binding to no one."""
     api = seeded
     viewer = await api.as_role("viewer")
     token_id = viewer.headers["Authorization"].removeprefix("Bearer ic_").partition("_")[0]

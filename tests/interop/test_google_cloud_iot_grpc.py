@@ -365,13 +365,26 @@ def test_iam_policies(client: iot_v1.DeviceManagerClient) -> None:
     granted = client.test_iam_permissions(
         request=iam_policy_pb2.TestIamPermissionsRequest(
             resource=registry,
-            permissions=["cloudiot.devices.sendCommand", "cloudiot.registries.get", "made.up"],
+            permissions=[
+                "cloudiot.devices.sendCommand",
+                "pubsub.topics.publish",
+                "cloudiot.registries.get",
+                "made.up",
+            ],
         )
     )
-    assert sorted(granted.permissions) == [
+    # The owner holds pubsub.topics.publish, which does not apply to a registry.
+    assert list(granted.permissions) == [
         "cloudiot.devices.sendCommand",
         "cloudiot.registries.get",
     ]
+    with pytest.raises(exceptions.InvalidArgument) as wildcard:
+        client.test_iam_permissions(
+            request=iam_policy_pb2.TestIamPermissionsRequest(
+                resource=registry, permissions=["cloudiot.registries.get", "cloudiot.*"]
+            )
+        )
+    assert "permissions[1]" in str(wildcard.value.message)
     missing = client.test_iam_permissions(
         request=iam_policy_pb2.TestIamPermissionsRequest(
             resource=f"{PARENT}/registries/none", permissions=["cloudiot.registries.get"]

@@ -89,10 +89,27 @@ def test_manager_py_grants_cloud_iot_publish_on_its_topic(
     held = publisher.test_iam_permissions(
         request={
             "resource": topic_path,
-            "permissions": ["pubsub.topics.publish", "pubsub.topics.setIamPolicy", "made.up"],
+            "permissions": [
+                "pubsub.topics.publish",
+                "pubsub.subscriptions.consume",
+                "cloudiot.devices.get",
+                "pubsub.topics.setIamPolicy",
+                "made.up",
+            ],
         }
     )
+    # The owner holds all but made.up; a topic answers about topics only.
     assert list(held.permissions) == ["pubsub.topics.publish", "pubsub.topics.setIamPolicy"]
+    held = subscriber.test_iam_permissions(
+        request={
+            "resource": SUBSCRIPTION,
+            "permissions": ["pubsub.topics.publish", "pubsub.subscriptions.consume"],
+        }
+    )
+    assert list(held.permissions) == ["pubsub.subscriptions.consume"]
+    with pytest.raises(exceptions.InvalidArgument) as wildcard:
+        publisher.test_iam_permissions(request={"resource": topic_path, "permissions": ["*"]})
+    assert "permissions[0]" in str(wildcard.value.message)
 
     # Deleting a resource deletes its policy: the same name made again starts empty.
     publisher.delete_topic(request={"topic": topic_path})

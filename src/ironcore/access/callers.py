@@ -27,7 +27,7 @@ from typing import Protocol
 
 from ironcore.access.assertions import LEEWAY_SECONDS, looks_like_jwt, verify
 from ironcore.access.policies import PolicyIndex
-from ironcore.access.roles import Caller
+from ironcore.access.roles import NO_ROLE, Caller
 from ironcore.access.service_accounts import (
     ACCESS_TOKEN_PREFIX,
     ServiceAccounts,
@@ -35,6 +35,7 @@ from ironcore.access.service_accounts import (
 )
 from ironcore.access.tokens import TOKEN_PREFIX, AdminTokens, hash_token
 from ironcore.errors import Unauthenticated
+from ironcore.registry.store.tokens import TokenRecord
 from ironcore.registry.wire import format_timestamp
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,13 @@ class FixedCaller:
         return self._caller
 
 
-def admin_caller(token: str, role: str) -> Caller:
-    """The caller of a valid admin token: global, named by the token's id (`ic_<id>_...`)."""
-    token_id = token.removeprefix(TOKEN_PREFIX).partition("_")[0]
-    return Caller(f"adminToken:{token_id}", frozenset({role}))
+def admin_caller(record: TokenRecord) -> Caller:
+    """The caller of a valid admin token: global, named by its principal (`adminToken:<id>`,
+    or its person's `user:<email>`, still granted what policies bind to `adminToken:<id>`)."""
+    own = f"adminToken:{record.id}"
+    roles = frozenset() if record.role == NO_ROLE else frozenset({record.role})
+    aliases = () if record.principal == own else (own,)
+    return Caller(record.principal, roles, aliases=aliases)
 
 
 def credential_kind(authorization: str) -> str:
@@ -184,7 +188,7 @@ class TokenAuthenticator:
                     f"The admin token {record.id} expired at {format_timestamp(record.expires_at)}"
                 )
             seconds = min(seconds, left)
-        return admin_caller(token, record.role), seconds, record.id
+        return admin_caller(record), seconds, record.id
 
     def forget(self) -> None:
         """Forget every answer this server cached (something changed here), and any lookup

@@ -52,6 +52,9 @@ def _by_member(policy: dict[str, Any]) -> dict[str, frozenset[str]]:
         if role not in GOOGLE_ROLES or binding.get("condition"):
             continue
         for member in binding.get("members", ()):
+            # An email address names a person whatever its case; tokens keep theirs in lower.
+            if member.startswith("user:"):
+                member = member.lower()
             roles.setdefault(member, set()).add(role)
     return {member: frozenset(r) for member, r in roles.items()}
 

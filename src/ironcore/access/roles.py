@@ -113,7 +113,10 @@ PERMISSIONS: dict[str, frozenset[str]] = {
 }
 # The role names an admin token is created with, and the predefined role each stands for.
 TOKEN_ROLES = {"viewer": "roles/viewer", "editor": "roles/editor", "owner": "roles/owner"}
-ROLES = tuple(TOKEN_ROLES)
+# A token created with this role holds nothing of its own: only what IAM policies bind to its
+# principal (a person's `user:` member, or its own `adminToken:` one).
+NO_ROLE = "none"
+ROLES = (*TOKEN_ROLES, NO_ROLE)
 # The roles a service account may be given and an IAM policy may bind.
 GOOGLE_ROLES = tuple(PERMISSIONS)
 # ironcore's internal roles, never bound by a policy.
@@ -137,17 +140,21 @@ class Caller:
     that may grant it more.
 
     `principal` is an IAM member string: `adminToken:<id>` for the holder of an admin token
-    (ironcore's own member type; the id is the hex after `ic_`), `serviceAccount:<email>` for
-    a service account, `ironcore:pubsub-emulator` for the Pub/Sub emulator port's fixed caller.
-    `project` is None for a caller whose own roles act everywhere (admin tokens, the emulator
-    port); a service account's own roles act only on resources of its own project. What a
-    policy binds to the principal acts where the policy is, whatever `project` says.
+    (ironcore's own member type; the id is the hex after `ic_`), or `user:<email>` for an
+    admin token created for a person; `serviceAccount:<email>` for a service account,
+    `ironcore:pubsub-emulator` for the Pub/Sub emulator port's fixed caller. `aliases` are the
+    other members policies may grant it by: a person's token is still its own
+    `adminToken:<id>` too. `project` is None for a caller whose own roles act everywhere
+    (admin tokens, the emulator port); a service account's own roles act only on resources of
+    its own project. What a policy binds to the caller's members acts where the policy is,
+    whatever `project` says.
     """
 
     principal: str
     roles: frozenset[str]
     project: str | None = None
     bound: Bound = field(default=_unbound, compare=False, repr=False)
+    aliases: tuple[str, ...] = ()
 
     @cached_property
     def permissions(self) -> frozenset[str]:
@@ -162,16 +169,18 @@ class Caller:
         own = f"projects/{self.project}"
         return resource == own or resource.startswith(own + "/")
 
+    def bound_roles(self, resource: str) -> frozenset[str]:
+        """The roles policies bind to any of the caller's members on `resource` and its
+        ancestors."""
+        bound = self.bound(self.principal, resource)
+        for alias in self.aliases:
+            bound = bound | self.bound(alias, resource)
+        return bound
+
     def may(self, permission: str, resource: str) -> bool:
         if permission in self.permissions and self.reaches(resource):
             return True
-        return any(permission in PERMISSIONS[r] for r in self.bound(self.principal, resource))
-
-    def permissions_on(self, resource: str) -> frozenset[str]:
-        """Every permission the caller holds on `resource`."""
-        bound = self.bound(self.principal, resource)
-        own = self.permissions if self.reaches(resource) else frozenset()
-        return own.union(*(PERMISSIONS[r] for r in bound))
+        return any(permission in PERMISSIONS[r] for r in self.bound_roles(resource))
 
 
 def require(caller: Caller, permission: str, resource: str) -> None:

@@ -1,5 +1,10 @@
-"""Admin tokens: bearer tokens, each with a role, an optional expiry, and the time it was last
-used.
+"""Admin tokens: bearer tokens, each with a principal, a role, an optional expiry, and the time
+it was last used.
+
+A token's principal is the IAM member it acts as: `adminToken:<id>`, its own, or
+`user:<email>` for a token created for a person (`--user`), so that every token of that person
+(a laptop's, a CI job's) is granted what policies bind to the person. A token's role may be
+`none`: it then holds only what policies grant.
 
 A token is created by `ironcore tokens create` (or the first `ironcore serve`), shown once and
 kept only as a SHA-256 hash. It carries its id, which listings show and rotation and
@@ -17,7 +22,7 @@ import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from ironcore.access.roles import ROLES
+from ironcore.access.roles import NO_ROLE, ROLES
 from ironcore.errors import FailedPrecondition, InvalidArgument, NotFound
 from ironcore.registry.store import Store
 from ironcore.registry.store.tokens import TokenRecord
@@ -29,6 +34,14 @@ TOKEN_NAME_MAX = 200
 MAX_LIFETIME = timedelta(days=3650)
 # How often a server writes the last uses it noted (`flush_uses`); listings lag by up to this.
 LAST_USED_SECONDS = 60.0
+
+# A person, as IAM names one: an email address (checked for its form only, and kept in lower
+# case, as policies compare it). 254 characters at most, as SMTP allows.
+USER_MAX = 254
+_EMAIL = re.compile(
+    r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+"
+)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(?:\d{1,9}[smhdw])+")
@@ -56,6 +69,30 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def user_principal(user: str) -> str:
+    """The member `user:<email>` of the person `user` names (an email address, any case);
+    InvalidArgument naming the field `user` if it is not one."""
+    # ASCII first: lower() maps some non-ASCII letters (the Kelvin sign) to ASCII ones.
+    email = user.lower()
+    if not user.isascii() or len(email) > USER_MAX or not _EMAIL.fullmatch(email):
+        raise InvalidArgument.field(
+            "user",
+            f"{user[:100]!r} is not an email address (like alice@example.com; at most "
+            f"{USER_MAX} characters, ASCII)",
+        )
+    return f"user:{email}"
+
+
+def token_principal(token: str, user: str = "") -> str:
+    """The principal of the admin token `token` (`ic_<id>_...`) created for `user`, or for
+    no one."""
+    return user_principal(user) if user else f"adminToken:{_id_of(token)}"
+
+
+def _id_of(token: str) -> str:
+    return token.removeprefix(TOKEN_PREFIX).partition("_")[0]
+
+
 def _valid_id(token_id: str) -> bool:
     # Ids are hex (see create); anything else names no token and stays out of SQL.
     return token_id.isascii() and token_id.isalnum() and len(token_id) <= 32
@@ -69,11 +106,17 @@ class AdminTokens:
         self.clock = clock
         self._uses: dict[str, datetime] = {}  # token id → its last use not yet written
 
-    async def create(self, role: str, name: str, expires_at: datetime | None = None) -> str:
+    async def create(
+        self, role: str, name: str, expires_at: datetime | None = None, user: str = ""
+    ) -> str:
         """Create an admin token and return it; only its hash is kept. It stops working at
-        `expires_at`, if given (which must be in the future, within MAX_LIFETIME)."""
+        `expires_at`, if given (which must be in the future, within MAX_LIFETIME). With
+        `user` (an email address) it acts as `user:<email>`, else as `adminToken:<id>`."""
         if role not in ROLES:
-            raise InvalidArgument.field("role", f"must be one of {', '.join(ROLES)}")
+            raise InvalidArgument.field(
+                "role",
+                f"must be one of {', '.join(ROLES)} ({NO_ROLE}: only what IAM policies grant)",
+            )
         # Refused rather than cut, so the name shown at creation is the name listed later.
         if len(name) > TOKEN_NAME_MAX:
             raise InvalidArgument.field("name", f"at most {TOKEN_NAME_MAX} characters")
@@ -84,7 +127,9 @@ class AdminTokens:
             raise InvalidArgument.field("expireTime", f"at most {MAX_LIFETIME.days} days ahead")
         token_id = secrets.token_hex(6)
         token = _new_token(token_id)
-        await self.store.tokens.add_token(token_id, name, role, hash_token(token), now, expires_at)
+        await self.store.tokens.add_token(
+            token_id, name, role, hash_token(token), token_principal(token, user), now, expires_at
+        )
         return token
 
     async def list_tokens(self) -> list[TokenRecord]:

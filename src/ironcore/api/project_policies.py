@@ -16,6 +16,7 @@ from ironcore.api.registries import (
     TestIamPermissionsRequest,
     policy_wire,
 )
+from ironcore.registry.iam import applicable
 
 router = APIRouter()
 PROJECT = "/ironcore/v1/projects/{project}"
@@ -50,5 +51,5 @@ async def test_project_iam_permissions(
     project: str, caller: CallerDep, body: TestIamPermissionsRequest
 ) -> JSONResponse:
     name = project_name(project)
-    granted = [p for p in body.permissions if caller.may(p, name)]
+    granted = [p for p in applicable("projects", body.permissions) if caller.may(p, name)]
     return ok({"permissions": granted} if granted else {})

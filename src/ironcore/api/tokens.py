@@ -7,7 +7,7 @@ from datetime import datetime
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from ironcore.access.tokens import parse_duration
+from ironcore.access.tokens import parse_duration, token_principal
 from ironcore.api.deps import CallerDep, Tokens, allowed, ok
 from ironcore.errors import InvalidArgument
 from ironcore.registry.store.tokens import TokenRecord
@@ -20,6 +20,8 @@ TOKENS = "/ironcore/v1/tokens"
 class CreateTokenRequest(Message):
     role: str
     name: str = ""
+    # The person the token is for (an email address): it then acts as `user:<email>`.
+    user: str = ""
     # When the token stops working: a time (RFC 3339), or a lifetime from now (`30d`, `3600s`).
     expire_time: str | None = None
     ttl: str | None = None
@@ -43,6 +45,7 @@ def _expiry(body: CreateTokenRequest, now: datetime) -> datetime | None:
 def _listed(t: TokenRecord) -> dict[str, object]:
     return {
         "id": t.id,
+        "principal": t.principal,
         "name": t.name,
         "role": t.role,
         "createTime": format_timestamp(t.created_at),
@@ -56,8 +59,13 @@ def _listed(t: TokenRecord) -> dict[str, object]:
 async def create_token(tokens: Tokens, caller: CallerDep, body: CreateTokenRequest) -> JSONResponse:
     allowed(caller, "ironcore.tokens.manage", "tokens")
     expires_at = _expiry(body, tokens.clock())
-    token = await tokens.create(body.role, body.name, expires_at)
-    created: dict[str, object] = {"token": token, "role": body.role, "name": body.name}
+    token = await tokens.create(body.role, body.name, expires_at, body.user)
+    created: dict[str, object] = {
+        "token": token,
+        "principal": token_principal(token, body.user),
+        "role": body.role,
+        "name": body.name,
+    }
     if expires_at is not None:
         created["expireTime"] = format_timestamp(expires_at)
     return ok(created)

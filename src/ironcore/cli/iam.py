@@ -21,7 +21,9 @@ Role = Annotated[str, typer.Option("--role", help="roles/cloudiot.deviceControll
 Member = Annotated[
     str,
     typer.Option(
-        "--member", help="serviceAccount:EMAIL, adminToken:ID (user:… and group:… grant nothing)"
+        "--member",
+        help="user:EMAIL (the tokens created with --user EMAIL), serviceAccount:EMAIL, "
+        "adminToken:ID (group:… grants nothing)",
     ),
 ]
 

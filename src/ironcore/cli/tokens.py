@@ -10,7 +10,7 @@ from ironcore.access.tokens import parse_duration
 from ironcore.cli.client import Context, err, fail
 
 app = typer.Typer(help="Admin API tokens.", no_args_is_help=True)
-COLUMNS = ["id", "role", "name", "createTime", "expireTime", "lastUseTime", "revoked"]
+COLUMNS = ["id", "principal", "role", "name", "createTime", "expireTime", "lastUseTime", "revoked"]
 
 
 def _shown_once(c: Context, created: dict[str, object]) -> None:
@@ -24,8 +24,21 @@ def _shown_once(c: Context, created: dict[str, object]) -> None:
 @app.command()
 def create(
     ctx: typer.Context,
-    role: Annotated[str, typer.Option(help="viewer, editor or owner")],
+    role: Annotated[
+        str,
+        typer.Option(
+            help="viewer, editor or owner (on every project), or none: only what IAM "
+            "bindings grant the token's principal"
+        ),
+    ],
     name: Annotated[str, typer.Option(help="What the token is for")] = "",
+    user: Annotated[
+        str,
+        typer.Option(
+            help="The person it is for (an email address): the token acts as user:EMAIL, "
+            "and bindings naming that user grant to every token of theirs"
+        ),
+    ] = "",
     expires_in: Annotated[
         str | None,
         typer.Option(help="Lifetime: whole numbers with units s, m, h, d, w (90m, 30d, 1d12h)"),
@@ -35,9 +48,11 @@ def create(
     ] = None,
 ) -> None:
     """Create a token; it is shown once and only its hash is kept. Without --expires-in or
-    --expires-at it never expires."""
+    --expires-at it never expires; without --user it acts as adminToken:ID."""
     c: Context = ctx.obj
     body: dict[str, object] = {"role": role, "name": name}
+    if user:
+        body["user"] = user
     if expires_in is not None and expires_at is not None:
         fail("give --expires-in or --expires-at, not both")
     if expires_in is not None:
@@ -62,8 +77,8 @@ def list_(ctx: typer.Context) -> None:
 
 @app.command()
 def rotate(ctx: typer.Context, token_id: str) -> None:
-    """Give a token a new secret, shown once; its id, role, name and expiry stay, and the old
-    secret stops working on every server before this returns."""
+    """Give a token a new secret, shown once; its id, principal, role, name and expiry stay,
+    and the old secret stops working on every server before this returns."""
     c: Context = ctx.obj
     _shown_once(c, c.call("POST", f"/ironcore/v1/tokens/{token_id}:rotate"))
 

@@ -1,5 +1,6 @@
-"""The rules of setIamPolicy and getIamPolicy whatever the resource: what a policy must hold,
-the etag that makes a read-modify-write safe, and the policy of a resource that has none.
+"""The rules of setIamPolicy, getIamPolicy and testIamPermissions whatever the resource: what a
+policy must hold, the etag that makes a read-modify-write safe, the policy of a resource that
+has none, and which permissions testIamPermissions answers about on each kind of resource.
 
 Registries (`registry.service`) and Pub/Sub topics and subscriptions (`routing.policies`)
 keep their policies in different tables and follow these same rules."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +18,21 @@ from ironcore.registry.resources import Policy
 
 # Google's IAM answers an unset policy with this etag (base64 "ACAB").
 EMPTY_POLICY_ETAG = b"\x00\x20\x01"
-# The members a binding may name: `adminToken:<id>` is an admin token (`access.callers`);
-# `user:` and `group:` are kept, for clients that manage them, and grant nothing here.
+# The members a binding may name: `adminToken:<id>` is an admin token, `user:<email>` every
+# admin token created for that person (`access.tokens`); `group:` is kept, for clients that
+# manage groups, and grants nothing here (ironcore has no groups).
 MEMBER_KINDS = ("serviceAccount", "adminToken", "user", "group")
 STALE = "The policy was changed by someone else (etag mismatch); read it again"
+# The permissions testIamPermissions answers about on each kind of resource, by prefix: those
+# that act on it or on what lies in it (a registry's devices). As Google did, the others are
+# left out of the answer, whatever the caller holds: a topic's answer never lists
+# `cloudiot.*`, a registry's never `pubsub.*`. A project answers about all of them.
+APPLICABLE: dict[str, tuple[str, ...]] = {
+    "projects": ("",),
+    "registries": ("cloudiot.", "ironcore.devices.", "ironcore.manifests."),
+    "topics": ("pubsub.topics.",),
+    "subscriptions": ("pubsub.subscriptions.",),
+}
 
 
 @dataclass(frozen=True)
@@ -69,3 +82,18 @@ def policy_write(policy: Policy) -> PolicyWrite:
 
 def stale() -> Aborted:
     return Aborted(STALE)
+
+
+def applicable(kind: str, permissions: Iterable[str]) -> list[str]:
+    """Those of `permissions` (a testIamPermissions request's) that apply to a resource of
+    `kind` (a key of APPLICABLE), in the order asked. InvalidArgument, naming the entry, for a
+    wildcard (`*`, `cloudiot.*`): Google takes permission names only."""
+    asked = list(permissions)
+    for i, permission in enumerate(asked):
+        if "*" in permission:
+            raise InvalidArgument.field(
+                f"permissions[{i}]",
+                f"{permission[:100]!r} has a wildcard; name each permission "
+                "(cloudiot.devices.get, ...)",
+            )
+    return [p for p in asked if p.startswith(APPLICABLE[kind])]

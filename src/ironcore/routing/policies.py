@@ -2,8 +2,8 @@
 testIamPermissions, as Cloud Pub/Sub serves them (`google.iam.v1.IAMPolicy` over gRPC, the
 `:getIamPolicy` verbs over REST).
 
-Policies are stored and answered; what a caller may do is still decided by its role
-(`access.roles`), not by the bindings stored here. The rules of a policy are the registries'
+Policies are stored and answered here; what their bindings grant is decided with the caller's
+own roles (`access.policies` reads them). The rules of a policy are the registries'
 (`registry.iam`), plus one of Pub/Sub's: no conditional bindings.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from ironcore.errors import InvalidArgument, NotFound
-from ironcore.registry.iam import empty_policy, policy_write, stale
+from ironcore.registry.iam import applicable, empty_policy, policy_write, stale
 from ironcore.registry.masks import parse_mask
 from ironcore.registry.resources import Policy
 from ironcore.registry.store.policies import PolicyStore, StoredPolicy
@@ -79,13 +79,15 @@ class PubSubPolicies:
     async def test_iam_permissions(
         self, kind: str, name: str, holds: Callable[[str], bool], permissions: Iterable[str]
     ) -> list[str]:
-        """Those of `permissions` the caller `holds`, in the order asked."""
+        """Those of `permissions` that apply to a resource of `kind` (`registry.iam.APPLICABLE`)
+        and the caller `holds`, in the order asked."""
+        asked = applicable(kind, permissions)
         try:
             await self._exists(kind, name)
         except NotFound:
             # Google answers an empty set, not NOT_FOUND, for a resource that does not exist.
             return []
-        return [p for p in permissions if holds(p)]
+        return [p for p in asked if holds(p)]
 
     async def _exists(self, kind: str, name: str) -> None:
         if kind == "topics":

@@ -143,6 +143,8 @@ admin_tokens = Table(
     Column("revoked_at", BigInteger, nullable=False),
     Column("expires_at", BigInteger),  # None: never expires
     Column("last_used_at", BigInteger),  # written behind (access.callers)
+    # The IAM member it acts as: `adminToken:<id>`, or `user:<email>` (access.tokens).
+    Column("principal", String(300), nullable=False),
 )
 
 # Telemetry and state notifications, appended in order; routing reads them per topic.

@@ -1,5 +1,5 @@
-"""SQL of admin tokens: only a token's SHA-256 hash is kept, with its role, its optional expiry
-and when it was last used (the rules are ironcore.access.tokens)."""
+"""SQL of admin tokens: only a token's SHA-256 hash is kept, with its role, its principal, its
+optional expiry and when it was last used (the rules are ironcore.access.tokens)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ class TokenRecord:
     role: str
     created_at: datetime
     revoked: bool
+    principal: str
     expires_at: datetime | None = None
     last_used_at: datetime | None = None
 
@@ -32,6 +33,7 @@ def _record(row: Row[tuple[object, ...]]) -> TokenRecord:
         m["role"],
         from_us(m["created_at"]),
         bool(m["revoked_at"]),
+        m["principal"],
         None if m["expires_at"] is None else from_us(m["expires_at"]),
         None if m["last_used_at"] is None else from_us(m["last_used_at"]),
     )
@@ -47,6 +49,7 @@ class TokenStore:
         name: str,
         role: str,
         token_hash: str,
+        principal: str,
         now: datetime,
         expires_at: datetime | None = None,
     ) -> None:
@@ -57,6 +60,7 @@ class TokenStore:
                     name=name,
                     role=role,
                     token_hash=token_hash,
+                    principal=principal,
                     created_at=to_us(now),
                     revoked_at=0,
                     expires_at=None if expires_at is None else to_us(expires_at),
