@@ -27,6 +27,9 @@ from tests.conftest import Database, Server, free_port, need_service, start_serv
 HAPROXY = "/usr/sbin/haproxy"
 CONFIG = Path(__file__).parents[2] / "deploy" / "haproxy" / "haproxy.cfg"
 BUS = "nats://127.0.0.1:4222"
+# HAProxy connects to the servers from this address (`source`), which they trust
+# (--trusted-proxies): one no client uses, so an address recorded is never HAProxy's by chance.
+HAPROXY_SOURCE = "127.0.0.5"
 # The shipped configuration's ports, replaced by free ones.
 MQTT_BIND, HTTP_BIND, STATS_BIND = ":8883", ":8080", "127.0.0.1:8404"
 _SERVER_LINE = re.compile(r"^(\s*)server ironcore1 10\.0\.0\.11:(\d+)(.*)$", re.MULTILINE)
@@ -107,7 +110,8 @@ class Cluster:
             # share the database and so the token.
             data_dir.mkdir(parents=True, exist_ok=True)
             shutil.copy(self.data_dir(0) / "admin-token", data_dir / "admin-token")
-        args = ["--bus", BUS, "--mqtt-proxy-protocol", "--tls-cert", str(self.cert)]
+        args = ["--bus", BUS, "--mqtt-proxy-protocol", "--trusted-proxies", HAPROXY_SOURCE]
+        args += ["--tls-cert", str(self.cert)]
         args += ["--tls-key", str(self.key), *self.extra]
         server = start_server(data_dir, self.database, args, self.ports[index])
         if index < len(self.servers):
@@ -199,7 +203,10 @@ def render(cluster: Cluster, mqtt_port: int, http_port: int, stats_port: int) ->
     text, maxconn = re.subn(r"^    maxconn \d+$", "    maxconn 2000", text, flags=re.MULTILINE)
     # Health checks four times as often as shipped, so that a restart test takes seconds.
     text, checks = re.subn(r"\binter 2s\b", "inter 500ms", text)
-    assert maxconn == checks == 1
+    text, sources = re.subn(
+        r"^defaults\n", f"defaults\n    source {HAPROXY_SOURCE}\n", text, flags=re.MULTILINE
+    )
+    assert maxconn == checks == sources == 1
 
     def servers(match: re.Match[str]) -> str:
         indent, port, options = match.group(1), int(match.group(2)), match.group(3)
