@@ -52,33 +52,31 @@ class TrustedProxies:
 
     def __contains__(self, address: str) -> bool:
         try:
-            ip = ipaddress.ip_address(address.strip())
+            ip = ipaddress.ip_address(address)
         except ValueError:
             return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         return any(ip in network for network in self.networks)
 
     def client(self, peer: str, forwarded_for: Iterable[str]) -> str:
         """The client of a call from `peer` carrying these `X-Forwarded-For` values (each a
         comma-separated list, in the order they came): `peer` unless it is a trusted proxy,
-        else the rightmost hop that is not. A hop that is not an address (`unknown`, a forged
-        name) is the client as much as any: the proxy after it says it came from there."""
+        else the rightmost hop that is not (an empty one: `peer`). A hop that is not an
+        address (`unknown`) is the client as much as any: the proxy after it says so."""
         if peer not in self:
             return peer
-        hops = [hop.strip() for value in forwarded_for for hop in value.split(",")]
-        hops = [_host(hop) for hop in hops if hop]
+        hops = [_host(hop.strip()) for value in forwarded_for for hop in value.split(",")]
         for hop in reversed(hops):
             if hop not in self:
-                return hop
+                return hop or peer
         return hops[0] if hops else peer
 
 
 def _host(hop: str) -> str:
-    """The address of an X-Forwarded-For hop without its port (`[2001:db8::1]:443`,
-    `192.0.2.1:80`), as proxies that add the port write it."""
-    if hop.startswith("["):
-        return hop[1 : hop.find("]")] if "]" in hop else hop
+    """The address of an X-Forwarded-For hop without the port some proxies add
+    (`[2001:db8::1]:443`, `192.0.2.1:80`); anything else as it is."""
+    if hop.startswith("[") and "]" in hop:
+        host, _, rest = hop[1:].partition("]")
+        return host if not rest or rest.startswith(":") else hop
     if hop.count(":") == 1:
         return hop.partition(":")[0]
     return hop
