@@ -180,12 +180,7 @@ class Haproxy:
         )
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        stop_haproxy(self.process)
 
 
 BACKENDS = ("ironcore_mqtt", "ironcore_http")
@@ -226,14 +221,8 @@ def start_haproxy(cluster: Cluster) -> Haproxy:
     """HAProxy in front of the cluster, once every server is up in both backends."""
     mqtt_port, http_port, stats_port = free_port(), free_port(), free_port()
     config = cluster.root / "haproxy.cfg"
-    config.write_text(render(cluster, mqtt_port, http_port, stats_port))
     log = cluster.root / "haproxy.log"
-    checked = subprocess.run([HAPROXY, "-c", "-f", str(config)], capture_output=True, text=True)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [HAPROXY, "-db", "-f", str(config)], stdout=out, stderr=subprocess.STDOUT
-        )
+    process = launch_haproxy(render(cluster, mqtt_port, http_port, stats_port), config, log)
     haproxy = Haproxy(process, config, log, mqtt_port, http_port, stats_port)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -247,3 +236,24 @@ def start_haproxy(cluster: Cluster) -> Haproxy:
     for index in range(cluster.count):
         haproxy.wait_status(f"ironcore{index + 1}", "UP")
     return haproxy
+
+
+def launch_haproxy(text: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """HAProxy running the configuration `text` (written to `config`, checked first), logging
+    to `log`; stop it with `stop_haproxy`."""
+    config.write_text(text)
+    checked = subprocess.run([HAPROXY, "-c", "-f", str(config)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [HAPROXY, "-db", "-f", str(config)], stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def stop_haproxy(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from ironcore.device.software_element import SoftwareElement
@@ -40,13 +39,14 @@ def front(tmp_path: Path, database: Database) -> Iterator[Server]:
         cluster.stop_all()
 
 
-def audit_log(server: Server) -> list[dict[str, Any]]:
-    answer = httpx.get(
-        f"{server.url}/ironcore/v1/projects/-/auditLogs",
-        params={"pageSize": 1000},
-        headers={"Authorization": f"Bearer {server.token}"},
-        timeout=10,
-    )
+def audit_log(server: Server, source: str = "127.0.0.1") -> list[dict[str, Any]]:
+    """Every entry, read from the address `source`."""
+    with from_address(server, source) as client:
+        answer = client.get(
+            "/ironcore/v1/projects/-/auditLogs",
+            params={"pageSize": 1000},
+            headers={"Authorization": f"Bearer {server.token}"},
+        )
     assert answer.status_code == 200, answer.text
     entries: list[dict[str, Any]] = answer.json()["auditLogs"]
     return entries
