@@ -7,11 +7,11 @@ tests/ops/test_client_addresses.py."""
 from __future__ import annotations
 
 import socket
-import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -21,8 +21,16 @@ from ironcore.access.forwarded import TrustedProxies, parse_trusted_proxies
 from ironcore.bridge.proxy_protocol import Address
 from tests.api.test_auth_backoff import MOST, REGISTRIES, from_address, grpc_code, secure_channel
 from tests.bridge.test_proxy_protocol import header, logged
-from tests.conftest import Database, Server, start_grpc_server, stop_server
+from tests.conftest import (
+    Database,
+    Server,
+    start_grpc_server,
+    start_server,
+    stop_server,
+    wait_for,
+)
 from tests.ops.test_client_addresses import audit_log
+from tests.test_listeners import is_closed
 from tests.test_ops import serve_with_bad_flag
 
 PROXIES = ("10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32")
@@ -211,19 +219,42 @@ def test_grpc_backs_off_and_audits_the_forwarded_client(behind_loopback: Server)
 
 @pytest.mark.databases("sqlite")
 def test_mqtt_reads_a_proxy_header_from_a_trusted_proxy_only(behind_loopback: Server) -> None:
-    """A peer that is not a trusted proxy is closed before its header is read."""
-    context = ssl.create_default_context(cafile=str(behind_loopback.ca_file))
-    context.check_hostname = False
+    """A peer that is not a trusted proxy is closed before its header is read; the proxy's
+    own connections are not (tests/bridge/test_proxy_protocol.py serves them)."""
     forged = header(Address("203.0.113.7", 4242), Address("198.51.100.2", 8883))
     with socket.create_connection(
         ("127.0.0.1", behind_loopback.mqtt_port), timeout=10, source_address=("127.0.0.2", 0)
     ) as raw:
         port = raw.getsockname()[1]
         raw.sendall(forged)
-        with pytest.raises((ssl.SSLError, OSError)):
-            context.wrap_socket(raw)
-    line = (
+        wait_for(lambda: is_closed(raw), what="the connection closed by the server")
+    with socket.create_connection(("127.0.0.1", behind_loopback.mqtt_port), timeout=10) as ok:
+        ok.sendall(forged)  # then the TLS handshake the server now waits for
+        assert not is_closed(ok)
+    logged(
+        behind_loopback,
         f"closed the MQTT connection from 127.0.0.2:{port}: "
-        "a PROXY protocol header is read only from --trusted-proxies"
+        "a PROXY protocol header is read only from --trusted-proxies",
     )
-    logged(behind_loopback, line)
+    assert "203.0.113.7" not in behind_loopback.log.read_text()
+
+
+@pytest.mark.databases("sqlite")
+def test_uvicorns_own_variable_trusts_nobody(
+    tmp_path: Path, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FORWARDED_ALLOW_IPS, the workaround of earlier versions, is ignored and said to be."""
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "127.0.0.1")
+    server = start_server(tmp_path / "data", database)
+    try:
+        answer = httpx.post(
+            f"{server.url}{REGISTRIES}",
+            json={"id": "reg-claimed"},
+            headers={"Authorization": f"Bearer {server.token}", "X-Forwarded-For": "1.2.3.4"},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+        assert created_from(server, "reg-claimed") == "127.0.0.1"
+    finally:
+        stop_server(server)
+    assert "FORWARDED_ALLOW_IPS is ignored" in server.log.read_text()
