@@ -420,6 +420,7 @@ def serve(
 
 
 def trusted_proxies_option(value: str) -> tuple[str, ...]:
+    """`--trusted-proxies` as normalized networks; BadParameter naming an entry that is not."""
     try:
         return parse_trusted_proxies(value)
     except ValueError as error:
