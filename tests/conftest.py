@@ -402,14 +402,19 @@ def local_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tls
 
 
-@pytest.fixture
-def grpc_server(tmp_path: Path, database: Database, local_ca: Path) -> Iterator[Server]:
+def start_grpc_server(
+    data: Path, database: Database, local_ca: Path, extra: list[str] | None = None
+) -> Server:
     """A real `ironcore serve` with its gRPC API, its TLS certificate issued by `local_ca`."""
-    data = tmp_path / "data"
     (data / "tls").mkdir(parents=True)
     for name in ("ca.crt", "ca.key"):
         shutil.copy(local_ca / name, data / "tls" / name)
-    running = start_server(data, database, grpc=True)
+    return start_server(data, database, extra, grpc=True)
+
+
+@pytest.fixture
+def grpc_server(tmp_path: Path, database: Database, local_ca: Path) -> Iterator[Server]:
+    running = start_grpc_server(tmp_path / "data", database, local_ca)
     yield running
     stop_server(running)
 

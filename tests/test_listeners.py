@@ -265,9 +265,8 @@ def test_the_mqtt_cap_counts_connections_behind_a_proxy_header_until_they_end(
     """A connection refused for its PROXY header and one handed on to MQTT both give their
     place back when they end: otherwise a balancer's bad or short-lived connections would use up
     the cap for good."""
-    server = start_server(
-        tmp_path / "data", None, ["--mqtt-proxy-protocol", "--mqtt-max-connections", "2"]
-    )
+    proxied = ["--mqtt-proxy-protocol", "--trusted-proxies", "127.0.0.1"]
+    server = start_server(tmp_path / "data", None, [*proxied, "--mqtt-max-connections", "2"])
     good = proxy_header(Address("203.0.113.7", 4242), Address("198.51.100.2", 8883))
     try:
         for _ in range(3):  # 6 connections through a cap of 2, each ending before the next

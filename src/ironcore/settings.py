@@ -85,8 +85,13 @@ class Settings:
     # not connected; it says it is alive every third of it.
     bus_lease_seconds: float = 10.0
     # Every MQTT connection starts with a load balancer's PROXY protocol v2 header naming the
-    # client (HAProxy's send-proxy-v2); connections without one are closed.
+    # client (HAProxy's send-proxy-v2); connections without one, or from a peer not in
+    # `trusted_proxies`, are closed.
     mqtt_proxy_protocol: bool = False
+    # The load balancers (addresses, CIDR networks) whose X-Forwarded-For (REST, the HTTP
+    # device bridge, gRPC metadata) and PROXY protocol headers (MQTT) name the client
+    # (`access.forwarded`); empty = nobody, loopback included.
+    trusted_proxies: tuple[str, ...] = ()
     # The secret the cluster's generated TLS keys are encrypted under in the database; every
     # server of a cluster needs the same one. None = `<data-dir>/secret-key`.
     secret_key_file: Path | None = None
@@ -146,4 +151,5 @@ class Settings:
             if name in values:
                 values[name] = Path(values[name])
         values["mqtt_hostnames"] = tuple(values.get("mqtt_hostnames", ()))
+        values["trusted_proxies"] = tuple(values.get("trusted_proxies", ()))
         return cls(**values)

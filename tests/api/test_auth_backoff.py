@@ -90,21 +90,25 @@ def from_address(server: Server, address: str) -> httpx.Client:
     return httpx.Client(base_url=server.url, transport=transport, timeout=10)
 
 
+def secure_channel(server: Server) -> grpc.Channel:
+    """A channel to `server`'s gRPC API, trusting its CA."""
+    root = server.data_dir.joinpath("tls", "ca.crt").read_bytes()
+    return grpc.secure_channel(f"127.0.0.1:{server.grpc_port}", grpc.ssl_channel_credentials(root))
+
+
 @pytest.fixture
 def channel(grpc_server: Server) -> Iterator[grpc.Channel]:
-    root = grpc_server.data_dir.joinpath("tls", "ca.crt").read_bytes()
-    with grpc.secure_channel(
-        f"127.0.0.1:{grpc_server.grpc_port}", grpc.ssl_channel_credentials(root)
-    ) as opened:
+    with secure_channel(grpc_server) as opened:
         yield opened
 
 
-def grpc_code(channel: grpc.Channel, token: str) -> grpc.StatusCode:
+def grpc_code(channel: grpc.Channel, token: str, *metadata: tuple[str, str]) -> grpc.StatusCode:
+    """The status of a ListDeviceRegistries call with `token` (and `metadata`)."""
     stub: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(DEVICE_MANAGER)
     parent = b"projects/p1/locations/us-central1"
     request = b"\n" + bytes([len(parent)]) + parent
     try:
-        stub(request, metadata=(("authorization", f"Bearer {token}"),), timeout=10)
+        stub(request, metadata=(("authorization", f"Bearer {token}"), *metadata), timeout=10)
     except grpc.RpcError as error:
         code: grpc.StatusCode = error.code()
         return code

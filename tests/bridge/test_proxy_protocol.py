@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ironcore.access.forwarded import TrustedProxies
 from ironcore.bridge.mqtt import proxied as proxied_module
 from ironcore.bridge.mqtt.codec import Connect, encode
 from ironcore.bridge.mqtt.proxied import ProxiedConnection
@@ -123,6 +124,8 @@ def test_haproxys_bytes() -> None:
 
 
 IPV4 = Address("192.0.2.1", 40000), Address("198.51.100.2", 8883)
+# The balancer of the in-process listeners: the tests' own connections.
+LOOPBACK = TrustedProxies(["127.0.0.1"])
 
 
 @pytest.mark.parametrize(
@@ -166,7 +169,8 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A real server whose MQTT port expects a PROXY protocol header first, in both of its
     processes."""
     data_dir = tmp_path_factory.mktemp("proxied") / "data"
-    running = start_server(data_dir, None, ["--mqtt-proxy-protocol", "--mqtt-workers", "2"])
+    proxied = ["--mqtt-proxy-protocol", "--trusted-proxies", "127.0.0.1"]
+    running = start_server(data_dir, None, [*proxied, "--mqtt-workers", "2"])
     yield running
     stop_server(running)
 
@@ -247,7 +251,7 @@ async def test_a_header_that_never_completes_is_dropped(
         return asyncio.Protocol()
 
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: ProxiedConnection(app), "127.0.0.1", 0)
+    server = await loop.create_server(lambda: ProxiedConnection(app, LOOPBACK), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -271,7 +275,7 @@ async def test_a_close_before_the_header_is_logged_unless_nothing_was_sent(
 ) -> None:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: ProxiedConnection(lambda _: asyncio.Protocol()), "127.0.0.1", 0
+        lambda: ProxiedConnection(lambda _: asyncio.Protocol(), LOOPBACK), "127.0.0.1", 0
     )
     port = server.sockets[0].getsockname()[1]
     try:

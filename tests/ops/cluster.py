@@ -27,6 +27,9 @@ from tests.conftest import Database, Server, free_port, need_service, start_serv
 HAPROXY = "/usr/sbin/haproxy"
 CONFIG = Path(__file__).parents[2] / "deploy" / "haproxy" / "haproxy.cfg"
 BUS = "nats://127.0.0.1:4222"
+# HAProxy connects to the servers from this address (`source`), which they trust
+# (--trusted-proxies): one no client uses, so an address recorded is never HAProxy's by chance.
+HAPROXY_SOURCE = "127.0.0.5"
 # The shipped configuration's ports, replaced by free ones.
 MQTT_BIND, HTTP_BIND, STATS_BIND = ":8883", ":8080", "127.0.0.1:8404"
 _SERVER_LINE = re.compile(r"^(\s*)server ironcore1 10\.0\.0\.11:(\d+)(.*)$", re.MULTILINE)
@@ -107,7 +110,8 @@ class Cluster:
             # share the database and so the token.
             data_dir.mkdir(parents=True, exist_ok=True)
             shutil.copy(self.data_dir(0) / "admin-token", data_dir / "admin-token")
-        args = ["--bus", BUS, "--mqtt-proxy-protocol", "--tls-cert", str(self.cert)]
+        args = ["--bus", BUS, "--mqtt-proxy-protocol", "--trusted-proxies", HAPROXY_SOURCE]
+        args += ["--tls-cert", str(self.cert)]
         args += ["--tls-key", str(self.key), *self.extra]
         server = start_server(data_dir, self.database, args, self.ports[index])
         if index < len(self.servers):
@@ -176,12 +180,7 @@ class Haproxy:
         )
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        stop_haproxy(self.process)
 
 
 BACKENDS = ("ironcore_mqtt", "ironcore_http")
@@ -199,7 +198,10 @@ def render(cluster: Cluster, mqtt_port: int, http_port: int, stats_port: int) ->
     text, maxconn = re.subn(r"^    maxconn \d+$", "    maxconn 2000", text, flags=re.MULTILINE)
     # Health checks four times as often as shipped, so that a restart test takes seconds.
     text, checks = re.subn(r"\binter 2s\b", "inter 500ms", text)
-    assert maxconn == checks == 1
+    text, sources = re.subn(
+        r"^defaults\n", f"defaults\n    source {HAPROXY_SOURCE}\n", text, flags=re.MULTILINE
+    )
+    assert maxconn == checks == sources == 1
 
     def servers(match: re.Match[str]) -> str:
         indent, port, options = match.group(1), int(match.group(2)), match.group(3)
@@ -219,14 +221,8 @@ def start_haproxy(cluster: Cluster) -> Haproxy:
     """HAProxy in front of the cluster, once every server is up in both backends."""
     mqtt_port, http_port, stats_port = free_port(), free_port(), free_port()
     config = cluster.root / "haproxy.cfg"
-    config.write_text(render(cluster, mqtt_port, http_port, stats_port))
     log = cluster.root / "haproxy.log"
-    checked = subprocess.run([HAPROXY, "-c", "-f", str(config)], capture_output=True, text=True)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [HAPROXY, "-db", "-f", str(config)], stdout=out, stderr=subprocess.STDOUT
-        )
+    process = launch_haproxy(render(cluster, mqtt_port, http_port, stats_port), config, log)
     haproxy = Haproxy(process, config, log, mqtt_port, http_port, stats_port)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -240,3 +236,24 @@ def start_haproxy(cluster: Cluster) -> Haproxy:
     for index in range(cluster.count):
         haproxy.wait_status(f"ironcore{index + 1}", "UP")
     return haproxy
+
+
+def launch_haproxy(text: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """HAProxy running the configuration `text` (written to `config`, checked first), logging
+    to `log`; stop it with `stop_haproxy`."""
+    config.write_text(text)
+    checked = subprocess.run([HAPROXY, "-c", "-f", str(config)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [HAPROXY, "-db", "-f", str(config)], stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def stop_haproxy(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
+from ironcore.access.forwarded import parse_trusted_proxies
 from ironcore.cli import (
     audit,
     ca,
@@ -281,9 +282,19 @@ def serve(
         typer.Option(
             envvar="IRONCORE_MQTT_PROXY_PROTOCOL",
             help="The MQTT ports sit behind a load balancer sending a PROXY protocol v2 header "
-            "(HAProxy send-proxy-v2); connections without one are closed",
+            "(HAProxy send-proxy-v2); connections without one are closed. Needs "
+            "--trusted-proxies naming the balancer",
         ),
     ] = False,
+    trusted_proxies: Annotated[
+        str,
+        typer.Option(
+            envvar="IRONCORE_TRUSTED_PROXIES",
+            help="Load balancers (addresses and CIDR networks, comma-separated) whose "
+            "X-Forwarded-For and PROXY protocol headers name the client, for the audit log and "
+            "the back-off of failed authentication (default: none, loopback included)",
+        ),
+    ] = "",
     http_max_connections: Annotated[
         int,
         typer.Option(
@@ -403,8 +414,17 @@ def serve(
             bus_url=bus,
             bus_lease_seconds=bus_lease,
             mqtt_proxy_protocol=mqtt_proxy_protocol,
+            trusted_proxies=trusted_proxies_option(trusted_proxies),
         )
     )
+
+
+def trusted_proxies_option(value: str) -> tuple[str, ...]:
+    """`--trusted-proxies` as normalized networks; BadParameter naming an entry that is not."""
+    try:
+        return parse_trusted_proxies(value)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--trusted-proxies") from None
 
 
 def public_url_option(value: str) -> str:

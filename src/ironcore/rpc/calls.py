@@ -17,12 +17,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from pydantic import BaseModel, ValidationError
 
-from ironcore.access.backoff import (
-    Slowed,
-    client_address,
-    current_client_address,
-    grpc_peer_address,
-)
+from ironcore.access.backoff import Slowed, current_client_address
 from ironcore.access.callers import Authenticator, credential_kind
 from ironcore.access.roles import Caller
 from ironcore.errors import InvalidArgument, IronCoreError, PermissionDenied, Unauthenticated
@@ -59,7 +54,6 @@ def unary(
             "grpc", "", credential_kind(credential), "", _method_name(request_type), ""
         )
         try:
-            client_address(grpc_peer_address(context.peer()))
             found.address = current_client_address()
             try:
                 caller = await authenticator.caller(credential)

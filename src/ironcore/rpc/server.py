@@ -28,11 +28,13 @@ from pathlib import Path
 import grpc
 
 from ironcore.access.callers import Authenticator
+from ironcore.access.forwarded import TrustedProxies
 from ironcore.registry.service import DeviceManager
 from ironcore.routing.pubsub import PubSub
 from ironcore.rpc.device_manager import DeviceManagerService
 from ironcore.rpc.iam_policy import IAMPolicyService
 from ironcore.rpc.metrics import Counted
+from ironcore.rpc.peers import Addressed
 from ironcore.rpc.publisher import PublisherService
 from ironcore.rpc.subscriber import SubscriberService
 
@@ -70,8 +72,9 @@ class GrpcServer:
 
     Publisher and Subscriber are always served, DeviceManager and IAMPolicy (of Pub/Sub
     topics and subscriptions) with a `manager`; each call acts
-    as the caller `authenticator` finds for it. With `tls` (certificate chain, key) it serves
-    TLS, without it plaintext."""
+    as the caller `authenticator` finds for it, from the client address `rpc.peers` finds
+    (behind `trusted_proxies`, the one they forward). With `tls` (certificate chain, key) it
+    serves TLS, without it plaintext."""
 
     def __init__(
         self,
@@ -84,6 +87,7 @@ class GrpcServer:
         limits: GrpcLimits,
         manager: DeviceManager | None = None,
         name: str = "gRPC API",
+        trusted_proxies: TrustedProxies | None = None,
     ) -> None:
         self.drain_seconds = drain_seconds
         self.name = name
@@ -108,7 +112,9 @@ class GrpcServer:
             # The gRPC API port; the emulator port (no manager) serves no IAM, as Google's.
             handlers.append(DeviceManagerService(manager, authenticator).handler())
             handlers.append(IAMPolicyService(pubsub, authenticator).handler())
-        self._server.add_generic_rpc_handlers([Counted(handlers)])
+        self._server.add_generic_rpc_handlers(
+            [Addressed(Counted(handlers), trusted_proxies or TrustedProxies())]
+        )
         self._next: grpc.ServerCertificateConfiguration | None = None
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:

@@ -43,7 +43,6 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from ironcore.access.backoff import client_address, grpc_peer_address
 from ironcore.access.callers import Authenticator
 from ironcore.access.roles import require
 from ironcore.errors import InvalidArgument, IronCoreError, Unavailable
@@ -87,7 +86,6 @@ class StreamingPull:
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> None:
         try:
-            client_address(grpc_peer_address(context.peer()))
             caller = await self.authenticator.caller(authorization(context))
             first = await anext(requests, None)
             if first is None:

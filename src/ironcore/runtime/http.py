@@ -232,10 +232,18 @@ def http_server(
     idle_timeout: int,
     drain: int,
     tls: tuple[Path, Path] | None = None,
+    trusted_proxies: tuple[str, ...] = (),
 ) -> Server:
     """A guarded uvicorn server for `app` on `host:port`, named `name` in metrics and logs,
     which closes kept-alive connections idle for `idle_timeout` seconds and gives requests in
-    flight `drain` seconds when stopped; over TLS with `tls` (certificate chain, key)."""
+    flight `drain` seconds when stopped; over TLS with `tls` (certificate chain, key).
+
+    A request from one of `trusted_proxies` (`access.forwarded`) has the client its
+    X-Forwarded-For names, and the scheme its X-Forwarded-Proto says; any other, its peer.
+    uvicorn's own ProxyHeadersMiddleware does it: from 0.31 it takes the rightmost hop that is
+    not a trusted proxy, so a client cannot choose its address by sending the header itself.
+    Without trusted proxies it is not installed at all, so that uvicorn's default (trust
+    127.0.0.1, or FORWARDED_ALLOW_IPS from the environment) trusts nobody here."""
     protocol = partial(GuardedHttp, guard=Guard(name, limits))
     return Server(
         uvicorn.Config(
@@ -248,6 +256,8 @@ def http_server(
             timeout_keep_alive=idle_timeout,
             timeout_graceful_shutdown=drain,
             server_header=False,
+            proxy_headers=bool(trusted_proxies),
+            forwarded_allow_ips=list(trusted_proxies),
             ssl_certfile=str(tls[0]) if tls else None,
             ssl_keyfile=str(tls[1]) if tls else None,
         ),

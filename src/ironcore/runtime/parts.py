@@ -154,8 +154,14 @@ def services(
 
 def listeners(settings: Settings) -> list[Listener]:
     """The MQTT bridge's listeners: its TLS ports, and the plaintext one if asked for; all of
-    them behind a PROXY protocol balancer with --mqtt-proxy-protocol."""
+    them behind a PROXY protocol balancer with --mqtt-proxy-protocol, which needs
+    --trusted-proxies to say whose headers to believe (CannotStart without)."""
     proxied = settings.mqtt_proxy_protocol
+    if proxied and not settings.trusted_proxies:
+        raise CannotStart(
+            "--mqtt-proxy-protocol needs --trusted-proxies naming the load balancers' addresses: "
+            "a PROXY protocol header names the client, and is believed only from them"
+        )
     found = [
         Listener(settings.mqtt_host, port, tls=True, proxy_protocol=proxied)
         for port in (settings.mqtt_port, settings.mqtt_second_port)

@@ -32,6 +32,7 @@ from ironcore import logs
 from ironcore.access.assertions import service_audiences
 from ironcore.access.backoff import Throttled
 from ironcore.access.callers import PUBSUB_EMULATOR, FixedCaller, TokenAuthenticator
+from ironcore.access.forwarded import TrustedProxies
 from ironcore.access.roles import Caller
 from ironcore.access.service_accounts import ServiceAccounts, service_account_caller
 from ironcore.access.tokens import LAST_USED_SECONDS, AdminTokens
@@ -167,6 +168,7 @@ async def serve(settings: Settings) -> None:
             tls_context(settings, listening),
             reuse_port=settings.mqtt_workers > 1,
             max_connections=budget.mqtt,
+            trusted_proxies=TrustedProxies(settings.trusted_proxies),
         )
         await bridge.start()
         if settings.mqtt_workers > 1:
@@ -246,8 +248,18 @@ def adapters(
         settings.http_body_timeout,
         settings.http_body_min_rate,
     )
+    if os.environ.get("FORWARDED_ALLOW_IPS"):
+        log.warning(
+            "FORWARDED_ALLOW_IPS is ignored: the proxies whose X-Forwarded-For is believed are "
+            "--trusted-proxies (IRONCORE_TRUSTED_PROXIES), %s",
+            ",".join(settings.trusted_proxies) or "none",
+        )
     serving = partial(
-        http_server, limits=limits, idle_timeout=settings.http_idle_timeout, drain=DRAIN_SECONDS
+        http_server,
+        limits=limits,
+        idle_timeout=settings.http_idle_timeout,
+        drain=DRAIN_SECONDS,
+        trusted_proxies=settings.trusted_proxies,
     )
     found: list[Adapter] = []
     if settings.device_http_port:
@@ -294,6 +306,7 @@ def adapters(
                     DRAIN_SECONDS,
                     grpc_limits(settings, budget),
                     manager=services.manager,
+                    trusted_proxies=TrustedProxies(settings.trusted_proxies),
                 )
             )
         if settings.pubsub_emulator_port:

@@ -20,6 +20,7 @@ import sys
 from typing import Any
 
 from ironcore import logs, metrics
+from ironcore.access.forwarded import TrustedProxies
 from ironcore.bridge.cluster.hub import worker_id
 from ironcore.bridge.cluster.messages import CollectMetrics, Message, Metrics, Ready
 from ironcore.bridge.cluster.transport import ChannelTransport, Peers, Transport
@@ -64,6 +65,7 @@ async def serve(
             tls_context(settings, listeners),
             reuse_port=True,
             max_connections=budget.mqtt,
+            trusted_proxies=TrustedProxies(settings.trusted_proxies),
         )
         await bridge.start()
         tune_gc()

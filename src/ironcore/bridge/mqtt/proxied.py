@@ -6,7 +6,9 @@ hands the transport to the connection the listener serves (TLS or plaintext MQTT
 with the client's address, and steps out of the way (`set_protocol`), so it costs nothing once
 the header is read. A connection that does not start with a valid header, or does not finish it
 in time, is closed with one log line naming the problem: a device reaching the port directly,
-or a balancer without `send-proxy-v2`.
+or a balancer without `send-proxy-v2`. So is one from a peer that is not a trusted proxy
+(`--trusted-proxies`), before anything it sends is read: whoever reaches the port directly
+could otherwise name any address it likes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import cast
 
+from ironcore.access.forwarded import TrustedProxies
 from ironcore.bridge.proxy_protocol import Address, ProxyHeaderError, parse
 
 log = logging.getLogger(__name__)
@@ -28,12 +31,15 @@ class ProxiedConnection(asyncio.Protocol):
     def __init__(
         self,
         app_factory: Callable[[Address | None], asyncio.Protocol],
+        trusted: TrustedProxies,
         lost_unserved: Callable[[], None] = lambda: None,
     ) -> None:
         """`app_factory(address)`: the connection to hand over to, for the client at `address`
-        (None: the socket's own peer, for the balancer's health checks). `lost_unserved`: called
-        when the connection ends before it was handed over (the listener counts its sockets)."""
+        (None: the socket's own peer, for the balancer's health checks). `trusted`: the peers
+        whose header is read; any other is closed. `lost_unserved`: called when the connection
+        ends before it was handed over (the listener counts its sockets)."""
         self._app_factory = app_factory
+        self._trusted = trusted
         self._lost_unserved = lost_unserved
         self._transport: asyncio.Transport | None = None
         self._received = b""
@@ -42,6 +48,10 @@ class ProxiedConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        peer = Address.of(transport.get_extra_info("peername"))
+        if peer is None or peer.host not in self._trusted:
+            self._refuse("a PROXY protocol header is read only from --trusted-proxies")
+            return
         self._timeout = asyncio.get_running_loop().call_later(HEADER_SECONDS, self._expired)
 
     def data_received(self, data: bytes) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import cast
 
 from ironcore import logs
+from ironcore.access.forwarded import TrustedProxies
 from ironcore.bridge.mqtt.connection import MqttConnection, Services
 from ironcore.bridge.mqtt.proxied import ProxiedConnection
 from ironcore.bridge.mqtt.tls import TlsConnection
@@ -56,11 +57,14 @@ class MqttBridge:
         *,
         max_connections: int,
         reuse_port: bool = False,
+        trusted_proxies: TrustedProxies | None = None,
     ) -> None:
         """`reuse_port`: the ports are shared with other processes of this server (SO_REUSEPORT),
         which the kernel spreads new connections over. `max_connections`: sockets this
-        process's listeners hold at most."""
+        process's listeners hold at most. `trusted_proxies`: the balancers whose PROXY header a
+        `proxy_protocol` listener reads (default: none, so such a listener serves nobody)."""
         self.services = services
+        self.trusted_proxies = trusted_proxies or TrustedProxies()
         self.listeners = listeners
         self.tls_context = tls_context
         self.reuse_port = reuse_port
@@ -110,7 +114,7 @@ class MqttBridge:
                 return _Refused(self.max_connections)
             self._open += 1
             if listener.proxy_protocol:
-                return ProxiedConnection(serve, lost_unserved=self._closed)
+                return ProxiedConnection(serve, self.trusted_proxies, lost_unserved=self._closed)
             return serve(None)
 
         return accept
