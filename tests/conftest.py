@@ -9,6 +9,8 @@ its own):
   out of each other's way (registries and devices of their own);
 - `grpc_server`: as `server`, with its gRPC API (`Server.grpc_port`) over TLS from the session's
   `local_ca`, which Google's client libraries trust through GRPC_DEFAULT_SSL_ROOTS_FILE_PATH.
+- `module_grpc_server`: as `grpc_server`, one on each database (`module_database`) for a whole
+  module, for tests that keep out of each other's way.
 
 Fault tests that stop, restart or freeze PostgreSQL use `private_postgres`, a server of the
 test's own (tests/private_pg.py), never the shared one.
@@ -101,15 +103,34 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.definition.add_marker(pytest.mark.parametrize("database", kinds, indirect=True))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        yield Database(f"sqlite:///{tmp_path / 'ironcore.db'}", None)
+@contextlib.contextmanager
+def database_of(kind: str, directory: Path) -> Iterator[Database]:
+    """A database of `kind`: SQLite in `directory`, or a schema of its own on the PostgreSQL
+    server, dropped afterwards."""
+    if kind == "sqlite":
+        yield Database(f"sqlite:///{directory / 'ironcore.db'}", None)
         return
     need_service("PostgreSQL", *pg_host_port())
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    yield Database(PG_URL, schema)
-    drop_schema(schema)
+    try:
+        yield Database(PG_URL, schema)
+    finally:
+        drop_schema(schema)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    with database_of(request.param, tmp_path) as database:
+        yield database
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def module_database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Database]:
+    """As `database`, one of each kind for a whole module (for `module_grpc_server`)."""
+    with database_of(request.param, tmp_path_factory.mktemp("database")) as database:
+        yield database
 
 
 def drop_schema(schema: str) -> None:
@@ -402,14 +423,31 @@ def local_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tls
 
 
-@pytest.fixture
-def grpc_server(tmp_path: Path, database: Database, local_ca: Path) -> Iterator[Server]:
-    """A real `ironcore serve` with its gRPC API, its TLS certificate issued by `local_ca`."""
-    data = tmp_path / "data"
+def start_grpc_server(data: Path, database: Database, local_ca: Path) -> Server:
+    """`start_server` with its gRPC API, its TLS certificate issued by `local_ca`."""
     (data / "tls").mkdir(parents=True)
     for name in ("ca.crt", "ca.key"):
         shutil.copy(local_ca / name, data / "tls" / name)
-    running = start_server(data, database, grpc=True)
+    return start_server(data, database, grpc=True)
+
+
+@pytest.fixture
+def grpc_server(tmp_path: Path, database: Database, local_ca: Path) -> Iterator[Server]:
+    """A real `ironcore serve` with its gRPC API, its TLS certificate issued by `local_ca`."""
+    running = start_grpc_server(tmp_path / "data", database, local_ca)
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="module")
+def module_grpc_server(
+    tmp_path_factory: pytest.TempPathFactory, module_database: Database, local_ca: Path
+) -> Iterator[Server]:
+    """As `grpc_server`, one on each database for a whole module, for tests that keep out of
+    each other's way (a project of their own: tests/interop/iot_clients.py `own_parent`)."""
+    running = start_grpc_server(
+        tmp_path_factory.mktemp("module") / "data", module_database, local_ca
+    )
     yield running
     stop_server(running)
 

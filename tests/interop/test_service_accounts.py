@@ -460,7 +460,7 @@ def test_pubsub_clients_over_grpc_with_key_file(server: Server) -> None:
 
 
 def test_bad_jwts_are_unauthenticated_over_grpc(server: Server) -> None:
-    from tests.interop.test_google_cloud_iot_grpc import StaticToken
+    from tests.interop.iot_clients import StaticToken
 
     email = new_account(server, ADMIN_ROLES)
     key_file = new_key(server, email)
