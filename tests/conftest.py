@@ -327,6 +327,14 @@ def start_server(
     return Server(url, port, token, data_dir, process, log, mqtt_port, grpc_port)
 
 
+def start_peer(first: Server, data_dir: Path, database: Database, extra: list[str]) -> Server:
+    """Another server on `first`'s database: only the first server on an empty database writes
+    the owner token, so this one is given the same."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(first.data_dir / "admin-token", data_dir / "admin-token")
+    return start_server(data_dir, database, extra)
+
+
 def stop_server(server: Server) -> int:
     """Stop the server; then check its log holds no secret (`assert_no_secrets_logged`)."""
     server.process.terminate()
