@@ -94,13 +94,16 @@ class Database:
 @pytest.hookimpl(tryfirst=True)
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """`pytest.mark.databases("sqlite")` on a test or module: its `database` (and so its
-    `server`) only on those kinds. Turned into a parametrize mark, which takes precedence over
-    the fixture's own params."""
+    `server`) or `module_database` (and so its `module_grpc_server`) only on those kinds.
+    Turned into a parametrize mark, which takes precedence over the fixture's own params."""
     marker = metafunc.definition.get_closest_marker("databases")
-    if marker is not None and "database" in metafunc.fixturenames:
-        kinds = list(marker.args)
-        assert kinds and set(kinds) <= {"sqlite", "postgresql"}, kinds
-        metafunc.definition.add_marker(pytest.mark.parametrize("database", kinds, indirect=True))
+    if marker is None:
+        return
+    kinds = list(marker.args)
+    assert kinds and set(kinds) <= {"sqlite", "postgresql"}, kinds
+    for name in ("database", "module_database"):
+        if name in metafunc.fixturenames:
+            metafunc.definition.add_marker(pytest.mark.parametrize(name, kinds, indirect=True))
 
 
 @contextlib.contextmanager

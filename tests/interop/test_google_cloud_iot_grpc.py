@@ -132,13 +132,16 @@ def test_refusals_say_what_rest_says(
     assert missing.value.message == rest_missing["message"]
 
 
-@pytest.fixture
-def channel(grpc_server: Server) -> Iterator[grpc.Channel]:
+def plain_channel(server: Server) -> grpc.Channel:
     """A plain gRPC channel to the server, for what no client library sends."""
-    root = grpc_server.data_dir.joinpath("tls", "ca.crt").read_bytes()
-    with grpc.secure_channel(
-        f"127.0.0.1:{grpc_server.grpc_port}", grpc.ssl_channel_credentials(root)
-    ) as opened:
+    root = server.data_dir.joinpath("tls", "ca.crt").read_bytes()
+    return grpc.secure_channel(f"127.0.0.1:{server.grpc_port}", grpc.ssl_channel_credentials(root))
+
+
+@pytest.fixture
+def channel(module_grpc_server: Server) -> Iterator[grpc.Channel]:
+    """`plain_channel` to the module's server."""
+    with plain_channel(module_grpc_server) as opened:
         yield opened
 
 
@@ -148,21 +151,23 @@ def call(channel: grpc.Channel, server: Server, method: str, body: bytes) -> byt
 
 
 @pytest.mark.databases("sqlite")
-def test_unknown_methods_are_unimplemented(channel: grpc.Channel, grpc_server: Server) -> None:
+def test_unknown_methods_are_unimplemented(
+    channel: grpc.Channel, module_grpc_server: Server
+) -> None:
     for method in (f"{SERVICE}/NoSuchMethod", "/google.pubsub.v9.Nothing/Get"):
         with pytest.raises(grpc.RpcError) as caught:
-            call(channel, grpc_server, method, b"")
+            call(channel, module_grpc_server, method, b"")
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 @pytest.mark.databases("sqlite")
 def test_undecodable_requests_are_invalid_argument(
-    channel: grpc.Channel, grpc_server: Server
+    channel: grpc.Channel, module_grpc_server: Server
 ) -> None:
     # A truncated length-delimited field, a string that is not UTF-8, an invalid wire type.
     for body in (b"\x0a\x05ab", b"\x0a\x02\xff\xfe", b"\x0f"):
         with pytest.raises(grpc.RpcError) as caught:
-            call(channel, grpc_server, f"{SERVICE}/GetDevice", body)
+            call(channel, module_grpc_server, f"{SERVICE}/GetDevice", body)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "is not a valid google.cloud.iot.v1.GetDeviceRequest" in str(caught.value.details())
 
@@ -178,10 +183,10 @@ def test_undecodable_requests_are_invalid_argument(
     body=st.binary(max_size=200),
 )
 def test_any_request_bytes_get_an_answer_not_a_crash(
-    channel: grpc.Channel, grpc_server: Server, method: str, body: bytes
+    channel: grpc.Channel, module_grpc_server: Server, method: str, body: bytes
 ) -> None:
     try:
-        call(channel, grpc_server, f"{SERVICE}/{method}", body)
+        call(channel, module_grpc_server, f"{SERVICE}/{method}", body)
     except grpc.RpcError as error:
         assert error.code() in {
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -192,29 +197,32 @@ def test_any_request_bytes_get_an_answer_not_a_crash(
 
 
 @pytest.mark.databases("sqlite")
-def test_a_taken_grpc_port_stops_the_server_at_start(grpc_server: Server, tmp_path: Path) -> None:
+def test_a_taken_grpc_port_stops_the_server_at_start(
+    module_grpc_server: Server, tmp_path: Path
+) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IRONCORE_")}
     command = [sys.executable, "-m", "ironcore", "serve", "--data-dir", str(tmp_path / "second")]
     command += ["--api-host", "127.0.0.1", "--api-port", str(free_port())]
     command += ["--mqtt-host", "127.0.0.1", "--mqtt-port", str(free_port())]
-    command += ["--grpc-port", str(grpc_server.grpc_port), "--device-http-port", "0"]
+    command += ["--grpc-port", str(module_grpc_server.grpc_port), "--device-http-port", "0"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert (
-        f"ironcore cannot start: cannot listen for gRPC on 127.0.0.1:{grpc_server.grpc_port}"
+        f"ironcore cannot start: cannot listen for gRPC on 127.0.0.1:{module_grpc_server.grpc_port}"
         in (result.stderr)
     )
     assert "Traceback" not in result.stderr
 
 
 @pytest.mark.databases("sqlite")
-def test_sigterm_stops_the_grpc_port(grpc_server: Server, channel: grpc.Channel) -> None:
+def test_sigterm_stops_the_grpc_port(grpc_server: Server) -> None:
     request = iot_v1.ListDeviceRegistriesRequest.serialize({"parent": PARENT})
-    answer = call(channel, grpc_server, f"{SERVICE}/ListDeviceRegistries", request)
-    assert iot_v1.ListDeviceRegistriesResponse.deserialize(answer).device_registries == []
-    assert stop_server(grpc_server) == 0
-    with pytest.raises(grpc.RpcError) as caught:
-        call(channel, grpc_server, f"{SERVICE}/ListDeviceRegistries", request)
+    with plain_channel(grpc_server) as channel:
+        answer = call(channel, grpc_server, f"{SERVICE}/ListDeviceRegistries", request)
+        assert iot_v1.ListDeviceRegistriesResponse.deserialize(answer).device_registries == []
+        assert stop_server(grpc_server) == 0
+        with pytest.raises(grpc.RpcError) as caught:
+            call(channel, grpc_server, f"{SERVICE}/ListDeviceRegistries", request)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
