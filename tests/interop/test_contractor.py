@@ -6,9 +6,6 @@ takes the access away. Against a real server over gRPC."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ from google.cloud import iot_v1
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 
 from ironcore.access.roles import GOOGLE_ROLES, PERMISSIONS
+from tests.cli.test_cli import Cli, Result
 from tests.conftest import Server
 from tests.interop.test_service_accounts import (
     PARENT,
@@ -35,16 +33,8 @@ __all__ = ["server"]
 CONTROLLER = "roles/cloudiot.deviceController"
 
 
-def cli(server: Server, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IRONCORE_")}
-    env |= {"HOME": str(tmp_path), "IRONCORE_TOKEN": server.token}
-    return subprocess.run(
-        [sys.executable, "-m", "ironcore", "--server", server.url, "--project", PROJECT, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+def cli(server: Server, tmp_path: Path, *args: str) -> Result:
+    return Cli(server, tmp_path).run("--project", PROJECT, *args)
 
 
 def owner(server: Server, path: str, body: object) -> None:
@@ -65,9 +55,9 @@ def test_contractor_with_device_controller_on_one_registry(server: Server, tmp_p
         server, tmp_path, "iam", "add-binding", "--registry", "contract-a",
         "--role", CONTROLLER, "--member", member,
     )  # fmt: skip
-    assert granted.returncode == 0, granted.stderr
+    assert granted.code == 0, granted.err
     shown = cli(server, tmp_path, "--json", "iam", "get-policy", "--registry", "contract-a")
-    assert json.loads(shown.stdout)["bindings"] == [{"role": CONTROLLER, "members": [member]}]
+    assert json.loads(shown.out)["bindings"] == [{"role": CONTROLLER, "members": [member]}]
 
     client = iot_client(server, credentials(new_key(server, email)))
     try:
@@ -120,7 +110,7 @@ def test_contractor_with_device_controller_on_one_registry(server: Server, tmp_p
             server, tmp_path, "iam", "remove-binding", "--registry", "contract-a",
             "--role", CONTROLLER, "--member", member,
         )  # fmt: skip
-        assert taken.returncode == 0, taken.stderr
+        assert taken.code == 0, taken.err
         with pytest.raises(exceptions.PermissionDenied):
             client.modify_cloud_to_device_config(name=device, binary_data=b"v3")
     finally:
@@ -133,7 +123,7 @@ def test_project_binding_grants_in_the_project_only(server: Server, tmp_path: Pa
         server, tmp_path, "iam", "add-binding", "--role", "roles/cloudiot.viewer",
         "--member", f"serviceAccount:{email}",
     )  # fmt: skip
-    assert granted.returncode == 0, granted.stderr
+    assert granted.code == 0, granted.err
     client = iot_client(server, credentials(new_key(server, email)))
     try:
         client.list_device_registries(parent=PARENT)
@@ -146,22 +136,22 @@ def test_project_binding_grants_in_the_project_only(server: Server, tmp_path: Pa
     finally:
         client.transport.close()
     bad = cli(server, tmp_path, "iam", "add-binding", "--role", "roles/nonesuch", "--member", "x")
-    assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
+    assert bad.code == 1 and "INVALID_ARGUMENT" in bad.err
     held = cli(
         server, tmp_path, "--json", "iam", "test-permissions",
         "cloudiot.devices.get", "made.up",
     )  # fmt: skip
-    assert held.returncode == 0, held.stderr
-    assert json.loads(held.stdout) == {"permissions": ["cloudiot.devices.get"]}
+    assert held.code == 0, held.err
+    assert json.loads(held.out) == {"permissions": ["cloudiot.devices.get"]}
     # set-policy from a file: the etag read makes a stale write fail.
-    policy = json.loads(cli(server, tmp_path, "--json", "iam", "get-policy").stdout)
+    policy = json.loads(cli(server, tmp_path, "--json", "iam", "get-policy").out)
     path = tmp_path / "policy.json"
     path.write_text(json.dumps({**policy, "bindings": []}))
-    assert cli(server, tmp_path, "iam", "set-policy", str(path)).returncode == 0
+    assert cli(server, tmp_path, "iam", "set-policy", str(path)).code == 0
     stale = cli(server, tmp_path, "iam", "set-policy", str(path))
-    assert stale.returncode == 1 and "ABORTED" in stale.stderr
+    assert stale.code == 1 and "ABORTED" in stale.err
     assert (
-        json.loads(cli(server, tmp_path, "--json", "iam", "get-policy").stdout).get("bindings", [])
+        json.loads(cli(server, tmp_path, "--json", "iam", "get-policy").out).get("bindings", [])
         == []
     )
 
