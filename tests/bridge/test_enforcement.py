@@ -60,6 +60,14 @@ def disconnected_after(device: Device, started: float, timeout: float = 5.0) -> 
     return time.monotonic() - started
 
 
+def disconnected_on_expiry(server: Server, device: Device, expires: float) -> None:
+    """Device "dev" was disconnected within LIMIT of its credential's expiry, saying why."""
+    device.wait_disconnect(timeout=5)
+    late = time.time() - expires
+    assert 0 <= late < LIMIT, f"disconnected {late:.2f} s after the credential expired"
+    last_error(server, REG, "dev", "expired")
+
+
 def stays_connected(device: Device, device_id: str) -> None:
     """The device still gets PUBACKs and its connection never closed."""
     device.publish(f"/devices/{device_id}/events", b"still here")
@@ -106,10 +114,7 @@ def test_credential_expiring_while_connected_disconnects(bridge: Server) -> None
     create_device(bridge, REG, "dev", credentials=[credential(key, expires)])
     device = online(bridge, REG, "dev", key)
     try:
-        device.wait_disconnect(timeout=5)
-        late = time.time() - expires
-        assert 0 <= late < LIMIT, f"disconnected {late:.2f} s after the credential expired"
-        last_error(bridge, REG, "dev", "expired")
+        disconnected_on_expiry(bridge, device, expires)
     finally:
         device.client.loop_stop()
 
@@ -123,10 +128,7 @@ def test_expiry_set_on_a_connected_device_disconnects_it(bridge: Server) -> None
         expires = time.time() + 2.0
         patch_device(bridge, "dev", "credentials", {"credentials": [credential(key, expires)]})
         stays_connected(device, "dev")
-        device.wait_disconnect(timeout=5)
-        late = time.time() - expires
-        assert 0 <= late < LIMIT, f"disconnected {late:.2f} s after the credential expired"
-        last_error(bridge, REG, "dev", "expired")
+        disconnected_on_expiry(bridge, device, expires)
     finally:
         device.client.loop_stop()
 
