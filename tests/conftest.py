@@ -9,6 +9,8 @@ its own):
   out of each other's way (registries and devices of their own);
 - `grpc_server`: as `server`, with its gRPC API (`Server.grpc_port`) over TLS from the session's
   `local_ca`, which Google's client libraries trust through GRPC_DEFAULT_SSL_ROOTS_FILE_PATH.
+- `module_grpc_server`: as `grpc_server`, one on each database (`module_database`) for a whole
+  module, for tests that keep out of each other's way.
 
 Fault tests that stop, restart or freeze PostgreSQL use `private_postgres`, a server of the
 test's own (tests/private_pg.py), never the shared one.
@@ -92,24 +94,46 @@ class Database:
 @pytest.hookimpl(tryfirst=True)
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """`pytest.mark.databases("sqlite")` on a test or module: its `database` (and so its
-    `server`) only on those kinds. Turned into a parametrize mark, which takes precedence over
-    the fixture's own params."""
+    `server`) or `module_database` (and so its `module_grpc_server`) only on those kinds.
+    Turned into a parametrize mark, which takes precedence over the fixture's own params."""
     marker = metafunc.definition.get_closest_marker("databases")
-    if marker is not None and "database" in metafunc.fixturenames:
-        kinds = list(marker.args)
-        assert kinds and set(kinds) <= {"sqlite", "postgresql"}, kinds
-        metafunc.definition.add_marker(pytest.mark.parametrize("database", kinds, indirect=True))
+    if marker is None:
+        return
+    kinds = list(marker.args)
+    assert kinds and set(kinds) <= {"sqlite", "postgresql"}, kinds
+    for name in ("database", "module_database"):
+        if name in metafunc.fixturenames:
+            metafunc.definition.add_marker(pytest.mark.parametrize(name, kinds, indirect=True))
+
+
+@contextlib.contextmanager
+def database_of(kind: str, directory: Path) -> Iterator[Database]:
+    """A database of `kind`: SQLite in `directory`, or a schema of its own on the PostgreSQL
+    server, dropped afterwards."""
+    if kind == "sqlite":
+        yield Database(f"sqlite:///{directory / 'ironcore.db'}", None)
+        return
+    need_service("PostgreSQL", *pg_host_port())
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        yield Database(PG_URL, schema)
+    finally:
+        drop_schema(schema)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        yield Database(f"sqlite:///{tmp_path / 'ironcore.db'}", None)
-        return
-    need_service("PostgreSQL", *pg_host_port())
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    yield Database(PG_URL, schema)
-    drop_schema(schema)
+    with database_of(request.param, tmp_path) as database:
+        yield database
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def module_database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Database]:
+    """As `database`, one of each kind for a whole module (for `module_grpc_server`)."""
+    with database_of(request.param, tmp_path_factory.mktemp("database")) as database:
+        yield database
 
 
 def drop_schema(schema: str) -> None:
@@ -306,6 +330,14 @@ def start_server(
     return Server(url, port, token, data_dir, process, log, mqtt_port, grpc_port)
 
 
+def start_peer(first: Server, data_dir: Path, database: Database, extra: list[str]) -> Server:
+    """Another server on `first`'s database: only the first server on an empty database writes
+    the owner token, so this one is given the same."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(first.data_dir / "admin-token", data_dir / "admin-token")
+    return start_server(data_dir, database, extra)
+
+
 def stop_server(server: Server) -> int:
     """Stop the server; then check its log holds no secret (`assert_no_secrets_logged`)."""
     server.process.terminate()
@@ -414,7 +446,21 @@ def start_grpc_server(
 
 @pytest.fixture
 def grpc_server(tmp_path: Path, database: Database, local_ca: Path) -> Iterator[Server]:
+    """A real `ironcore serve` with its gRPC API, its TLS certificate issued by `local_ca`."""
     running = start_grpc_server(tmp_path / "data", database, local_ca)
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="module")
+def module_grpc_server(
+    tmp_path_factory: pytest.TempPathFactory, module_database: Database, local_ca: Path
+) -> Iterator[Server]:
+    """As `grpc_server`, one on each database for a whole module, for tests that keep out of
+    each other's way (a project of their own: tests/interop/iot_clients.py `own_parent`)."""
+    running = start_grpc_server(
+        tmp_path_factory.mktemp("module") / "data", module_database, local_ca
+    )
     yield running
     stop_server(running)
 

@@ -11,11 +11,11 @@ import httpx
 import pytest
 
 from ironcore import limits
+from tests.api.errors import assert_error
 from tests.api.test_devices_api import (
     DEVICES,
     PARENT,
     REGISTRY,
-    assert_error,
     config_versions,
     created,
     make_registry,

@@ -20,6 +20,7 @@ from ironcore import limits
 from ironcore.registry.names import RegistryName
 from ironcore.registry.resources import Device
 from ironcore.registry.service import DeviceManager
+from tests.api.errors import assert_error
 from tests.conftest import Api, Clock
 from tests.keys import Ca, es256_key, make_ca, public_pem, rsa_key, self_signed_pem
 
@@ -44,31 +45,6 @@ LAST_TIMES = (
     "lastConfigSendTime",
     "lastErrorTime",
 )
-
-
-def assert_error(
-    response: httpx.Response, http: int, status: str, field: str | None = None
-) -> dict[str, Any]:
-    """Check the Google error envelope; `field`, when given, must start the name of a field
-    violation and appear in the message."""
-    assert response.status_code == http, response.text
-    body = response.json()
-    assert list(body) == ["error"]
-    error: dict[str, Any] = body["error"]
-    assert set(error) == {"code", "message", "status", "details"}
-    assert error["code"] == http
-    assert error["status"] == status
-    assert isinstance(error["message"], str) and error["message"]
-    if field is not None:
-        violations = [
-            v["field"]
-            for detail in error["details"]
-            if detail["@type"] == "type.googleapis.com/google.rpc.BadRequest"
-            for v in detail["fieldViolations"]
-        ]
-        assert any(v.startswith(field) for v in violations), (field, violations)
-        assert field in error["message"], (field, error["message"])
-    return error
 
 
 # Keys are slow to make; each kind is made once per run.

@@ -15,6 +15,7 @@ from ironcore.registry.names import LocationName
 from ironcore.registry.resources import DeviceRegistry
 from ironcore.registry.service import DeviceManager
 from ironcore.registry.wire import parse_timestamp
+from tests.api.errors import assert_error
 from tests.conftest import Api
 from tests.keys import es256_key, make_ca, public_pem
 
@@ -24,32 +25,6 @@ REGISTRIES = f"/v1/{PARENT}/registries"
 TOPIC = f"projects/{PROJECT}/topics/events"
 GOOGLE_QUERY = {"$alt": "json;enum-encoding=int", "alt": "json", "prettyPrint": "false"}
 IGNORED_QUERY = {**GOOGLE_QUERY, "fields": "name", "$.xgafv": "2"}
-
-
-def assert_error(
-    response: httpx.Response, http: int, status: str, field: str | None = None
-) -> dict[str, Any]:
-    """Check the Google error envelope; `field`, when given, must be the (start of the) name of
-    a field violation and appear in the message."""
-    assert response.status_code == http, response.text
-    body = response.json()
-    assert list(body) == ["error"]
-    error: dict[str, Any] = body["error"]
-    assert set(error) == {"code", "message", "status", "details"}
-    assert error["code"] == http
-    assert error["status"] == status
-    assert isinstance(error["message"], str) and error["message"]
-    assert isinstance(error["details"], list)
-    if field is not None:
-        violations = [
-            v["field"]
-            for detail in error["details"]
-            if detail["@type"] == "type.googleapis.com/google.rpc.BadRequest"
-            for v in detail["fieldViolations"]
-        ]
-        assert any(v.startswith(field) for v in violations), (field, violations)
-        assert field in error["message"], (field, error["message"])
-    return error
 
 
 async def create(api: Api, body: dict[str, Any], parent: str = REGISTRIES) -> httpx.Response:

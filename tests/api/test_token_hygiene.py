@@ -15,7 +15,8 @@ from sqlalchemy import inspect
 from ironcore.access.tokens import MAX_LIFETIME, AdminTokens, hash_token, parse_duration
 from ironcore.registry.store import Store
 from ironcore.registry.wire import format_timestamp, parse_timestamp
-from tests.api.test_auth_api import REGISTRIES, TOKENS, assert_error, client
+from tests.api.errors import assert_error, field_violations
+from tests.api.test_auth_api import REGISTRIES, TOKENS, client
 from tests.conftest import Api, Clock, Database
 from tests.migrations import downgrade, revision_before
 
@@ -97,7 +98,7 @@ async def test_expire_time_is_kept_and_listed(api: Api, clock: Clock) -> None:
 async def test_bad_expiry_is_invalid_argument(api: Api, body: dict[str, str], field: str) -> None:
     before = len((await api.client.get(TOKENS)).json()["tokens"])
     response = await api.client.post(TOKENS, json={"role": "viewer", **body})
-    assert_error(response, 400, "INVALID_ARGUMENT", field)
+    assert field in field_violations(assert_error(response, 400, "INVALID_ARGUMENT", field))
     assert len((await api.client.get(TOKENS)).json()["tokens"]) == before
 
 

@@ -169,6 +169,16 @@ def connect(
     return device
 
 
+def assert_refused(server: Server, registry_id: str, device_id: str, key: PrivateKey) -> None:
+    """A new connection of the device, with a fresh JWT signed by `key`, is refused: CONNACK 5
+    (not authorized)."""
+    again = connect(server, registry_id, device_id, make_jwt(key), wait=False)
+    try:
+        assert again.wait_connack() == 5
+    finally:
+        again.client.loop_stop()
+
+
 def new_key() -> PrivateKey:
     return es256_key()
 

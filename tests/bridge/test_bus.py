@@ -8,11 +8,9 @@ Real PostgreSQL, real NATS, real TLS and paho-mqtt 2 devices. Each server has a 
 from __future__ import annotations
 
 import base64
-import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,26 +19,23 @@ import pytest
 from tests.bridge.devices import (
     Device,
     admin,
+    assert_refused,
     block_device,
-    connect,
     create_device,
     create_registry,
     disable_mqtt,
     last_error,
-    make_jwt,
     new_key,
     next_on,
     online,
     send_command,
 )
 from tests.conftest import (
-    PG_URL,
     Database,
     Server,
-    drop_schema,
     free_port,
     need_service,
-    pg_host_port,
+    start_peer,
     start_server,
     stop_server,
     wait_for,
@@ -50,27 +45,26 @@ NATS_URL = "nats://127.0.0.1:4222"
 REG = "reg-bus"
 
 
+pytestmark = pytest.mark.databases("postgresql")
+
+
 @pytest.fixture(params=[1, 2], ids=["b-1-process", "b-2-processes"])
-def servers(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Server, Server]]:
+def servers(
+    tmp_path: Path, database: Database, request: pytest.FixtureRequest
+) -> Iterator[tuple[Server, Server]]:
     """Servers a and b; b with `--mqtt-workers 2` too, where a device lands on either of its
     processes (b's primary answers for its worker)."""
-    need_service("PostgreSQL", *pg_host_port())
     need_service("NATS", "127.0.0.1", 4222)
-    database = Database(PG_URL, f"t_{uuid.uuid4().hex[:12]}")
     first = start_server(tmp_path / "a", database, ["--bus", NATS_URL])
     second: Server | None = None
     try:
-        # The first server wrote the database's first admin token; the second uses it too.
-        (tmp_path / "b").mkdir()
-        shutil.copy(tmp_path / "a" / "admin-token", tmp_path / "b" / "admin-token")
         workers = ["--mqtt-workers", str(request.param)]
-        second = start_server(tmp_path / "b", database, ["--bus", NATS_URL, *workers])
+        second = start_peer(first, tmp_path / "b", database, ["--bus", NATS_URL, *workers])
         yield first, second
     finally:
         if second is not None:
             stop_server(second)
         stop_server(first)
-        drop_schema(database.schema or "")
 
 
 def test_commands_and_configs_through_one_server_reach_devices_on_the_other(
@@ -149,9 +143,7 @@ def test_blocking_and_disabling_through_one_server_disconnect_on_the_other(
         other.wait_disconnect(timeout=5)
         assert time.monotonic() - started < 1.0
         # The other server's cached registry was forgotten too: refused at once.
-        again = connect(b, REG, "other", make_jwt(key), wait=False)
-        assert again.wait_connack() == 5
-        again.client.loop_stop()
+        assert_refused(b, REG, "other", key)
     finally:
         blocked.client.loop_stop()
         other.client.loop_stop()

@@ -6,9 +6,6 @@ itself going away and coming back. Real `ironcore serve` processes on PostgreSQL
 from __future__ import annotations
 
 import base64
-import shutil
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,13 +23,11 @@ from tests.bridge.devices import (
     send_command,
 )
 from tests.conftest import (
-    PG_URL,
     Database,
     PrivateNats,
     Server,
-    drop_schema,
     need_service,
-    pg_host_port,
+    start_peer,
     start_server,
     stop_server,
     wait_for,
@@ -43,21 +38,7 @@ REG = "reg-faults"
 LEASE = ["--bus-lease", "1"]
 
 
-@pytest.fixture
-def database() -> Iterator[Database]:
-    need_service("PostgreSQL", *pg_host_port())
-    database = Database(PG_URL, f"t_{uuid.uuid4().hex[:12]}")
-    try:
-        yield database
-    finally:
-        drop_schema(database.schema or "")
-
-
-def second_server(tmp_path: Path, name: str, database: Database, extra: list[str]) -> Server:
-    """Another server of the same database, with the admin token the first one wrote."""
-    (tmp_path / name).mkdir(exist_ok=True)
-    shutil.copy(tmp_path / "a" / "admin-token", tmp_path / name / "admin-token")
-    return start_server(tmp_path / name, database, extra)
+pytestmark = pytest.mark.databases("postgresql")
 
 
 def gauge(server: Server, name: str) -> float | None:
@@ -107,7 +88,7 @@ def test_a_server_started_after_devices_connected_elsewhere_reaches_them(
         for index in range(3):
             create_device(a, REG, f"dev{index}", key)
             devices.append(online(a, REG, f"dev{index}", key))
-        b = second_server(tmp_path, "b", database, ["--bus", SHARED_NATS, *LEASE])
+        b = start_peer(a, tmp_path / "b", database, ["--bus", SHARED_NATS, *LEASE])
         for index, device in enumerate(devices):
             r = send_command(b, REG, f"dev{index}", b"from the newcomer")
             assert r.status_code == 200, r.text
@@ -127,7 +108,7 @@ def test_a_killed_server_stops_being_named_as_its_devices_holder(
     a = start_server(tmp_path / "a", database, ["--bus", SHARED_NATS, *LEASE])
     b: Server | None = None
     try:
-        b = second_server(tmp_path, "b", database, ["--bus", SHARED_NATS, *LEASE])
+        b = start_peer(a, tmp_path / "b", database, ["--bus", SHARED_NATS, *LEASE])
         create_registry(a, REG)
         key = new_key()
         create_device(a, REG, "dev", key)
@@ -154,7 +135,7 @@ def test_after_a_nats_outage_configs_blocks_and_duplicate_sessions_are_settled(
     b: Server | None = None
     devices: list[Device] = []
     try:
-        b = second_server(tmp_path, "b", database, [*bus, "--mqtt-workers", "2"])
+        b = start_peer(a, tmp_path / "b", database, [*bus, "--mqtt-workers", "2"])
         create_registry(a, REG)
         key = new_key()
         for device_id in ("cfg", "blk", "dup"):

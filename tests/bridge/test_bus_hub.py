@@ -50,10 +50,12 @@ class Server(Process):
 
 
 @pytest.fixture
-async def pair() -> AsyncIterator[tuple[Server, Server]]:
+async def pair(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Server, Server]]:
+    """Two servers joined on the bus; their lease is the test's indirect parameter, if any."""
     need_service("NATS", "127.0.0.1", 4222)
     space = uuid.uuid4().hex[:16]
-    a, b = Server(space), Server(space)
+    lease = getattr(request, "param", LEASE_SECONDS)
+    a, b = Server(space, lease), Server(space, lease)
     await a.bus.start(a.hub)
     await b.bus.start(b.hub)
     yield a, b
@@ -188,42 +190,36 @@ async def test_a_server_that_joins_later_learns_who_holds_which_device() -> None
         await b.bus.close()
 
 
-async def test_the_devices_of_a_server_not_heard_for_its_lease_are_not_connected() -> None:
-    need_service("NATS", "127.0.0.1", 4222)
-    space = uuid.uuid4().hex[:16]
-    a, b = Server(space, lease=0.6), Server(space, lease=0.6)
-    await a.bus.start(a.hub)
-    await b.bus.start(b.hub)
-    try:
-        b.hub.register(12, Connection())
-        await until(lambda: a.hub.is_connected(12))
-        await asyncio.sleep(1.2)  # two leases: b says it is alive meanwhile
-        assert a.hub.is_connected(12)
-        await b.bus.close()  # gone without a word for its device, as if killed
-        await until(lambda: not a.hub.is_connected(12))
-        assert await a.hub.send_command(device(12), b"x", "") is False
-    finally:
-        await a.bus.close()
+SHORT_LEASE = pytest.mark.parametrize("pair", [0.6], indirect=True, ids=["lease-0.6s"])
 
 
-async def test_a_server_only_slow_past_its_lease_is_asked_again_what_it_holds() -> None:
-    need_service("NATS", "127.0.0.1", 4222)
-    space = uuid.uuid4().hex[:16]
-    a, b = Server(space, lease=0.6), Server(space, lease=0.6)
-    await a.bus.start(a.hub)
-    await b.bus.start(b.hub)
-    try:
-        b.hub.register(15, Connection())
-        await until(lambda: a.hub.is_connected(15))
-        beating = b.bus._beating
-        assert beating is not None
-        beating.cancel()  # b's heartbeats stall, as in an event loop stalled past the lease
-        await until(lambda: not a.hub.is_connected(15))
-        b.bus._beating = asyncio.create_task(b.bus._beat())
-        await until(lambda: a.hub.is_connected(15))
-    finally:
-        await a.bus.close()
-        await b.bus.close()
+@SHORT_LEASE
+async def test_the_devices_of_a_server_not_heard_for_its_lease_are_not_connected(
+    pair: tuple[Server, Server],
+) -> None:
+    a, b = pair
+    b.hub.register(12, Connection())
+    await until(lambda: a.hub.is_connected(12))
+    await asyncio.sleep(1.2)  # two leases: b says it is alive meanwhile
+    assert a.hub.is_connected(12)
+    await b.bus.close()  # gone without a word for its device, as if killed
+    await until(lambda: not a.hub.is_connected(12))
+    assert await a.hub.send_command(device(12), b"x", "") is False
+
+
+@SHORT_LEASE
+async def test_a_server_only_slow_past_its_lease_is_asked_again_what_it_holds(
+    pair: tuple[Server, Server],
+) -> None:
+    a, b = pair
+    b.hub.register(15, Connection())
+    await until(lambda: a.hub.is_connected(15))
+    beating = b.bus._beating
+    assert beating is not None
+    beating.cancel()  # b's heartbeats stall, as in an event loop stalled past the lease
+    await until(lambda: not a.hub.is_connected(15))
+    b.bus._beating = asyncio.create_task(b.bus._beat())
+    await until(lambda: a.hub.is_connected(15))
 
 
 async def test_a_rejoining_server_and_the_others_settle_who_holds_a_device(

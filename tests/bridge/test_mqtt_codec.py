@@ -6,9 +6,11 @@ import socket
 import threading
 from itertools import pairwise
 
+import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from paho.mqtt.enums import CallbackAPIVersion
 
 from ironcore.bridge.mqtt.codec import (
     MAX_BUFFER_SIZE,
@@ -333,7 +335,6 @@ def test_paho_bytes_match_ours() -> None:
 
 
 def test_a_live_paho_client_sends_the_recorded_bytes() -> None:
-    mqtt = pytest.importorskip("paho.mqtt.client")
     received = bytearray()
 
     with socket.create_server(("127.0.0.1", 0)) as server:
@@ -349,7 +350,7 @@ def test_a_live_paho_client_sends_the_recorded_bytes() -> None:
         recorder = threading.Thread(target=record)
         recorder.start()
         client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=PAHO_CLIENT_ID, protocol=mqtt.MQTTv311
+            CallbackAPIVersion.VERSION2, client_id=PAHO_CLIENT_ID, protocol=mqtt.MQTTv311
         )
         client.username_pw_set("unused", "eyJhbGciOiJFUzI1NiJ9.e30.sig")
         client.connect("127.0.0.1", server.getsockname()[1], keepalive=60)

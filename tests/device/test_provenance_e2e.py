@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,15 @@ from ironcore.device.secure_element import SecureElement, public_key_from_raw
 from ironcore.device.software_element import SoftwareElement
 from ironcore.device.tokens import es256_jwt
 from tests.bridge.devices import LOCATION, PROJECT, admin, connect, create_registry, last_error
-from tests.conftest import Database, Server, need_service, start_server, stop_server, wait_for
+from tests.conftest import (
+    Database,
+    Server,
+    need_service,
+    start_peer,
+    start_server,
+    stop_server,
+    wait_for,
+)
 from tests.device.test_rotation_e2e import ROTATION, device, rotation_state, start_rotation
 from tests.device.test_sdk_clients import element_pem, register
 from tests.keys import es256_key
@@ -214,9 +221,7 @@ def test_two_servers_cut_off_a_rotated_key(tmp_path: Path, database: Database) -
     the rotated key lives on the other, and the signer is revoked through the first."""
     need_service("NATS", "127.0.0.1", 4222)
     first = start_server(tmp_path / "one", database, ["--bus", BUS])
-    (tmp_path / "two").mkdir()
-    shutil.copy(tmp_path / "one" / "admin-token", tmp_path / "two" / "admin-token")
-    second = start_server(tmp_path / "two", database, ["--bus", BUS])
+    second = start_peer(first, tmp_path / "two", database, ["--bus", BUS])
     try:
         create_registry(first, "reg-sdk")
         signer = Signer("p7")

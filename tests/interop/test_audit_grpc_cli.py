@@ -16,7 +16,7 @@ from google.protobuf import field_mask_pb2
 
 from tests.cli.test_cli import Cli
 from tests.conftest import Server
-from tests.interop.test_google_cloud_iot_grpc import PARENT, PROJECT, client_for
+from tests.interop.iot_clients import PARENT, PROJECT, client_for
 
 pytestmark = pytest.mark.databases("sqlite")
 

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 
 from ironcore.access.roles import GOOGLE_ROLES, PERMISSIONS
 from ironcore.registry.iam import APPLICABLE
+from tests.cli.test_cli import Cli, Result
 from tests.conftest import Server
 from tests.interop.test_service_accounts import (
     PARENT,
@@ -38,19 +36,9 @@ __all__ = ["server"]
 CONTROLLER = "roles/cloudiot.deviceController"
 
 
-def cli(
-    server: Server, tmp_path: Path, *args: str, token: str = ""
-) -> subprocess.CompletedProcess[str]:
+def cli(server: Server, tmp_path: Path, *args: str, token: str = "") -> Result:
     """The CLI against `server`, with the owner's token or `token`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IRONCORE_")}
-    env |= {"HOME": str(tmp_path), "IRONCORE_TOKEN": token or server.token}
-    return subprocess.run(
-        [sys.executable, "-m", "ironcore", "--server", server.url, "--project", PROJECT, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    return Cli(server, tmp_path).run("--project", PROJECT, *args, token=token)
 
 
 def owner(server: Server, path: str, body: object) -> None:
@@ -71,9 +59,9 @@ def test_contractor_with_device_controller_on_one_registry(server: Server, tmp_p
         server, tmp_path, "iam", "add-binding", "--registry", "contract-a",
         "--role", CONTROLLER, "--member", member,
     )  # fmt: skip
-    assert granted.returncode == 0, granted.stderr
+    assert granted.code == 0, granted.err
     shown = cli(server, tmp_path, "--json", "iam", "get-policy", "--registry", "contract-a")
-    assert json.loads(shown.stdout)["bindings"] == [{"role": CONTROLLER, "members": [member]}]
+    assert json.loads(shown.out)["bindings"] == [{"role": CONTROLLER, "members": [member]}]
 
     client = iot_client(server, credentials(new_key(server, email)))
     try:
@@ -126,7 +114,7 @@ def test_contractor_with_device_controller_on_one_registry(server: Server, tmp_p
             server, tmp_path, "iam", "remove-binding", "--registry", "contract-a",
             "--role", CONTROLLER, "--member", member,
         )  # fmt: skip
-        assert taken.returncode == 0, taken.stderr
+        assert taken.code == 0, taken.err
         with pytest.raises(exceptions.PermissionDenied):
             client.modify_cloud_to_device_config(name=device, binary_data=b"v3")
     finally:
@@ -148,43 +136,43 @@ def test_a_person_with_device_controller_on_one_registry(server: Server, tmp_pat
             server, tmp_path, "--json", "tokens", "create", "--role", "none",
             "--user", "alice@example.com", "--name", name,
         )  # fmt: skip
-        assert made.returncode == 0, made.stderr
-        assert json.loads(made.stdout)["principal"] == member
-        tokens[name] = json.loads(made.stdout)["token"]
+        assert made.code == 0, made.err
+        assert json.loads(made.out)["principal"] == member
+        tokens[name] = json.loads(made.out)["token"]
     listed = cli(server, tmp_path, "tokens", "list")
-    assert listed.returncode == 0, listed.stderr
-    assert "principal" in listed.stdout and listed.stdout.count(member) >= 2
+    assert listed.code == 0, listed.err
+    assert "principal" in listed.out and listed.out.count(member) >= 2
     for bad in ("alice", "alice@example", "alice@@example.com"):
         refused = cli(server, tmp_path, "tokens", "create", "--role", "none", "--user", bad)
-        assert refused.returncode == 1 and "not an email address" in refused.stderr, bad
+        assert refused.code == 1 and "not an email address" in refused.err, bad
 
-    def alice(*args: str, token: str = tokens["laptop"]) -> subprocess.CompletedProcess[str]:
+    def alice(*args: str, token: str = tokens["laptop"]) -> Result:
         return cli(server, tmp_path, *args, token=token)
 
     push = ("devices", "config", "set", "--registry", "person-a", "dev-1", "--data")
     before = alice(*push, "v1")
-    assert before.returncode == 1 and "PERMISSION_DENIED" in before.stderr
-    assert member in before.stderr
+    assert before.code == 1 and "PERMISSION_DENIED" in before.err
+    assert member in before.err
     granted = cli(
         server, tmp_path, "iam", "add-binding", "--registry", "person-a",
         "--role", CONTROLLER, "--member", member,
     )  # fmt: skip
-    assert granted.returncode == 0, granted.stderr
+    assert granted.code == 0, granted.err
     pushed = alice(*push, "v2")
-    assert pushed.returncode == 0, pushed.stderr
+    assert pushed.code == 0, pushed.err
     shown = alice("--json", "devices", "get", "dev-1", "--registry", "person-a")
-    assert shown.returncode == 0, shown.stderr
-    assert base64.b64decode(json.loads(shown.stdout)["config"]["binaryData"]) == b"v2"
+    assert shown.code == 0, shown.err
+    assert base64.b64decode(json.loads(shown.out)["config"]["binaryData"]) == b"v2"
     # Allowed, and refused only because the device is not connected.
     command = alice("devices", "command", "dev-1", "--registry", "person-a", "--data", "reboot")
-    assert command.returncode == 1 and "FAILED_PRECONDITION" in command.stderr
+    assert command.code == 1 and "FAILED_PRECONDITION" in command.err
     held = alice(
         "--json", "iam", "test-permissions", "--registry", "person-a",
         "cloudiot.devices.updateConfig", "cloudiot.devices.create",
         "cloudiot.devices.sendCommand", "pubsub.topics.publish",
     )  # fmt: skip
-    assert held.returncode == 0, held.stderr
-    assert json.loads(held.stdout) == {
+    assert held.code == 0, held.err
+    assert json.loads(held.out) == {
         "permissions": ["cloudiot.devices.updateConfig", "cloudiot.devices.sendCommand"]
     }
     for args in [
@@ -197,18 +185,18 @@ def test_a_person_with_device_controller_on_one_registry(server: Server, tmp_pat
         ("tokens", "list"),
     ]:
         refused = alice(*args)
-        assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stderr, args
+        assert refused.code == 1 and "PERMISSION_DENIED" in refused.err, args
     # The CI token is the same person: granted the same.
     ci = alice(
         "devices", "config", "set", "--registry", "person-a", "dev-2", "--data", "v1",
         token=tokens["ci"],
     )  # fmt: skip
-    assert ci.returncode == 0, ci.stderr
+    assert ci.code == 0, ci.err
 
     # The audit log names the person, whichever token acted.
     logged = cli(server, tmp_path, "--json", "audit", "list", "--project", PROJECT)
-    assert logged.returncode == 0, logged.stderr
-    hers = [e for e in json.loads(logged.stdout)["auditLogs"] if e["principal"] == member]
+    assert logged.code == 0, logged.err
+    hers = [e for e in json.loads(logged.out)["auditLogs"] if e["principal"] == member]
     assert {
         ("ModifyCloudToDeviceConfig", "PERMISSION_DENIED", "person-a/devices/dev-1"),
         ("ModifyCloudToDeviceConfig", "OK", "person-a/devices/dev-1"),
@@ -220,10 +208,10 @@ def test_a_person_with_device_controller_on_one_registry(server: Server, tmp_pat
         server, tmp_path, "iam", "remove-binding", "--registry", "person-a",
         "--role", CONTROLLER, "--member", member,
     )  # fmt: skip
-    assert taken.returncode == 0, taken.stderr
+    assert taken.code == 0, taken.err
     for token in tokens.values():
         after = alice(*push, "v4", token=token)
-        assert after.returncode == 1 and "PERMISSION_DENIED" in after.stderr
+        assert after.code == 1 and "PERMISSION_DENIED" in after.err
 
 
 def test_project_binding_grants_in_the_project_only(server: Server, tmp_path: Path) -> None:
@@ -232,7 +220,7 @@ def test_project_binding_grants_in_the_project_only(server: Server, tmp_path: Pa
         server, tmp_path, "iam", "add-binding", "--role", "roles/cloudiot.viewer",
         "--member", f"serviceAccount:{email}",
     )  # fmt: skip
-    assert granted.returncode == 0, granted.stderr
+    assert granted.code == 0, granted.err
     client = iot_client(server, credentials(new_key(server, email)))
     try:
         client.list_device_registries(parent=PARENT)
@@ -245,22 +233,22 @@ def test_project_binding_grants_in_the_project_only(server: Server, tmp_path: Pa
     finally:
         client.transport.close()
     bad = cli(server, tmp_path, "iam", "add-binding", "--role", "roles/nonesuch", "--member", "x")
-    assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
+    assert bad.code == 1 and "INVALID_ARGUMENT" in bad.err
     held = cli(
         server, tmp_path, "--json", "iam", "test-permissions",
         "cloudiot.devices.get", "made.up",
     )  # fmt: skip
-    assert held.returncode == 0, held.stderr
-    assert json.loads(held.stdout) == {"permissions": ["cloudiot.devices.get"]}
+    assert held.code == 0, held.err
+    assert json.loads(held.out) == {"permissions": ["cloudiot.devices.get"]}
     # set-policy from a file: the etag read makes a stale write fail.
-    policy = json.loads(cli(server, tmp_path, "--json", "iam", "get-policy").stdout)
+    policy = json.loads(cli(server, tmp_path, "--json", "iam", "get-policy").out)
     path = tmp_path / "policy.json"
     path.write_text(json.dumps({**policy, "bindings": []}))
-    assert cli(server, tmp_path, "iam", "set-policy", str(path)).returncode == 0
+    assert cli(server, tmp_path, "iam", "set-policy", str(path)).code == 0
     stale = cli(server, tmp_path, "iam", "set-policy", str(path))
-    assert stale.returncode == 1 and "ABORTED" in stale.stderr
+    assert stale.code == 1 and "ABORTED" in stale.err
     assert (
-        json.loads(cli(server, tmp_path, "--json", "iam", "get-policy").stdout).get("bindings", [])
+        json.loads(cli(server, tmp_path, "--json", "iam", "get-policy").out).get("bindings", [])
         == []
     )
 

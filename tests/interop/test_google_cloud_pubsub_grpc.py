@@ -14,7 +14,7 @@ from google.api_core import exceptions
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 
 from tests.conftest import Server
-from tests.interop.test_google_cloud_iot_grpc import StaticToken
+from tests.interop.iot_clients import StaticToken
 
 pytestmark = pytest.mark.databases("sqlite")
 PROJECT = "pubsub-project"

@@ -16,7 +16,7 @@ from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 from google.iam.v1 import policy_pb2
 
 from tests.conftest import Database, Server, stop_server
-from tests.interop.test_google_cloud_iot_grpc import StaticToken
+from tests.interop.iot_clients import StaticToken
 from tests.interop.test_google_cloud_pubsub_emulator import emulator_server
 from tests.interop.test_google_cloud_pubsub_grpc import publisher_for
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from tests.bridge import devices
 from tests.conftest import Server, stop_server, wait_for
-from tests.interop.test_google_cloud_iot_grpc import StaticToken
+from tests.interop.iot_clients import StaticToken
 from tests.interop.test_google_cloud_pubsub_grpc import publisher_for
 
 PROJECT = "stream-project"

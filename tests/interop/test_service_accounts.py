@@ -34,6 +34,7 @@ from google.oauth2 import service_account
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.cli.test_cli import Cli
 from tests.conftest import Database, Server, free_port, start_server, stop_server
 
 pytestmark = pytest.mark.databases("sqlite")
@@ -203,17 +204,7 @@ def test_accounts_api(server: Server) -> None:
 
 
 def test_accounts_cli(server: Server, tmp_path: Path) -> None:
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("IRONCORE_")}
-        env |= {"HOME": str(tmp_path), "IRONCORE_TOKEN": server.token}
-        return subprocess.run(
-            [sys.executable, "-m", "ironcore", "--server", server.url, *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-        )
-
+    cli = Cli(server, tmp_path).run
     made = cli(
         "service-accounts",
         "create",
@@ -225,31 +216,31 @@ def test_accounts_cli(server: Server, tmp_path: Path) -> None:
         "--role",
         "roles/pubsub.subscriber",
     )
-    assert made.returncode == 0, made.stderr
+    assert made.code == 0, made.err
     listed = cli("--json", "service-accounts", "list", "--project", PROJECT)
-    found = {a["email"]: a for a in json.loads(listed.stdout)["accounts"]}
+    found = {a["email"]: a for a in json.loads(listed.out)["accounts"]}
     email = f"cli-robot@{PROJECT}.iam.gserviceaccount.com"
     assert found[email]["roles"] == ["roles/cloudiot.viewer", "roles/pubsub.subscriber"]
     bad = cli("service-accounts", "create", "cli-robot2", "--project", PROJECT, "--role", "admin")
-    assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr and "'admin'" in bad.stderr
+    assert bad.code == 1 and "INVALID_ARGUMENT" in bad.err and "'admin'" in bad.err
 
     out = tmp_path / "key.json"
     created = cli(
         "service-accounts", "keys", "create", "cli-robot", "--project", PROJECT, "--out", str(out)
     )
-    assert created.returncode == 0, created.stderr
+    assert created.code == 0, created.err
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     key_file = json.loads(out.read_text())
-    assert key_file["private_key_id"] == created.stdout.strip()
+    assert key_file["private_key_id"] == created.out.strip()
     assert key_file["client_email"] == email
     again = cli(
         "service-accounts", "keys", "create", "cli-robot", "--project", PROJECT, "--out", str(out)
     )
-    assert again.returncode == 1 and "exists" in again.stderr
+    assert again.code == 1 and "exists" in again.err
     assert json.loads(out.read_text()) == key_file
     keys = cli("service-accounts", "keys", "list", "cli-robot", "--project", PROJECT)
-    assert key_file["private_key_id"] in keys.stdout
-    assert "PRIVATE" not in keys.stdout
+    assert key_file["private_key_id"] in keys.out
+    assert "PRIVATE" not in keys.out
     gone = cli(
         "service-accounts",
         "keys",
@@ -259,10 +250,10 @@ def test_accounts_cli(server: Server, tmp_path: Path) -> None:
         "--project",
         PROJECT,
     )
-    assert gone.returncode == 0, gone.stderr
-    assert cli("service-accounts", "delete", "cli-robot", "--project", PROJECT).returncode == 0
+    assert gone.code == 0, gone.err
+    assert cli("service-accounts", "delete", "cli-robot", "--project", PROJECT).code == 0
     missing = cli("service-accounts", "delete", "cli-robot", "--project", PROJECT)
-    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+    assert missing.code == 1 and "NOT_FOUND" in missing.err
 
 
 # google-auth against the token endpoint (REST)
@@ -460,7 +451,7 @@ def test_pubsub_clients_over_grpc_with_key_file(server: Server) -> None:
 
 
 def test_bad_jwts_are_unauthenticated_over_grpc(server: Server) -> None:
-    from tests.interop.test_google_cloud_iot_grpc import StaticToken
+    from tests.interop.iot_clients import StaticToken
 
     email = new_account(server, ADMIN_ROLES)
     key_file = new_key(server, email)

@@ -5,9 +5,7 @@ deploy/haproxy/haproxy.cfg with its bind ports and server lines replaced by the 
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import io
-import ipaddress
 import re
 import shutil
 import subprocess
@@ -17,12 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.conftest import Database, Server, free_port, need_service, start_server, stop_server
+from tests.keys import localhost_certificate, make_ca
 
 HAPROXY = "/usr/sbin/haproxy"
 CONFIG = Path(__file__).parents[2] / "deploy" / "haproxy" / "haproxy.cfg"
@@ -41,42 +38,12 @@ def shared_tls(directory: Path) -> tuple[Path, Path]:
     and 127.0.0.1 that every server of the cluster is given: (chain, key)."""
     tls = directory / "tls"
     tls.mkdir(parents=True)
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cluster test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca = make_ca("cluster test CA")
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    cert = localhost_certificate(key, ca.cert.subject, ca.key, days=1)
     pem = serialization.Encoding.PEM
-    (tls / "ca.crt").write_bytes(ca.public_bytes(pem))
-    (tls / "server.crt").write_bytes(cert.public_bytes(pem) + ca.public_bytes(pem))
+    (tls / "ca.crt").write_bytes(ca.cert.public_bytes(pem))
+    (tls / "server.crt").write_bytes(cert.public_bytes(pem) + ca.cert.public_bytes(pem))
     (tls / "server.key").write_bytes(
         key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )

@@ -6,10 +6,7 @@ its expiry on; and each server writes when tokens were last used (at the latest 
 
 from __future__ import annotations
 
-import shutil
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +15,9 @@ import pytest
 
 from ironcore.registry.wire import parse_timestamp
 from tests.conftest import (
-    PG_URL,
     Database,
     Server,
-    drop_schema,
-    need_service,
-    pg_host_port,
+    start_peer,
     start_server,
     stop_server,
 )
@@ -32,14 +26,7 @@ REGISTRIES = "/v1/projects/p1/locations/us-central1/registries"
 TOKENS = "/ironcore/v1/tokens"
 
 
-@pytest.fixture
-def database() -> Iterator[Database]:
-    need_service("PostgreSQL", *pg_host_port())
-    database = Database(PG_URL, f"t_{uuid.uuid4().hex[:12]}")
-    try:
-        yield database
-    finally:
-        drop_schema(database.schema or "")
+pytestmark = pytest.mark.databases("postgresql")
 
 
 def call(server: Server, token: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -67,9 +54,7 @@ def test_revocation_rotation_and_expiry_hold_on_the_next_request_on_another_serv
     a = start_server(tmp_path / "a", database)
     b: Server | None = None
     try:
-        (tmp_path / "b").mkdir()
-        shutil.copy(tmp_path / "a" / "admin-token", tmp_path / "b" / "admin-token")
-        b = start_server(tmp_path / "b", database)
+        b = start_peer(a, tmp_path / "b", database, [])
 
         # Revoked on A: B, which had just found the token valid, refuses its next request.
         revoked = owner(a, "POST", TOKENS, json={"role": "viewer", "name": "revoked"})["token"]

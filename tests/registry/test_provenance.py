@@ -21,7 +21,7 @@ from tests.bridge.test_http_cache import signer_and_device_certificate
 from tests.conftest import Clock, Database
 from tests.keys import es256_key, public_pem
 from tests.migrations import downgrade, revision_before
-from tests.registry.test_rotation import REGISTRY, device_with_key, fingerprint, proof
+from tests.registry.test_rotation import REGISTRY, device_with_key, fingerprint, offer_new_key
 
 
 def plain(pem: str) -> dict[str, Any]:
@@ -51,15 +51,7 @@ async def rotate(manager: DeviceManager, clock: Clock, num_id: int, used_pem: st
     """A completed rotation from the credential `used_pem`; the new key's PEM."""
     rotations = Rotations(RotationStore(manager.store), clock)
     rotation = await rotations.start(num_id)
-    new = es256_key()
-    new_pem = public_pem(new)
-    added = await rotations.offer(
-        num_id,
-        rotation.id,
-        new_pem,
-        proof(new, rotation.id, rotation.nonce, new_pem),
-        fingerprint(used_pem),
-    )
+    new_pem, added = await offer_new_key(rotations, num_id, rotation, used_pem)
     assert added.state == "key_added", added.reason
     done = await rotations.connected(num_id, fingerprint(new_pem))
     assert done is not None and done.state == "completed"

@@ -14,7 +14,7 @@ from ironcore.formats.rotation import proof_input
 from ironcore.identity.credentials import parse_device_key
 from ironcore.registry.names import DeviceRef, LocationName, RegistryName
 from ironcore.registry.resources import Device, DeviceRegistry
-from ironcore.registry.rotation import Rotations
+from ironcore.registry.rotation import KeyRotation, Rotations
 from ironcore.registry.service import DeviceManager
 from ironcore.registry.store.rotation import RotationStore
 from tests.conftest import Clock
@@ -32,6 +32,23 @@ def proof(key: ec.EllipticCurvePrivateKey, rotation_id: str, nonce: str, pem: st
         key.sign(proof_input(rotation_id, nonce, pem), ec.ECDSA(hashes.SHA256()))
     )
     return base64.urlsafe_b64encode(r.to_bytes(32) + s.to_bytes(32)).decode().rstrip("=")
+
+
+async def offer_new_key(
+    rotations: Rotations, num_id: int, rotation: KeyRotation, used_pem: str
+) -> tuple[str, KeyRotation]:
+    """A new key offered with its proof, over a connection made with the key `used_pem`: the
+    new key's PEM, and the rotation as the offer left it."""
+    new = es256_key()
+    new_pem = public_pem(new)
+    offered = await rotations.offer(
+        num_id,
+        rotation.id,
+        new_pem,
+        proof(new, rotation.id, rotation.nonce, new_pem),
+        fingerprint(used_pem),
+    )
+    return new_pem, offered
 
 
 async def device_with_key(manager: DeviceManager, pem: str, device_id: str = "dev-rot") -> int:
@@ -64,15 +81,7 @@ async def test_happy_path_expires_the_old_key_only_after_the_new_one_connects(
     num_id = await device_with_key(manager, old_pem)
     rotation = await rotations.start(num_id, grace_seconds=3600)
     assert rotation.state == "requested"
-    new = es256_key()
-    new_pem = public_pem(new)
-    added = await rotations.offer(
-        num_id,
-        rotation.id,
-        new_pem,
-        proof(new, rotation.id, rotation.nonce, new_pem),
-        fingerprint(old_pem),
-    )
+    new_pem, added = await offer_new_key(rotations, num_id, rotation, old_pem)
     assert added.state == "key_added"
     # Both keys are valid and neither expires yet: a crash here leaves the device working.
     assert await credentials(manager, num_id) == [
@@ -137,15 +146,7 @@ async def test_all_credential_slots_busy(manager: DeviceManager, rotations: Rota
         "credentials",
     )
     rotation = await rotations.start(num_id)
-    new = es256_key()
-    new_pem = public_pem(new)
-    failed = await rotations.offer(
-        num_id,
-        rotation.id,
-        new_pem,
-        proof(new, rotation.id, rotation.nonce, new_pem),
-        fingerprint(pems[0]),
-    )
+    _, failed = await offer_new_key(rotations, num_id, rotation, pems[0])
     assert failed.state == "failed" and "3 live credentials" in failed.reason
     assert len(await credentials(manager, num_id)) == 3
 
@@ -156,15 +157,7 @@ async def test_rollback(manager: DeviceManager, rotations: Rotations) -> None:
     rotation = await rotations.start(num_id)
     with pytest.raises(FailedPrecondition):
         await rotations.start(num_id)
-    new = es256_key()
-    new_pem = public_pem(new)
-    await rotations.offer(
-        num_id,
-        rotation.id,
-        new_pem,
-        proof(new, rotation.id, rotation.nonce, new_pem),
-        fingerprint(old_pem),
-    )
+    new_pem, _ = await offer_new_key(rotations, num_id, rotation, old_pem)
     with pytest.raises(FailedPrecondition):
         await rotations.rollback(num_id, in_use=fingerprint(new_pem))
     rolled = await rotations.rollback(num_id, in_use=fingerprint(old_pem))
@@ -209,14 +202,6 @@ async def test_registry_with_ca_certificates_refuses_a_self_made_key(
         "credentials",
     )
     rotation = await rotations.start(num_id)
-    new = es256_key()
-    new_pem = public_pem(new)
-    failed = await rotations.offer(
-        num_id,
-        rotation.id,
-        new_pem,
-        proof(new, rotation.id, rotation.nonce, new_pem),
-        fingerprint(old_pem),
-    )
+    _, failed = await offer_new_key(rotations, num_id, rotation, old_pem)
     assert failed.state == "failed" and "X.509" in failed.reason
     assert await credentials(manager, num_id) == [(fingerprint(old_pem), "1970-01-01T00:00:00Z")]

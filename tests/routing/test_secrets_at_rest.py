@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 
 from tests.bridge.devices import PROJECT, create_registry, make_jwt, new_key
 from tests.conftest import Server, cluster_secret, start_server, stop_server, wait_for
-from tests.routing.test_webhook import Receiver, publish_from_device
+from tests.routing.test_webhook import Receiver, publish_from_device, push_subscription
 
 pytestmark = pytest.mark.databases("sqlite")
 SUBSCRIPTION = f"projects/{PROJECT}/subscriptions/hook"
@@ -61,16 +61,7 @@ def test_secrets_are_sealed_and_never_logged(tmp_path: Path) -> None:
         )
         assert listed.status_code == 200, listed.text
         create_registry(server, "reg-sealed")
-        answer = httpx.put(
-            f"{server.url}/v1/{SUBSCRIPTION}",
-            json={
-                "topic": f"projects/{PROJECT}/topics/events",
-                "pushConfig": {"pushEndpoint": receiver.url},
-            },
-            headers=admin,
-        )
-        assert answer.status_code == 200, answer.text
-        secret = answer.json()["pushConfig"]["signingSecret"]
+        secret = push_subscription(server, SUBSCRIPTION.rsplit("/", 1)[1], receiver.url)
         made.append(secret)
         # Sealed in the database, and nowhere in its files in clear.
         stored = stored_secret(server)

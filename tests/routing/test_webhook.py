@@ -66,21 +66,27 @@ def publish_from_device(server: Server, registry: str, payload: bytes) -> None:
     assert r.status_code == 200, r.text
 
 
+def push_subscription(server: Server, name: str, endpoint: str, **extra: Any) -> str:
+    """Subscription `name` of the events topic pushing to `endpoint`; its signing secret."""
+    r = httpx.put(
+        f"{server.url}/v1/projects/{PROJECT}/subscriptions/{name}",
+        json={
+            "topic": f"projects/{PROJECT}/topics/events",
+            "pushConfig": {"pushEndpoint": endpoint},
+            **extra,
+        },
+        headers={"Authorization": f"Bearer {server.token}"},
+    )
+    assert r.status_code == 200, r.text
+    secret: str = r.json()["pushConfig"]["signingSecret"]
+    return secret
+
+
 def test_webhook_retries_then_delivers_signed(server: Server) -> None:
     receiver = Receiver(failures=2)
-    headers = {"Authorization": f"Bearer {server.token}"}
     try:
         create_registry(server, "reg-push")
-        r = httpx.put(
-            f"{server.url}/v1/projects/{PROJECT}/subscriptions/hook",
-            json={
-                "topic": f"projects/{PROJECT}/topics/events",
-                "pushConfig": {"pushEndpoint": receiver.url},
-            },
-            headers=headers,
-        )
-        assert r.status_code == 200, r.text
-        secret = r.json()["pushConfig"]["signingSecret"]
+        secret = push_subscription(server, "hook", receiver.url)
         publish_from_device(server, "reg-push", b"webhook payload")
         wait_for(lambda: len(receiver.requests) >= 3, 30, "three push attempts")
         time.sleep(1.0)
@@ -111,19 +117,11 @@ def test_webhook_dead_letters_after_max_attempts(server: Server) -> None:
             headers=headers,
         )
         assert r.status_code == 200
-        r = httpx.put(
-            f"{base}/subscriptions/failing-hook",
-            json={
-                "topic": f"projects/{PROJECT}/topics/events",
-                "pushConfig": {"pushEndpoint": receiver.url},
-                "deadLetterPolicy": {
-                    "deadLetterTopic": f"projects/{PROJECT}/topics/dead-letters",
-                    "maxDeliveryAttempts": 5,
-                },
-            },
-            headers=headers,
-        )
-        assert r.status_code == 200, r.text
+        dead_letters = {
+            "deadLetterTopic": f"projects/{PROJECT}/topics/dead-letters",
+            "maxDeliveryAttempts": 5,
+        }
+        push_subscription(server, "failing-hook", receiver.url, deadLetterPolicy=dead_letters)
         publish_from_device(server, "reg-dead", b"undeliverable")
 
         def dead_lettered() -> bool:

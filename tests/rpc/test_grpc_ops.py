@@ -19,7 +19,7 @@ from google.pubsub_v1 import types as pubsub
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Server, start_server, stop_server, wait_for
-from tests.interop.test_google_cloud_iot_grpc import StaticToken
+from tests.interop.iot_clients import StaticToken
 from tests.interop.test_google_cloud_pubsub_grpc import publisher_for
 
 pytestmark = pytest.mark.databases("sqlite")

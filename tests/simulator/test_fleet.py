@@ -16,7 +16,7 @@ import httpx
 from ironcore.simulator.fleet import Fleet, Target, tls_context
 from ironcore.simulator.provision import register_generated
 from tests.bridge.devices import LOCATION, PROJECT
-from tests.conftest import Database, events_in_log, start_server, stop_server
+from tests.conftest import Database, Server, events_in_log, start_server, stop_server
 
 
 def test_fleet_sends_and_every_device_gets_the_config(tmp_path: Path) -> None:
@@ -69,66 +69,32 @@ def test_fleet_sends_and_every_device_gets_the_config(tmp_path: Path) -> None:
     assert {attrs["deviceRegistryId"] for _, _, attrs in logged} == {"fleet"}
 
 
+def simulate(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
+    """`ironcore simulate ARGS` against the server, as its owner."""
+    command = [sys.executable, "-m", "ironcore", "--server", server.url, "--project", PROJECT]
+    return subprocess.run(
+        [*command, "simulate", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "IRONCORE_TOKEN": server.token},
+        timeout=120,
+    )
+
+
 def test_simulate_command(tmp_path: Path) -> None:
     server = start_server(tmp_path / "data")
     try:
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "ironcore",
-                "--server",
-                server.url,
-                "--project",
-                PROJECT,
-                "simulate",
-                "-r",
-                "sim-cli",
-                "--devices",
-                "10",
-                "--rate",
-                "50",
-                "--duration",
-                "1",
-                "--mqtt-port",
-                str(server.mqtt_port),
-                "--ca-file",
-                str(server.ca_file),
-            ],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "IRONCORE_TOKEN": server.token},
-            timeout=120,
-        )
+        done = simulate(
+            server, "-r", "sim-cli", "--devices", "10", "--rate", "50", "--duration", "1",
+            "--mqtt-port", str(server.mqtt_port), "--ca-file", str(server.ca_file),
+        )  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert "10/10 connected" in done.stdout
         assert "0 errors" in done.stdout
-        over_http = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "ironcore",
-                "--server",
-                server.url,
-                "--project",
-                PROJECT,
-                "simulate",
-                "-r",
-                "sim-http",
-                "--devices",
-                "5",
-                "--rate",
-                "20",
-                "--duration",
-                "1",
-                "--protocol",
-                "http",
-            ],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "IRONCORE_TOKEN": server.token},
-            timeout=120,
-        )
+        over_http = simulate(
+            server, "-r", "sim-http", "--devices", "5", "--rate", "20", "--duration", "1",
+            "--protocol", "http",
+        )  # fmt: skip
         assert over_http.returncode == 0, over_http.stderr
         sent, acknowledged = (
             int(n) for n in re.findall(r"(\d+) sent, (\d+) acknowledged", over_http.stdout)[0]
