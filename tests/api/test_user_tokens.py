@@ -16,7 +16,8 @@ from sqlalchemy import inspect
 
 from ironcore.access.tokens import USER_MAX, AdminTokens, hash_token
 from ironcore.registry.store import Store
-from tests.api.test_auth_api import TOKENS, assert_error, client
+from tests.api.errors import assert_error
+from tests.api.test_auth_api import TOKENS, client
 from tests.api.test_policy_matrix import OTHER_REGISTRY, PARENT, PROJECT, REGISTRY, bind, ok, seed
 from tests.conftest import Api, Clock, Database
 from tests.migrations import downgrade, revision_before
