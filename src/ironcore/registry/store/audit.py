@@ -219,7 +219,10 @@ def _change_row() -> dict[str, Any] | None:
 
 def logged(row: Mapping[str, Any]) -> None:
     """Write a committed entry to the log as well (one JSON object; `--log-format json`)."""
-    log.info("audit %s", json.dumps(row, sort_keys=True, default=str))
+    # Checked first: the entry's JSON costs as much as its insert, and `--log-level warning`
+    # writes no line to make it for.
+    if log.isEnabledFor(logging.INFO):
+        log.info("audit %s", json.dumps(row, sort_keys=True, default=str))
 
 
 def _rfc3339(us: int) -> str:
