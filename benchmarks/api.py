@@ -120,8 +120,12 @@ def server(
     if database_url:
         args += ["--database-url", database_url, "--database-schema", schema]
     env = {k: v for k, v in os.environ.items() if not k.startswith("IRONCORE_")}
-    # Only the admin API is measured: keep the MQTT bridge off (ignored by versions without it).
+    # Only the REST admin API is measured: keep the MQTT bridge and the gRPC API off (each
+    # ignored by versions without it); the gRPC port is a fixed one, where two runs at once
+    # would collide. (Servers before session 7 sharing a PostgreSQL database did not start
+    # with gRPC on and MQTT off: they had no certificate for it.)
     env["IRONCORE_MQTT_PORT"] = "0"
+    env["IRONCORE_GRPC_PORT"] = "0"
     with log.open("wb") as out:
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"

@@ -78,6 +78,24 @@ def foreign_certificate(directory: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.databases("postgresql")
+def test_a_server_without_mqtt_serves_grpc_with_the_cluster_certificate(
+    database: Database, tmp_path: Path
+) -> None:
+    """The gRPC API presents the bridges' certificate, which a server sharing its database
+    gets by joining the cluster: it must join with its MQTT bridge off too."""
+    server = start_server(tmp_path / "a", database, extra=["--mqtt-port", "0"], grpc=True)
+    try:
+        context = ssl.create_default_context(cafile=str(server.ca_file))
+        with (
+            socket.create_connection(("127.0.0.1", server.grpc_port), timeout=5) as sock,
+            context.wrap_socket(sock, server_hostname="localhost") as tls,
+        ):
+            assert tls.getpeercert() is not None
+    finally:
+        stop_server(server)
+
+
+@pytest.mark.databases("postgresql")
 def test_servers_started_together_share_one_ca_and_refuse_other_material(
     tmp_path: Path, database: Database
 ) -> None:

@@ -211,14 +211,21 @@ class NormalizeRequestMiddleware:
         receive: Callable[[], Awaitable[Any]],
         send: Callable[[Any], Awaitable[None]],
     ) -> None:
+        inner = scope
         if scope["type"] == "http" and b"_" in scope.get("query_string", b""):
             pairs = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
             renamed = [(".".join(to_camel(p) for p in k.split(".")), v) for k, v in pairs]
-            scope = dict(scope, query_string=urlencode(renamed).encode("latin-1"))
+            inner = dict(inner, query_string=urlencode(renamed).encode("latin-1"))
         if scope["type"] == "http" and scope["method"] in ("POST", "PATCH", "PUT"):
             headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-            scope = dict(scope, headers=[*headers, (b"content-type", b"application/json")])
-        await self.app(scope, receive, send)
+            inner = dict(inner, headers=[*headers, (b"content-type", b"application/json")])
+        try:
+            await self.app(inner, receive, send)
+        finally:
+            # The route the router chose, for the metrics middleware outside, which otherwise
+            # matches every route again to name the request (api/ops.py).
+            if inner is not scope and "route" in inner:
+                scope["route"] = inner["route"]
 
 
 async def _ironcore_error(_request: Request, exc: Exception) -> Any:

@@ -149,7 +149,9 @@ async def serve(settings: Settings) -> None:
             bus = Bus(settings.bus_url, space, server_id, settings.bus_lease_seconds)
         devices = device_side(storage, server_id, [bus] if bus is not None else [])
         listening = listeners(settings)
-        if settings.cluster and any(listener.tls for listener in listening):
+        if settings.cluster and (
+            any(listener.tls for listener in listening) or serves_bridge_certificate(settings)
+        ):
             anchor = await join_cluster(settings, storage.store, server_id)
             presence = asyncio.create_task(stay_in_cluster(storage.store, server_id, anchor))
         # After joining: a cluster's first server made the secret key there, or brought its own.
@@ -337,6 +339,17 @@ async def pubsub_emulator_caller(settings: Settings, services: Services) -> Call
         raise CannotStart(f"--pubsub-emulator-as: {error.message}") from None
     log.info("the Pub/Sub emulator port's calls act as serviceAccount:%s", account.email)
     return service_account_caller(account)
+
+
+def serves_bridge_certificate(settings: Settings) -> bool:
+    """Whether an adapter besides the MQTT bridge presents the bridges' certificate
+    (`tls_files`): the gRPC API, the HTTP device bridge over TLS, the API with `--api-tls`. In
+    a cluster those files are the ones joining it writes, with or without MQTT."""
+    return bool(
+        settings.grpc_port
+        or (settings.device_http_port and not settings.insecure_device_http)
+        or (settings.api_tls and not (settings.api_cert and settings.api_key))
+    )
 
 
 def api_tls_files(settings: Settings) -> tuple[Path, Path] | None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Connection, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ironcore.errors import InvalidArgument
@@ -192,20 +192,37 @@ def _row(actor: Actor, status: str, detail: dict[str, Any]) -> dict[str, Any]:
 async def record_change(conn: AsyncConnection) -> dict[str, Any] | None:
     """Append the acting call's entry to the write transaction `conn` (Database.write); the
     row to log once it commits, or None when nobody acts."""
+    row = _change_row()
+    if row is not None:
+        await conn.execute(_INSERT, row)
+    return row
+
+
+def record_change_sync(conn: Connection) -> dict[str, Any] | None:
+    """`record_change` in a transaction run with a synchronous connection
+    (Database.write_sync)."""
+    row = _change_row()
+    if row is not None:
+        conn.execute(_INSERT, row)
+    return row
+
+
+def _change_row() -> dict[str, Any] | None:
     actor = _actor.get()
     if actor is None or not actor.records:
         return None
     detail: dict[str, Any] = {"wire": actor.wire, "request": redacted(dict(actor.fields))}
     if actor.changes:
         detail["changes"] = actor.changes
-    row = _row(actor, "OK", detail)
-    await conn.execute(_INSERT, row)
-    return row
+    return _row(actor, "OK", detail)
 
 
 def logged(row: Mapping[str, Any]) -> None:
     """Write a committed entry to the log as well (one JSON object; `--log-format json`)."""
-    log.info("audit %s", json.dumps(row, sort_keys=True, default=str))
+    # Checked first: the entry's JSON costs as much as its insert, and `--log-level warning`
+    # writes no line to make it for.
+    if log.isEnabledFor(logging.INFO):
+        log.info("audit %s", json.dumps(row, sort_keys=True, default=str))
 
 
 def _rfc3339(us: int) -> str:

@@ -21,7 +21,7 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -68,6 +68,7 @@ class Database:
         loop_reads: Engine | None = None,
         writer_lock: WriterLock | None = None,
         appender: SqliteAppender | None = None,
+        thread_writes: Engine | None = None,
     ) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
@@ -76,8 +77,10 @@ class Database:
         self._writer_lock = writer_lock
         # ...and append events through a connection of their own (see sqlite_append.py).
         self.appender = appender
-        # SQLite files only: reads run on the event loop's thread (see _LoopConnection).
+        # SQLite files only: reads run on the event loop's thread (see _LoopConnection)...
         self._loop_reads = loop_reads
+        # ...and `write_sync` runs a whole transaction in one thread call.
+        self._thread_writes = thread_writes
         # ...and the bridges' device lookup, once per device connection or request, goes
         # straight to a driver connection of its own: through SQLAlchemy's Core the lookup cost
         # four times SQLite's work.
@@ -131,10 +134,19 @@ class Database:
                 hide_parameters=True,
             )
             event.listen(loop_reads, "connect", _sqlite_read_pragmas)
+            # One connection: `write_sync` runs in this process's turn among its writers.
+            thread_writes = create_engine(
+                url.replace("sqlite+aiosqlite://", "sqlite://", 1),
+                pool_size=1,
+                max_overflow=0,
+                connect_args={"check_same_thread": False},
+                hide_parameters=True,
+            )
+            event.listen(thread_writes, "connect", _sqlite_pragmas)
             database = engine.url.database
             assert database is not None
             lock = WriterLock(Path(f"{database}-writer.lock"))
-            return cls(engine, loop_reads, lock, SqliteAppender(database, lock))
+            return cls(engine, loop_reads, lock, SqliteAppender(database, lock), thread_writes)
         return cls(engine, loop_reads)
 
     async def close(self) -> None:
@@ -146,6 +158,8 @@ class Database:
             self.appender.close()
         if self._loop_reads is not None:
             self._loop_reads.dispose()
+        if self._thread_writes is not None:
+            self._thread_writes.dispose()
         await self.engine.dispose()
 
     async def ping(self) -> None:
@@ -186,6 +200,37 @@ class Database:
         if entry is not None:
             audit.logged(entry)
 
+    async def write_sync(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in one write transaction, as `write()` does (the audit entry included),
+        with a synchronous connection; its result once committed.
+
+        On a SQLite file the whole transaction (the statements, the audit entry, the commit and
+        its fsync) is one call in a thread, where `write()` hands each statement to aiosqlite's
+        thread and back: three or four hand-offs a statement, each a futex and an event-loop
+        wake-up, and they were most of what separated CreateDevice from its SQL. Elsewhere
+        `work` runs through `write()`'s connection (`run_sync`).
+        """
+        if self._thread_writes is None:
+            async with self.write() as conn:
+                return await conn.run_sync(work)
+        with self.faults():
+            async with self._sqlite_writer():
+                # The thread copies this task's context, and so the acting call (audit.py).
+                result, entry = await _to_the_end(asyncio.to_thread(self._thread_transaction, work))
+        self.disk_full = None
+        if entry is not None:
+            audit.logged(entry)
+        return result
+
+    def _thread_transaction(
+        self, work: Callable[[Connection], T]
+    ) -> tuple[T, dict[str, Any] | None]:
+        assert self._thread_writes is not None
+        with self._thread_writes.begin() as conn:
+            result = work(conn)
+            entry = audit.record_change_sync(conn)
+        return result, entry
+
     @contextlib.asynccontextmanager
     async def _sqlite_writer(self) -> AsyncIterator[None]:
         """This process's turn to write, then (a file database) this process's turn among
@@ -225,6 +270,17 @@ class Database:
                 return
             async with self.engine.connect() as conn:
                 yield conn
+
+
+async def _to_the_end(call: Awaitable[T]) -> T:
+    """`call`'s result. A caller cancelled meanwhile still waits for it to end before it is
+    cancelled: a thread cannot be stopped, and the writers' turn is held until it ends."""
+    running = asyncio.ensure_future(call)
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        await asyncio.wait({running})
+        raise
 
 
 class _LoopConnection:

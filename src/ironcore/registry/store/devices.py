@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Row, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ironcore.errors import AlreadyExists, FailedPrecondition
@@ -104,20 +104,20 @@ class DeviceStore:
         """Insert a device with its first config version (1); its plain keys have provenance
         `origin` (certificates name their signer)."""
         now_us = to_us(now)
-        async with self.db.write() as conn:
+        values = _new_device_row(registry_pk, device, now_us, origin)
+        config = _first_config_row(device, now_us)
+
+        def create(conn: Connection) -> Row[Any]:
             try:
-                await conn.execute(
-                    insert(devices).values(_new_device_row(registry_pk, device, now_us, origin))
-                )
+                row = conn.execute(_INSERT_DEVICE, values).one()
             except IntegrityError as exc:
                 raise _id_taken(
                     exc, f"Device {registry}/devices/{device.id} already exists"
                 ) from None
-            await conn.execute(insert(device_configs).values(_first_config_row(device, now_us)))
-            row = (
-                await conn.execute(select(devices).where(devices.c.num_id == device.num_id))
-            ).one()
-        return _device(registry, row)
+            conn.execute(_INSERT_CONFIG, config)
+            return row
+
+        return _device(registry, await self.db.write_sync(create))
 
     async def create_devices(
         self,
@@ -407,6 +407,9 @@ _BRIDGE_DEVICE = (
 )
 _BRIDGE_DEVICE_BY_ID = _BRIDGE_DEVICE + " AND d.device_id = ?"
 _BRIDGE_DEVICE_BY_NUM_ID = _BRIDGE_DEVICE + " AND d.num_id = ?"
+# CreateDevice's statements: the new row comes back from its insert, not a select after it.
+_INSERT_DEVICE = insert(devices).returning(*devices.c)
+_INSERT_CONFIG = insert(device_configs)
 
 
 def _new_device_row(registry_pk: int, device: Device, now_us: int, origin: str) -> dict[str, Any]:
