@@ -80,7 +80,7 @@ def unary(
                 audit.done(token)
             return answer
         except IronCoreError as error:
-            if audit_log is not None and isinstance(error, _DENIALS):
+            if audit_log is not None and isinstance(error, DENIALS):
                 await audit_log.denied(found, error.code.name, error.message)
             await context.abort_with_status(status(error))
         except Exception:
@@ -93,7 +93,7 @@ def unary(
 
 # Refusals recorded in the audit log: a bad credential, a client address backing off, a
 # permission the caller lacks.
-_DENIALS = (Unauthenticated, Slowed, PermissionDenied)
+DENIALS = (Unauthenticated, Slowed, PermissionDenied)
 # Methods whose writes are the data plane, not changes to audit: Pub/Sub message traffic.
 _UNAUDITED = frozenset({"Publish", "Pull", "Acknowledge", "ModifyAckDeadline"})
 

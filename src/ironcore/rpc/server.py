@@ -29,6 +29,7 @@ import grpc
 
 from ironcore.access.callers import Authenticator
 from ironcore.registry.service import DeviceManager
+from ironcore.registry.store.audit import AuditStore
 from ironcore.routing.pubsub import PubSub
 from ironcore.rpc.device_manager import DeviceManagerService
 from ironcore.rpc.iam_policy import IAMPolicyService
@@ -71,7 +72,8 @@ class GrpcServer:
     Publisher and Subscriber are always served, DeviceManager and IAMPolicy (of Pub/Sub
     topics and subscriptions) with a `manager`; each call acts
     as the caller `authenticator` finds for it. With `tls` (certificate chain, key) it serves
-    TLS, without it plaintext."""
+    TLS, without it plaintext. With `audit_log`, refused calls are recorded there (a
+    manager's own audit log by default); changes are recorded wherever they are written."""
 
     def __init__(
         self,
@@ -84,6 +86,7 @@ class GrpcServer:
         limits: GrpcLimits,
         manager: DeviceManager | None = None,
         name: str = "gRPC API",
+        audit_log: AuditStore | None = None,
     ) -> None:
         self.drain_seconds = drain_seconds
         self.name = name
@@ -102,12 +105,17 @@ class GrpcServer:
             ],
             maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
         )
-        self._subscriber = SubscriberService(pubsub, authenticator)
-        handlers = [PublisherService(pubsub, authenticator).handler(), self._subscriber.handler()]
+        if audit_log is None and manager is not None:
+            audit_log = manager.store.audit
+        self._subscriber = SubscriberService(pubsub, authenticator, audit_log)
+        handlers = [
+            PublisherService(pubsub, authenticator, audit_log).handler(),
+            self._subscriber.handler(),
+        ]
         if manager is not None:
             # The gRPC API port; the emulator port (no manager) serves no IAM, as Google's.
             handlers.append(DeviceManagerService(manager, authenticator).handler())
-            handlers.append(IAMPolicyService(pubsub, authenticator).handler())
+            handlers.append(IAMPolicyService(pubsub, authenticator, audit_log).handler())
         self._server.add_generic_rpc_handlers([Counted(handlers)])
         self._next: grpc.ServerCertificateConfiguration | None = None
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
