@@ -47,7 +47,7 @@ class IAMPolicyService:
         return grpc.method_handlers_generic_handler(
             SERVICE,
             {
-                name: unary(method, request_type, self.authenticator, self.audit_log)
+                name: unary(name, method, request_type, self.authenticator, self.audit_log)
                 for name, (method, request_type) in methods.items()
             },
         )

@@ -97,14 +97,14 @@ class StreamingPull:
         client_address(grpc_peer_address(context.peer()))
         credential = authorization(context)
         # Who was refused, for the audit log: the subscription is known once the first request is.
-        found = actor(_Request(), None, credential)
+        found = actor(_Request(), None, credential, "StreamingPull")
         try:
             caller = await self.authenticator.caller(credential)
             first = await anext(requests, None)
             if first is None:
                 raise InvalidArgument("The stream ended before its first request")
             request = _parse(first)
-            found = actor(request, caller, credential)
+            found = actor(request, caller, credential, "StreamingPull")
             name = parse_subscription(request.subscription, "subscription")
             require(caller, "pubsub.subscriptions.consume", name)
             stream = _Stream(self, name, request)

@@ -61,7 +61,7 @@ class SubscriberService:
             "ModifyAckDeadline": (self.modify_ack_deadline, pubsub.ModifyAckDeadlineRequest.pb()),
         }
         handlers = {
-            name: unary(method, request_type, self.authenticator, self.audit_log)
+            name: unary(name, method, request_type, self.authenticator, self.audit_log)
             for name, (method, request_type) in methods.items()
         }
         handlers["StreamingPull"] = self.streaming_pull.handler()
