@@ -78,7 +78,7 @@ _SECRET_KEYS = frozenset(
 )
 # Fields holding a config's or a command's bytes (base64): recorded as their size and hash.
 _DATA_KEYS = frozenset({"binarydata"})
-# A URL with userinfo or a query, anywhere in a recorded string (push endpoints).
+# A URL anywhere in a recorded string (push endpoints): its credentials are left out.
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]+")
 REDACTED = "REDACTED"
 # A recorded value longer than this is cut (configs and commands may be 64 KiB of data).
@@ -165,10 +165,13 @@ def created_id(resource_id: str) -> None:
 def unchanged(conn: AsyncConnection) -> None:
     """Say that the write transaction `conn` changes nothing after all (what it was to change
     is gone, or was changed by someone else meanwhile): it carries no entry."""
-    conn.info[_UNCHANGED] = True
+    _unchanged.set(conn)
 
 
-_UNCHANGED = "ironcore.audit.unchanged"
+# The write transaction (its connection object, one per transaction) that changes nothing.
+_unchanged: contextvars.ContextVar[AsyncConnection | None] = contextvars.ContextVar(
+    "audit_unchanged", default=None
+)
 
 
 def redacted(value: Any) -> Any:
@@ -288,8 +291,7 @@ async def record_change(conn: AsyncConnection) -> dict[str, Any] | None:
     """Append the acting call's entry to the write transaction `conn` (Database.write); the
     row to log once it commits, or None when nobody acts."""
     actor = _actor.get()
-    # Popped whoever acts: the connection goes back to the pool with its `info`.
-    if conn.info.pop(_UNCHANGED, False) or actor is None or not actor.records:
+    if _unchanged.get() is conn or actor is None or not actor.records:
         return None
     detail: dict[str, Any] = {"wire": actor.wire, "request": redacted(dict(actor.fields))}
     if actor.changes:
@@ -413,9 +415,9 @@ class _Denials:
 
 
 class AuditStore:
-    def __init__(self, db: Database, denials_per_minute: int = DENIALS_PER_MINUTE) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
-        self._denials = _Denials(denials_per_minute)
+        self._denials = _Denials(DENIALS_PER_MINUTE)
 
     def limit_denials(self, per_minute: int) -> None:
         """Record at most `per_minute` refusals per client address a minute from now on
