@@ -461,9 +461,16 @@ async def test_credentials_in_urls_are_redacted(api: Api) -> None:
         assert secret not in json.dumps(entry), secret
     # At any depth, and inside longer strings.
     nested = audit.redacted(
-        {"a": [{"b": "see http://u:p4ss@h/x and ftp://h/y?sig=s1g"}], "c": "no url"}
+        {
+            "a": [{"b": "see http://u:p4ss@h/x and ftp://h/y?sig=s1g"}],
+            "c": "no url",
+            "d": "https://h/kept?page=2&",  # nothing to hide: kept as written
+            "e": "http://[::1",  # not a URL that parses: left out whole
+        }
     )
     assert nested == {
         "a": [{"b": "see http://REDACTED@h/x and ftp://h/y?sig=REDACTED"}],
         "c": "no url",
+        "d": "https://h/kept?page=2&",
+        "e": "REDACTED",
     }

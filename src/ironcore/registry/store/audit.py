@@ -215,12 +215,15 @@ def _url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return REDACTED
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    secret_query = any(_secret_parameter(k) for k, _ in pairs)
+    if "@" not in parts.netloc and not secret_query:
+        return url  # as it was written
     netloc = parts.netloc
     if "@" in netloc:
         netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
     query = parts.query
-    pairs = parse_qsl(query, keep_blank_values=True)
-    if any(_secret_parameter(k) for k, _ in pairs):
+    if secret_query:
         query = urlencode([(k, REDACTED if _secret_parameter(k) else v) for k, v in pairs])
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
