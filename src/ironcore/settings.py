@@ -40,6 +40,9 @@ class Settings:
     event_retention_days: float = 7.0
     # Audit log entries older than this are deleted (registry/store/audit.py).
     audit_retention_days: float = 400.0
+    # Refused calls recorded per client address a minute; beyond it they are counted, not
+    # recorded (registry/store/audit.py).
+    audit_denials_per_minute: int = 20
     # The gRPC API (Google's DeviceManager), over TLS with the bridges' certificate, on the
     # API's host; 0 = off.
     grpc_port: int = 8443

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
 from datetime import datetime
@@ -74,7 +75,8 @@ async def test_changes_are_recorded_with_who_where_and_before_after(api: Api) ->
         assert entry["clientAddress"] == "127.0.0.1"
         assert entry["status"] == "OK"
         assert entry["time"].endswith("Z")
-    assert create["resource"] == f"{PARENT}/registries/reg-audit/devices"
+    # A create names what it created, so that a filter on the resource finds its creation.
+    assert create["resource"] == f"{PARENT}/registries/reg-audit/devices/dev-1"
     assert create["request"]["body"] == {"id": "dev-1", "metadata": {"a": "b"}}
     assert update["resource"] == f"{PARENT}/registries/reg-audit/devices/dev-1"
     assert update["request"]["query"] == {"updateMask": "blocked,metadata"}
@@ -93,6 +95,26 @@ async def test_a_change_refused_inside_its_transaction_leaves_no_entry(api: Api)
         REGISTRY, params={"updateMask": "logLevel"}, json={"logLevel": "LOUD"}
     )
     assert bad.status_code == 400, bad.text
+    # Transactions that find nothing to change: what they would change is gone, or was
+    # changed by someone else meanwhile (a stale etag).
+    gone = await api.client.delete(f"{REGISTRIES}/reg-gone")
+    assert gone.status_code == 404, gone.text
+    stale = await api.client.post(f"{REGISTRY}:setIamPolicy", json={"policy": {"etag": "BwX="}})
+    assert stale.status_code == 409, stale.text
+    topic = f"/v1/projects/{PROJECT}/topics/audit-t"
+    assert (await api.client.put(topic, json={})).status_code == 200
+    gateway = {"id": "gw-1", "gatewayConfig": {"gatewayType": "GATEWAY"}}
+    for device in (gateway, {"id": "dev-1"}):
+        assert (await api.client.post(DEVICES, json=device)).status_code == 200
+    before = await count_rows(api)
+    stale = await api.client.post(f"{topic}:setIamPolicy", json={"policy": {"etag": "BwX="}})
+    assert stale.status_code == 409, stale.text
+    unbound = await api.client.post(
+        f"{REGISTRY}:unbindDeviceFromGateway", json={"gatewayId": "gw-1", "deviceId": "dev-1"}
+    )
+    assert unbound.status_code == 404, unbound.text
+    for missing in ("/ironcore/v1/tokens/0123456789ab", f"{DEVICES}/dev-none"):
+        assert (await api.client.delete(missing)).status_code == 404, missing
     assert await count_rows(api) == before
 
 
@@ -306,3 +328,149 @@ async def test_a_task_started_by_a_call_records_nothing_after_the_call(api: Api)
     later.set_result(None)
     await task
     assert await count_rows(api) == 1
+
+
+async def test_creates_name_what_they_created(api: Api) -> None:
+    assert (await api.client.post(REGISTRIES, json={"id": "reg-audit"})).status_code == 200
+    assert (await api.client.post(DEVICES, json={"id": "dev-1"})).status_code == 200
+    token = await api.client.post("/ironcore/v1/tokens", json={"role": "viewer", "name": "t"})
+    assert token.status_code == 200, token.text
+    account = await api.client.post(
+        f"/ironcore/v1/projects/{PROJECT}/serviceAccounts", json={"accountId": "backend-1"}
+    )
+    assert account.status_code == 200, account.text
+    email = account.json()["email"]
+    key = await api.client.post(f"/ironcore/v1/projects/{PROJECT}/serviceAccounts/{email}/keys")
+    assert key.status_code == 200, key.text
+
+    device = f"{PARENT}/registries/reg-audit/devices/dev-1"
+    [created] = await entries(api, filter=f"resource={device}")
+    assert created["method"] == "CreateDevice"
+    [registry] = await entries(api, filter=f"resource={PARENT}/registries/reg-audit")
+    assert registry["method"] == "CreateDeviceRegistry"
+    accounts = f"projects/{PROJECT}/serviceAccounts/{email}"
+    assert [e["method"] for e in await entries(api, filter=f"resource:{accounts}")] == [
+        "CreateServiceAccountKey",
+        "CreateServiceAccount",
+    ]
+    [key_entry] = await entries(api, filter="method=CreateServiceAccountKey")
+    assert key_entry["resource"] == key.json()["name"]
+    listed = await api.client.get(
+        "/ironcore/v1/projects/-/auditLogs", params={"filter": "method=CreateToken"}
+    )
+    [token_entry] = listed.json()["auditLogs"]
+    assert token_entry["resource"] == f"tokens/{token_id(token.json()['token'])}"
+
+
+async def test_config_and_policy_updates_record_before_and_after(api: Api) -> None:
+    assert (await api.client.post(REGISTRIES, json={"id": "reg-audit"})).status_code == 200
+    first = base64.b64encode(b"first config").decode()
+    made = await api.client.post(DEVICES, json={"id": "dev-1", "config": {"binaryData": first}})
+    assert made.status_code == 200, made.text
+    second = base64.b64encode(b"second").decode()
+    modified = await api.client.post(
+        f"{DEVICES}/dev-1:modifyCloudToDeviceConfig", json={"binaryData": second}
+    )
+    assert modified.status_code == 200, modified.text
+    [config] = await entries(api, filter="method=ModifyCloudToDeviceConfig")
+    sha = {data: hashlib.sha256(data).hexdigest() for data in (b"first config", b"second")}
+    assert config["changes"] == {
+        "version": {"before": 1, "after": 2},
+        "binaryData": {
+            "before": {"size": 12, "sha256": sha[b"first config"]},
+            "after": {"size": 6, "sha256": sha[b"second"]},
+        },
+    }
+    assert config["request"]["body"] == {"binaryData": {"size": 6, "sha256": sha[b"second"]}}
+    [device] = await entries(api, filter="method=CreateDevice")
+    assert first not in json.dumps(device) and second not in json.dumps(config)
+
+    binding = {"role": "roles/cloudiot.viewer", "members": ["user:a@example.com"]}
+    for path in (
+        f"{REGISTRY}:setIamPolicy",
+        f"/ironcore/v1/projects/{PROJECT}:setIamPolicy",
+    ):
+        for bindings in ([binding], []):
+            written = await api.client.post(path, json={"policy": {"bindings": bindings}})
+            assert written.status_code == 200, written.text
+    topic = f"/v1/projects/{PROJECT}/topics/audit-t"
+    assert (await api.client.put(topic, json={})).status_code == 200
+    written = await api.client.post(
+        f"{topic}:setIamPolicy", json={"policy": {"bindings": [binding]}}
+    )
+    assert written.status_code == 200, written.text
+    policies = await entries(api, filter="method:Set")
+    assert [(e["method"], e["changes"]) for e in policies] == [
+        ("SetPubSubIamPolicy", {"bindings": {"before": [], "after": [binding]}}),
+        ("SetProjectIamPolicy", {"bindings": {"before": [binding], "after": []}}),
+        ("SetProjectIamPolicy", {"bindings": {"before": [], "after": [binding]}}),
+        ("SetIamPolicy", {"bindings": {"before": [binding], "after": []}}),
+        ("SetIamPolicy", {"bindings": {"before": [], "after": [binding]}}),
+    ]
+
+    token = await api.client.post("/ironcore/v1/tokens", json={"role": "viewer", "name": "t"})
+    revoked = await api.client.delete(f"/ironcore/v1/tokens/{token_id(token.json()['token'])}")
+    assert revoked.status_code == 200, revoked.text
+    listed = await api.client.get(
+        "/ironcore/v1/projects/-/auditLogs", params={"filter": "method=RevokeToken"}
+    )
+    [revoke] = listed.json()["auditLogs"]
+    assert revoke["changes"] == {"revoked": {"before": False, "after": True}}
+
+
+async def test_a_command_is_recorded_with_its_result_and_without_its_data(api: Api) -> None:
+    assert (await api.client.post(REGISTRIES, json={"id": "reg-audit"})).status_code == 200
+    assert (await api.client.post(DEVICES, json={"id": "dev-1"})).status_code == 200
+    data = base64.b64encode(b"reboot now").decode()
+    sent = await api.client.post(
+        f"{DEVICES}/dev-1:sendCommandToDevice", json={"binaryData": data, "subfolder": "sys"}
+    )
+    assert sent.status_code == 400, sent.text  # not connected: FAILED_PRECONDITION
+    assert sent.json()["error"]["status"] == "FAILED_PRECONDITION"
+    # A command refused for its request is not sent, and not recorded.
+    bad = await api.client.post(
+        f"{DEVICES}/dev-1:sendCommandToDevice", json={"binaryData": data, "subfolder": "a+b"}
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["status"] == "INVALID_ARGUMENT"
+    [command] = await entries(api, filter="method=SendCommandToDevice")
+    assert command["status"] == "FAILED_PRECONDITION"
+    assert command["resource"] == f"{PARENT}/registries/reg-audit/devices/dev-1"
+    assert "not connected" in command["message"]
+    assert command["request"]["body"] == {
+        "binaryData": {"size": 10, "sha256": hashlib.sha256(b"reboot now").hexdigest()},
+        "subfolder": "sys",
+    }
+    assert data not in json.dumps(command)
+
+
+async def test_credentials_in_urls_are_redacted(api: Api) -> None:
+    topic = f"projects/{PROJECT}/topics/audit-t"
+    assert (await api.client.put(f"/v1/{topic}", json={})).status_code == 200
+    endpoint = "https://pushuser:pushpass@127.0.0.1:9/push?token=qtoken&x-api-key=k3y&plain=1"
+    push = await api.client.put(
+        f"/v1/projects/{PROJECT}/subscriptions/audit-s",
+        json={"topic": topic, "pushConfig": {"pushEndpoint": endpoint}},
+    )
+    assert push.status_code == 200, push.text
+    [entry] = await entries(api, filter="method=CreateSubscription")
+    recorded = entry["request"]["body"]["pushConfig"]["pushEndpoint"]
+    assert recorded == (
+        "https://REDACTED@127.0.0.1:9/push?token=REDACTED&x-api-key=REDACTED&plain=1"
+    )
+    for secret in ("pushuser", "pushpass", "qtoken", "k3y"):
+        assert secret not in json.dumps(entry), secret
+    # At any depth, and inside longer strings.
+    nested = audit.redacted(
+        {
+            "a": [{"b": "see http://u:p4ss@h/x and ftp://h/y?sig=s1g"}],
+            "c": "no url",
+            "d": "https://h/kept?page=2&",  # nothing to hide: kept as written
+            "e": "http://[::1",  # not a URL that parses: left out whole
+        }
+    )
+    assert nested == {
+        "a": [{"b": "see http://REDACTED@h/x and ftp://h/y?sig=REDACTED"}],
+        "c": "no url",
+        "d": "https://h/kept?page=2&",
+        "e": "REDACTED",
+    }

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import httpx
 import pytest
@@ -31,6 +33,35 @@ OTHER_REGISTRY = f"{PARENT}/registries/reg-o"
 TOPIC = f"projects/{PROJECT}/topics/topic-0"
 SUBSCRIPTION = f"projects/{PROJECT}/subscriptions/sub-0"
 GLOBAL = {"/ironcore/v1/revocations", "/ironcore/v1/tokens"}
+# Calls that change nothing (reads) or only data (Pub/Sub message traffic): no audit entry
+# unless refused.
+READS = frozenset(
+    {
+        "ListDeviceRegistries",
+        "GetDeviceRegistry",
+        "GetIamPolicy",
+        "ListDevices",
+        "GetDevice",
+        "ListDeviceConfigVersions",
+        "ListDeviceStates",
+        "GetKeyRotation",
+        "GetCredentialProvenance",
+        "ListRevocations",
+        "ListFirmware",
+        "ListRollouts",
+        "ListTokens",
+        "ListServiceAccounts",
+        "GetProjectIamPolicy",
+        "ListTopics",
+        "GetTopic",
+        "Publish",
+        "GetPubSubIamPolicy",
+        "ListSubscriptions",
+        "GetSubscription",
+        "Pull",
+        "Acknowledge",
+    }
+)
 
 
 async def ok(client: httpx.AsyncClient, method: str, path: str, body: Any = None) -> Any:
@@ -56,8 +87,9 @@ async def seed(api: Api) -> None:
         )
 
 
-async def principal(api: Api, account_id: str) -> tuple[str, httpx.AsyncClient]:
-    """A service account with no roles of its own, and a client with its access token."""
+async def principal(api: Api, account_id: str) -> tuple[str, httpx.AsyncClient, list[str]]:
+    """A service account with no roles of its own, a client with its access token, and the
+    secrets made for it (the token, the key's private key)."""
     accounts = ServiceAccounts(api.manager.store, api.manager.clock)
     account = await accounts.create(PROJECT, account_id, [])
     key = await accounts.create_key(PROJECT, account.email, "http://ironcore/token")
@@ -67,7 +99,8 @@ async def principal(api: Api, account_id: str) -> tuple[str, httpx.AsyncClient]:
         base_url="http://ironcore",
         headers={"Authorization": f"Bearer {token}"},
     )
-    return f"serviceAccount:{account.email}", client
+    private_key = str(key.key_file["private_key"])
+    return f"serviceAccount:{account.email}", client, [token, private_key.splitlines()[1]]
 
 
 async def bind(api: Api, resource: str, member: str, role: str) -> None:
@@ -81,8 +114,9 @@ async def bind(api: Api, resource: str, member: str, role: str) -> None:
     await ok(api.client, "POST", f"{path}:setIamPolicy", {"policy": policy})
 
 
-def calls(slug: str) -> list[tuple[str, str, str, Any]]:
-    """Every REST method: (the permission it checks, HTTP method, path, body). Creations and
+def calls(slug: str) -> list[tuple[str, str, str, Any, str]]:
+    """Every REST method: (the permission it checks, HTTP method, path, body, the method's
+    name in the audit log). Creations and
     deletions act on names of this role's own (`slug`), so that every call of the matrix
     leaves the others' resources as they were."""
     dev = f"/v1/{REGISTRY}/devices/dev-1"
@@ -90,113 +124,263 @@ def calls(slug: str) -> list[tuple[str, str, str, Any]]:
     config = {"binaryData": base64.b64encode(b"c").decode()}
     gateway = {"gatewayId": "gw-1", "deviceId": "dev-1"}
     return [
-        ("cloudiot.registries.create", "POST", f"/v1/{PARENT}/registries", {"id": f"n-{slug}"}),
-        ("cloudiot.registries.list", "GET", f"/v1/{PARENT}/registries", None),
-        ("cloudiot.registries.get", "GET", f"/v1/{REGISTRY}", None),
+        (
+            "cloudiot.registries.create",
+            "POST",
+            f"/v1/{PARENT}/registries",
+            {"id": f"n-{slug}"},
+            "CreateDeviceRegistry",
+        ),
+        (
+            "cloudiot.registries.list",
+            "GET",
+            f"/v1/{PARENT}/registries",
+            None,
+            "ListDeviceRegistries",
+        ),
+        ("cloudiot.registries.get", "GET", f"/v1/{REGISTRY}", None, "GetDeviceRegistry"),
         (
             "cloudiot.registries.update",
             "PATCH",
             f"/v1/{REGISTRY}?updateMask=logLevel",
             {"logLevel": "INFO"},
+            "UpdateDeviceRegistry",
         ),
-        ("cloudiot.registries.getIamPolicy", "POST", f"/v1/{REGISTRY}:getIamPolicy", {}),
+        (
+            "cloudiot.registries.getIamPolicy",
+            "POST",
+            f"/v1/{REGISTRY}:getIamPolicy",
+            {},
+            "GetIamPolicy",
+        ),
         (
             "cloudiot.registries.setIamPolicy",
             "POST",
             f"/v1/{REGISTRY}:setIamPolicy",
             {"policy": {}},
+            "SetIamPolicy",
         ),
-        ("cloudiot.devices.bindGateway", "POST", f"/v1/{REGISTRY}:bindDeviceToGateway", gateway),
+        (
+            "cloudiot.devices.bindGateway",
+            "POST",
+            f"/v1/{REGISTRY}:bindDeviceToGateway",
+            gateway,
+            "BindDeviceToGateway",
+        ),
         (
             "cloudiot.devices.unbindGateway",
             "POST",
             f"/v1/{REGISTRY}:unbindDeviceFromGateway",
             gateway,
+            "UnbindDeviceFromGateway",
         ),
-        ("cloudiot.devices.create", "POST", f"/v1/{REGISTRY}/devices", {"id": f"n-{slug}"}),
-        ("cloudiot.devices.list", "GET", f"/v1/{REGISTRY}/devices", None),
-        ("cloudiot.devices.get", "GET", dev, None),
-        ("cloudiot.devices.get", "GET", f"{dev}/configVersions", None),
-        ("cloudiot.devices.get", "GET", f"{dev}/states", None),
+        (
+            "cloudiot.devices.create",
+            "POST",
+            f"/v1/{REGISTRY}/devices",
+            {"id": f"n-{slug}"},
+            "CreateDevice",
+        ),
+        ("cloudiot.devices.list", "GET", f"/v1/{REGISTRY}/devices", None, "ListDevices"),
+        ("cloudiot.devices.get", "GET", dev, None, "GetDevice"),
+        ("cloudiot.devices.get", "GET", f"{dev}/configVersions", None, "ListDeviceConfigVersions"),
+        ("cloudiot.devices.get", "GET", f"{dev}/states", None, "ListDeviceStates"),
         (
             "cloudiot.devices.update",
             "PATCH",
             f"{dev}?updateMask=metadata",
             {"metadata": {"k": "v"}},
+            "UpdateDevice",
         ),
-        ("cloudiot.devices.updateConfig", "POST", f"{dev}:modifyCloudToDeviceConfig", config),
-        ("cloudiot.devices.sendCommand", "POST", f"{dev}:sendCommandToDevice", config),
-        ("cloudiot.devices.delete", "DELETE", f"/v1/{REGISTRY}/devices/d-{slug}", None),
-        ("cloudiot.registries.delete", "DELETE", f"/v1/{PARENT}/registries/d-{slug}", None),
+        (
+            "cloudiot.devices.updateConfig",
+            "POST",
+            f"{dev}:modifyCloudToDeviceConfig",
+            config,
+            "ModifyCloudToDeviceConfig",
+        ),
+        (
+            "cloudiot.devices.sendCommand",
+            "POST",
+            f"{dev}:sendCommandToDevice",
+            config,
+            "SendCommandToDevice",
+        ),
+        (
+            "cloudiot.devices.delete",
+            "DELETE",
+            f"/v1/{REGISTRY}/devices/d-{slug}",
+            None,
+            "DeleteDevice",
+        ),
+        (
+            "cloudiot.registries.delete",
+            "DELETE",
+            f"/v1/{PARENT}/registries/d-{slug}",
+            None,
+            "DeleteDeviceRegistry",
+        ),
         (
             "ironcore.manifests.import",
             "POST",
             f"/ironcore/v1/{REGISTRY}:importManifest",
             {"manifest": "{}", "dryRun": True},
+            "ImportManifest",
         ),
-        ("ironcore.devices.rotateCredentials", "POST", f"{ic_dev}:rotateKey", {}),
-        ("cloudiot.devices.get", "GET", f"{ic_dev}/keyRotation", None),
-        ("ironcore.devices.rotateCredentials", "POST", f"{ic_dev}:rollbackKeyRotation", {}),
-        ("cloudiot.devices.get", "GET", f"{ic_dev}/credentialProvenance", None),
-        ("ironcore.revocations.manage", "POST", f"{ic_dev}:reattest", {}),
-        ("ironcore.revocations.list", "GET", "/ironcore/v1/revocations", None),
-        ("ironcore.revocations.manage", "POST", "/ironcore/v1/revocations", {"certificate": "x"}),
+        (
+            "ironcore.devices.rotateCredentials",
+            "POST",
+            f"{ic_dev}:rotateKey",
+            {},
+            "StartKeyRotation",
+        ),
+        ("cloudiot.devices.get", "GET", f"{ic_dev}/keyRotation", None, "GetKeyRotation"),
+        (
+            "ironcore.devices.rotateCredentials",
+            "POST",
+            f"{ic_dev}:rollbackKeyRotation",
+            {},
+            "RollbackKeyRotation",
+        ),
+        (
+            "cloudiot.devices.get",
+            "GET",
+            f"{ic_dev}/credentialProvenance",
+            None,
+            "GetCredentialProvenance",
+        ),
+        ("ironcore.revocations.manage", "POST", f"{ic_dev}:reattest", {}, "ReattestDevice"),
+        ("ironcore.revocations.list", "GET", "/ironcore/v1/revocations", None, "ListRevocations"),
+        (
+            "ironcore.revocations.manage",
+            "POST",
+            "/ironcore/v1/revocations",
+            {"certificate": "x"},
+            "RevokeSigner",
+        ),
         (
             "ironcore.firmware.upload",
             "POST",
             f"/ironcore/v1/projects/{PROJECT}/firmware",
             {"image": "eA==", "manifest": "x"},
+            "UploadFirmware",
         ),
-        ("ironcore.firmware.get", "GET", f"/ironcore/v1/projects/{PROJECT}/firmware", None),
-        ("ironcore.firmware.rollout", "POST", f"/ironcore/v1/{REGISTRY}/rollouts", {"sha256": "x"}),
-        ("ironcore.firmware.get", "GET", f"/ironcore/v1/{REGISTRY}/rollouts", None),
-        ("ironcore.tokens.manage", "GET", "/ironcore/v1/tokens", None),
+        (
+            "ironcore.firmware.get",
+            "GET",
+            f"/ironcore/v1/projects/{PROJECT}/firmware",
+            None,
+            "ListFirmware",
+        ),
+        (
+            "ironcore.firmware.rollout",
+            "POST",
+            f"/ironcore/v1/{REGISTRY}/rollouts",
+            {"sha256": "x"},
+            "StartRollout",
+        ),
+        ("ironcore.firmware.get", "GET", f"/ironcore/v1/{REGISTRY}/rollouts", None, "ListRollouts"),
+        ("ironcore.tokens.manage", "GET", "/ironcore/v1/tokens", None, "ListTokens"),
         (
             "ironcore.serviceAccounts.manage",
             "GET",
             f"/ironcore/v1/projects/{PROJECT}/serviceAccounts",
             None,
+            "ListServiceAccounts",
         ),
         (
             "resourcemanager.projects.getIamPolicy",
             "POST",
             f"/ironcore/v1/projects/{PROJECT}:getIamPolicy",
             {},
+            "GetProjectIamPolicy",
         ),
-        ("pubsub.topics.create", "PUT", f"/v1/projects/{PROJECT}/topics/n-{slug}", {}),
-        ("pubsub.topics.list", "GET", f"/v1/projects/{PROJECT}/topics", None),
-        ("pubsub.topics.get", "GET", f"/v1/{TOPIC}", None),
-        ("pubsub.topics.publish", "POST", f"/v1/{TOPIC}:publish", {"messages": [{"data": "eA=="}]}),
-        ("pubsub.topics.getIamPolicy", "POST", f"/v1/{TOPIC}:getIamPolicy", {}),
-        ("pubsub.topics.setIamPolicy", "POST", f"/v1/{TOPIC}:setIamPolicy", {"policy": {}}),
-        ("pubsub.topics.delete", "DELETE", f"/v1/projects/{PROJECT}/topics/d-{slug}", None),
+        (
+            "pubsub.topics.create",
+            "PUT",
+            f"/v1/projects/{PROJECT}/topics/n-{slug}",
+            {},
+            "CreateTopic",
+        ),
+        ("pubsub.topics.list", "GET", f"/v1/projects/{PROJECT}/topics", None, "ListTopics"),
+        ("pubsub.topics.get", "GET", f"/v1/{TOPIC}", None, "GetTopic"),
+        (
+            "pubsub.topics.publish",
+            "POST",
+            f"/v1/{TOPIC}:publish",
+            {"messages": [{"data": "eA=="}]},
+            "Publish",
+        ),
+        (
+            "pubsub.topics.getIamPolicy",
+            "POST",
+            f"/v1/{TOPIC}:getIamPolicy",
+            {},
+            "GetPubSubIamPolicy",
+        ),
+        (
+            "pubsub.topics.setIamPolicy",
+            "POST",
+            f"/v1/{TOPIC}:setIamPolicy",
+            {"policy": {}},
+            "SetPubSubIamPolicy",
+        ),
+        (
+            "pubsub.topics.delete",
+            "DELETE",
+            f"/v1/projects/{PROJECT}/topics/d-{slug}",
+            None,
+            "DeleteTopic",
+        ),
         (
             "pubsub.subscriptions.create",
             "PUT",
             f"/v1/projects/{PROJECT}/subscriptions/n-{slug}",
             {"topic": TOPIC},
+            "CreateSubscription",
         ),
-        ("pubsub.subscriptions.list", "GET", f"/v1/projects/{PROJECT}/subscriptions", None),
-        ("pubsub.subscriptions.get", "GET", f"/v1/{SUBSCRIPTION}", None),
+        (
+            "pubsub.subscriptions.list",
+            "GET",
+            f"/v1/projects/{PROJECT}/subscriptions",
+            None,
+            "ListSubscriptions",
+        ),
+        ("pubsub.subscriptions.get", "GET", f"/v1/{SUBSCRIPTION}", None, "GetSubscription"),
         (
             "pubsub.subscriptions.consume",
             "POST",
             f"/v1/{SUBSCRIPTION}:pull",
             {"maxMessages": 1, "returnImmediately": True},
+            "Pull",
         ),
-        ("pubsub.subscriptions.consume", "POST", f"/v1/{SUBSCRIPTION}:acknowledge", {"ackIds": []}),
-        ("pubsub.subscriptions.getIamPolicy", "POST", f"/v1/{SUBSCRIPTION}:getIamPolicy", {}),
+        (
+            "pubsub.subscriptions.consume",
+            "POST",
+            f"/v1/{SUBSCRIPTION}:acknowledge",
+            {"ackIds": []},
+            "Acknowledge",
+        ),
+        (
+            "pubsub.subscriptions.getIamPolicy",
+            "POST",
+            f"/v1/{SUBSCRIPTION}:getIamPolicy",
+            {},
+            "GetPubSubIamPolicy",
+        ),
         (
             "pubsub.subscriptions.setIamPolicy",
             "POST",
             f"/v1/{SUBSCRIPTION}:setIamPolicy",
             {"policy": {}},
+            "SetPubSubIamPolicy",
         ),
         (
             "pubsub.subscriptions.delete",
             "DELETE",
             f"/v1/projects/{PROJECT}/subscriptions/d-{slug}",
             None,
+            "DeleteSubscription",
         ),
         # Last: an owner's empty project policy would take the binding away.
         (
@@ -204,6 +388,7 @@ def calls(slug: str) -> list[tuple[str, str, str, Any]]:
             "POST",
             f"/ironcore/v1/projects/{PROJECT}:setIamPolicy",
             {"policy": {}},
+            "SetProjectIamPolicy",
         ),
     ]
 
@@ -218,9 +403,71 @@ def slug_of(role: str) -> str:
     return role.removeprefix("roles/").replace(".", "-").lower()
 
 
+def resource_of(path: str) -> str:
+    """The resource a REST path names, as the audit log records it."""
+    path = urlsplit(path).path
+    for prefix in ("/ironcore/v1/", "/v1/"):
+        path = path.removeprefix(prefix)
+    return path.partition(":")[0]
+
+
+async def audit_trail(api: Api, principal: str) -> list[tuple[str, str, str, str]]:
+    """The audit entries of `principal`, oldest first: (principal, method, resource, status)."""
+    listed = await ok(
+        api.client,
+        "GET",
+        f"/ironcore/v1/projects/-/auditLogs?pageSize=1000&filter={quote(f'principal={principal}')}",
+    )
+    assert "nextPageToken" not in listed
+    return [
+        (e["principal"], e["method"], e["resource"], e["status"])
+        for e in reversed(listed.get("auditLogs", []))
+    ]
+
+
+async def every_entry(api: Api) -> str:
+    """Every audit entry, as one JSON text."""
+    found: list[Any] = []
+    token = ""
+    while True:
+        page = await ok(
+            api.client, "GET", f"/ironcore/v1/projects/-/auditLogs?pageSize=1000&pageToken={token}"
+        )
+        found += page.get("auditLogs", [])
+        token = page.get("nextPageToken", "")
+        if not token:
+            return json.dumps(found)
+
+
+def expected_entry(
+    who: str, name: str, path: str, body: Any, response: httpx.Response
+) -> tuple[str, str, str, str] | None:
+    """The audit entry a call of the matrix leaves: its refusal, its change, or a command's
+    attempt; None for a read, Pub/Sub message traffic, or a change refused for its request."""
+    if response.status_code == 403:
+        return (who, name, resource_of(path), "PERMISSION_DENIED")
+    if name in READS:
+        return None
+    if name == "SendCommandToDevice":
+        # Allowed, and refused because the device is not connected: the attempt is recorded.
+        assert response.json()["error"]["status"] == "FAILED_PRECONDITION", response.text
+        return (who, name, resource_of(path), "FAILED_PRECONDITION")
+    if response.status_code != 200:
+        return None  # a change refused for its request changes nothing
+    if name.startswith("Create") and "id" in body:
+        # A create posted to a collection names what it created.
+        return (who, name, f"{resource_of(path)}/{body['id']}", "OK")
+    return (who, name, resource_of(path), "OK")
+
+
 async def test_every_role_on_every_method(seeded: Api) -> None:
+    """...and every call's audit entry: each allowed change's, each refusal's, no secret in
+    any."""
     api = seeded
+    # Every refusal of the matrix is recorded: they all come from one client address.
+    api.manager.store.audit.limit_denials(10_000)
     checked = set()
+    secrets = [api.token]
     # Each predefined role bound on the project to an account with no roles of its own; then
     # each admin token role, held of its own (`none`: nothing).
     for role in (*GOOGLE_ROLES, *ROLES):
@@ -229,8 +476,13 @@ async def test_every_role_on_every_method(seeded: Api) -> None:
         slug = f"token-{role}" if token else slug_of(role)
         if token:
             client = await api.as_role(role)
+            bearer = client.headers["Authorization"].removeprefix("Bearer ")
+            secrets.append(bearer)
+            who = f"adminToken:{bearer.removeprefix('ic_').partition('_')[0]}"
         else:
-            member, client = await principal(api, f"acct-{slug}"[:30].rstrip("-"))
+            member, client, made = await principal(api, f"acct-{slug}"[:30].rstrip("-"))
+            secrets += made
+            who = member
         # The resources this role's deletions act on.
         await ok(api.client, "POST", f"/v1/{REGISTRY}/devices", {"id": f"d-{slug}"})
         await ok(api.client, "POST", f"/v1/{PARENT}/registries", {"id": f"d-{slug}"})
@@ -253,11 +505,15 @@ async def test_every_role_on_every_method(seeded: Api) -> None:
                 answer = await ok(
                     client, "POST", f"/{resource}:testIamPermissions", {"permissions": asked}
                 )
-                expected = [p for p in sorted(held) if p.startswith(APPLICABLE[kind])]
-                assert answer.get("permissions", []) == expected, resource
-            for permission, method, path, body in calls(slug):
+                applies = [p for p in sorted(held) if p.startswith(APPLICABLE[kind])]
+                assert answer.get("permissions", []) == applies, resource
+            expected = []
+            for permission, method, path, body, name in calls(slug):
                 checked.add(permission)
                 response = await client.request(method, path, json=body)
+                entry = expected_entry(who, name, path, body, response)
+                if entry is not None:
+                    expected.append(entry)
                 denied = response.status_code == 403
                 # ironcore's global resources (admin tokens, revocations) lie in no project:
                 # only an admin token's own role reaches them.
@@ -268,10 +524,14 @@ async def test_every_role_on_every_method(seeded: Api) -> None:
                     error = response.json()["error"]
                     assert error["status"] == "PERMISSION_DENIED"
                     assert f"Permission '{permission}' denied" in error["message"]
+        assert await audit_trail(api, who) == expected, role
         # The owner's token sets the project's policy back to none for the next role.
         await ok(
             api.client, "POST", f"/ironcore/v1/projects/{PROJECT}:setIamPolicy", {"policy": {}}
         )
+    recorded = await every_entry(api)
+    for secret in secrets:
+        assert secret not in recorded
     # Every permission a role can hold is checked by some call above (ironcore.auditLogs.list
     # is the audit log's, which has no route yet).
     bindable = frozenset().union(*(PERMISSIONS[r] for r in GOOGLE_ROLES))
@@ -329,7 +589,7 @@ async def test_test_iam_permissions_answers_about_what_applies_to_the_resource(
 
 async def test_registry_binding_grants_only_inside_its_registry(seeded: Api) -> None:
     api = seeded
-    member, client = await principal(api, "registry-editor")
+    member, client, _ = await principal(api, "registry-editor")
     await bind(api, REGISTRY, member, "roles/cloudiot.editor")
     config = {"binaryData": base64.b64encode(b"c").decode()}
     async with client:
@@ -360,7 +620,7 @@ async def test_registry_binding_grants_only_inside_its_registry(seeded: Api) -> 
 
 async def test_project_binding_grants_in_its_project_only(seeded: Api) -> None:
     api = seeded
-    member, client = await principal(api, "project-viewer")
+    member, client, _ = await principal(api, "project-viewer")
     await bind(api, f"projects/{PROJECT}", member, "roles/viewer")
     async with client:
         await ok(client, "GET", f"/v1/{REGISTRY}/devices/dev-1")
@@ -402,7 +662,7 @@ async def test_a_policy_written_on_one_server_decides_on_another(
     store = await Store.open(database.url, database.schema)
     try:
         other = DeviceManager(store, clock=api.manager.clock, topics=PubSub(PubSubStore(store)))
-        member, client = await principal(api, "cluster-reader")
+        member, client, _ = await principal(api, "cluster-reader")
         token = client.headers["Authorization"]
         async with (
             client,

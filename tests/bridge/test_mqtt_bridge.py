@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import queue
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from ironcore.registry.wire import parse_timestamp
@@ -59,6 +61,18 @@ def test_device_round_trip(bridge: Server, database: Database) -> None:
             assert r.status_code == 200, r.text
             command = device.next_message()
             assert (command.topic, command.payload) == ("/devices/dev-e2e/commands/sys", b"reboot")
+            # Sent, so recorded as such; the command's bytes by their size and hash only.
+            [sent] = httpx.get(
+                f"{bridge.url}/ironcore/v1/projects/{PROJECT}/auditLogs",
+                params={"filter": "method=SendCommandToDevice"},
+                headers={"Authorization": f"Bearer {bridge.token}"},
+            ).json()["auditLogs"]
+            assert sent["status"] == "OK"
+            assert sent["resource"].endswith("/registries/reg-e2e/devices/dev-e2e")
+            assert sent["request"]["body"] == {
+                "binaryData": {"size": 6, "sha256": hashlib.sha256(b"reboot").hexdigest()},
+                "subfolder": "sys",
+            }
 
             def acked() -> dict[str, Any] | None:
                 versions = api.get("/registries/reg-e2e/devices/dev-e2e/configVersions").json()

@@ -95,8 +95,8 @@ def test_rotation_completes_and_the_old_key_expires_after_grace(
         wait_for(lambda: rotator.state.pending_slot is None, 10, "the device to finish")
     finally:
         client.stop()
-    # The audit log has the operator's start and the device's own steps, whichever process
-    # took them, from the device's address.
+    # The audit log has the device's creation, the operator's start and the device's own
+    # steps, whichever process took them, from the device's address.
     answer = httpx.get(
         f"{server.url}/ironcore/v1/projects/{PROJECT}/auditLogs",
         params={"filter": f"resource:{ROTATION.removeprefix('/ironcore/v1/')}/rot-ok"},
@@ -105,7 +105,8 @@ def test_rotation_completes_and_the_old_key_expires_after_grace(
     assert answer.status_code == 200, answer.text
     steps = [(e["method"], e["principal"]) for e in reversed(answer.json()["auditLogs"])]
     device_name = f"device:{ROTATION.removeprefix('/ironcore/v1/')}/rot-ok"
-    assert steps[0] == ("StartKeyRotation", f"adminToken:{server.token.split('_')[1]}")
+    owner = f"adminToken:{server.token.split('_')[1]}"
+    assert steps[:2] == [("CreateDevice", owner), ("StartKeyRotation", owner)]
     assert ("OfferRotationKey", device_name) in steps
     assert ("CompleteKeyRotation", device_name) in steps
     for entry in answer.json()["auditLogs"]:

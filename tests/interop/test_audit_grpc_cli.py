@@ -69,7 +69,7 @@ def test_grpc_changes_and_refusals_are_recorded_and_listed(
     assert {e["wire"] for e in listed} == {"grpc"}
     assert {e["clientAddress"] for e in listed} == {"127.0.0.1"}
     assert refused["principal"] == "" and refused["authentication"] == "adminToken"
-    assert create["resource"] == registry
+    assert create["resource"] == f"{registry}/devices/dev-1"  # what it created
     assert create["request"]["body"]["device"] == {"id": "dev-1"}
     assert update["resource"] == device.name
     assert update["changes"] == {"blocked": {"before": None, "after": True}}

@@ -256,7 +256,8 @@ def test_project_binding_grants_in_the_project_only(server: Server, tmp_path: Pa
 def test_every_role_on_every_grpc_method(server: Server) -> None:
     """Each predefined role, bound on the project to an account with no roles of its own,
     against each DeviceManager and Pub/Sub gRPC method: allowed or PERMISSION_DENIED exactly as
-    `access.roles.PERMISSIONS` says (tests/api/test_policy_matrix.py is the same over REST)."""
+    `access.roles.PERMISSIONS` says (tests/api/test_policy_matrix.py is the same over REST);
+    each allowed change and each refusal leaves its audit entry, and no entry holds a secret."""
     base = f"{PARENT}/registries/grpc-m"
     owner(server, f"{PARENT}/registries", {"id": "grpc-m"})
     owner(server, f"{base}/devices", {"id": "dev-1"})
@@ -271,6 +272,7 @@ def test_every_role_on_every_grpc_method(server: Server) -> None:
         )
         assert response.status_code == 200, response.text
     endpoint = {"api_endpoint": f"127.0.0.1:{server.grpc_port}"}
+    secrets = [server.token]
     for role in GOOGLE_ROLES:
         slug = role.removeprefix("roles/").replace(".", "-").lower()
         for kind, name in [("registries", f"g-{slug}"), ("devices", f"g-{slug}")]:
@@ -279,35 +281,97 @@ def test_every_role_on_every_grpc_method(server: Server) -> None:
         email = new_account(server, [])
         policy_path = f"/ironcore/v1/projects/{PROJECT}"
         bound = bind(server, policy_path, f"serviceAccount:{email}", role)
-        creds = credentials(new_key(server, email))
+        key_file = new_key(server, email)
+        secrets.append(key_file["private_key"].splitlines()[1])
+        creds = credentials(key_file)
         iot = iot_client(server, creds)
         publisher = PublisherClient(credentials=creds, client_options=endpoint)
         subscriber = SubscriberClient(credentials=creds, client_options=endpoint)
         calls = grpc_calls(iot, publisher, subscriber, slug, base, topic, subscription)
+        # What a create's entry names: the resource it created (a refusal's: the parent).
+        created = {
+            "CreateDeviceRegistry": f"{PARENT}/registries/n-{slug}",
+            "CreateDevice": f"{base}/devices/n-{slug}",
+        }
+        who = f"serviceAccount:{email}"
+        expected = []
         try:
-            granted = iot.test_iam_permissions(
-                resource=base, permissions=sorted({p for p, _ in calls})
-            )
+            permissions = sorted({c[0] for c in calls})
+            granted = iot.test_iam_permissions(resource=base, permissions=permissions)
             # Of the asked, those that apply to a registry: the Pub/Sub ones never do.
-            registry_wide = {p for p, _ in calls if p.startswith(APPLICABLE["registries"])}
+            registry_wide = {p for p in permissions if p.startswith(APPLICABLE["registries"])}
             assert set(granted.permissions) == registry_wide & PERMISSIONS[role], role
-            for permission, call in calls:
+            for permission, name, resource, call in calls:
                 try:
                     call()
                 except exceptions.PermissionDenied as denied:
                     assert permission not in PERMISSIONS[role], (role, permission, denied)
                     assert f"Permission '{permission}' denied" in str(denied.message)
+                    expected.append((who, name, resource, "PERMISSION_DENIED"))
                 except exceptions.GoogleAPICallError as error:
-                    # Allowed, and refused for another reason (the device is not connected).
+                    # Allowed, and refused for another reason (the device is not connected);
+                    # the attempt is recorded.
                     assert permission in PERMISSIONS[role], (role, permission, error)
                     assert permission == "cloudiot.devices.sendCommand", (role, error)
+                    expected.append((who, name, resource, "FAILED_PRECONDITION"))
                 else:
                     assert permission in PERMISSIONS[role], (role, permission)
+                    if name not in GRPC_READS:
+                        expected.append((who, name, created.get(name, resource), "OK"))
         finally:
             iot.transport.close()
             publisher.stop()
             subscriber.close()
         assert bound
+        assert audit_trail(server, who) == expected, role
+    recorded = json.dumps(audit_entries(server, ""))
+    for secret in secrets:
+        assert secret not in recorded
+
+
+# gRPC methods that change nothing (reads) or only data (Pull): no entry unless refused.
+GRPC_READS = frozenset(
+    {
+        "GetDeviceRegistry",
+        "ListDeviceRegistries",
+        "GetIamPolicy",
+        "GetDevice",
+        "ListDevices",
+        "ListDeviceConfigVersions",
+        "ListDeviceStates",
+        "GetTopic",
+        "ListTopics",
+        "GetSubscription",
+        "ListSubscriptions",
+        "Pull",
+    }
+)
+
+
+def audit_entries(server: Server, filter_text: str) -> list[dict[str, Any]]:
+    """Every audit entry (of every project) the filter picks, newest first, read over REST
+    with the owner's token."""
+    found: list[dict[str, Any]] = []
+    token = ""
+    while True:
+        page = httpx.get(
+            f"{server.url}/ironcore/v1/projects/-/auditLogs",
+            params={"filter": filter_text, "pageSize": 1000, "pageToken": token},
+            headers={"Authorization": f"Bearer {server.token}"},
+        )
+        assert page.status_code == 200, page.text
+        found += page.json().get("auditLogs", [])
+        token = page.json().get("nextPageToken", "")
+        if not token:
+            return found
+
+
+def audit_trail(server: Server, principal: str) -> list[tuple[str, str, str, str]]:
+    """The audit entries of `principal`, oldest first: (principal, method, resource, status)."""
+    return [
+        (e["principal"], e["method"], e["resource"], e["status"])
+        for e in reversed(audit_entries(server, f"principal={principal}"))
+    ]
 
 
 def bind(server: Server, path: str, member: str, role: str) -> bool:
@@ -324,19 +388,34 @@ def bind(server: Server, path: str, member: str, role: str) -> bool:
 
 def grpc_calls(
     iot: Any, publisher: Any, subscriber: Any, slug: str, base: str, topic: str, subscription: str
-) -> list[tuple[str, Callable[[], object]]]:
+) -> list[tuple[str, str, str, Callable[[], object]]]:
     """Every DeviceManager method and the Pub/Sub ones a role can tell apart: (the permission
-    it checks, the call). Creations and deletions act on names of the role's own (`slug`)."""
+    it checks, the method, the resource its audit entry names, the call). Creations and
+    deletions act on names of the role's own (`slug`)."""
     device = f"{base}/devices/dev-1"
     return [
         (
             "cloudiot.registries.create",
+            "CreateDeviceRegistry",
+            PARENT,
             lambda: iot.create_device_registry(parent=PARENT, device_registry={"id": f"n-{slug}"}),
         ),
-        ("cloudiot.registries.get", lambda: iot.get_device_registry(name=base)),
-        ("cloudiot.registries.list", lambda: list(iot.list_device_registries(parent=PARENT))),
+        (
+            "cloudiot.registries.get",
+            "GetDeviceRegistry",
+            base,
+            lambda: iot.get_device_registry(name=base),
+        ),
+        (
+            "cloudiot.registries.list",
+            "ListDeviceRegistries",
+            PARENT,
+            lambda: list(iot.list_device_registries(parent=PARENT)),
+        ),
         (
             "cloudiot.registries.update",
+            "UpdateDeviceRegistry",
+            base,
             lambda: iot.update_device_registry(
                 device_registry={"name": base, "log_level": "INFO"},
                 update_mask={"paths": ["log_level"]},
@@ -344,78 +423,133 @@ def grpc_calls(
         ),
         (
             "cloudiot.registries.delete",
+            "DeleteDeviceRegistry",
+            f"{PARENT}/registries/g-{slug}",
             lambda: iot.delete_device_registry(name=f"{PARENT}/registries/g-{slug}"),
         ),
-        ("cloudiot.registries.getIamPolicy", lambda: iot.get_iam_policy(resource=base)),
+        (
+            "cloudiot.registries.getIamPolicy",
+            "GetIamPolicy",
+            base,
+            lambda: iot.get_iam_policy(resource=base),
+        ),
         (
             "cloudiot.registries.setIamPolicy",
+            "SetIamPolicy",
+            base,
             lambda: iot.set_iam_policy(request={"resource": base, "policy": {}}),
         ),
         (
             "cloudiot.devices.create",
+            "CreateDevice",
+            base,
             lambda: iot.create_device(parent=base, device={"id": f"n-{slug}"}),
         ),
-        ("cloudiot.devices.get", lambda: iot.get_device(name=device)),
-        ("cloudiot.devices.list", lambda: list(iot.list_devices(parent=base))),
+        ("cloudiot.devices.get", "GetDevice", device, lambda: iot.get_device(name=device)),
+        ("cloudiot.devices.list", "ListDevices", base, lambda: list(iot.list_devices(parent=base))),
         (
             "cloudiot.devices.update",
+            "UpdateDevice",
+            device,
             lambda: iot.update_device(
                 device={"name": device, "metadata": {"k": "v"}}, update_mask={"paths": ["metadata"]}
             ),
         ),
-        ("cloudiot.devices.delete", lambda: iot.delete_device(name=f"{base}/devices/g-{slug}")),
+        (
+            "cloudiot.devices.delete",
+            "DeleteDevice",
+            f"{base}/devices/g-{slug}",
+            lambda: iot.delete_device(name=f"{base}/devices/g-{slug}"),
+        ),
         (
             "cloudiot.devices.updateConfig",
+            "ModifyCloudToDeviceConfig",
+            device,
             lambda: iot.modify_cloud_to_device_config(name=device, binary_data=b"c"),
         ),
-        ("cloudiot.devices.get", lambda: iot.list_device_config_versions(name=device)),
-        ("cloudiot.devices.get", lambda: iot.list_device_states(name=device)),
+        (
+            "cloudiot.devices.get",
+            "ListDeviceConfigVersions",
+            device,
+            lambda: iot.list_device_config_versions(name=device),
+        ),
+        (
+            "cloudiot.devices.get",
+            "ListDeviceStates",
+            device,
+            lambda: iot.list_device_states(name=device),
+        ),
         (
             "cloudiot.devices.sendCommand",
+            "SendCommandToDevice",
+            device,
             lambda: iot.send_command_to_device(name=device, binary_data=b"c"),
         ),
         (
             "cloudiot.devices.bindGateway",
+            "BindDeviceToGateway",
+            base,
             lambda: iot.bind_device_to_gateway(parent=base, gateway_id="gw-1", device_id="dev-1"),
         ),
         (
             "cloudiot.devices.unbindGateway",
+            "UnbindDeviceFromGateway",
+            base,
             lambda: iot.unbind_device_from_gateway(
                 parent=base, gateway_id="gw-1", device_id="dev-1"
             ),
         ),
         (
             "pubsub.topics.create",
+            "CreateTopic",
+            f"projects/{PROJECT}/topics/n-{slug}",
             lambda: publisher.create_topic(name=f"projects/{PROJECT}/topics/n-{slug}"),
         ),
-        ("pubsub.topics.get", lambda: publisher.get_topic(topic=topic)),
-        ("pubsub.topics.list", lambda: list(publisher.list_topics(project=f"projects/{PROJECT}"))),
+        ("pubsub.topics.get", "GetTopic", topic, lambda: publisher.get_topic(topic=topic)),
+        (
+            "pubsub.topics.list",
+            "ListTopics",
+            f"projects/{PROJECT}",
+            lambda: list(publisher.list_topics(project=f"projects/{PROJECT}")),
+        ),
         (
             "pubsub.topics.getIamPolicy",
+            "GetIamPolicy",
+            topic,
             lambda: publisher.get_iam_policy(request={"resource": topic}),
         ),
         (
             "pubsub.subscriptions.create",
+            "CreateSubscription",
+            f"projects/{PROJECT}/subscriptions/n-{slug}",
             lambda: subscriber.create_subscription(
                 name=f"projects/{PROJECT}/subscriptions/n-{slug}", topic=topic
             ),
         ),
         (
             "pubsub.subscriptions.get",
+            "GetSubscription",
+            subscription,
             lambda: subscriber.get_subscription(subscription=subscription),
         ),
         (
             "pubsub.subscriptions.list",
+            "ListSubscriptions",
+            f"projects/{PROJECT}",
             lambda: list(subscriber.list_subscriptions(project=f"projects/{PROJECT}")),
         ),
         (
             "pubsub.subscriptions.consume",
+            "Pull",
+            subscription,
             lambda: subscriber.pull(
                 subscription=subscription, max_messages=1, return_immediately=True
             ),
         ),
         (
             "pubsub.subscriptions.getIamPolicy",
+            "GetIamPolicy",
+            subscription,
             lambda: subscriber.get_iam_policy(request={"resource": subscription}),
         ),
     ]

@@ -12,11 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from google.api_core import exceptions
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 from google.cloud.pubsub_v1.subscriber.message import Message
 
+from ironcore.access.callers import PUBSUB_EMULATOR
 from ironcore.runtime.primary import is_loopback
 from tests.bridge import devices
 from tests.conftest import Database, Server, free_port, start_server, stop_server
@@ -102,7 +104,7 @@ def test_publish_pull_ack_and_create_subscription(
 def test_what_the_emulator_caller_may_not_do_is_refused(
     clients: tuple[Server, int, PublisherClient, SubscriberClient],
 ) -> None:
-    _, port, publisher, subscriber = clients
+    server, port, publisher, subscriber = clients
     subscriber.create_subscription(name=SUBSCRIPTION, topic=EVENTS)
     with pytest.raises(exceptions.PermissionDenied, match=r"pubsub\.topics\.create"):
         publisher.create_topic(name=f"projects/{devices.PROJECT}/topics/new")
@@ -120,6 +122,21 @@ def test_what_the_emulator_caller_may_not_do_is_refused(
     # Nothing was changed by the refusals.
     assert subscriber.get_subscription(subscription=SUBSCRIPTION).topic == EVENTS
     assert publisher.get_topic(topic=EVENTS).name == EVENTS
+    # The change and the refusals are in the audit log, in the port's caller's name.
+    listed = httpx.get(
+        f"{server.url}/ironcore/v1/projects/{devices.PROJECT}/auditLogs",
+        params={"filter": f"principal={PUBSUB_EMULATOR.principal}"},
+        headers={"Authorization": f"Bearer {server.token}"},
+    )
+    assert listed.status_code == 200, listed.text
+    entries = listed.json()["auditLogs"]
+    assert [(e["method"], e["resource"], e["status"]) for e in reversed(entries)] == [
+        ("CreateSubscription", SUBSCRIPTION, "OK"),
+        ("CreateTopic", f"projects/{devices.PROJECT}/topics/new", "PERMISSION_DENIED"),
+        ("DeleteTopic", EVENTS, "PERMISSION_DENIED"),
+        ("DeleteSubscription", SUBSCRIPTION, "PERMISSION_DENIED"),
+    ]
+    assert {(e["wire"], e["authentication"]) for e in entries} == {("grpc", "none")}
 
 
 def test_subscribe_receives_device_telemetry(

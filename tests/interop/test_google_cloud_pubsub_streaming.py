@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 from google.cloud.pubsub_v1.subscriber.message import Message
@@ -246,12 +247,13 @@ class Stream:
     """A raw StreamingPull on a plain gRPC channel: requests as they are put, responses as
     they arrive."""
 
-    def __init__(self, channel: grpc.Channel, server: Server) -> None:
+    def __init__(self, channel: grpc.Channel, server: Server, token: str = "") -> None:
+        """As the server's owner, or with `token`."""
         self.requests: queue.Queue[bytes | None] = queue.Queue()
         call: grpc.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(METHOD)
         self.responses: Any = call(
             iter(self.requests.get, None),
-            metadata=(("authorization", f"Bearer {server.token}"),),
+            metadata=(("authorization", f"Bearer {token or server.token}"),),
             timeout=TIMEOUT,
         )
 
@@ -348,6 +350,40 @@ def test_malformed_first_request_fails_only_its_stream(
             good.send(ack_ids=[got.ack_id])
     finally:
         good.close()
+
+
+@pytest.mark.databases("sqlite")
+def test_refused_streams_are_in_the_audit_log(
+    topic: str, channel: grpc.Channel, grpc_server: Server
+) -> None:
+    owner = {"Authorization": f"Bearer {grpc_server.token}"}
+    made = httpx.post(
+        f"{grpc_server.url}/ironcore/v1/tokens", json={"role": "viewer"}, headers=owner
+    )
+    assert made.status_code == 200, made.text
+    viewer = made.json()["token"]
+    for token, code in [
+        (viewer, grpc.StatusCode.PERMISSION_DENIED),
+        ("ic_0123456789ab_not-a-token", grpc.StatusCode.UNAUTHENTICATED),
+    ]:
+        stream = Stream(channel, grpc_server, token)
+        stream.send(subscription=SUBSCRIPTION, stream_ack_deadline_seconds=60)
+        with pytest.raises(grpc.RpcError) as caught:
+            stream.next()
+        stream.close()
+        assert caught.value.code() == code
+    listed = httpx.get(
+        f"{grpc_server.url}/ironcore/v1/projects/-/auditLogs",
+        params={"filter": "method=StreamingPull"},
+        headers=owner,
+    )
+    assert listed.status_code == 200, listed.text
+    unauthenticated, denied = listed.json()["auditLogs"]
+    assert (denied["status"], denied["resource"]) == ("PERMISSION_DENIED", SUBSCRIPTION)
+    assert denied["principal"] == f"adminToken:{viewer.split('_')[1]}"
+    assert "pubsub.subscriptions.consume" in denied["message"]
+    assert (unauthenticated["status"], unauthenticated["principal"]) == ("UNAUTHENTICATED", "")
+    assert viewer not in listed.text and "not-a-token" not in listed.text
 
 
 @pytest.mark.databases("sqlite")

@@ -55,7 +55,7 @@ class SendCommandRequest(Message):
 
 
 @router.post(DEVICES, name="CreateDevice")
-@router.post(GROUP_DEVICES, include_in_schema=False)
+@router.post(GROUP_DEVICES, name="CreateDevice", include_in_schema=False)
 async def create_device(
     project: str, location: str, registry: str, manager: Manager, caller: CallerDep, body: Device
 ) -> JSONResponse:
@@ -69,7 +69,7 @@ async def create_device(
 
 
 @router.get(DEVICES, name="ListDevices")
-@router.get(GROUP_DEVICES, include_in_schema=False)
+@router.get(GROUP_DEVICES, name="ListDevices", include_in_schema=False)
 async def list_devices(
     project: str,
     location: str,
@@ -108,7 +108,7 @@ async def list_devices(
 
 
 @router.get(DEVICE, name="GetDevice")
-@router.get(GROUP_DEVICE, include_in_schema=False)
+@router.get(GROUP_DEVICE, name="GetDevice", include_in_schema=False)
 async def get_device(
     project: str,
     location: str,
@@ -127,7 +127,7 @@ async def get_device(
 
 
 @router.patch(DEVICE, name="UpdateDevice")
-@router.patch(GROUP_DEVICE, include_in_schema=False)
+@router.patch(GROUP_DEVICE, name="UpdateDevice", include_in_schema=False)
 async def update_device(
     project: str,
     location: str,
@@ -148,7 +148,7 @@ async def update_device(
 
 
 @router.delete(DEVICE, name="DeleteDevice")
-@router.delete(GROUP_DEVICE, include_in_schema=False)
+@router.delete(GROUP_DEVICE, name="DeleteDevice", include_in_schema=False)
 async def delete_device(
     project: str, location: str, registry: str, device: str, manager: Manager, caller: CallerDep
 ) -> JSONResponse:
@@ -162,7 +162,11 @@ async def delete_device(
 
 
 @router.post(DEVICE + ":modifyCloudToDeviceConfig", name="ModifyCloudToDeviceConfig")
-@router.post(GROUP_DEVICE + ":modifyCloudToDeviceConfig", include_in_schema=False)
+@router.post(
+    GROUP_DEVICE + ":modifyCloudToDeviceConfig",
+    name="ModifyCloudToDeviceConfig",
+    include_in_schema=False,
+)
 async def modify_config(
     project: str,
     location: str,
@@ -232,7 +236,9 @@ def _device_error(device_id: str, code: Code, message: str) -> dict[str, Any]:
 
 
 @router.get(DEVICE + "/configVersions", name="ListDeviceConfigVersions")
-@router.get(GROUP_DEVICE + "/configVersions", include_in_schema=False)
+@router.get(
+    GROUP_DEVICE + "/configVersions", name="ListDeviceConfigVersions", include_in_schema=False
+)
 async def list_config_versions(
     project: str,
     location: str,
@@ -253,7 +259,7 @@ async def list_config_versions(
 
 
 @router.get(DEVICE + "/states", name="ListDeviceStates")
-@router.get(GROUP_DEVICE + "/states", include_in_schema=False)
+@router.get(GROUP_DEVICE + "/states", name="ListDeviceStates", include_in_schema=False)
 async def list_states(
     project: str,
     location: str,
@@ -274,7 +280,9 @@ async def list_states(
 
 
 @router.post(DEVICE + ":sendCommandToDevice", name="SendCommandToDevice")
-@router.post(GROUP_DEVICE + ":sendCommandToDevice", include_in_schema=False)
+@router.post(
+    GROUP_DEVICE + ":sendCommandToDevice", name="SendCommandToDevice", include_in_schema=False
+)
 async def send_command(
     project: str,
     location: str,

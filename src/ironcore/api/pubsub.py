@@ -104,7 +104,11 @@ def _resource(project: str, kind: str, resource: str) -> str:
 
 
 @router.get("/v1/projects/{project}/{kind}/{resource}:getIamPolicy", name="GetPubSubIamPolicy")
-@router.post("/v1/projects/{project}/{kind}/{resource}:getIamPolicy", include_in_schema=False)
+@router.post(
+    "/v1/projects/{project}/{kind}/{resource}:getIamPolicy",
+    name="GetPubSubIamPolicy",
+    include_in_schema=False,
+)
 async def get_pubsub_iam_policy(
     project: str, kind: PubSubKind, resource: str, request: Request, caller: CallerDep
 ) -> JSONResponse:

@@ -212,6 +212,14 @@ def serve(
             envvar="IRONCORE_AUDIT_RETENTION_DAYS", help="Keep audit log entries this long"
         ),
     ] = 400.0,
+    audit_denials_per_minute: Annotated[
+        int,
+        typer.Option(
+            envvar="IRONCORE_AUDIT_DENIALS_PER_MINUTE",
+            min=1,
+            help="Record at most this many refused calls per client address a minute",
+        ),
+    ] = 20,
     mqtt_host: Annotated[str, typer.Option(envvar="IRONCORE_MQTT_HOST")] = "0.0.0.0",
     mqtt_port: Annotated[
         int, typer.Option(envvar="IRONCORE_MQTT_PORT", help="MQTT over TLS; 0 turns it off")
@@ -394,6 +402,7 @@ def serve(
             insecure_device_http=insecure_device_http,
             event_retention_days=event_retention_days,
             audit_retention_days=audit_retention_days,
+            audit_denials_per_minute=audit_denials_per_minute,
             nats_url=nats_url,
             mqtt_host=mqtt_host,
             mqtt_port=mqtt_port,

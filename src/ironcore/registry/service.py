@@ -149,6 +149,7 @@ class DeviceManager:
             raise InvalidArgument.field("name", "must be empty when creating a registry")
         name = RegistryName(parent, check_id(registry.id, "id"))
         self._check_registry(registry)
+        audit.created(str(name))
         await self._ensure_topics(registry)
         record = await self.store.registries.create_registry(
             name, registry, self.clock(), limits.REGISTRIES_PER_LOCATION
@@ -277,6 +278,7 @@ class DeviceManager:
             )
         record = await self._registry(parent)
         self._check_device(record.registry, device, [])
+        audit.created(f"{parent}/devices/{device.id}")
         fresh = Device(
             id=device.id,
             credentials=device.credentials,
@@ -491,6 +493,11 @@ class DeviceManager:
             raise ResourceExhausted(
                 "Configs of a device can be updated at most once per second; try again shortly"
             )
+        before = record.device.config.binary_data if record.device.config else b""
+        audit.changed(
+            {"version": current, "binaryData": base64.b64encode(before).decode()},
+            {"version": current + 1, "binaryData": base64.b64encode(data).decode()},
+        )
         config = await self.store.configs.modify_config(
             record.device.num_id, current, data, now, limits.CONFIG_VERSIONS_KEPT
         )
@@ -601,11 +608,16 @@ class DeviceManager:
                 "subfolder", f"at most {limits.SUBFOLDER_MAX_BYTES} bytes, without '+', '#' or NUL"
             )
         device = (await self.device_record(ref)).device
+        # Nothing is stored, so no write carries the audit entry: the attempt is recorded
+        # apart, with its result (the request's data by its size and hash only).
         if self.links is None or not await self.links.send_command(device, data, subfolder):
-            raise FailedPrecondition(
+            error = FailedPrecondition(
                 f"Device {ref} is not connected, "
                 f"or not subscribed to /devices/{device.id}/commands/#"
             )
+            await self.store.audit.attempted(error.code.name, error.message)
+            raise error
+        await self.store.audit.attempted("OK")
 
     # Gateways
 

@@ -35,6 +35,7 @@ Method = Callable[[Any, Caller], Awaitable[Message]]
 
 
 def unary(
+    rpc: str,
     method: Method,
     request_type: type[Message],
     authenticator: Authenticator,
@@ -44,15 +45,13 @@ def unary(
     deserializer raises, and a request that does not parse is the caller's INVALID_ARGUMENT.
     Authentication comes first, as on REST: without a valid token nothing else is said.
 
-    The call's writes carry its audit entry (`actor`); with `audit_log`, a call refused for
-    its credential or its permissions is recorded there (rate-limited)."""
+    The call's writes carry its audit entry (`actor`, method `rpc`); with `audit_log`, a call
+    refused for its credential or its permissions is recorded there (rate-limited)."""
     name = request_type.DESCRIPTOR.full_name
 
     async def call(raw: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         credential = authorization(context)
-        found = audit.Actor(
-            "grpc", "", credential_kind(credential), "", _method_name(request_type), ""
-        )
+        found = audit.Actor("grpc", "", credential_kind(credential), "", rpc, "")
         try:
             found.address = current_client_address()
             try:
@@ -60,13 +59,13 @@ def unary(
             except IronCoreError:
                 # What the refused call was after, if its request parses at all.
                 with contextlib.suppress(DecodeError):
-                    found = actor(request_type.FromString(raw), None, credential)
+                    found = actor(request_type.FromString(raw), None, credential, rpc)
                 raise
             try:
                 request = request_type.FromString(raw)
             except DecodeError as error:
                 raise InvalidArgument(f"The request is not a valid {name}: {error}") from None
-            found = actor(request, caller, credential)
+            found = actor(request, caller, credential, rpc)
             token = audit.acting(found)
             try:
                 answer: bytes = (await method(request, caller)).SerializeToString()
@@ -74,7 +73,7 @@ def unary(
                 audit.done(token)
             return answer
         except IronCoreError as error:
-            if audit_log is not None and isinstance(error, _DENIALS):
+            if audit_log is not None and isinstance(error, DENIALS):
                 await audit_log.denied(found, error.code.name, error.message)
             await context.abort_with_status(status(error))
         except Exception:
@@ -87,29 +86,23 @@ def unary(
 
 # Refusals recorded in the audit log: a bad credential, a client address backing off, a
 # permission the caller lacks.
-_DENIALS = (Unauthenticated, Slowed, PermissionDenied)
+DENIALS = (Unauthenticated, Slowed, PermissionDenied)
 # Methods whose writes are the data plane, not changes to audit: Pub/Sub message traffic.
 _UNAUDITED = frozenset({"Publish", "Pull", "Acknowledge", "ModifyAckDeadline"})
 
 
-def _method_name(request_type: type[Message]) -> str:
-    name: str = request_type.DESCRIPTOR.name
-    return name.removesuffix("Request")
-
-
-def actor(request: Message, caller: Caller | None, credential: str) -> audit.Actor:
-    """Who acts in a unary call, for the audit entry its writes carry (registry/store/audit.py):
-    the method is the request's name without `Request` (`CreateDevice`, as on REST), the
-    resource the request's `name`, `resource`, `parent` or `subscription`, or that of the
-    resource it carries (an update's `device.name`)."""
-    method = _method_name(type(request))
+def actor(request: Message, caller: Caller | None, credential: str, method: str) -> audit.Actor:
+    """Who acts in a call of `method` (`CreateDevice`, as on REST), for the audit entry its
+    writes carry (registry/store/audit.py): the resource is the request's `name`, `resource`,
+    `parent`, `subscription`, `topic` or `project`, or that of the resource it carries (an
+    update's `device.name`)."""
     fields = json_format.MessageToDict(request)
     named = [fields, *(v for v in fields.values() if isinstance(v, dict))]
     resource = next(
         (
             str(found[k])
             for found in named
-            for k in ("name", "resource", "parent", "subscription")
+            for k in ("name", "resource", "parent", "subscription", "topic", "project")
             if found.get(k)
         ),
         "",

@@ -77,7 +77,9 @@ class DeviceManagerService:
         return grpc.method_handlers_generic_handler(
             SERVICE,
             {
-                name: unary(method, request_type, self.authenticator, self.manager.store.audit)
+                name: unary(
+                    name, method, request_type, self.authenticator, self.manager.store.audit
+                )
                 for name, (method, request_type) in methods.items()
             },
         )

@@ -18,6 +18,7 @@ from ironcore.access.callers import Authenticator
 from ironcore.access.policies import bindable
 from ironcore.access.roles import Caller, require
 from ironcore.registry.resources import Policy
+from ironcore.registry.store.audit import AuditStore
 from ironcore.routing.policies import PubSubPolicies, parse_resource, permission
 from ironcore.routing.pubsub import PubSub
 from ironcore.rpc.calls import Method, mask, model, policy_message, unary
@@ -26,9 +27,13 @@ SERVICE = "google.iam.v1.IAMPolicy"
 
 
 class IAMPolicyService:
-    def __init__(self, pubsub: PubSub, authenticator: Authenticator) -> None:
+    def __init__(
+        self, pubsub: PubSub, authenticator: Authenticator, audit_log: AuditStore | None = None
+    ) -> None:
+        """With `audit_log`, refused calls are recorded there (rpc.calls.unary)."""
         self.policies = PubSubPolicies(pubsub)
         self.authenticator = authenticator
+        self.audit_log = audit_log
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods: dict[str, tuple[Method, type[Message]]] = {
@@ -42,7 +47,7 @@ class IAMPolicyService:
         return grpc.method_handlers_generic_handler(
             SERVICE,
             {
-                name: unary(method, request_type, self.authenticator)
+                name: unary(name, method, request_type, self.authenticator, self.audit_log)
                 for name, (method, request_type) in methods.items()
             },
         )

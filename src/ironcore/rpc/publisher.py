@@ -15,6 +15,7 @@ from ironcore.access.callers import Authenticator
 from ironcore.access.roles import Caller, require
 from ironcore.errors import InvalidArgument
 from ironcore.registry.names import is_valid_project
+from ironcore.registry.store.audit import AuditStore
 from ironcore.routing.pubsub import PubSub, parse_topic
 from ironcore.rpc.calls import Method, unary
 
@@ -28,9 +29,16 @@ _Topic = pubsub.Topic.pb()
 
 
 class PublisherService:
-    def __init__(self, pubsub_service: PubSub, authenticator: Authenticator) -> None:
+    def __init__(
+        self,
+        pubsub_service: PubSub,
+        authenticator: Authenticator,
+        audit_log: AuditStore | None = None,
+    ) -> None:
+        """With `audit_log`, refused calls are recorded there (rpc.calls.unary)."""
         self.pubsub = pubsub_service
         self.authenticator = authenticator
+        self.audit_log = audit_log
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods: dict[str, tuple[Method, type[Message]]] = {
@@ -43,7 +51,7 @@ class PublisherService:
         return grpc.method_handlers_generic_handler(
             SERVICE,
             {
-                name: unary(method, request_type, self.authenticator)
+                name: unary(name, method, request_type, self.authenticator, self.audit_log)
                 for name, (method, request_type) in methods.items()
             },
         )

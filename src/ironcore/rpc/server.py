@@ -30,6 +30,7 @@ import grpc
 from ironcore.access.callers import Authenticator
 from ironcore.access.forwarded import TrustedProxies
 from ironcore.registry.service import DeviceManager
+from ironcore.registry.store.audit import AuditStore
 from ironcore.routing.pubsub import PubSub
 from ironcore.rpc.device_manager import DeviceManagerService
 from ironcore.rpc.iam_policy import IAMPolicyService
@@ -74,7 +75,8 @@ class GrpcServer:
     topics and subscriptions) with a `manager`; each call acts
     as the caller `authenticator` finds for it, from the client address `rpc.peers` finds
     (behind `trusted_proxies`, the one they forward). With `tls` (certificate chain, key) it
-    serves TLS, without it plaintext."""
+    serves TLS, without it plaintext. With `audit_log`, refused calls are recorded there (a
+    manager's own audit log by default); changes are recorded wherever they are written."""
 
     def __init__(
         self,
@@ -88,6 +90,7 @@ class GrpcServer:
         manager: DeviceManager | None = None,
         name: str = "gRPC API",
         trusted_proxies: TrustedProxies | None = None,
+        audit_log: AuditStore | None = None,
     ) -> None:
         self.drain_seconds = drain_seconds
         self.name = name
@@ -106,12 +109,17 @@ class GrpcServer:
             ],
             maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
         )
-        self._subscriber = SubscriberService(pubsub, authenticator)
-        handlers = [PublisherService(pubsub, authenticator).handler(), self._subscriber.handler()]
+        if audit_log is None and manager is not None:
+            audit_log = manager.store.audit
+        self._subscriber = SubscriberService(pubsub, authenticator, audit_log)
+        handlers = [
+            PublisherService(pubsub, authenticator, audit_log).handler(),
+            self._subscriber.handler(),
+        ]
         if manager is not None:
             # The gRPC API port; the emulator port (no manager) serves no IAM, as Google's.
             handlers.append(DeviceManagerService(manager, authenticator).handler())
-            handlers.append(IAMPolicyService(pubsub, authenticator).handler())
+            handlers.append(IAMPolicyService(pubsub, authenticator, audit_log).handler())
         self._server.add_generic_rpc_handlers(
             [Addressed(Counted(handlers), trusted_proxies or TrustedProxies())]
         )

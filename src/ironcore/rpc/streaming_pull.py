@@ -46,6 +46,7 @@ from google.protobuf.message import DecodeError
 from ironcore.access.callers import Authenticator
 from ironcore.access.roles import require
 from ironcore.errors import InvalidArgument, IronCoreError, Unavailable
+from ironcore.registry.store.audit import AuditStore
 from ironcore.registry.store.pubsub import Delivered
 from ironcore.routing.pubsub import (
     ACK_DEADLINE_MAX,
@@ -54,7 +55,7 @@ from ironcore.routing.pubsub import (
     PubSub,
     parse_subscription,
 )
-from ironcore.rpc.calls import authorization, status
+from ironcore.rpc.calls import DENIALS, actor, authorization, status
 
 with warnings.catch_warnings():
     # As in rpc.device_manager: google-api-core's Python-version warning is not for a log.
@@ -73,9 +74,16 @@ class StreamingPull:
     """The method's handler and the registry of this process's open streams, which the unary
     Acknowledge and ModifyAckDeadline tell what they settled."""
 
-    def __init__(self, pubsub_service: PubSub, authenticator: Authenticator) -> None:
+    def __init__(
+        self,
+        pubsub_service: PubSub,
+        authenticator: Authenticator,
+        audit_log: AuditStore | None = None,
+    ) -> None:
+        """With `audit_log`, a stream refused for its credential or permission is recorded."""
         self.pubsub = pubsub_service
         self.authenticator = authenticator
+        self.audit_log = audit_log
         self._streams: dict[str, set[_Stream]] = {}
         self.closing = False
 
@@ -85,12 +93,16 @@ class StreamingPull:
     async def call(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> None:
+        credential = authorization(context)
+        # Who was refused, for the audit log: the subscription is known once the first request is.
+        found = actor(_Request(), None, credential, "StreamingPull")
         try:
-            caller = await self.authenticator.caller(authorization(context))
+            caller = await self.authenticator.caller(credential)
             first = await anext(requests, None)
             if first is None:
                 raise InvalidArgument("The stream ended before its first request")
             request = _parse(first)
+            found = actor(request, caller, credential, "StreamingPull")
             name = parse_subscription(request.subscription, "subscription")
             require(caller, "pubsub.subscriptions.consume", name)
             stream = _Stream(self, name, request)
@@ -102,6 +114,8 @@ class StreamingPull:
                 if not self._streams[name]:
                     del self._streams[name]
         except IronCoreError as error:
+            if self.audit_log is not None and isinstance(error, DENIALS):
+                await self.audit_log.denied(found, error.code.name, error.message)
             await context.abort_with_status(status(error))
         except Exception:
             log.exception("unexpected error in gRPC StreamingPull")

@@ -14,6 +14,7 @@ from google.protobuf.message import Message
 from ironcore.access.callers import Authenticator
 from ironcore.access.roles import Caller, require
 from ironcore.errors import InvalidArgument
+from ironcore.registry.store.audit import AuditStore
 from ironcore.routing.pubsub import (
     PubSub,
     message_wire,
@@ -34,10 +35,17 @@ _Subscription = pubsub.Subscription.pb()
 
 
 class SubscriberService:
-    def __init__(self, pubsub_service: PubSub, authenticator: Authenticator) -> None:
+    def __init__(
+        self,
+        pubsub_service: PubSub,
+        authenticator: Authenticator,
+        audit_log: AuditStore | None = None,
+    ) -> None:
+        """With `audit_log`, refused calls are recorded there (rpc.calls.unary)."""
         self.pubsub = pubsub_service
         self.authenticator = authenticator
-        self.streaming_pull = StreamingPull(pubsub_service, authenticator)
+        self.audit_log = audit_log
+        self.streaming_pull = StreamingPull(pubsub_service, authenticator, audit_log)
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods: dict[str, tuple[Method, type[Message]]] = {
@@ -53,7 +61,7 @@ class SubscriberService:
             "ModifyAckDeadline": (self.modify_ack_deadline, pubsub.ModifyAckDeadlineRequest.pb()),
         }
         handlers = {
-            name: unary(method, request_type, self.authenticator)
+            name: unary(name, method, request_type, self.authenticator, self.audit_log)
             for name, (method, request_type) in methods.items()
         }
         handlers["StreamingPull"] = self.streaming_pull.handler()

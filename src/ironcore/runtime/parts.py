@@ -80,6 +80,7 @@ class Storage:
                 raise
             where = make_url(settings.effective_database_url).render_as_string(hide_password=True)
             raise CannotStart(f"the database cannot be used ({where}): {fault.message}") from None
+        store.audit.limit_denials(settings.audit_denials_per_minute)
         sink = JetStreamSink(settings.nats_url) if settings.nats_url else None
         return cls(store, EventLog(store), sink)
 

@@ -51,6 +51,7 @@ from ironcore.errors import IronCoreError
 from ironcore.firmware.rollout import Firmware
 from ironcore.metrics import Snapshot
 from ironcore.registry.store import Store
+from ironcore.registry.store.audit import AuditStore
 from ironcore.routing.pubsub import PubSub
 from ironcore.routing.push import PushDelivery
 from ironcore.rpc.server import GrpcLimits, GrpcServer
@@ -314,7 +315,11 @@ def adapters(
         if settings.pubsub_emulator_port:
             found.append(
                 pubsub_emulator(
-                    settings, services.pubsub, grpc_limits(settings, budget), emulator_caller
+                    settings,
+                    services.pubsub,
+                    grpc_limits(settings, budget),
+                    emulator_caller,
+                    services.manager.store.audit,
                 )
             )
     except OSError as error:
@@ -381,13 +386,17 @@ def api_tls_files(settings: Settings) -> tuple[Path, Path] | None:
 
 
 def pubsub_emulator(
-    settings: Settings, pubsub: PubSub, limits: GrpcLimits, caller: Caller = PUBSUB_EMULATOR
+    settings: Settings,
+    pubsub: PubSub,
+    limits: GrpcLimits,
+    caller: Caller = PUBSUB_EMULATOR,
+    audit_log: AuditStore | None = None,
 ) -> GrpcServer:
     """The Pub/Sub emulator port: Publisher and Subscriber in plaintext, for clients that
     PUBSUB_EMULATOR_HOST redirects. They send no credentials, so every call acts as `caller`
     (`PUBSUB_EMULATOR`: publish and consume, read, create subscriptions; or the service
     account of `--pubsub-emulator-as`), and anyone who can reach the port may do that: a host
-    other than loopback is warned about."""
+    other than loopback is warned about. With `audit_log`, its refusals are recorded there."""
     host = settings.pubsub_emulator_host
     if not is_loopback(host):
         log.warning(
@@ -405,6 +414,7 @@ def pubsub_emulator(
         DRAIN_SECONDS,
         limits,
         name="Pub/Sub emulator API",
+        audit_log=audit_log,
     )
 
 

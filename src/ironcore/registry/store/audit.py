@@ -8,15 +8,24 @@ So the adapter says who is acting (`acting`, a context variable for the call's t
 that same transaction: the entry and the change commit or roll back together, and a call that
 changed nothing (a read, a refused update) leaves no "OK" entry. A service that updates a
 resource says which fields changed (`changed`, before/after) before it writes, and the entry
-carries them. Reads never write, so they are never recorded.
+carries them; a create says the name of what it creates (`created`), so that the entry names
+the new resource rather than its collection. A write transaction that turns out to change
+nothing (the row was gone, the etag stale) says so (`unchanged`) and carries no entry. Reads
+never write, so they are never recorded.
+
+A call that changes nothing stored but acts (a command sent to a device) records its attempt
+apart, with its result (`AuditStore.attempted`).
 
 A call refused before it could change anything (authentication failed, permission denied)
-has no transaction of its own: its adapter appends a separate entry (`AuditStore.append`),
-at most `DENIALS_PER_MINUTE` per client address a minute, so a storm of guesses cannot fill
+has no transaction of its own: its adapter appends a separate entry (`AuditStore.denied`),
+at most `DENIALS_PER_MINUTE` per client address a minute (a server's
+`--audit-denials-per-minute`), so a storm of guesses cannot fill
 the database; the first entry after a quiet minute says how many were left out.
 
 The request's fields are recorded without secrets: every key that names one (`_SECRET_KEYS`)
-is dropped whatever its depth, and long values are cut (`_MAX_VALUE`). Entries are read by
+is dropped whatever its depth, a URL's user name, password and secret-named query parameters
+are replaced by `REDACTED`, a config's or command's data (`binaryData`) is recorded as its
+size and SHA-256, and long values are cut (`_MAX_VALUE`). Entries are read by
 project, newest first, with a filter (`Query`); no API changes or deletes them, and the
 server's retention sweep (`delete_before`) is the only delete.
 """
@@ -26,14 +35,17 @@ from __future__ import annotations
 import base64
 import binascii
 import contextvars
+import hashlib
 import json
 import logging
 import operator
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sqlalchemy import Connection, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -64,6 +76,11 @@ _SECRET_KEYS = frozenset(
         "authorization",
     }
 )
+# Fields holding a config's or a command's bytes (base64): recorded as their size and hash.
+_DATA_KEYS = frozenset({"binarydata"})
+# A URL anywhere in a recorded string (push endpoints): its credentials are left out.
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]+")
+REDACTED = "REDACTED"
 # A recorded value longer than this is cut (configs and commands may be 64 KiB of data).
 _MAX_VALUE = 1024
 DENIALS_PER_MINUTE = 20
@@ -119,27 +136,107 @@ def changed(before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
     actor = _actor.get()
     if actor is None:
         return
-    for key in sorted(set(before) | set(after)):
+    # Redacted as a request is: a secret field is left out, data recorded by size and hash.
+    shown_before, shown_after = redacted(dict(before)), redacted(dict(after))
+    for key in sorted(set(shown_before) | set(shown_after)):
         if before.get(key) != after.get(key):
             actor.changes[key] = {
-                "before": redacted(before.get(key)),
-                "after": redacted(after.get(key)),
+                "before": shown_before.get(key),
+                "after": shown_after.get(key),
             }
 
 
+def created(name: str) -> None:
+    """Say the name of the resource the acting call creates (before the write that creates it,
+    or inside its transaction): the entry names it, not the collection the call addressed."""
+    actor = _actor.get()
+    if actor is not None:
+        actor.resource = name
+
+
+def created_id(resource_id: str) -> None:
+    """Say the id of the resource the acting call creates in the collection it addressed (a
+    POST to `…/rollouts` creates `…/rollouts/<id>`), before or inside the write that does."""
+    actor = _actor.get()
+    if actor is not None:
+        actor.resource = f"{actor.resource}/{resource_id}"
+
+
+def unchanged(conn: AsyncConnection) -> None:
+    """Say that the write transaction `conn` changes nothing after all (what it was to change
+    is gone, or was changed by someone else meanwhile): it carries no entry."""
+    _unchanged.set(conn)
+
+
+# The write transaction (its connection object, one per transaction) that changes nothing.
+_unchanged: contextvars.ContextVar[AsyncConnection | None] = contextvars.ContextVar(
+    "audit_unchanged", default=None
+)
+
+
 def redacted(value: Any) -> Any:
-    """`value` (a request's JSON) without the values of secret keys, long strings cut."""
+    """`value` (a request's JSON) without the values of secret keys, URLs without their
+    credentials, data as its size and hash, long strings cut."""
     if isinstance(value, Mapping):
         return {
-            str(k): redacted(v)
+            str(k): _data(v) if _key(k) in _DATA_KEYS else redacted(v)
             for k, v in value.items()
-            if str(k).lower().replace("_", "") not in _SECRET_KEYS
+            if _key(k) not in _SECRET_KEYS
         }
     if isinstance(value, list):
         return [redacted(v) for v in value]
-    if isinstance(value, str) and len(value) > _MAX_VALUE:
-        return value[:_MAX_VALUE] + "…"
+    if isinstance(value, str):
+        if "://" in value:
+            value = _URL.sub(lambda found: _url(found.group(0)), value)
+        if len(value) > _MAX_VALUE:
+            return value[:_MAX_VALUE] + "…"
     return value
+
+
+def _key(key: object) -> str:
+    return str(key).lower().replace("_", "").replace("-", "")
+
+
+def _data(value: Any) -> Any:
+    """A config's or command's data (base64) as its size and SHA-256, never its bytes."""
+    if not isinstance(value, str):
+        return redacted(value)
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raw = value.encode()
+    return {"size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+
+
+def _url(url: str) -> str:
+    """`url` without its user name and password, and with its secret-named query parameters'
+    values replaced."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return REDACTED
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    secret_query = any(_secret_parameter(k) for k, _ in pairs)
+    if "@" not in parts.netloc and not secret_query:
+        return url  # as it was written
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rpartition('@')[2]}"
+    query = parts.query
+    if secret_query:
+        query = urlencode([(k, REDACTED if _secret_parameter(k) else v) for k, v in pairs])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _secret_parameter(name: str) -> bool:
+    """A query parameter named like a secret: the secret field names, and `key`, `sig`,
+    `code`, `api_key`, `auth_token`, `X-Amz-Signature`, `client_secret`…"""
+    key = _key(name)
+    return (
+        key in _SECRET_KEYS
+        or key in {"key", "sig", "code", "auth", "credential", "credentials"}
+        or key.endswith(("token", "secret", "password", "signature", "key", "passphrase"))
+    )
 
 
 def project_of(resource: str) -> str:
@@ -173,6 +270,10 @@ class Entry:
             "status": self.status,
             **self.detail,
         }
+
+
+def _detail(actor: Actor) -> dict[str, Any]:
+    return {"wire": actor.wire, "request": redacted(dict(actor.fields))}
 
 
 def _row(actor: Actor, status: str, detail: dict[str, Any]) -> dict[str, Any]:
@@ -209,7 +310,7 @@ def record_change_sync(conn: Connection) -> dict[str, Any] | None:
 
 def _change_row() -> dict[str, Any] | None:
     actor = _actor.get()
-    if actor is None or not actor.records:
+    if _unchanged.get() is conn or actor is None or not actor.records:
         return None
     detail: dict[str, Any] = {"wire": actor.wire, "request": redacted(dict(actor.fields))}
     if actor.changes:
@@ -312,10 +413,11 @@ def _after(token: str) -> int | None:
 
 
 class _Denials:
-    """At most `DENIALS_PER_MINUTE` denial entries per client address a minute, and how many
-    were left out since the last one written."""
+    """At most `per_minute` denial entries per client address a minute, and how many were
+    left out since the last one written."""
 
-    def __init__(self) -> None:
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
         self._windows: dict[str, tuple[float, int, int]] = {}
 
     def admit(self, address: str, now: float) -> int | None:
@@ -323,7 +425,7 @@ class _Denials:
         start, count, dropped = self._windows.get(address, (now, 0, 0))
         if now - start >= 60.0:
             start, count = now, 0
-        if count >= DENIALS_PER_MINUTE:
+        if count >= self.per_minute:
             self._windows[address] = (start, count, dropped + 1)
             return None
         if address not in self._windows and len(self._windows) >= _MAX_ADDRESSES:
@@ -335,21 +437,37 @@ class _Denials:
 class AuditStore:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._denials = _Denials()
+        self._denials = _Denials(DENIALS_PER_MINUTE)
+
+    def limit_denials(self, per_minute: int) -> None:
+        """Record at most `per_minute` refusals per client address a minute from now on
+        (`--audit-denials-per-minute`)."""
+        self._denials.per_minute = per_minute
 
     async def denied(self, actor: Actor, status: str, message: str) -> None:
         """Record a call refused before it changed anything (rate-limited per address)."""
         dropped = self._denials.admit(actor.address, time.monotonic())
         if dropped is None:
             return
-        detail: dict[str, Any] = {
-            "wire": actor.wire,
-            "request": redacted(dict(actor.fields)),
-            "message": message,
-        }
+        detail = _detail(actor)
+        detail["message"] = message
         if dropped:
             detail["omittedDenials"] = dropped
-        row = _row(actor, status, detail)
+        await self._append(_row(actor, status, detail))
+
+    async def attempted(self, status: str, message: str = "") -> None:
+        """Record the acting call's attempt at a change that stores nothing (a command sent to
+        a device), with its result: "OK", or the error's status and `message`. Its own
+        transaction: nothing else is written with it."""
+        actor = _actor.get()
+        if actor is None or not actor.records:
+            return
+        detail = _detail(actor)
+        if message:
+            detail["message"] = message
+        await self._append(_row(actor, status, detail))
+
+    async def _append(self, row: dict[str, Any]) -> None:
         token = acting(None)
         try:
             async with self.db.write() as conn:

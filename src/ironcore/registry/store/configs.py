@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import BigInteger, delete, insert, literal, or_, select, update
 
 from ironcore.registry.resources import DeviceConfig, DeviceState
+from ironcore.registry.store import audit
 from ironcore.registry.store.database import Database
 from ironcore.registry.store.devices import DeviceFilter
 from ironcore.registry.store.schema import (
@@ -54,6 +55,7 @@ class ConfigStore:
                 )
             )
             if result.rowcount != 1:
+                audit.unchanged(conn)
                 return None
             await conn.execute(
                 insert(device_configs).values(

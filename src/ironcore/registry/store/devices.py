@@ -21,6 +21,7 @@ from ironcore.registry import provenance
 from ironcore.registry.names import RegistryName, device_name
 from ironcore.registry.provenance import Provenance
 from ironcore.registry.resources import Device, DeviceConfig, DeviceState, GatewayType, Status
+from ironcore.registry.store import audit
 from ironcore.registry.store.database import Database
 from ironcore.registry.store.registries import REGISTRY_WHERE, registry_params
 from ironcore.registry.store.rotation import ACTIVE as ROTATION_ACTIVE
@@ -256,6 +257,7 @@ class DeviceStore:
                 query = query.with_for_update()
             body = await conn.scalar(query)
             if body is None:
+                audit.unchanged(conn)
                 return None
             credentials = list(body["credentials"])
             changed = change(credentials, provenance.read(body))
@@ -369,6 +371,8 @@ class DeviceStore:
                     gateway_bindings.c.device_num_id == device,
                 )
             )
+            if not result.rowcount:
+                audit.unchanged(conn)
             return bool(result.rowcount)
 
     async def is_bound(self, gateway: int, device: int) -> bool:

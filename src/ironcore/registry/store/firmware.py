@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ironcore.errors import AlreadyExists
 from ironcore.registry.names import LocationName, RegistryName
+from ironcore.registry.store import audit
 from ironcore.registry.store.database import Database
 from ironcore.registry.store.schema import (
     devices,
@@ -77,6 +78,7 @@ class FirmwareStore:
                     )
                 )
             ).first()
+            audit.created_id(image.sha256)
             if existing is not None:
                 return _image(existing)
             try:
@@ -140,6 +142,7 @@ class FirmwareStore:
                 # Serializes concurrent starts on PostgreSQL; SQLite has one writer anyway.
                 query = query.with_for_update()
             if (await conn.execute(query)).first() is not None:
+                audit.unchanged(conn)
                 return None
             pk = await conn.scalar(
                 insert(rollouts)
@@ -155,6 +158,7 @@ class FirmwareStore:
                 )
                 .returning(rollouts.c.pk)
             )
+            audit.created_id(str(pk))
         assert pk is not None
         return RolloutRecord(pk, registry_pk, sha256, spec, 0, RUNNING, "", now, now)
 
@@ -209,6 +213,8 @@ class FirmwareStore:
                 )
                 .values(stage=stage, state=state, reason=reason, updated_at=to_us(now))
             )
+            if result.rowcount != 1:
+                audit.unchanged(conn)
         return result.rowcount == 1
 
     async def target_devices(

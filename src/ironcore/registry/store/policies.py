@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Delete, Table, delete, insert, select, update
 
 from ironcore.errors import NotFound
+from ironcore.registry.store import audit
 from ironcore.registry.store.database import Database
 from ironcore.registry.store.schema import (
     iam_policies,
@@ -33,6 +34,11 @@ class StoredPolicy:
     policy: dict[str, Any]
     version: int
     etag: str
+
+
+def bindings(policy: Any) -> dict[str, Any]:
+    """A stored policy's bindings, as the audit log shows them before and after a change."""
+    return {"bindings": (policy or {}).get("bindings", [])}
 
 
 def delete_policy(name: str) -> Delete:
@@ -73,11 +79,18 @@ class PolicyStore:
                     query = query.with_for_update(read=True)
                 if await conn.scalar(query) is None:
                     raise NotFound(f"{kind.removesuffix('s').capitalize()} {name} not found")
-            current = await conn.scalar(
-                select(resource_policies.c.etag).where(resource_policies.c.name == name)
-            )
+            row = (
+                await conn.execute(
+                    select(resource_policies.c.etag, resource_policies.c.policy).where(
+                        resource_policies.c.name == name
+                    )
+                )
+            ).first()
+            current = None if row is None else row.etag
             if expected_etag is not None and expected_etag != (current or ""):
+                audit.unchanged(conn)
                 return False
+            audit.changed(bindings(None if row is None else row.policy), bindings(stored.policy))
             if current is None:
                 await conn.execute(insert(resource_policies).values(name=name, **values))
             else:

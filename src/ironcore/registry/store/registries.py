@@ -13,7 +13,9 @@ from sqlalchemy.exc import IntegrityError
 from ironcore.errors import AlreadyExists, FailedPrecondition, ResourceExhausted
 from ironcore.registry.names import LocationName, RegistryName
 from ironcore.registry.resources import DeviceRegistry
+from ironcore.registry.store import audit
 from ironcore.registry.store.database import Database
+from ironcore.registry.store.policies import bindings
 from ironcore.registry.store.schema import devices, iam_policies, registries, to_us
 from ironcore.registry.wire import STORED
 
@@ -77,6 +79,7 @@ class RegistryStore:
         async with self.db.write() as conn:
             pk = await conn.scalar(select(registries.c.pk).where(*_registry_where(name)))
             if pk is None:
+                audit.unchanged(conn)
                 return False
             if await conn.scalar(
                 select(devices.c.num_id).where(devices.c.registry_pk == pk).limit(1)
@@ -134,11 +137,18 @@ class RegistryStore:
     ) -> bool:
         """Store a policy; with `expected_etag`, only if the stored one still has it."""
         async with self.db.write() as conn:
-            current = await conn.scalar(
-                select(iam_policies.c.etag).where(iam_policies.c.registry_pk == registry_pk)
-            )
+            row = (
+                await conn.execute(
+                    select(iam_policies.c.etag, iam_policies.c.policy).where(
+                        iam_policies.c.registry_pk == registry_pk
+                    )
+                )
+            ).first()
+            current = None if row is None else row.etag
             if expected_etag is not None and expected_etag != (current or ""):
+                audit.unchanged(conn)
                 return False
+            audit.changed(bindings(None if row is None else row.policy), bindings(policy))
             if current is None:
                 await conn.execute(
                     insert(iam_policies).values(registry_pk=registry_pk, policy=policy, etag=etag)

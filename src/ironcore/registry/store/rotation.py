@@ -10,6 +10,7 @@ from sqlalchemy import bindparam, select, update
 
 from ironcore.registry import provenance
 from ironcore.registry.provenance import Provenance
+from ironcore.registry.store import audit
 from ironcore.registry.store.database import Database
 from ironcore.registry.store.schema import devices, registries
 
@@ -62,11 +63,10 @@ class RotationStore:
             if not self.db.is_sqlite:
                 query = query.with_for_update()
             body = await conn.scalar(query)
-            if body is None:
-                return False
-            current = body.get("keyRotation")
+            current = body.get("keyRotation") if body is not None else None
             current_id = current["id"] if current and current["state"] in ACTIVE else None
-            if current_id != expected_id:
+            if body is None or current_id != expected_id:
+                audit.unchanged(conn)
                 return False
             body = {**body, "keyRotation": rotation}
             if credentials is not None:

@@ -11,6 +11,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ironcore.errors import AlreadyExists
+from ironcore.registry.store import audit
 from ironcore.registry.store.database import Database
 from ironcore.registry.store.schema import (
     from_us,
@@ -64,6 +65,7 @@ class ServiceAccountStore:
         self.db = db
 
     async def add_account(self, account: AccountRecord) -> None:
+        audit.created_id(account.email)
         async with self.db.write() as conn:
             try:
                 await conn.execute(
@@ -119,9 +121,12 @@ class ServiceAccountStore:
             result = await conn.execute(
                 delete(service_accounts).where(service_accounts.c.email == email)
             )
+            if not result.rowcount:
+                audit.unchanged(conn)
             return bool(result.rowcount)
 
     async def add_key(self, key_id: str, email: str, public_key: str, now: datetime) -> None:
+        audit.created_id(key_id)
         async with self.db.write() as conn:
             await conn.execute(
                 insert(service_account_keys).values(
@@ -156,6 +161,8 @@ class ServiceAccountStore:
             await conn.execute(
                 delete(service_account_tokens).where(service_account_tokens.c.key_id == key_id)
             )
+            if not result.rowcount:
+                audit.unchanged(conn)
             return bool(result.rowcount)
 
     async def signing_key(self, key_id: str) -> tuple[AccountRecord, str] | None:

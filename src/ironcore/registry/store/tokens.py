@@ -9,6 +9,7 @@ from datetime import datetime
 
 from sqlalchemy import Row, func, insert, or_, select, update
 
+from ironcore.registry.store import audit
 from ironcore.registry.store.database import Database
 from ironcore.registry.store.schema import admin_tokens, from_us, to_us
 
@@ -53,6 +54,7 @@ class TokenStore:
         now: datetime,
         expires_at: datetime | None = None,
     ) -> None:
+        audit.created_id(token_id)
         async with self.db.write() as conn:
             await conn.execute(
                 insert(admin_tokens).values(
@@ -98,6 +100,10 @@ class TokenStore:
                 .where(admin_tokens.c.id == token_id, admin_tokens.c.revoked_at == 0)
                 .values(revoked_at=to_us(now))
             )
+            if result.rowcount:
+                audit.changed({"revoked": False}, {"revoked": True})
+            else:
+                audit.unchanged(conn)
             return bool(result.rowcount)
 
     async def rotate_token(self, token_id: str, token_hash: str, now: datetime) -> bool:
@@ -115,6 +121,8 @@ class TokenStore:
                 )
                 .values(token_hash=token_hash)
             )
+            if not result.rowcount:
+                audit.unchanged(conn)
             return bool(result.rowcount)
 
     async def mark_used(self, uses: Mapping[str, datetime]) -> None:
