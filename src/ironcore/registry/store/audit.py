@@ -162,14 +162,14 @@ def created_id(resource_id: str) -> None:
         actor.resource = f"{actor.resource}/{resource_id}"
 
 
-def unchanged(conn: AsyncConnection) -> None:
+def unchanged(conn: AsyncConnection | Connection) -> None:
     """Say that the write transaction `conn` changes nothing after all (what it was to change
     is gone, or was changed by someone else meanwhile): it carries no entry."""
     _unchanged.set(conn)
 
 
 # The write transaction (its connection object, one per transaction) that changes nothing.
-_unchanged: contextvars.ContextVar[AsyncConnection | None] = contextvars.ContextVar(
+_unchanged: contextvars.ContextVar[AsyncConnection | Connection | None] = contextvars.ContextVar(
     "audit_unchanged", default=None
 )
 
@@ -293,7 +293,7 @@ def _row(actor: Actor, status: str, detail: dict[str, Any]) -> dict[str, Any]:
 async def record_change(conn: AsyncConnection) -> dict[str, Any] | None:
     """Append the acting call's entry to the write transaction `conn` (Database.write); the
     row to log once it commits, or None when nobody acts."""
-    row = _change_row()
+    row = _change_row(conn)
     if row is not None:
         await conn.execute(_INSERT, row)
     return row
@@ -302,13 +302,13 @@ async def record_change(conn: AsyncConnection) -> dict[str, Any] | None:
 def record_change_sync(conn: Connection) -> dict[str, Any] | None:
     """`record_change` in a transaction run with a synchronous connection
     (Database.write_sync)."""
-    row = _change_row()
+    row = _change_row(conn)
     if row is not None:
         conn.execute(_INSERT, row)
     return row
 
 
-def _change_row() -> dict[str, Any] | None:
+def _change_row(conn: AsyncConnection | Connection) -> dict[str, Any] | None:
     actor = _actor.get()
     if _unchanged.get() is conn or actor is None or not actor.records:
         return None
