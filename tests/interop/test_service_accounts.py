@@ -34,7 +34,14 @@ from google.oauth2 import service_account
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Database, Server, free_port, start_server, stop_server
+from tests.conftest import (
+    Database,
+    Server,
+    cluster_secret,
+    free_port,
+    start_server,
+    stop_server,
+)
 
 pytestmark = pytest.mark.databases("sqlite")
 PROJECT, OTHER = "sa-project", "other-project"
@@ -570,6 +577,9 @@ def test_pubsub_emulator_as_a_service_account(tmp_path: Path) -> None:
             str(port),
             "--pubsub-emulator-as",
             "ghost-account",
+            # The key the servers below are given: this start seals the database's key check.
+            "--secret-key-file",
+            str(cluster_secret()),
         ],
         capture_output=True,
         text=True,
