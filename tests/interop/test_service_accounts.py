@@ -35,7 +35,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.cli.test_cli import Cli
-from tests.conftest import Database, Server, free_port, start_server, stop_server
+from tests.conftest import (
+    Database,
+    Server,
+    cluster_secret,
+    free_port,
+    start_server,
+    stop_server,
+)
 
 pytestmark = pytest.mark.databases("sqlite")
 PROJECT, OTHER = "sa-project", "other-project"
@@ -563,6 +570,9 @@ def test_pubsub_emulator_as_a_service_account(tmp_path: Path) -> None:
             str(port),
             "--pubsub-emulator-as",
             "ghost-account",
+            # The key the servers below are given: this start seals the database's key check.
+            "--secret-key-file",
+            str(cluster_secret()),
         ],
         capture_output=True,
         text=True,
