@@ -642,12 +642,25 @@ async def test_set_policy_refuses_bad_bindings(api: Api) -> None:
         ([{"role": "roles/viewer", "members": ["user:\x00"]}], "policy.bindings.0.members"),
         ([{"role": "roles/viewer", "members": "user:a"}], "policy.bindings.0.members"),
         ([{"role": "roles/viewer", "members": ["someone"]}], "policy.bindings[0].members[0]"),
-        ([{"role": "roles/nonesuch", "members": ["user:a"]}], "policy.bindings[0].role"),
+        # A person, group or service account is an email address; an admin token its id.
+        ([{"role": "roles/viewer", "members": ["user:alice"]}], "policy.bindings[0].members[0]"),
+        (
+            [{"role": "roles/viewer", "members": ["user:a@example.com", "group:ops@"]}],
+            "policy.bindings[0].members[1]",
+        ),
+        ([{"role": "roles/viewer", "members": ["serviceAccount:sa"]}], "policy.bindings[0]"),
+        ([{"role": "roles/viewer", "members": ["user:\u212aevin@example.com"]}], "policy"),
+        ([{"role": "roles/viewer", "members": ["adminToken:4fd55f95"]}], "policy.bindings[0]"),
+        ([{"role": "roles/viewer", "members": ["adminToken:../x"]}], "policy.bindings[0]"),
+        (
+            [{"role": "roles/nonesuch", "members": ["user:a@example.com"]}],
+            "policy.bindings[0].role",
+        ),
         (
             [
                 {
                     "role": "roles/viewer",
-                    "members": ["user:a"],
+                    "members": ["user:a@example.com"],
                     "condition": {"title": "t", "expression": "request.time < timestamp('2030')"},
                 }
             ],

@@ -14,7 +14,8 @@ import httpx
 import pytest
 from sqlalchemy import inspect
 
-from ironcore.access.tokens import USER_MAX, AdminTokens, hash_token
+from ironcore.access.tokens import AdminTokens, hash_token
+from ironcore.registry.iam import EMAIL_MAX as USER_MAX
 from ironcore.registry.store import Store
 from tests.api.errors import assert_error
 from tests.api.test_auth_api import TOKENS, client

@@ -317,7 +317,8 @@ def test_iam_policies(client: iot_v1.DeviceManagerClient) -> None:
     assert list(read.bindings[0].members) == ["group:ops@example.com"]
 
     stale = policy_pb2.Policy(
-        etag=empty.etag, bindings=[policy_pb2.Binding(role="roles/owner", members=["user:x"])]
+        etag=empty.etag,
+        bindings=[policy_pb2.Binding(role="roles/owner", members=["user:x@example.com"])],
     )
     with raises_status(client, "ABORTED"):
         client.set_iam_policy(

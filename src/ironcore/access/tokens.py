@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 
 from ironcore.access.roles import NO_ROLE, ROLES
 from ironcore.errors import FailedPrecondition, InvalidArgument, NotFound
+from ironcore.registry.iam import EMAIL_MAX, is_email
 from ironcore.registry.store import Store
 from ironcore.registry.store.tokens import TokenRecord
 
@@ -34,14 +35,6 @@ TOKEN_NAME_MAX = 200
 MAX_LIFETIME = timedelta(days=3650)
 # How often a server writes the last uses it noted (`flush_uses`); listings lag by up to this.
 LAST_USED_SECONDS = 60.0
-
-# A person, as IAM names one: an email address (checked for its form only, and kept in lower
-# case, as policies compare it). 254 characters at most, as SMTP allows.
-USER_MAX = 254
-_EMAIL = re.compile(
-    r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+"
-)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"(?:\d{1,9}[smhdw])+")
@@ -72,15 +65,13 @@ def parse_duration(text: str) -> timedelta:
 def user_principal(user: str) -> str:
     """The member `user:<email>` of the person `user` names (an email address, any case);
     InvalidArgument naming the field `user` if it is not one."""
-    # ASCII first: lower() maps some non-ASCII letters (the Kelvin sign) to ASCII ones.
-    email = user.lower()
-    if not user.isascii() or len(email) > USER_MAX or not _EMAIL.fullmatch(email):
+    if not is_email(user):
         raise InvalidArgument.field(
             "user",
             f"{user[:100]!r} is not an email address (like alice@example.com; at most "
-            f"{USER_MAX} characters, ASCII)",
+            f"{EMAIL_MAX} characters, ASCII)",
         )
-    return f"user:{email}"
+    return f"user:{user.lower()}"
 
 
 def token_principal(token: str, user: str = "") -> str:

@@ -8,6 +8,7 @@ keep their policies in different tables and follow these same rules."""
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +23,14 @@ EMPTY_POLICY_ETAG = b"\x00\x20\x01"
 # admin token created for that person (`access.tokens`); `group:` is kept, for clients that
 # manage groups, and grants nothing here (ironcore has no groups).
 MEMBER_KINDS = ("serviceAccount", "adminToken", "user", "group")
+# What follows each kind: an admin token's id, or an email address (checked for its form only,
+# compared in lower case). 254 characters at most, as SMTP allows.
+EMAIL_MAX = 254
+_EMAIL = re.compile(
+    r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+"
+)
+_TOKEN_ID = re.compile(r"[0-9a-f]{12}")
 STALE = "The policy was changed by someone else (etag mismatch); read it again"
 # The permissions testIamPermissions answers about on each kind of resource, by prefix: those
 # that act on it or on what lies in it (a registry's devices). As Google did, the others are
@@ -47,6 +56,29 @@ class PolicyWrite:
     expected: str | None
 
 
+def is_email(text: str) -> bool:
+    """Whether `text` has an email address's form (any case; ASCII only: lower() maps some
+    non-ASCII letters, the Kelvin sign, to ASCII ones)."""
+    return text.isascii() and len(text) <= EMAIL_MAX and bool(_EMAIL.fullmatch(text.lower()))
+
+
+def member_problem(member: str) -> str:
+    """What is wrong with a binding's member, or "" when it is one ironcore knows:
+    `adminToken:<12 hex digits>`, or `user:`, `serviceAccount:`, `group:` and an email address."""
+    kind, _, value = member.partition(":")
+    if kind not in MEMBER_KINDS or not value:
+        kinds = ", ".join(k + ":..." for k in MEMBER_KINDS)
+        return f"{member[:100]!r} is not one of {kinds}"
+    if kind == "adminToken":
+        if not _TOKEN_ID.fullmatch(value):
+            return f"{member[:100]!r}: an admin token's id is the 12 hex digits after ic_"
+    elif not is_email(value):
+        return (
+            f"{member[:100]!r}: a {kind} is named by an email address (like {kind}:a@example.com)"
+        )
+    return ""
+
+
 def empty_policy() -> Policy:
     return Policy(etag=EMPTY_POLICY_ETAG)
 
@@ -65,12 +97,9 @@ def policy_write(policy: Policy) -> PolicyWrite:
                 "conditional bindings are not supported; bind the role without a condition",
             )
         for j, member in enumerate(binding.members):
-            kind, _, value = member.partition(":")
-            if kind not in MEMBER_KINDS or not value:
-                raise InvalidArgument.field(
-                    f"policy.bindings[{i}].members[{j}]",
-                    f"{member[:100]!r} is not one of {', '.join(k + ':...' for k in MEMBER_KINDS)}",
-                )
+            problem = member_problem(member)
+            if problem:
+                raise InvalidArgument.field(f"policy.bindings[{i}].members[{j}]", problem)
     expected = base64.b64encode(policy.etag).decode() if policy.etag else None
     if expected == base64.b64encode(EMPTY_POLICY_ETAG).decode():
         expected = ""
